@@ -1,0 +1,28 @@
+"""A manager running in the test's event loop against the session's Redis and Docker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import docker
+import pytest
+from redis.asyncio import Redis
+
+from tests.support.flows import Harness
+from worker_manager.config import Settings
+from worker_manager.service import Manager
+
+ManagerFactory = Callable[..., "asyncio.Future[Manager]"]
+
+
+@pytest.fixture
+async def harness(
+    settings: Settings, redis: Redis, docker_client: docker.DockerClient
+) -> AsyncIterator[Harness]:
+    """Start managers on demand (``await harness.start()``); all are stopped at the end."""
+    h = Harness(settings, redis, docker_client)
+    try:
+        yield h
+    finally:
+        await h.close()

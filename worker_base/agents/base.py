@@ -1,0 +1,46 @@
+"""The one small interface every agent driver implements.
+
+The wrapper owns the process, the streams and the ordering; a driver only says how to start the
+agent for one input and how to turn each line it prints into output events (SPEC §4).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One output entry before the wrapper stamps ``timestamp`` and ``input_id`` on it."""
+
+    type: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """How to run the agent for one input."""
+
+    argv: list[str]
+    stdin: bytes | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class AgentDriver(ABC):
+    """Subclasses: ``custom.CustomDriver``, ``claude.ClaudeDriver``, ``factory.FactoryDriver``."""
+
+    @abstractmethod
+    def invocation(self, prompt: str) -> Invocation:
+        """The process to start for this input (called once per input, in order)."""
+
+    def on_stdout(self, line: str) -> list[Event]:
+        """Events for one line the agent printed on stdout (without its newline)."""
+        return [Event("stdout", line)]
+
+    def on_stderr(self, line: str) -> list[Event]:
+        return [Event("stderr", line)]
+
+    def on_exit(self, exit_code: int) -> list[Event]:
+        """Events after the process ended, before the wrapper's ``done``; e.g. a missing result."""
+        return []

@@ -1,0 +1,119 @@
+"""One Redis ACL user per worker (SPEC §4): it may read and ack only its input stream, append only
+to its output stream and set only its heartbeat key.
+
+The password is derived (HMAC-SHA256 of the worker id under ``WM_WORKER_SECRET``), so the manager
+can re-create a user after a Redis restart without ever storing a password in Redis. Without a
+configured secret a random one is drawn per process (users then cannot be re-created by another
+process; set ``WM_WORKER_SECRET`` in production).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from worker_manager.config import Settings
+from worker_manager.logs import get_logger
+
+log = get_logger(__name__)
+
+#: Commands a wrapper needs, and nothing else (connection set-up included).
+WRAPPER_COMMANDS = (
+    "+ping",
+    "+auth",
+    "+hello",
+    "+echo",
+    "+client|setinfo",
+    "+client|setname",
+    "+client|getname",
+    "+client|id",
+    "+xreadgroup",
+    "+xack",
+    "+xadd",
+    "+set",
+    "+xgroup|create",
+)
+
+
+class WorkerAcl:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._keys = settings.keys
+        self._secret = settings.worker_secret.get_secret_value().encode()
+
+    @property
+    def enabled(self) -> bool:
+        return self._settings.worker_acl
+
+    def password(self, worker_id: str) -> str:
+        return hmac.new(self._secret, worker_id.encode(), hashlib.sha256).hexdigest()
+
+    def rules(self, worker_id: str) -> list[str]:
+        keys = self._keys
+        return [
+            "reset",
+            "on",
+            f">{self.password(worker_id)}",
+            "resetchannels",
+            "-@all",
+            *WRAPPER_COMMANDS,
+            f"%RW~{keys.input(worker_id)}",
+            f"%W~{keys.output(worker_id)}",
+            f"%W~{keys.heartbeat(worker_id)}",
+        ]
+
+    async def create(self, worker_id: str) -> None:
+        if self.enabled:
+            await self._redis.execute_command(
+                "ACL", "SETUSER", self._keys.acl_user(worker_id), *self.rules(worker_id)
+            )
+
+    async def delete(self, worker_id: str) -> None:
+        """Remove the user; Redis closes its open connections with it."""
+        if self.enabled:
+            await self._redis.execute_command("ACL", "DELUSER", self._keys.acl_user(worker_id))
+
+    async def exists(self, worker_id: str) -> bool:
+        try:
+            return bool(
+                await self._redis.execute_command("ACL", "GETUSER", self._keys.acl_user(worker_id))
+            )
+        except ResponseError:
+            return False
+
+    def worker_url(self, worker_id: str) -> str:
+        """The URL a worker container connects with: its own user, when ACLs are on."""
+        base = self._settings.resolved_worker_redis_url()
+        if not self.enabled:
+            return base
+        parts = urlsplit(base)
+        host = parts.hostname or "localhost"
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = (
+            f"{quote(self._keys.acl_user(worker_id), safe='')}:"
+            f"{self.password(worker_id)}@{host}" + (f":{parts.port}" if parts.port else "")
+        )
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+    async def check_admin(self) -> None:
+        """Fail loudly at start when the manager cannot manage users (and ACLs are on)."""
+        if not self.enabled:
+            log.warning(
+                "WORKER ACLs ARE OFF: every worker shares the manager's Redis credentials and "
+                "can read other workers' streams and push commands (WM_WORKER_ACL=false)"
+            )
+            return
+        await self._redis.execute_command("ACL", "WHOAMI")
+        try:
+            await self._redis.execute_command("ACL", "GETUSER", "default")
+        except ResponseError as exc:
+            raise RuntimeError(
+                "the manager's Redis user lacks the ACL admin right (+acl); grant it, or set "
+                "WM_WORKER_ACL=false to share one connection (unsafe)"
+            ) from exc

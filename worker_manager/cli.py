@@ -1,0 +1,329 @@
+"""``worker-manager``: the service (``serve``) and its clients, which speak only the contract.
+
+Every option maps onto a ``WM_*`` setting (the environment and ``.env`` give the defaults);
+client commands wait for the reply and print it readably, or as JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from rich.console import Console
+from rich.table import Table
+
+from worker_manager import __version__, logs
+from worker_manager.client import Client, ReplyTimeout
+from worker_manager.config import Settings
+from worker_manager.connections import connect
+from worker_manager.models import Reply
+
+console = Console()
+err_console = Console(stderr=True)
+
+#: CLI option → Settings field, for options shared by several commands.
+_SETTING_OPTIONS = {
+    "redis_url": "--redis-url",
+    "key_prefix": "--key-prefix",
+}
+
+Command = Callable[[argparse.Namespace, Settings], Awaitable[int]]
+_COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str) -> Callable[[Command], Command]:
+    def register(fn: Command) -> Command:
+        _COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="worker-manager",
+        description="Control plane for coding-agent workers: Redis streams in, Docker out.",
+    )
+    parser.add_argument("--version", action="version", version=f"worker-manager {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--redis-url", help="Redis to use (WM_REDIS_URL)")
+    common.add_argument("--key-prefix", help="key prefix instead of 'worker' (WM_KEY_PREFIX)")
+    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    common.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", parents=[common], help="run the service")
+    serve.add_argument("--http-addr", help="host:port for /livez /readyz /metrics")
+    serve.add_argument("--max-workers", type=int, help="live workers this manager may run")
+    serve.add_argument("--idle-timeout-seconds", type=float, help="stop workers idle this long")
+    serve.add_argument("--base-image", help="image worker images are built FROM")
+    serve.add_argument("--manager-id", help="this manager's stable id (default: hostname)")
+    serve.add_argument("--grace", type=float, default=10.0, help="drain time on SIGTERM")
+
+    create = sub.add_parser("create", parents=[common], help="create a worker")
+    create.add_argument("--agent-type", required=True, choices=["CLAUDE", "FACTORY", "CUSTOM"])
+    create.add_argument("--worker-id", help="choose the worker's UUID")
+    create.add_argument("--instructions", help="text for CLAUDE.md / AGENTS.md")
+    create.add_argument("--instructions-file", type=Path, help="read the instructions from a file")
+    create.add_argument("--allowed-command", action="append", dest="allowed_commands",
+                        help="a command (prefix) the worker may run; repeat")
+    create.add_argument("--module", action="append", dest="modules",
+                        choices=["GIT", "GITHUB_CLI", "COPIER", "CURL", "DOCKER"])
+    create.add_argument("--prompt", help="first input, delivered once the worker runs")
+    create.add_argument("--agent-command", help="JSON argv of the agent program (CUSTOM)")
+    create.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
+    create.add_argument("--request-id", help="idempotency key")
+    create.add_argument("--wait", action="store_true",
+                        help="after the reply, wait until the worker is RUNNING (or has failed)")
+
+    for name, text in (("status", "show a worker's status"), ("delete", "stop and remove a worker")):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("worker_id")
+        p.add_argument("--request-id", help="idempotency key")
+
+    sub.add_parser("list", parents=[common], help="list workers")
+
+    send = sub.add_parser("send", parents=[common], help="push an input to a worker")
+    send.add_argument("worker_id")
+    send.add_argument("content", help="the prompt text, or - to read standard input")
+    send.add_argument("--cancel", action="store_true", help="send a cancel instead of a prompt")
+
+    tail = sub.add_parser("tail", parents=[common], help="print a worker's output")
+    tail.add_argument("worker_id")
+    tail.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    tail.add_argument("--until-done", action="store_true", help="stop after the next `done`")
+    tail.add_argument("--from", dest="after", default="0-0", help="entry id to start after")
+
+    boot = sub.add_parser("bootstrap-base", parents=[common],
+                          help="build the base image from a Debian root filesystem")
+    boot.add_argument("--tag", help="tag to give it (default: WM_BASE_IMAGE)")
+    sub.add_parser("ensure-base", parents=[common],
+                   help="make sure WM_BASE_IMAGE exists: inspect, pull, else bootstrap")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for field in ("redis_url", "key_prefix", "http_addr", "max_workers", "idle_timeout_seconds",
+                  "base_image", "manager_id"):
+        value = getattr(args, field, None)
+        if value is not None:
+            overrides[field] = value
+    return Settings(**overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from(args)
+    except ValidationError as exc:
+        err_console.print(f"[red]configuration error:[/red] {exc}")
+        return 2
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        return asyncio.run(_COMMANDS[args.command](args, settings))
+    except ReplyTimeout as exc:
+        err_console.print(f"[red]{exc}[/red]: is `worker-manager serve` running on this Redis?")
+        return 3
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _with_client(settings: Settings, body: Callable[[Client, Redis], Awaitable[int]]) -> int:
+    redis = connect(settings, name="cli")
+    try:
+        return await body(Client(redis, settings.keys), redis)
+    finally:
+        await redis.aclose()
+
+
+def _print_reply(reply: Reply, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(reply.model_dump(exclude_none=True)))
+        return 0 if reply.ok else 1
+    if not reply.ok:
+        err_console.print(f"[red]{reply.error}[/red]: {reply.message}")
+        if reply.retry_after is not None:
+            err_console.print(f"retry after {reply.retry_after:g}s")
+        return 1
+    if reply.workers is not None:
+        _print_workers(reply.workers)
+        return 0
+    table = Table(show_header=False, box=None)
+    for key in ("worker_id", "status", "ip_address"):
+        value = getattr(reply, key)
+        if value:
+            table.add_row(key, str(value))
+    console.print(table)
+    return 0
+
+
+def _print_workers(workers: list[dict[str, Any]]) -> None:
+    table = Table("worker_id", "status", "agent", "created_at", "last_activity_at", "reason")
+    for worker in workers:
+        table.add_row(
+            worker.get("worker_id", ""),
+            worker.get("status", ""),
+            worker.get("agent_type", ""),
+            worker.get("created_at", ""),
+            worker.get("last_activity_at", ""),
+            (worker.get("reason") or "")[:60],
+        )
+    console.print(table)
+    console.print(f"{len(workers)} worker(s)")
+
+
+@command("serve")
+async def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from worker_manager.service import serve
+
+    await serve(settings, grace=args.grace)
+    return 0
+
+
+@command("create")
+async def _create(args: argparse.Namespace, settings: Settings) -> int:
+    instructions = args.instructions
+    if args.instructions_file is not None:
+        instructions = args.instructions_file.read_text()
+    metadata: dict[str, str] = {}
+    for item in args.metadata:
+        key, sep, value = item.partition("=")
+        if not sep:
+            err_console.print(f"[red]--metadata wants KEY=VALUE, got {item!r}[/red]")
+            return 2
+        metadata[key] = value
+    fields: dict[str, object] = {
+        "agent_type": args.agent_type,
+        "worker_id": args.worker_id,
+        "instructions": instructions,
+        "allowed_commands": args.allowed_commands,
+        "modules": args.modules,
+        "prompt": args.prompt,
+        "agent_command": json.loads(args.agent_command) if args.agent_command else None,
+        "metadata": metadata or None,
+        "request_id": args.request_id,
+    }
+
+    async def body(client: Client, redis: Redis) -> int:
+        reply = await client.create(timeout=args.timeout, **fields)
+        code = _print_reply(reply, args.json)
+        if code or not args.wait or not reply.worker_id:
+            return code
+        status = await _wait_settled(client, reply.worker_id, args.timeout * 20)
+        if not args.json:
+            console.print(f"worker {reply.worker_id} is {status}")
+        return 0 if status == "RUNNING" else 1
+
+    return await _with_client(settings, body)
+
+
+async def _wait_settled(client: Client, worker_id: str, timeout: float) -> str:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    status = "STARTING"
+    while loop.time() < deadline:
+        reply = await client.request("status", worker_id=worker_id)
+        status = reply.status or status
+        if status != "STARTING":
+            return status
+        await asyncio.sleep(0.5)
+    return status
+
+
+@command("status")
+async def _status(args: argparse.Namespace, settings: Settings) -> int:
+    return await _simple(args, settings, "status")
+
+
+@command("delete")
+async def _delete(args: argparse.Namespace, settings: Settings) -> int:
+    return await _simple(args, settings, "delete")
+
+
+async def _simple(args: argparse.Namespace, settings: Settings, name: str) -> int:
+    async def body(client: Client, _redis: Redis) -> int:
+        extra = {"request_id": args.request_id} if args.request_id else {}
+        reply = await client.request(
+            name, timeout=args.timeout, worker_id=args.worker_id, **extra
+        )
+        return _print_reply(reply, args.json)
+
+    return await _with_client(settings, body)
+
+
+@command("list")
+async def _list(args: argparse.Namespace, settings: Settings) -> int:
+    async def body(client: Client, _redis: Redis) -> int:
+        return _print_reply(await client.request("list", timeout=args.timeout), args.json)
+
+    return await _with_client(settings, body)
+
+
+@command("send")
+async def _send(args: argparse.Namespace, settings: Settings) -> int:
+    content = sys.stdin.read() if args.content == "-" else args.content
+
+    async def body(client: Client, _redis: Redis) -> int:
+        kind = "cancel" if args.cancel else "prompt"
+        entry_id = await client.send_input(args.worker_id, content, kind)
+        print(json.dumps({"input_id": entry_id}) if args.json else entry_id)
+        return 0
+
+    return await _with_client(settings, body)
+
+
+@command("tail")
+async def _tail(args: argparse.Namespace, settings: Settings) -> int:
+    async def body(client: Client, _redis: Redis) -> int:
+        follow = args.follow or args.until_done
+        async for event in client.output(args.worker_id, after=args.after, follow=follow):
+            if args.json:
+                print(json.dumps(event.__dict__ if hasattr(event, "__dict__") else {
+                    "id": event.entry_id, "type": event.type, "content": event.content,
+                    "timestamp": event.timestamp, "input_id": event.input_id,
+                }), flush=True)
+            else:
+                console.print(
+                    f"[dim]{event.timestamp}[/dim] [bold]{event.type:<11}[/bold] {event.content}",
+                    markup=True, highlight=False, soft_wrap=True,
+                )
+            if args.until_done and event.type == "done":
+                return 0
+        return 0
+
+    return await _with_client(settings, body)
+
+
+@command("bootstrap-base")
+async def _bootstrap(args: argparse.Namespace, settings: Settings) -> int:
+    from worker_manager.bootstrap import bootstrap_base_image
+
+    tag = args.tag or settings.base_image
+    image_id = await asyncio.to_thread(
+        bootstrap_base_image, tag, log=logs.get_logger("bootstrap")
+    )
+    console.print(f"built {tag} ({image_id[:19]})")
+    return 0
+
+
+@command("ensure-base")
+async def _ensure_base(args: argparse.Namespace, settings: Settings) -> int:
+    from worker_manager.bootstrap import ensure_base_image
+
+    image_id = await asyncio.to_thread(
+        ensure_base_image, settings, log=logs.get_logger("bootstrap")
+    )
+    console.print(f"base image {settings.base_image} is ready ({image_id[:19]})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The client side of the contract: push a command, wait for its reply; write input; read output.
+
+Used by the CLI and the tests alike, and speaks only SPEC §1–§4: anything here could be done with
+``redis-cli``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from worker_manager.keys import Keys
+from worker_manager.models import Reply
+
+
+class ReplyTimeout(TimeoutError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class OutputEvent:
+    entry_id: str
+    type: str
+    content: str
+    timestamp: str
+    input_id: str
+
+
+class Client:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+
+    async def push(self, fields: dict[str, str]) -> str:
+        entry_id: str = await self._redis.xadd(self._keys.commands, fields)  # type: ignore[arg-type]
+        return entry_id
+
+    async def request(
+        self, command: str, *, timeout: float = 30.0, reply_to: str | None = None, **fields: str
+    ) -> Reply:
+        """Send one command and wait for its reply on a reply stream of our own."""
+        request_id = fields.pop("request_id", None) or f"cli-{uuid.uuid4().hex}"
+        own_stream = reply_to is None
+        reply_to = reply_to or f"{self._keys.replies}:client:{uuid.uuid4().hex}"
+        body = {"command": command, "request_id": request_id, "reply_to": reply_to, **fields}
+        await self.push(body)
+        try:
+            return await self.wait_reply(reply_to, request_id, timeout=timeout)
+        finally:
+            if own_stream:
+                await self._redis.delete(reply_to)
+
+    async def wait_reply(
+        self, reply_to: str, request_id: str, *, timeout: float = 30.0, after: str = "0-0"
+    ) -> Reply:
+        deadline = time.monotonic() + timeout
+        last = after
+        while (left := deadline - time.monotonic()) > 0:
+            response = await self._redis.xread(
+                {reply_to: last}, count=100, block=max(1, int(min(left, 1.0) * 1000))
+            )
+            for _stream, entries in response or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    if fields.get("request_id") == request_id:
+                        return Reply.from_fields(fields)
+        raise ReplyTimeout(f"no reply to {request_id} on {reply_to} within {timeout:g}s")
+
+    async def create(self, *, timeout: float = 30.0, **fields: object) -> Reply:
+        flat = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()
+                if v is not None}
+        return await self.request("create", timeout=timeout, **flat)
+
+    async def send_input(self, worker_id: str, content: str, kind: str = "prompt") -> str:
+        entry_id: str = await self._redis.xadd(
+            self._keys.input(worker_id), {"type": kind, "content": content}
+        )
+        return entry_id
+
+    async def output(
+        self, worker_id: str, *, after: str = "0-0", follow: bool = False, block_ms: int = 1000
+    ) -> AsyncIterator[OutputEvent]:
+        """Events of a worker's output stream, oldest first; ``follow`` waits for new ones."""
+        stream = self._keys.output(worker_id)
+        last = after
+        while True:
+            response = await self._redis.xread(
+                {stream: last}, count=500, block=block_ms if follow else None
+            )
+            entries = response[0][1] if response else []
+            for entry_id, fields in entries:
+                last = entry_id
+                yield OutputEvent(
+                    entry_id,
+                    fields.get("type", ""),
+                    fields.get("content", ""),
+                    fields.get("timestamp", ""),
+                    fields.get("input_id", ""),
+                )
+            if not entries and not follow:
+                return

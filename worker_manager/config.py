@@ -1,0 +1,171 @@
+"""Configuration: ``WM_*`` environment variables (and a ``.env`` file), overridable per CLI option.
+
+The names listed in SPEC §6 are part of the wire contract; the others are ours and documented in
+the README. ``make run`` writes ``.env`` with the URL of the local Redis it starts, so the CLI
+run from the checkout finds the same Redis as the service.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import socket
+from functools import cached_property
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker_manager.keys import Keys
+
+KIB = 1024
+MIB = 1024 * KIB
+
+#: The tag ``bootstrap-base`` gives the Debian image it builds; the default base image.
+BOOTSTRAP_BASE_TAG = "worker-manager/base:bookworm"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="WM_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    # --- contract names (SPEC §6) ------------------------------------------------------------
+    redis_url: str = "redis://localhost:6379/0"
+    worker_redis_url: str | None = Field(
+        default=None,
+        description="How containers reach Redis; default: redis_url with a loopback host "
+        "replaced by the Docker bridge gateway.",
+    )
+    key_prefix: str = "worker"
+    base_image: str = BOOTSTRAP_BASE_TAG
+    http_addr: str = "127.0.0.1:8080"
+    max_workers: int = Field(default=50, ge=1)
+    capacity_retry_after_seconds: float = Field(default=5.0, gt=0)
+    idle_timeout_seconds: float = Field(default=900, gt=0)
+    image_max_age_days: float = Field(default=7, gt=0)
+
+    # --- identity and consumer ---------------------------------------------------------------
+    manager_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
+    command_concurrency: int = Field(default=64, ge=1)
+    block_ms: int = Field(default=2000, ge=10)
+    socket_timeout: float = Field(default=10.0, gt=0)
+    max_deliveries: int = Field(default=5, ge=1)
+    claim_idle_ms: int = Field(default=30_000, ge=100)
+    idempotency_ttl_seconds: int = Field(default=86_400, ge=1)
+    reply_maxlen: int = Field(default=10_000, ge=10)
+    reply_ttl_seconds: int = Field(default=86_400, ge=1)
+    dead_maxlen: int = Field(default=100_000, ge=10)
+    lifecycle_maxlen: int = Field(default=100_000, ge=10)
+
+    # --- command limits (SPEC §1) ------------------------------------------------------------
+    max_instructions_bytes: int = 256 * KIB
+    max_prompt_bytes: int = 256 * KIB
+    max_entry_bytes: int = 1 * MIB
+    max_allowed_commands: int = 256
+    max_allowed_command_chars: int = 256
+    max_metadata_pairs: int = 64
+    max_modules: int = 16
+
+    # --- workers -----------------------------------------------------------------------------
+    output_maxlen: int = Field(default=10_000, ge=100)
+    heartbeat_interval_seconds: float = Field(default=2.0, gt=0)
+    heartbeat_ttl_seconds: int = Field(default=10, ge=2)
+    start_timeout_seconds: float = Field(default=120.0, gt=0)
+    watch_interval_seconds: float = Field(default=1.0, gt=0)
+    stop_timeout_seconds: int = Field(default=10, ge=0)
+    retention_seconds: int = Field(
+        default=7 * 86_400, ge=60, description="How long a stopped worker's keys are kept."
+    )
+    worker_acl: bool = Field(
+        default=True,
+        description="One Redis ACL user per worker; false shares the worker URL (unsafe).",
+    )
+    worker_secret: SecretStr = Field(
+        default_factory=lambda: SecretStr(secrets.token_hex(32)),
+        description="Key the per-worker Redis passwords are derived from; random per process "
+        "unless set.",
+    )
+    factory_auto: str = Field(default="low", pattern="^(low|medium|high)$")
+    container_memory: str = "2g"
+    container_cpus: float = Field(default=1.0, gt=0)
+    container_pids_limit: int = Field(default=512, ge=16)
+    container_network: str = "bridge"
+    container_user: str = "1000:1000"
+
+    # --- images ------------------------------------------------------------------------------
+    images_dir: Path | None = Field(
+        default=None, description="Dockerfile templates; default: the packaged images/."
+    )
+    images_overlay: Path | None = Field(
+        default=None,
+        description="A directory shaped like images/ whose snippets override the packaged ones "
+        "(and whose files/ is added to the build context): for site-specific or test agents.",
+    )
+    build_lock_ttl_seconds: int = Field(default=60, ge=5)
+    build_failure_ttl_seconds: int = Field(default=60, ge=0)
+    build_timeout_seconds: float = Field(default=1800, gt=0)
+
+    # --- secrets (never in commands, logs or Redis) -------------------------------------------
+    anthropic_api_key: SecretStr | None = None
+    claude_code_oauth_token: SecretStr | None = None
+    factory_api_key: SecretStr | None = None
+
+    # --- logs --------------------------------------------------------------------------------
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+    log_level: str = "info"
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix_shape(cls, value: str) -> str:
+        if not value or any(c in value for c in " \t\r\n*?[]"):
+            raise ValueError("key prefix must be non-empty, without spaces or glob characters")
+        return value
+
+    @cached_property
+    def keys(self) -> Keys:
+        return Keys(self.key_prefix)
+
+    def resolved_worker_redis_url(self) -> str:
+        """The URL a container uses, before per-worker credentials are put into it."""
+        if self.worker_redis_url:
+            return self.worker_redis_url
+        parts = urlsplit(self.redis_url)
+        host = parts.hostname or "localhost"
+        if host not in {"localhost", "127.0.0.1", "::1"}:
+            return self.redis_url
+        gateway = docker_bridge_gateway()
+        netloc = gateway if parts.port is None else f"{gateway}:{parts.port}"
+        if parts.username or parts.password:
+            creds = parts.username or ""
+            if parts.password:
+                creds += f":{parts.password}"
+            netloc = f"{creds}@{netloc}"
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def docker_bridge_gateway(network: str = "bridge") -> str:
+    """The host's address on Docker's bridge: where a container reaches a service on the host.
+
+    Docker leaves ``Gateway`` out of the IPAM config on some engines; the bridge then takes the
+    subnet's first host address, which is what we return.
+    """
+    import docker  # local: config must import without a Docker SDK round trip
+
+    try:
+        client = docker.from_env(timeout=10)
+        try:
+            configs = client.networks.get(network).attrs.get("IPAM", {}).get("Config") or []
+        finally:
+            client.close()
+        for entry in configs:
+            if entry.get("Gateway"):
+                return str(entry["Gateway"])
+        for entry in configs:
+            subnet = ipaddress.ip_network(entry["Subnet"], strict=False)
+            if subnet.version == 4:
+                return str(next(subnet.hosts()))
+    except (docker.errors.DockerException, KeyError, ValueError, StopIteration):
+        pass
+    return "172.17.0.1"

@@ -1,0 +1,182 @@
+"""Worker containers: one per worker, named after it, labelled, hardened, found again by name.
+
+Instructions are written into the created container's working directory before it starts (as
+``CLAUDE.md`` or ``AGENTS.md``), so they never reach an image, an env var or Redis' command log
+twice. Every operation is idempotent, because a create may be resumed after a crash: a container
+that already exists under the worker's name is reused, never duplicated.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import docker.errors
+from docker import DockerClient
+from docker.models.containers import Container
+
+from worker_manager import docker_client
+from worker_manager.config import Settings
+from worker_manager.images import LABEL_HASH
+from worker_manager.logs import get_logger
+
+log = get_logger(__name__)
+
+LABEL_WORKER = "worker-manager.worker_id"
+LABEL_MANAGER = "worker-manager.manager_id"
+LABEL_PREFIX = "worker-manager.key_prefix"
+WORKDIR = "/workspace"
+WORKER_UID = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSpec:
+    worker_id: str
+    image_tag: str
+    image_hash: str
+    env: dict[str, str]
+    files: dict[str, str]  # name in the working directory -> text
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    container_id: str
+    ip_address: str
+    started_at: float
+
+
+def _tar_of(files: dict[str, str]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, text in files.items():
+            data = text.encode("utf-8")
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            info.uid = info.gid = WORKER_UID
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def ip_of(attrs: dict[str, Any]) -> str:
+    settings = attrs.get("NetworkSettings") or {}
+    if settings.get("IPAddress"):
+        return str(settings["IPAddress"])
+    for network in (settings.get("Networks") or {}).values():
+        if network.get("IPAddress"):
+            return str(network["IPAddress"])
+    return ""
+
+
+class ContainerRuntime:
+    def __init__(self, settings: Settings, docker: DockerClient) -> None:
+        self._settings = settings
+        self._docker = docker
+
+    def name(self, worker_id: str) -> str:
+        return self._settings.keys.acl_user(worker_id)  # "<prefix>-<id>", e.g. worker-<uuid>
+
+    def labels(self, worker_id: str, image_hash: str) -> dict[str, str]:
+        return {
+            LABEL_WORKER: worker_id,
+            LABEL_MANAGER: self._settings.manager_id,
+            LABEL_HASH: image_hash,
+            LABEL_PREFIX: self._settings.key_prefix,
+        }
+
+    async def launch(self, spec: LaunchSpec) -> Started:
+        return await docker_client.call(self._launch_sync, spec)
+
+    def _launch_sync(self, spec: LaunchSpec) -> Started:
+        name = self.name(spec.worker_id)
+        try:
+            container = self._docker.containers.get(name)
+        except docker.errors.NotFound:
+            container = self._create_sync(name, spec)
+        if container.status == "created":
+            container.start()
+        container.reload()
+        state = container.attrs.get("State") or {}
+        started = state.get("StartedAt") or ""
+        return Started(str(container.id), ip_of(container.attrs), _parse_docker_time(started))
+
+    def _create_sync(self, name: str, spec: LaunchSpec) -> Container:
+        s = self._settings
+        try:
+            container = self._docker.containers.create(
+                spec.image_tag,
+                name=name,
+                labels=self.labels(spec.worker_id, spec.image_hash),
+                environment=spec.env,
+                working_dir=WORKDIR,
+                user=s.container_user,
+                init=True,
+                security_opt=["no-new-privileges:true"],
+                cap_drop=["ALL"],
+                mem_limit=s.container_memory,
+                memswap_limit=s.container_memory,
+                nano_cpus=int(s.container_cpus * 1e9),
+                pids_limit=s.container_pids_limit,
+                network=s.container_network,
+                log_config={"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}},
+                restart_policy={"Name": "no"},
+                detach=True,
+            )
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: a concurrent attempt created it first
+                raise
+            return self._docker.containers.get(name)
+        if spec.files:
+            container.put_archive(WORKDIR, _tar_of(spec.files))
+        return container
+
+    async def remove(self, worker_id: str) -> int | None:
+        """Stop (SIGTERM, then SIGKILL after the timeout) and remove; the exit code if known."""
+        return await docker_client.call(self._remove_sync, worker_id)
+
+    def _remove_sync(self, worker_id: str) -> int | None:
+        try:
+            container = self._docker.containers.get(self.name(worker_id))
+        except docker.errors.NotFound:
+            return None
+        exit_code: int | None = None
+        try:
+            if container.status in ("running", "restarting", "paused"):
+                container.stop(timeout=self._settings.stop_timeout_seconds)
+            container.reload()
+            exit_code = int((container.attrs.get("State") or {}).get("ExitCode", 0))
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # removal already in progress
+                raise
+        return exit_code
+
+    async def find_all(self) -> list[dict[str, Any]]:
+        """This manager's worker containers (all states), as Docker reports them."""
+        return await docker_client.call(self._find_all_sync)
+
+    def _find_all_sync(self) -> list[dict[str, Any]]:
+        filters = {
+            "label": [
+                f"{LABEL_MANAGER}={self._settings.manager_id}",
+                f"{LABEL_PREFIX}={self._settings.key_prefix}",
+            ]
+        }
+        found = self._docker.api.containers(all=True, filters=filters)
+        return [json.loads(json.dumps(c)) for c in found]
+
+
+def _parse_docker_time(text: str) -> float:
+    from worker_manager.clock import unix_from_iso
+
+    if not text or text.startswith("0001-"):
+        return 0.0
+    head, _, frac = text.rstrip("Z").partition(".")
+    return unix_from_iso(head + "." + (frac[:6] or "0") + "+00:00")

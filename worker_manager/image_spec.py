@@ -1,0 +1,154 @@
+"""What shapes a worker image, as canonical JSON; its SHA-256 is the image's tag (SPEC §5).
+
+Everything that can change the built image is an input here: the base image (name and ID, so a
+rebuilt base gives new worker images), the agent type, the sorted modules, the content of every
+template file used, the wrapper's version and the digest of its source, and the versions of the
+dependencies vendored beside it. Nothing per-worker (instructions, prompt, allowed commands) is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import worker_base
+from worker_manager.models import AgentType, Module
+
+SCHEMA = 1
+#: Pure-Python packages copied beside the wrapper into every image.
+VENDORED = ("redis", "async_timeout")
+_DISTRIBUTIONS = {"redis": "redis", "async_timeout": "async-timeout"}
+
+
+def packaged_images_dir() -> Path:
+    """``images/`` of the checkout (editable install) or the copy shipped in the wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "images", here / "_images"):
+        if (candidate / "Dockerfile.template").is_file():
+            return candidate
+    raise FileNotFoundError("worker-manager's images/ directory is missing from the install")
+
+
+def wrapper_dir() -> Path:
+    return Path(worker_base.__file__).resolve().parent
+
+
+def _source_files(root: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in {".pyc", ".pyo"}
+    )
+
+
+def digest_tree(root: Path) -> str:
+    """SHA-256 over relative paths and contents: changes when any file does."""
+    digest = hashlib.sha256()
+    for path in _source_files(root):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+@cache
+def wrapper_identity() -> dict[str, Any]:
+    """The wrapper's version and source digest, and the vendored versions (cached per process)."""
+    return {
+        "version": worker_base.__version__,
+        "digest": digest_tree(wrapper_dir()),
+        "vendored": {name: metadata.version(_DISTRIBUTIONS[name]) for name in VENDORED},
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Templates:
+    """The template files one image shape uses, resolved through an optional overlay."""
+
+    root: Path
+    overlay: Path | None = None
+
+    def find(self, relative: str) -> Path | None:
+        for base in (self.overlay, self.root):
+            if base is not None and (base / relative).is_file():
+                return base / relative
+        return None
+
+    def files_dir(self) -> Path | None:
+        """Extra build-context files (``files/`` of the overlay, else of the root)."""
+        for base in (self.overlay, self.root):
+            if base is not None and (base / "files").is_dir():
+                return base / "files"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSpec:
+    base_image: str
+    base_image_id: str
+    agent_type: AgentType
+    modules: tuple[Module, ...]
+    templates: Templates
+
+    def used_templates(self) -> dict[str, Path]:
+        used: dict[str, Path] = {}
+        wanted = ["Dockerfile.template"]
+        wanted += [f"modules/{m.value}.Dockerfile" for m in sorted(self.modules)]
+        wanted.append(f"agents/{self.agent_type.value}.Dockerfile")
+        for relative in wanted:
+            path = self.templates.find(relative)
+            if path is None:
+                if relative.startswith("agents/") and self.agent_type is AgentType.CUSTOM:
+                    continue
+                raise FileNotFoundError(f"template {relative} not found in {self.templates.root}")
+            used[relative] = path
+        return used
+
+    def canonical(self) -> dict[str, Any]:
+        files = self.templates.files_dir()
+        return {
+            "schema": SCHEMA,
+            "base_image": self.base_image,
+            "base_image_id": self.base_image_id,
+            "agent_type": self.agent_type.value,
+            "modules": sorted(m.value for m in self.modules),
+            "templates": {
+                rel: hashlib.sha256(path.read_bytes()).hexdigest()
+                for rel, path in sorted(self.used_templates().items())
+            },
+            "files": digest_tree(files) if files else None,
+            "wrapper": wrapper_identity(),
+        }
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    @property
+    def tag(self) -> str:
+        return f"worker:{self.hash}"
+
+    def dockerfile(self) -> str:
+        used = self.used_templates()
+        modules = "\n".join(
+            f"# module {m.value}\n" + used[f"modules/{m.value}.Dockerfile"].read_text().strip()
+            for m in sorted(self.modules)
+        )
+        agent_path = used.get(f"agents/{self.agent_type.value}.Dockerfile")
+        agent = (
+            f"# agent {self.agent_type.value}\n" + agent_path.read_text().strip()
+            if agent_path
+            else f"# agent {self.agent_type.value}: nothing to install"
+        )
+        template = Template(used["Dockerfile.template"].read_text())
+        return template.substitute(
+            base_image=self.base_image, modules=modules or "# (none)", agent=agent
+        )

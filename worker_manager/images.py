@@ -1,0 +1,239 @@
+"""Find or build the image for a worker shape: once per shape, across every manager.
+
+Flow (SPEC §5): hash → ``docker image inspect worker:<hash>`` → if missing, build from the
+generated Dockerfile (never ``docker commit``) → touch ``last_used_at`` in ``<prefix>:images``.
+
+Two creates of one new shape build once: in one process they share a future; across processes
+a Redis lock per hash (renewed while the build runs) elects one builder and the others wait for
+its image. A failed build is remembered for ``build_failure_ttl_seconds`` so a broken template
+does not set off a rebuild storm; every waiting create fails with the build log's last lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import shutil
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+from docker import DockerClient
+from redis.asyncio import Redis
+
+from worker_manager import docker_client
+from worker_manager.clock import iso_now
+from worker_manager.config import Settings
+from worker_manager.image_spec import VENDORED, ImageSpec, Templates, packaged_images_dir, wrapper_dir
+from worker_manager.logs import get_logger
+from worker_manager.models import AgentType, Module
+
+log = get_logger(__name__)
+
+LABEL_HASH = "worker-manager.hash"
+_LOG_TAIL = 30
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+class BuildFailed(Exception):
+    """The image could not be built; ``message`` ends with the build log's last lines."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    tag: str
+    hash: str
+    built: bool  # this call built it (false: cache hit or another builder's result)
+
+
+class ImageService:
+    def __init__(self, settings: Settings, redis: Redis, docker: DockerClient) -> None:
+        self._settings = settings
+        self._redis = redis
+        self._docker = docker
+        self._keys = settings.keys
+        self._templates = Templates(settings.images_dir or packaged_images_dir(),
+                                    settings.images_overlay)
+        self._building: dict[str, asyncio.Future[ImageRef]] = {}
+        self._base_id: tuple[float, str] | None = None
+        self._release = redis.register_script(_RELEASE)
+        self._renew = redis.register_script(_RENEW)
+        self.builds = 0  # builds this process ran (for tests and metrics)
+
+    async def spec_for(self, agent_type: AgentType, modules: list[Module]) -> ImageSpec:
+        return ImageSpec(
+            base_image=self._settings.base_image,
+            base_image_id=await self._base_image_id(),
+            agent_type=agent_type,
+            modules=tuple(sorted(modules)),
+            templates=self._templates,
+        )
+
+    async def _base_image_id(self) -> str:
+        """Cached for a minute: a create must not pay a Docker round trip for it each time."""
+        now = time.monotonic()
+        if self._base_id and now - self._base_id[0] < 60:
+            return self._base_id[1]
+        try:
+            image = await docker_client.call(self._docker.images.get, self._settings.base_image)
+        except docker.errors.ImageNotFound as exc:
+            raise BuildFailed(
+                f"base image {self._settings.base_image!r} is missing; run "
+                "`worker-manager ensure-base` (or `make base-image`) on the manager's host"
+            ) from exc
+        image_id = str(image.id)
+        self._base_id = (now, image_id)
+        return image_id
+
+    async def ensure(self, agent_type: AgentType, modules: list[Module]) -> ImageRef:
+        spec = await self.spec_for(agent_type, modules)
+        image_hash = spec.hash
+        if await self._exists(spec.tag):
+            await self.touch(image_hash)
+            return ImageRef(spec.tag, image_hash, built=False)
+        shared = self._building.get(image_hash)
+        if shared is None:
+            shared = asyncio.ensure_future(self._build_once(spec))
+            self._building[image_hash] = shared
+            shared.add_done_callback(lambda _f: self._building.pop(image_hash, None))
+        ref = await asyncio.shield(shared)
+        await self.touch(image_hash)
+        return ref
+
+    async def _exists(self, tag: str) -> bool:
+        try:
+            await docker_client.call(self._docker.images.get, tag)
+        except docker.errors.ImageNotFound:
+            return False
+        return True
+
+    async def _build_once(self, spec: ImageSpec) -> ImageRef:
+        """Elect one builder across managers; the others wait for its image or its failure."""
+        lock_key = self._keys.build_lock(spec.hash)
+        failure_key = self._keys.build_failure(spec.hash)
+        token = f"{self._settings.manager_id}:{secrets.token_hex(8)}"
+        ttl_ms = self._settings.build_lock_ttl_seconds * 1000
+        deadline = time.monotonic() + self._settings.build_timeout_seconds
+        while True:
+            failure = await self._redis.get(failure_key)
+            if failure:
+                raise BuildFailed(failure)
+            if await self._redis.set(lock_key, token, nx=True, px=ttl_ms):
+                try:
+                    if await self._exists(spec.tag):  # built while we waited for the lock
+                        return ImageRef(spec.tag, spec.hash, built=False)
+                    return await self._build_holding(spec, lock_key, token, ttl_ms, failure_key)
+                finally:
+                    await self._release(keys=[lock_key], args=[token])
+            if await self._exists(spec.tag):
+                return ImageRef(spec.tag, spec.hash, built=False)
+            if time.monotonic() > deadline:
+                raise BuildFailed(f"timed out waiting for another manager to build {spec.tag}")
+            await asyncio.sleep(0.25)
+
+    async def _build_holding(
+        self, spec: ImageSpec, lock_key: str, token: str, ttl_ms: int, failure_key: str
+    ) -> ImageRef:
+        renewer = asyncio.create_task(self._keep_lock(lock_key, token, ttl_ms))
+        started = time.monotonic()
+        try:
+            image_id, size = await docker_client.call(self._build_sync, spec)
+        except BuildFailed as exc:
+            if self._settings.build_failure_ttl_seconds:
+                await self._redis.set(
+                    failure_key, exc.message, ex=self._settings.build_failure_ttl_seconds
+                )
+            raise
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+        seconds = time.monotonic() - started
+        self.builds += 1
+        await self._redis.hset(
+            self._keys.image(spec.hash),
+            mapping={
+                "hash": spec.hash,
+                "tag": spec.tag,
+                "image_id": image_id,
+                "size": str(size),
+                "built_at": iso_now(),
+                "build_seconds": f"{seconds:.3f}",
+                "built_by": self._settings.manager_id,
+                "spec": spec.canonical_json(),
+            },
+        )
+        log.info("image built", tag=spec.tag, seconds=round(seconds, 2), size=size)
+        return ImageRef(spec.tag, spec.hash, built=True)
+
+    async def _keep_lock(self, lock_key: str, token: str, ttl_ms: int) -> None:
+        while True:
+            await asyncio.sleep(ttl_ms / 3000)
+            await self._renew(keys=[lock_key], args=[token, ttl_ms])
+
+    def _build_sync(self, spec: ImageSpec) -> tuple[str, int]:
+        tail: deque[str] = deque(maxlen=_LOG_TAIL)
+        with tempfile.TemporaryDirectory(prefix="wm-build-") as tmp:
+            context = Path(tmp)
+            write_build_context(spec, context)
+            stream = self._docker.api.build(
+                path=str(context),
+                tag=spec.tag,
+                labels={LABEL_HASH: spec.hash},
+                rm=True,
+                forcerm=True,
+                pull=False,
+                decode=True,
+                timeout=int(self._settings.build_timeout_seconds),
+            )
+            error: str | None = None
+            for chunk in stream:
+                for line in str(chunk.get("stream", "")).splitlines():
+                    if line.strip():
+                        tail.append(line.rstrip())
+                        log.debug("build", tag=spec.tag, line=line.rstrip())
+                if "error" in chunk:
+                    error = str(chunk["error"]).strip()
+                    tail.append(error)
+        if error is not None:
+            raise BuildFailed(f"building {spec.tag} failed: {error}\n" + "\n".join(tail))
+        image = self._docker.images.get(spec.tag)
+        return str(image.id), int(image.attrs.get("Size", 0))
+
+    async def touch(self, image_hash: str) -> None:
+        await self._redis.zadd(self._keys.images, {image_hash: int(time.time())})
+
+
+def write_build_context(spec: ImageSpec, context: Path) -> None:
+    """Dockerfile, the wrapper with its vendored dependencies, and the templates' extra files."""
+    (context / "Dockerfile").write_text(spec.dockerfile())
+    site = context / "worker-base"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(wrapper_dir(), site / "worker_base", ignore=ignore)
+    for name in VENDORED:
+        module: Any = import_module(name)
+        shutil.copytree(Path(module.__file__).parent, site / name, ignore=ignore)
+    files = spec.templates.files_dir()
+    if files is not None:
+        shutil.copytree(files, context / "files", symlinks=False, ignore=ignore)
+    (context / ".dockerignore").write_text("**/__pycache__\n")
+    (context / "spec.json").write_text(json.dumps(spec.canonical(), indent=2, sort_keys=True))

@@ -1,0 +1,94 @@
+"""Every Redis key name the service uses, in one place, under one configurable prefix.
+
+The prefix (``WM_KEY_PREFIX``) replaces ``worker`` everywhere so that several deployments, or
+test sessions, can share one Redis without seeing each other's keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: The consumer group the managers share on the command stream (SPEC §1).
+MANAGER_GROUP = "worker-manager"
+#: The consumer group (and consumer) the wrapper reads its input stream with.
+WRAPPER_GROUP = "wrapper"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "worker"
+
+    # --- control plane -------------------------------------------------------------------
+    @property
+    def commands(self) -> str:
+        return f"{self.prefix}:commands"
+
+    @property
+    def replies(self) -> str:
+        """Default reply stream, and the prefix every ``reply_to`` must start with."""
+        return f"{self.prefix}:replies"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}:dead"
+
+    @property
+    def index(self) -> str:
+        return f"{self.prefix}:index"
+
+    @property
+    def lifecycle(self) -> str:
+        return f"{self.prefix}:lifecycle"
+
+    @property
+    def images(self) -> str:
+        return f"{self.prefix}:images"
+
+    def image(self, image_hash: str) -> str:
+        return f"{self.prefix}:image:{image_hash}"
+
+    def request(self, request_id: str) -> str:
+        """Idempotency record of one ``request_id``: in-flight marker, then the reply."""
+        return f"{self.prefix}:request:{request_id}"
+
+    def live(self, manager_id: str) -> str:
+        """Set of one manager's workers that are STARTING or RUNNING (its capacity count)."""
+        return f"{self.prefix}:live:{manager_id}"
+
+    def build_lock(self, image_hash: str) -> str:
+        return f"{self.prefix}:lock:build:{image_hash}"
+
+    def build_failure(self, image_hash: str) -> str:
+        return f"{self.prefix}:build-failed:{image_hash}"
+
+    @property
+    def gc_lock(self) -> str:
+        return f"{self.prefix}:lock:gc"
+
+    def manager(self, manager_id: str) -> str:
+        """Presence key of one manager process (refreshed while it runs)."""
+        return f"{self.prefix}:manager:{manager_id}"
+
+    # --- one worker ----------------------------------------------------------------------
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}:{worker_id}"
+
+    def spec(self, worker_id: str) -> str:
+        """The accepted create command, kept until the worker is provisioned and prompted."""
+        return f"{self.prefix}:{worker_id}:spec"
+
+    def prompt(self, worker_id: str) -> str:
+        """The create's initial prompt, moved to the input stream when the worker is RUNNING."""
+        return f"{self.prefix}:{worker_id}:prompt"
+
+    def input(self, worker_id: str) -> str:
+        return f"{self.prefix}:{worker_id}:input"
+
+    def output(self, worker_id: str) -> str:
+        return f"{self.prefix}:{worker_id}:output"
+
+    def heartbeat(self, worker_id: str) -> str:
+        return f"{self.prefix}:{worker_id}:heartbeat"
+
+    def acl_user(self, worker_id: str) -> str:
+        return f"{self.prefix}-{worker_id}"

@@ -1,0 +1,159 @@
+"""The slow half of a create, after the reply: image, Redis user, container; and the teardown.
+
+A create is answered as soon as its record exists (status STARTING). This module then finds or
+builds the image, creates the worker's ACL user and starts the container. Each step is idempotent
+(the image by hash, the user by name, the container by name), so a create interrupted by a crash
+is finished by running it again, without a second container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from worker_manager.acl import WorkerAcl
+from worker_manager.clock import iso_from_unix, iso_now
+from worker_manager.config import Settings
+from worker_manager.containers import ContainerRuntime, LaunchSpec
+from worker_manager.images import BuildFailed, ImageService
+from worker_manager.logs import get_logger
+from worker_manager.models import AgentType, CreateCommand, Module, WorkerStatus
+from worker_manager.records import WorkerStore
+
+log = get_logger(__name__)
+
+
+class Provisioner:
+    def __init__(
+        self,
+        settings: Settings,
+        store: WorkerStore,
+        images: ImageService,
+        containers: ContainerRuntime,
+        acl: WorkerAcl,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._images = images
+        self._containers = containers
+        self._acl = acl
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def in_progress(self) -> int:
+        return len(self._tasks)
+
+    def start(self, worker_id: str) -> None:
+        """Provision in the background (at most once at a time per worker in this process)."""
+        if worker_id in self._tasks:
+            return
+        task = asyncio.create_task(self._provision(worker_id), name=f"provision-{worker_id}")
+        self._tasks[worker_id] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(worker_id, None))
+
+    async def cancel(self, worker_id: str) -> None:
+        task = self._tasks.get(worker_id)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def close(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _provision(self, worker_id: str) -> None:
+        bound = log.bind(worker_id=worker_id)
+        try:
+            spec = await self._store.spec(worker_id)
+            if spec is None:
+                return  # deleted (or expired) before we got here
+            command = CreateCommand.model_validate(spec)
+            image = await self._images.ensure(command.agent_type, list(command.modules))
+            if not await self._store.update(
+                worker_id, {"image": image.tag, "image_hash": image.hash}
+            ):
+                return
+            await self._acl.create(worker_id)
+            started = await self._containers.launch(
+                LaunchSpec(
+                    worker_id=worker_id,
+                    image_tag=image.tag,
+                    image_hash=image.hash,
+                    env=self.worker_env(worker_id, command),
+                    files={command.agent_type.instructions_file: command.instructions}
+                    if command.instructions
+                    else {},
+                )
+            )
+            await self._store.update(
+                worker_id,
+                {
+                    "container_id": started.container_id,
+                    "ip_address": started.ip_address,
+                    "started_at": iso_from_unix(started.started_at) if started.started_at
+                    else iso_now(),
+                },
+            )
+            record = await self._store.get(worker_id)
+            if record is None or record.get("status") not in ("STARTING", "RUNNING"):
+                # Deleted while we were starting it: do not leave the container behind.
+                await self.teardown(worker_id)
+            bound.info("worker container started", container_id=started.container_id[:12])
+        except asyncio.CancelledError:
+            raise
+        except BuildFailed as exc:
+            bound.warning("image build failed", error=exc.message.splitlines()[0])
+            await self._fail(worker_id, f"build_failed: {exc.message}")
+        except Exception as exc:
+            bound.exception("provisioning failed")
+            await self._fail(worker_id, f"start failed: {type(exc).__name__}: {exc}")
+
+    async def _fail(self, worker_id: str, reason: str) -> None:
+        await self._store.transition(worker_id, WorkerStatus.FAILED, reason[:4000])
+        await self.teardown(worker_id)
+
+    async def teardown(self, worker_id: str) -> int | None:
+        """Stop and remove the container and the Redis user; the container's exit code if any."""
+        exit_code = await self._containers.remove(worker_id)
+        await self._acl.delete(worker_id)
+        return exit_code
+
+    def worker_env(self, worker_id: str, command: CreateCommand) -> dict[str, str]:
+        s = self._settings
+        env = {
+            "WM_WORKER_ID": worker_id,
+            "WM_REDIS_URL": self._acl.worker_url(worker_id),
+            "WM_KEY_PREFIX": s.key_prefix,
+            "WM_AGENT_TYPE": command.agent_type.value,
+            "WM_HEARTBEAT_INTERVAL": f"{s.heartbeat_interval_seconds:g}",
+            "WM_HEARTBEAT_TTL": str(s.heartbeat_ttl_seconds),
+            "WM_OUTPUT_MAXLEN": str(s.output_maxlen),
+            "WM_FACTORY_AUTO": s.factory_auto,
+        }
+        if command.agent_command is not None:
+            env["WM_AGENT_COMMAND"] = json.dumps(command.agent_command)
+        if command.allowed_commands is not None:
+            env["WM_ALLOWED_COMMANDS"] = json.dumps(command.allowed_commands)
+        env.update(self._secrets_for(command.agent_type))
+        return env
+
+    def _secrets_for(self, agent_type: AgentType) -> dict[str, str]:
+        """API keys from the manager's own configuration, for the agent that needs them."""
+        s = self._settings
+        wanted: dict[str, Any] = {}
+        if agent_type is AgentType.CLAUDE:
+            wanted = {
+                "ANTHROPIC_API_KEY": s.anthropic_api_key,
+                "CLAUDE_CODE_OAUTH_TOKEN": s.claude_code_oauth_token,
+            }
+        elif agent_type is AgentType.FACTORY:
+            wanted = {"FACTORY_API_KEY": s.factory_api_key}
+        return {name: secret.get_secret_value() for name, secret in wanted.items() if secret}
+
+
+def modules_json(modules: list[Module]) -> str:
+    return json.dumps([m.value for m in modules])

@@ -1,0 +1,260 @@
+"""The worker record (SPEC §3): hash, index, lifecycle stream, and the transitions between them.
+
+Every status change is one Lua script, so the record, the live set used for capacity, the
+``lifecycle`` stream and the worker's own output stream can never disagree, even when the manager
+dies halfway through. Terminal records keep their data-plane streams for ``retention_seconds``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from worker_manager.clock import iso_now
+from worker_manager.config import Settings
+from worker_manager.models import WorkerStatus
+
+#: The fields SPEC §3 names, in the order status replies and tables show them.
+RECORD_FIELDS = (
+    "worker_id",
+    "status",
+    "agent_type",
+    "modules",
+    "image",
+    "image_hash",
+    "container_id",
+    "ip_address",
+    "created_at",
+    "started_at",
+    "stopped_at",
+    "last_activity_at",
+    "exit_code",
+    "reason",
+    "metadata",
+)
+#: Ours: which manager owns the container, and which request created the worker.
+INTERNAL_FIELDS = ("manager_id", "request_id")
+LIVE = f"{WorkerStatus.STARTING} {WorkerStatus.RUNNING}"
+
+_CREATE = """
+local existing = redis.call('HMGET', KEYS[1], 'status', 'request_id')
+if existing[1] then return {'exists', existing[1], existing[2] or ''} end
+local limit = tonumber(ARGV[3])
+if limit > 0 and redis.call('SCARD', KEYS[3]) >= limit then return {'capacity', '', ''} end
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('SET', KEYS[5], ARGV[5])
+if ARGV[6] ~= '' then redis.call('SET', KEYS[6], ARGV[6]) end
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'worker_id', ARGV[1], 'from', '',
+  'to', 'STARTING', 'reason', 'created', 'timestamp', ARGV[7])
+return {'created', 'STARTING', ARGV[8]}
+"""
+
+# KEYS: record lifecycle output prompt input spec heartbeat
+# ARGV: to reason timestamp allowed_from lifecycle_maxlen output_maxlen live_prefix retention
+#       [field value ...]
+_TRANSITION = """
+local cur = redis.call('HMGET', KEYS[1], 'status', 'manager_id', 'worker_id')
+local from = cur[1]
+if not from then return {0, ''} end
+local to = ARGV[1]
+if from == to then return {0, from} end
+if ARGV[4] ~= '' and not string.find(' ' .. ARGV[4] .. ' ', ' ' .. from .. ' ', 1, true) then
+  return {0, from}
+end
+redis.call('HSET', KEYS[1], 'status', to)
+if #ARGV >= 9 then redis.call('HSET', KEYS[1], unpack(ARGV, 9)) end
+local terminal = (to == 'STOPPED' or to == 'FAILED')
+if terminal then
+  redis.call('HSET', KEYS[1], 'reason', ARGV[2], 'stopped_at', ARGV[3])
+  redis.call('SREM', ARGV[7] .. (cur[2] or ''), cur[3] or '')
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'worker_id', cur[3] or '',
+  'from', from, 'to', to, 'reason', ARGV[2], 'timestamp', ARGV[3])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'type', 'status',
+  'content', cjson.encode({worker_status = to, reason = ARGV[2]}),
+  'timestamp', ARGV[3], 'input_id', '')
+if to == 'RUNNING' then
+  local prompt = redis.call('GET', KEYS[4])
+  if prompt then
+    redis.call('XADD', KEYS[5], '*', 'type', 'prompt', 'content', prompt)
+    redis.call('DEL', KEYS[4])
+  end
+end
+if terminal then
+  local keep = tonumber(ARGV[8])
+  redis.call('DEL', KEYS[4], KEYS[6], KEYS[7])
+  redis.call('EXPIRE', KEYS[1], keep)
+  redis.call('EXPIRE', KEYS[3], keep)
+  redis.call('EXPIRE', KEYS[5], keep)
+end
+return {1, from}
+"""
+
+_UPDATE_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class CreateOutcome:
+    result: str  # "created", "exists" or "capacity"
+    status: str
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    changed: bool
+    previous: str  # "" when there is no record
+
+
+class WorkerStore:
+    """Reads and writes worker records; the only code that changes a worker's status."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._keys = settings.keys
+        self._create = redis.register_script(_CREATE)
+        self._transition = redis.register_script(_TRANSITION)
+        self._update = redis.register_script(_UPDATE_IF_EXISTS)
+
+    @property
+    def live_key(self) -> str:
+        return self._keys.live(self._settings.manager_id)
+
+    async def create(
+        self,
+        worker_id: str,
+        *,
+        request_id: str,
+        fields: dict[str, str],
+        spec: dict[str, Any],
+        prompt: str | None,
+        max_live: int,
+    ) -> CreateOutcome:
+        now = time.time()
+        timestamp = iso_now()
+        record = {
+            "worker_id": worker_id,
+            "status": WorkerStatus.STARTING.value,
+            "created_at": timestamp,
+            "manager_id": self._settings.manager_id,
+            "request_id": request_id,
+            **fields,
+        }
+        flat = [item for pair in record.items() for item in pair]
+        keys = self._keys
+        result = await self._create(
+            keys=[
+                keys.worker(worker_id),
+                keys.index,
+                self.live_key,
+                keys.lifecycle,
+                keys.spec(worker_id),
+                keys.prompt(worker_id),
+            ],
+            args=[
+                worker_id,
+                int(now * 1000),
+                max_live,
+                self._settings.lifecycle_maxlen,
+                json.dumps(spec, separators=(",", ":")),
+                prompt or "",
+                timestamp,
+                request_id,
+                *flat,
+            ],
+        )
+        return CreateOutcome(str(result[0]), str(result[1]), str(result[2]))
+
+    async def transition(
+        self,
+        worker_id: str,
+        to: WorkerStatus,
+        reason: str,
+        *,
+        allowed_from: str = LIVE,
+        fields: dict[str, str] | None = None,
+    ) -> Transition:
+        """Move the worker to ``to`` if its status is one of ``allowed_from`` (space separated)."""
+        keys = self._keys
+        flat = [item for pair in (fields or {}).items() for item in pair]
+        result = await self._transition(
+            keys=[
+                keys.worker(worker_id),
+                keys.lifecycle,
+                keys.output(worker_id),
+                keys.prompt(worker_id),
+                keys.input(worker_id),
+                keys.spec(worker_id),
+                keys.heartbeat(worker_id),
+            ],
+            args=[
+                to.value,
+                reason,
+                iso_now(),
+                allowed_from,
+                self._settings.lifecycle_maxlen,
+                self._settings.output_maxlen,
+                keys.live(""),
+                self._settings.retention_seconds,
+                *flat,
+            ],
+        )
+        return Transition(bool(int(result[0])), str(result[1]))
+
+    async def update(self, worker_id: str, fields: dict[str, str]) -> bool:
+        """Set fields on an existing record; never resurrects a record that expired."""
+        if not fields:
+            return True
+        flat = [item for pair in fields.items() for item in pair]
+        return bool(await self._update(keys=[self._keys.worker(worker_id)], args=flat))
+
+    async def get(self, worker_id: str) -> dict[str, str] | None:
+        record: dict[str, str] = await self._redis.hgetall(self._keys.worker(worker_id))
+        return record or None
+
+    async def spec(self, worker_id: str) -> dict[str, Any] | None:
+        text = await self._redis.get(self._keys.spec(worker_id))
+        return json.loads(text) if text else None
+
+    async def list(self, limit: int = 10_000) -> list[dict[str, str]]:
+        """Newest first; index entries whose record expired are pruned on the way."""
+        ids: list[str] = await self._redis.zrevrange(self._keys.index, 0, limit - 1)
+        if not ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for worker_id in ids:
+                pipe.hgetall(self._keys.worker(worker_id))
+            records: list[dict[str, str]] = await pipe.execute()
+        gone = [worker_id for worker_id, rec in zip(ids, records, strict=True) if not rec]
+        if gone:
+            await self._redis.zrem(self._keys.index, *gone)
+        return [rec for rec in records if rec]
+
+    async def live_ids(self) -> list[str]:
+        members: set[str] = await self._redis.smembers(self.live_key)
+        return sorted(members)
+
+
+def public_view(record: dict[str, str]) -> dict[str, Any]:
+    """A record as a JSON worker object: SPEC §3 fields, JSON fields decoded."""
+    view: dict[str, Any] = {}
+    for name in (*RECORD_FIELDS, "manager_id"):
+        value = record.get(name, "")
+        if name in ("modules", "metadata"):
+            view[name] = json.loads(value) if value else ([] if name == "modules" else {})
+        elif name == "exit_code":
+            view[name] = int(value) if value.lstrip("-").isdigit() else None
+        else:
+            view[name] = value
+    return view

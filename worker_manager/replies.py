@@ -1,0 +1,118 @@
+"""Replies, the idempotency record of each ``request_id``, and the dead-letter stream.
+
+A ``request_id`` moves through two states in ``<prefix>:request:<id>``: an in-flight marker naming
+the stream entry being handled, then the reply itself. A redelivery of the same entry after a
+crash handles it again (handlers are idempotent); a duplicate entry with the same ``request_id``
+gets the stored reply; nothing answered twice changes anything twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from worker_manager.clock import iso_now
+from worker_manager.config import Settings
+from worker_manager.keys import MANAGER_GROUP
+from worker_manager.models import Reply
+
+_IN_FLIGHT = "in-flight:"
+#: Read-only commands without a caller-chosen request_id are cached only long enough to cover a
+#: redelivery; caching every status poll for a day would fill the operator's Redis.
+READ_ONLY_DEFAULT_TTL = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What the idempotency record says about a command about to be handled."""
+
+    owned: bool  # we may handle it
+    reply: Reply | None = None  # already answered: send this again
+
+
+class ReplyBook:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._keys = settings.keys
+
+    async def claim(self, request_id: str, entry_id: str, *, wait: float = 5.0) -> Claim:
+        """Own ``request_id`` for this entry, or return the reply a previous handling gave.
+
+        Returns ``Claim(owned=False)`` when another entry with the same id is still in flight
+        after ``wait`` seconds: the caller leaves its entry pending, to be retried.
+        """
+        key = self._keys.request(request_id)
+        marker = _IN_FLIGHT + entry_id
+        deadline = asyncio.get_running_loop().time() + wait
+        delay = 0.02
+        while True:
+            if await self._redis.set(key, marker, nx=True, ex=self._settings.idempotency_ttl_seconds):
+                return Claim(owned=True)
+            current: str | None = await self._redis.get(key)
+            if current is None:
+                continue
+            if current == marker:  # our own entry, redelivered after a crash
+                return Claim(owned=True)
+            if not current.startswith(_IN_FLIGHT):
+                return Claim(owned=False, reply=Reply.model_validate_json(current))
+            if asyncio.get_running_loop().time() >= deadline:
+                return Claim(owned=False)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def finish(
+        self,
+        entry_id: str,
+        reply: Reply | None,
+        reply_to: str | None,
+        *,
+        remember_seconds: int | None = None,
+        dead: DeadLetter | None = None,
+    ) -> None:
+        """Answer and acknowledge one command in one transaction.
+
+        The reply (remembered under its request id for ``remember_seconds``), the dead-letter
+        copy and the ``XACK`` land together or not at all: a caller who sees the reply never
+        sees the command still pending, and a crash before the commit means a redelivery.
+        """
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if dead is not None:
+                pipe.xadd(self._keys.dead, dead.entry(entry_id),  # type: ignore[arg-type]
+                          maxlen=self._settings.dead_maxlen, approximate=True)
+            if reply is not None and reply_to is not None:
+                if remember_seconds is not None:
+                    pipe.set(self._keys.request(reply.request_id), reply.model_dump_json(),
+                             ex=remember_seconds)
+                pipe.xadd(reply_to, reply.to_fields(),  # type: ignore[arg-type]
+                          maxlen=self._settings.reply_maxlen, approximate=True)
+                pipe.expire(reply_to, self._settings.reply_ttl_seconds)
+            pipe.xack(self._keys.commands, MANAGER_GROUP, entry_id)
+            await pipe.execute()
+
+    async def release(self, request_id: str, entry_id: str) -> None:
+        """Drop our in-flight marker (the command was not answered and will be retried)."""
+        key = self._keys.request(request_id)
+        if await self._redis.get(key) == _IN_FLIGHT + entry_id:
+            await self._redis.delete(key)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A command copied, field for field, to ``<prefix>:dead`` with why it was not handled."""
+
+    fields: dict[str, str]
+    reason: str
+    deliveries: int
+
+    def entry(self, entry_id: str) -> dict[str, str]:
+        entry = dict(self.fields)
+        entry.update(
+            dead_entry_id=entry_id,
+            dead_reason=self.reason,
+            dead_deliveries=str(self.deliveries),
+            dead_at=iso_now(),
+        )
+        return entry

@@ -1,0 +1,227 @@
+"""Status from the outside: heartbeats in Redis and Docker's events stream, never the data plane.
+
+- A worker's first heartbeat turns STARTING into RUNNING (and delivers the create's prompt).
+- A RUNNING worker whose heartbeat expired is FAILED (``heartbeat_lost``); a STARTING one whose
+  container started ``start_timeout_seconds`` ago without a heartbeat is FAILED too.
+- The heartbeat's value (the wrapper's last activity) becomes ``last_activity_at``.
+- Docker's ``die``/``oom`` events of this manager's containers end the worker: exit code 0 is
+  STOPPED, anything else FAILED, OOM-kill FAILED with ``reason=oom``.
+One pipeline per tick covers every live worker; one events stream covers every container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import docker.errors
+from docker import DockerClient
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from worker_manager.clock import unix_from_iso
+from worker_manager.config import Settings
+from worker_manager.containers import LABEL_MANAGER, LABEL_PREFIX, LABEL_WORKER
+from worker_manager.logs import get_logger
+from worker_manager.models import WorkerStatus
+from worker_manager.records import WorkerStore
+
+log = get_logger(__name__)
+
+Teardown = Callable[[str], Awaitable[int | None]]
+
+
+class StatusWatcher:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        store: WorkerStore,
+        docker: DockerClient,
+        teardown: Teardown,
+    ) -> None:
+        self._settings = settings
+        self._redis = redis
+        self._store = store
+        self._docker = docker
+        self._teardown = teardown
+        self._oom: set[str] = set()
+        self.events_connected = threading.Event()
+        self._stream: Any = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.gather(self._heartbeats(stop), self._docker_events(stop))
+
+    # --- heartbeats ------------------------------------------------------------------------
+    async def _heartbeats(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.check_heartbeats()
+            except (RedisError, OSError) as exc:
+                log.warning("heartbeat check failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._settings.watch_interval_seconds)
+
+    async def check_heartbeats(self) -> None:
+        ids = await self._store.live_ids()
+        if not ids:
+            return
+        keys = self._settings.keys
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for worker_id in ids:
+                pipe.hmget(keys.worker(worker_id), "status", "started_at", "last_activity_at")
+                pipe.get(keys.heartbeat(worker_id))
+            results = await pipe.execute()
+        now = time.time()
+        for i, worker_id in enumerate(ids):
+            status, started_at, last_activity = results[2 * i]
+            beat: str | None = results[2 * i + 1]
+            await self._judge(worker_id, status, started_at, last_activity, beat, now)
+
+    async def _judge(
+        self,
+        worker_id: str,
+        status: str | None,
+        started_at: str | None,
+        last_activity: str | None,
+        beat: str | None,
+        now: float,
+    ) -> None:
+        if status is None:  # record expired or removed: nothing live to watch
+            await self._redis.srem(self._store.live_key, worker_id)
+            return
+        if beat:
+            fields = {"last_activity_at": beat} if beat != last_activity else {}
+            if status == WorkerStatus.STARTING:
+                changed = await self._store.transition(
+                    worker_id,
+                    WorkerStatus.RUNNING,
+                    "ready",
+                    allowed_from=WorkerStatus.STARTING.value,
+                    fields=fields,
+                )
+                if changed.changed:
+                    log.info("worker running", worker_id=worker_id)
+            elif fields:
+                await self._store.update(worker_id, fields)
+            return
+        if status == WorkerStatus.RUNNING:
+            await self._end(worker_id, WorkerStatus.FAILED, "heartbeat_lost")
+        elif status == WorkerStatus.STARTING and started_at:
+            if now - unix_from_iso(started_at) > self._settings.start_timeout_seconds:
+                await self._end(
+                    worker_id,
+                    WorkerStatus.FAILED,
+                    f"wrapper never became ready within {self._settings.start_timeout_seconds:g}s",
+                )
+
+    async def _end(
+        self, worker_id: str, to: WorkerStatus, reason: str, fields: dict[str, str] | None = None
+    ) -> None:
+        result = await self._store.transition(worker_id, to, reason, fields=fields)
+        if result.changed:
+            log.info("worker ended", worker_id=worker_id, status=to.value, reason=reason)
+            await self._teardown(worker_id)
+
+    # --- docker events ---------------------------------------------------------------------
+    async def _docker_events(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        reader = threading.Thread(
+            target=self._read_events, args=(loop, queue, stop), name="docker-events", daemon=True
+        )
+        reader.start()
+        try:
+            await self._pump(queue, stop)
+        finally:
+            stream = self._stream
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    stream.close()
+
+    async def _pump(self, queue: asyncio.Queue[dict[str, Any]], stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            getter = asyncio.ensure_future(queue.get())
+            stopper = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if getter not in done:
+                getter.cancel()
+                break
+            try:
+                await self.on_event(getter.result())
+            except Exception:
+                log.exception("handling a docker event failed")
+
+    def _read_events(
+        self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[dict[str, Any]],
+        stop: asyncio.Event,
+    ) -> None:
+        """Blocking reader thread; reconnects with back-off when the daemon goes away."""
+        filters = {
+            "type": "container",
+            "event": ["die", "oom"],
+            "label": [
+                f"{LABEL_MANAGER}={self._settings.manager_id}",
+                f"{LABEL_PREFIX}={self._settings.key_prefix}",
+            ],
+        }
+        delay = 0.5
+        while not stop.is_set():
+            stream = None
+            try:
+                stream = self._docker.events(
+                    decode=True, filters=filters, since=int(time.time()) - 1
+                )
+                self._stream = stream
+                self.events_connected.set()
+                delay = 0.5
+                for event in stream:
+                    loop.call_soon_threadsafe(queue.put_nowait, event)
+                    if stop.is_set():
+                        break
+            except (docker.errors.DockerException, OSError) as exc:
+                log.warning("docker events unavailable; reconnecting", error=str(exc))
+            finally:
+                self.events_connected.clear()
+                self._stream = None
+                if stream is not None:
+                    with contextlib.suppress(Exception):
+                        stream.close()
+            if stop.is_set():
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def on_event(self, event: dict[str, Any]) -> None:
+        attrs = (event.get("Actor") or {}).get("Attributes") or {}
+        worker_id = attrs.get(LABEL_WORKER)
+        if not worker_id:
+            return
+        action = event.get("Action") or event.get("status")
+        if action == "oom":
+            self._oom.add(worker_id)
+            return
+        if action != "die":
+            return
+        exit_code = int(attrs.get("exitCode", "0") or 0)
+        oom = worker_id in self._oom
+        self._oom.discard(worker_id)
+        fields = {"exit_code": str(exit_code)}
+        if oom:
+            to, reason = WorkerStatus.FAILED, "oom"
+        elif exit_code == 0:
+            to, reason = WorkerStatus.STOPPED, "exited"
+        else:
+            to, reason = WorkerStatus.FAILED, f"exited with code {exit_code}"
+        result = await self._store.transition(worker_id, to, reason, fields=fields)
+        if result.changed:
+            log.info("worker container ended", worker_id=worker_id, exit_code=exit_code, reason=reason)
+            await self._teardown(worker_id)
+        elif result.previous:
+            # Already ended (e.g. deleted): keep the exit code the container reported.
+            await self._store.update(worker_id, {"exit_code": str(exit_code)})
