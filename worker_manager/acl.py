@@ -27,7 +27,6 @@ WRAPPER_COMMANDS = (
     "+auth",
     "+hello",
     "+echo",
-    "+client|setinfo",
     "+client|setname",
     "+client|getname",
     "+client|id",
@@ -37,6 +36,8 @@ WRAPPER_COMMANDS = (
     "+set",
     "+xgroup|create",
 )
+#: Rules only newer servers know (CLIENT SETINFO is Redis >= 7.2); dropped where refused.
+OPTIONAL_COMMANDS = ("+client|setinfo",)
 
 
 class WorkerAcl:
@@ -45,6 +46,7 @@ class WorkerAcl:
         self._settings = settings
         self._keys = settings.keys
         self._secret = settings.worker_secret.get_secret_value().encode()
+        self._optional = list(OPTIONAL_COMMANDS)
 
     @property
     def enabled(self) -> bool:
@@ -62,16 +64,26 @@ class WorkerAcl:
             "resetchannels",
             "-@all",
             *WRAPPER_COMMANDS,
+            *self._optional,
             f"%RW~{keys.input(worker_id)}",
             f"%W~{keys.output(worker_id)}",
             f"%W~{keys.heartbeat(worker_id)}",
         ]
 
     async def create(self, worker_id: str) -> None:
-        if self.enabled:
-            await self._redis.execute_command(
-                "ACL", "SETUSER", self._keys.acl_user(worker_id), *self.rules(worker_id)
-            )
+        if not self.enabled:
+            return
+        while True:
+            try:
+                await self._redis.execute_command(
+                    "ACL", "SETUSER", self._keys.acl_user(worker_id), *self.rules(worker_id)
+                )
+                return
+            except ResponseError as exc:
+                refused = [rule for rule in self._optional if f"'{rule}'" in str(exc)]
+                if not refused:
+                    raise
+                self._optional.remove(refused[0])
 
     async def delete(self, worker_id: str) -> None:
         """Remove the user; Redis closes its open connections with it."""

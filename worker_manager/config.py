@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker_manager.hostport import parse_host_port
 from worker_manager.keys import Keys
 
 KIB = 1024
@@ -41,9 +42,31 @@ class Settings(BaseSettings):
     key_prefix: str = "worker"
     base_image: str = BOOTSTRAP_BASE_TAG
     http_addr: str = "127.0.0.1:8080"
+    http_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token required by every HTTP endpoint except /livez; unset: none.",
+    )
+    http_max_body_bytes: int = Field(default=64 * KIB, ge=0)
     max_workers: int = Field(default=50, ge=1)
     capacity_retry_after_seconds: float = Field(default=5.0, gt=0)
     idle_timeout_seconds: float = Field(default=900, gt=0)
+    max_workers_per_owner: int | None = Field(
+        default=None, ge=1, description="Live workers one metadata.owner may have (all managers)."
+    )
+    max_idle_timeout_seconds: float = Field(
+        default=86_400, gt=0, description="Cap on a create's own idle_timeout_seconds."
+    )
+    max_lifetime_seconds: float | None = Field(
+        default=None, gt=0, description="Workers older than this are stopped (reason=ttl)."
+    )
+    eviction_interval_seconds: float = Field(default=5.0, gt=0)
+    reconcile_interval_seconds: float = Field(default=30.0, gt=0)
+    presence_ttl_seconds: int = Field(
+        default=15, ge=2, description="A manager whose presence key expired counts as dead."
+    )
+    forward_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="How long a routed delete waits for the owning manager."
+    )
     image_max_age_days: float = Field(default=7, gt=0)
 
     # --- identity and consumer ---------------------------------------------------------------
@@ -115,6 +138,12 @@ class Settings(BaseSettings):
     # --- logs --------------------------------------------------------------------------------
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = "info"
+
+    @field_validator("http_addr")
+    @classmethod
+    def _http_addr_shape(cls, value: str) -> str:
+        parse_host_port(value)
+        return value
 
     @field_validator("key_prefix")
     @classmethod

@@ -20,6 +20,7 @@ from worker_manager.models import (
 )
 from worker_manager.provisioner import Provisioner
 from worker_manager.records import WorkerStore, public_view
+from worker_manager.routing import Router
 
 #: worker ids the manager chooses derive from the request id, so a create delivered twice (or
 #: resumed after a crash) names the same worker instead of starting a second one.
@@ -27,31 +28,55 @@ WORKER_ID_NAMESPACE = uuid.UUID("6f1c2a4e-5b8d-4e0f-9a7c-3d2b1e0f4a59")
 
 
 class Handlers:
-    def __init__(self, settings: Settings, store: WorkerStore, provisioner: Provisioner) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: WorkerStore,
+        provisioner: Provisioner,
+        router: Router | None = None,
+    ) -> None:
         self._settings = settings
         self._store = store
         self._provisioner = provisioner
+        self._router = router
 
     async def create(self, cmd: CreateCommand) -> Reply:
         worker_id = cmd.worker_id or str(uuid.uuid5(WORKER_ID_NAMESPACE, cmd.request_id))
-        spec = cmd.model_dump(mode="json", exclude={"prompt", "request_id", "reply_to"})
+        spec = cmd.model_dump(mode="json", exclude={"prompt"})
+        owner = cmd.metadata.get("owner", "")
+        fields = {
+            "agent_type": cmd.agent_type.value,
+            "modules": json.dumps([m.value for m in cmd.modules]),
+            "metadata": json.dumps(cmd.metadata, separators=(",", ":")),
+        }
+        if cmd.idle_timeout_seconds is not None:
+            # The operator's maximum caps what a caller may ask for.
+            capped = min(cmd.idle_timeout_seconds, self._settings.max_idle_timeout_seconds)
+            fields["idle_timeout_seconds"] = f"{capped:g}"
         outcome = await self._store.create(
             worker_id,
             request_id=cmd.request_id,
-            fields={
-                "agent_type": cmd.agent_type.value,
-                "modules": json.dumps([m.value for m in cmd.modules]),
-                "metadata": json.dumps(cmd.metadata, separators=(",", ":")),
-            },
+            fields=fields,
             spec=spec,
             prompt=cmd.prompt,
             max_live=self._settings.max_workers,
+            owner=owner,
+            max_per_owner=self._settings.max_workers_per_owner,
         )
         if outcome.result == "capacity":
+            if outcome.status == "owner":
+                message = (
+                    f"owner {owner!r} already has its maximum of "
+                    f"{self._settings.max_workers_per_owner} live workers; delete one or retry later"
+                )
+            else:
+                message = (
+                    f"this manager runs its maximum of {self._settings.max_workers} live workers; "
+                    "delete one or retry later"
+                )
             raise CommandError(
                 ErrorCode.CAPACITY_EXCEEDED,
-                f"this manager runs its maximum of {self._settings.max_workers} live workers; "
-                "delete one or retry later",
+                message,
                 retry_after=self._settings.capacity_retry_after_seconds,
             )
         if outcome.result == "exists" and outcome.request_id != cmd.request_id:
@@ -74,6 +99,10 @@ class Handlers:
         record = await self._store.get(cmd.worker_id)
         if record is None:
             raise _not_found(cmd.worker_id)
+        owner = record.get("manager_id") or self._settings.manager_id
+        if owner != self._settings.manager_id and self._router is not None:
+            # Its container lives on another manager's host: that manager must remove it.
+            return await self._router.delete_elsewhere(cmd, owner)
         await self._store.transition(cmd.worker_id, WorkerStatus.STOPPED, "deleted")
         await self._provisioner.cancel(cmd.worker_id)
         exit_code = await self._provisioner.teardown(cmd.worker_id)

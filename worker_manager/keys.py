@@ -55,6 +55,14 @@ class Keys:
         """Set of one manager's workers that are STARTING or RUNNING (its capacity count)."""
         return f"{self.prefix}:live:{manager_id}"
 
+    def owner_live(self, owner: str) -> str:
+        """Set of the live workers whose ``metadata.owner`` is ``owner`` (across managers)."""
+        return f"{self.prefix}:live-owner:{owner}"
+
+    def manager_commands(self, manager_id: str) -> str:
+        """One manager's own command stream: commands about workers on its host."""
+        return f"{self.prefix}:commands:{manager_id}"
+
     def build_lock(self, image_hash: str) -> str:
         return f"{self.prefix}:lock:build:{image_hash}"
 

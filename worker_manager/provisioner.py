@@ -71,7 +71,7 @@ class Provisioner:
             spec = await self._store.spec(worker_id)
             if spec is None:
                 return  # deleted (or expired) before we got here
-            command = CreateCommand.model_validate(spec)
+            command = CreateCommand.model_validate(spec, context={"settings": self._settings})
             image = await self._images.ensure(command.agent_type, list(command.modules))
             if not await self._store.update(
                 worker_id, {"image": image.tag, "image_hash": image.hash}

@@ -37,19 +37,27 @@ RECORD_FIELDS = (
     "metadata",
 )
 #: Ours: which manager owns the container, and which request created the worker.
-INTERNAL_FIELDS = ("manager_id", "request_id")
+INTERNAL_FIELDS = ("manager_id", "request_id", "owner", "idle_timeout_seconds")
 LIVE = f"{WorkerStatus.STARTING} {WorkerStatus.RUNNING}"
 
 _CREATE = """
 local existing = redis.call('HMGET', KEYS[1], 'status', 'request_id')
 if existing[1] then return {'exists', existing[1], existing[2] or ''} end
 local limit = tonumber(ARGV[3])
-if limit > 0 and redis.call('SCARD', KEYS[3]) >= limit then return {'capacity', '', ''} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+if limit > 0 and redis.call('SCARD', KEYS[3]) >= limit then return {'capacity', 'manager', ''} end
+-- KEYS[8] counts the live workers of one metadata.owner across managers; ARGV[9] its limit.
+local owner_limit = tonumber(ARGV[9])
+if owner_limit > 0 and redis.call('SCARD', KEYS[8]) >= owner_limit then
+  return {'capacity', 'owner', ''}
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[1])
+if owner_limit >= 0 then redis.call('SADD', KEYS[8], ARGV[1]) end
 redis.call('SET', KEYS[5], ARGV[5])
 if ARGV[6] ~= '' then redis.call('SET', KEYS[6], ARGV[6]) end
+-- The wrapper's group exists from the start, so input sent while the worker starts waits for it.
+redis.pcall('XGROUP', 'CREATE', KEYS[7], 'wrapper', '0', 'MKSTREAM')
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'worker_id', ARGV[1], 'from', '',
   'to', 'STARTING', 'reason', 'created', 'timestamp', ARGV[7])
 return {'created', 'STARTING', ARGV[8]}
@@ -57,9 +65,9 @@ return {'created', 'STARTING', ARGV[8]}
 
 # KEYS: record lifecycle output prompt input spec heartbeat
 # ARGV: to reason timestamp allowed_from lifecycle_maxlen output_maxlen live_prefix retention
-#       [field value ...]
+#       owner_live_prefix [field value ...]
 _TRANSITION = """
-local cur = redis.call('HMGET', KEYS[1], 'status', 'manager_id', 'worker_id')
+local cur = redis.call('HMGET', KEYS[1], 'status', 'manager_id', 'worker_id', 'owner')
 local from = cur[1]
 if not from then return {0, ''} end
 local to = ARGV[1]
@@ -68,11 +76,12 @@ if ARGV[4] ~= '' and not string.find(' ' .. ARGV[4] .. ' ', ' ' .. from .. ' ', 
   return {0, from}
 end
 redis.call('HSET', KEYS[1], 'status', to)
-if #ARGV >= 9 then redis.call('HSET', KEYS[1], unpack(ARGV, 9)) end
+if #ARGV >= 10 then redis.call('HSET', KEYS[1], unpack(ARGV, 10)) end
 local terminal = (to == 'STOPPED' or to == 'FAILED')
 if terminal then
   redis.call('HSET', KEYS[1], 'reason', ARGV[2], 'stopped_at', ARGV[3])
   redis.call('SREM', ARGV[7] .. (cur[2] or ''), cur[3] or '')
+  if cur[4] and cur[4] ~= '' then redis.call('SREM', ARGV[9] .. cur[4], cur[3] or '') end
 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'worker_id', cur[3] or '',
   'from', from, 'to', to, 'reason', ARGV[2], 'timestamp', ARGV[3])
@@ -140,7 +149,11 @@ class WorkerStore:
         spec: dict[str, Any],
         prompt: str | None,
         max_live: int,
+        owner: str = "",
+        max_per_owner: int | None = None,
     ) -> CreateOutcome:
+        """Claim a capacity slot and write the record in one step, so concurrent creates never
+        overshoot ``max_live`` (this manager) or ``max_per_owner`` (one ``metadata.owner``)."""
         now = time.time()
         timestamp = iso_now()
         record = {
@@ -149,10 +162,13 @@ class WorkerStore:
             "created_at": timestamp,
             "manager_id": self._settings.manager_id,
             "request_id": request_id,
+            **({"owner": owner} if owner else {}),
             **fields,
         }
         flat = [item for pair in record.items() for item in pair]
         keys = self._keys
+        # -1: no owner to count; 0: counted without a limit; n: at most n live.
+        owner_limit = -1 if not owner else (max_per_owner or 0)
         result = await self._create(
             keys=[
                 keys.worker(worker_id),
@@ -161,6 +177,8 @@ class WorkerStore:
                 keys.lifecycle,
                 keys.spec(worker_id),
                 keys.prompt(worker_id),
+                keys.input(worker_id),
+                keys.owner_live(owner),
             ],
             args=[
                 worker_id,
@@ -171,6 +189,7 @@ class WorkerStore:
                 prompt or "",
                 timestamp,
                 request_id,
+                owner_limit,
                 *flat,
             ],
         )
@@ -207,6 +226,7 @@ class WorkerStore:
                 self._settings.output_maxlen,
                 keys.live(""),
                 self._settings.retention_seconds,
+                keys.owner_live(""),
                 *flat,
             ],
         )

@@ -131,4 +131,4 @@ async def test_container_killed_from_outside_turns_failed(harness: Harness) -> N
     record = await harness.redis.hgetall(harness.keys.worker(reply.worker_id))
     assert record["exit_code"] == "137"
     assert "137" in record["reason"]
-    assert harness.container(reply.worker_id) is None, "an ended container is removed"
+    await harness.wait_container_gone(reply.worker_id)  # an ended container is removed

@@ -98,3 +98,11 @@ class Harness:
         with contextlib.suppress(docker.errors.NotFound):
             return self.docker.containers.get(f"{self.settings.key_prefix}-{worker_id}")
         return None
+
+    async def wait_container_gone(self, worker_id: str, timeout: float = 30) -> None:
+        """Until Docker no longer knows the worker's container (polled: removal has no stream)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while await asyncio.to_thread(self.container, worker_id) is not None:
+            assert loop.time() < deadline, f"container of {worker_id} still exists"
+            await asyncio.sleep(0.1)

@@ -1,0 +1,88 @@
+# worker-manager: developer entry points. `make run` for a local service, `make test` for the
+# suite, `make lint` before pushing. Everything runs from .venv; nothing is installed globally
+# except the Debian packages redis-server and debootstrap (only when running as root).
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Reinstalled only when the project metadata changes; `make venv` is a no-op otherwise.
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+LINT_PATHS := worker_manager worker_base tests $(if $(wildcard benchmarks/*.py),benchmarks)
+
+.PHONY: help venv run test lint base-image ensure-base redis-server bench bench-full stop clean \
+	distclean
+
+help:
+	@echo "make venv        create .venv and install the project with its dev extras"
+	@echo "make run         start a local redis (scripts/local-redis.sh) and serve"
+	@echo "make test        run the test suite against a private redis-server and Docker"
+	@echo "make lint        ruff check, ruff format --check, mypy --strict"
+	@echo "make base-image  build the Debian base image (worker-manager bootstrap-base)"
+	@echo "make bench       quick benchmarks; make bench-full for the long run"
+	@echo "make stop        stop the redis started by make run"
+	@echo "make clean       remove caches and build output"
+	@echo "make distclean   clean, stop the local redis, and remove .venv (keeps .run and .env)"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+# The redis-server binary for the test fixtures (they start their own server on a free port).
+redis-server:
+	@if ! command -v redis-server >/dev/null 2>&1; then \
+		if [ "$$(id -u)" -eq 0 ]; then \
+			echo "installing redis-server"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server >/dev/null \
+			|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server >/dev/null; }; \
+		else \
+			echo "redis-server is missing: sudo apt-get install redis-server" >&2; exit 1; \
+		fi; \
+	fi
+
+ensure-base: venv
+	$(BIN)/worker-manager ensure-base
+
+run: venv
+	scripts/local-redis.sh
+	$(BIN)/worker-manager ensure-base
+	$(BIN)/worker-manager serve
+
+# Exit code 5 is pytest's "no tests collected": a failure, never a quiet success.
+test: venv redis-server ensure-base
+	@rc=0; $(BIN)/pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating that as a failure" >&2; fi; \
+	exit $$rc
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict $(LINT_PATHS)
+
+base-image: venv
+	$(BIN)/worker-manager bootstrap-base
+
+bench: venv ensure-base
+	$(BIN)/python -m benchmarks --quick
+
+bench-full: venv ensure-base
+	$(BIN)/python -m benchmarks
+
+stop:
+	scripts/local-redis.sh stop
+
+clean:
+	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	find . -name __pycache__ -type d -not -path './.git/*' -not -path './$(VENV)/*' -prune \
+		-exec rm -rf {} +
+
+# .run (the local redis's password and data) and .env are kept: deleting them loses state.
+distclean: stop clean
+	rm -rf $(VENV)

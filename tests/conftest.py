@@ -1,0 +1,89 @@
+"""Fixtures every test shares: a private redis-server, per-test Settings, Redis and Docker.
+
+Infrastructure that is missing makes a test skip on a developer machine and fail under
+``CI=true`` (:mod:`tests.support.availability`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+
+import docker
+import pytest
+from redis.asyncio import Redis
+
+from tests.support.availability import require_docker, require_redis_server
+from tests.support.docker_cleanup import (
+    SESSION_MANAGER_PREFIX,
+    remove_new_worker_images,
+    remove_test_containers,
+    worker_image_ids,
+)
+from tests.support.keyspace import delete_prefix
+from tests.support.redis_server import RedisServer
+from worker_manager.config import BOOTSTRAP_BASE_TAG, Settings
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session; tests keep apart by key prefix."""
+    binary = require_redis_server()
+    server = RedisServer(tmp_path_factory.mktemp("redis"), binary=binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def base_image_name() -> str:
+    return os.environ.get("WM_BASE_IMAGE") or BOOTSTRAP_BASE_TAG
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer) -> Settings:
+    """Settings of one test: its own key prefix and manager ID, fast timers, no ``.env``."""
+    # _env_file=None: a developer's .env (written by `make run`) must not point tests at it.
+    return Settings(  # type: ignore[call-arg]  # pydantic-settings' init-only argument
+        _env_file=None,
+        key_prefix=f"t{secrets.token_hex(4)}",
+        manager_id=f"{SESSION_MANAGER_PREFIX}{secrets.token_hex(4)}",
+        redis_url=redis_server.url,
+        worker_redis_url=redis_server.worker_url,
+        base_image=base_image_name(),
+        heartbeat_interval_seconds=0.5,
+        heartbeat_ttl_seconds=3,
+        watch_interval_seconds=0.2,
+        claim_idle_ms=1000,
+        block_ms=200,
+    )
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    """A client of the session Redis; the test's keys are deleted afterwards."""
+    client = Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        try:
+            await delete_prefix(client, settings.key_prefix)
+        finally:
+            await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    """The real Docker Engine; what test managers left behind is removed at session end."""
+    client = require_docker()
+    images_before = worker_image_ids(client)
+    try:
+        yield client
+    finally:
+        try:
+            remove_test_containers(client)
+            remove_new_worker_images(client, images_before)
+        finally:
+            client.close()

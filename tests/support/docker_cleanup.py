@@ -1,0 +1,61 @@
+"""Removing what a test session left on the shared Docker Engine, and nothing else.
+
+Other sessions (and other people) use the same engine, so the sweep is narrow: containers whose
+manager ID marks them as a test manager's, and worker images that appeared during this session
+and that no container uses any more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+
+import docker
+import docker.errors
+
+MANAGER_LABEL = "worker-manager.manager_id"
+HASH_LABEL = "worker-manager.hash"
+#: Every manager id of this test session starts with this, so the sweep at the end removes this
+#: session's containers and never those of another session running on the same engine.
+SESSION_MANAGER_PREFIX = f"test-{os.getpid():x}{secrets.token_hex(2)}-"
+
+
+def worker_image_ids(client: docker.DockerClient) -> set[str]:
+    return {str(image.id) for image in client.images.list(filters={"label": HASH_LABEL})}
+
+
+def remove_test_containers(client: docker.DockerClient) -> list[str]:
+    """Force-remove every container this session's managers created."""
+    removed: list[str] = []
+    for container in client.containers.list(all=True, filters={"label": MANAGER_LABEL}):
+        labels = container.labels or {}
+        if not str(labels.get(MANAGER_LABEL, "")).startswith(SESSION_MANAGER_PREFIX):
+            continue
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True, v=True)
+            removed.append(str(container.id))
+    return removed
+
+
+def remove_new_worker_images(client: docker.DockerClient, before: set[str]) -> list[str]:
+    """Remove worker images that were not there at session start and that no container uses.
+
+    Not forced: an image another session's container still runs stays, and its tags with it.
+    """
+    removed: list[str] = []
+    for image in client.images.list(filters={"label": HASH_LABEL}):
+        image_id = str(image.id)
+        if image_id in before:
+            continue
+        try:
+            for tag in image.tags:
+                client.images.remove(tag, noprune=False)
+            if not image.tags:
+                client.images.remove(image_id, noprune=False)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError:
+            continue  # in use by a container we do not own
+        removed.append(image_id)
+    return removed

@@ -1,0 +1,1 @@
+"""The worker wrapper (worker_base): real processes against a real redis-server."""

@@ -1,0 +1,58 @@
+"""``python3 -m worker_base``: the entrypoint of a worker container.
+
+Exit codes: 0 after SIGTERM/SIGINT, 2 when the environment does not describe a usable worker
+(the message names the variable), 1 on an unexpected error (with its traceback in the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+from worker_base import __version__
+from worker_base.agents.registry import DriverUnavailableError, driver_for
+from worker_base.config import ConfigError, WrapperConfig
+from worker_base.wrapper import Wrapper
+
+log = logging.getLogger("worker_base")
+
+
+def main() -> int:
+    # Plain lines on stderr: that is the container log. Nothing here prints the Redis URL
+    # unredacted, nor the agent's environment.
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s worker_base: %(message)s",
+    )
+    try:
+        config = WrapperConfig.from_env(os.environ)
+    except ConfigError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    logging.getLogger().setLevel(config.log_level if config.log_level in _LEVELS else "INFO")
+    try:
+        driver = driver_for(config)
+    except DriverUnavailableError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    log.info(
+        "worker_base %s starting: worker %s, agent %s, redis %s",
+        __version__,
+        config.worker_id,
+        config.agent_type,
+        config.safe_redis_url,
+    )
+    try:
+        return asyncio.run(Wrapper(config, driver).run())
+    except Exception:
+        log.exception("the wrapper failed")
+        return 1
+
+
+_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR"})
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""What the Claude and Factory drivers share: a session that outlives the wrapper, and results.
+
+Both CLIs print one JSON object per line and end with one final "result" line. Two rules hold
+for both, and live here so they cannot drift apart:
+
+- the session id is kept in a file under ``state_dir``, so a restarted wrapper resumes the same
+  conversation for the rest of the worker's life;
+- a run is never reported as a success when the agent said ``is_error`` or exited non-zero: the
+  result line is held until the process has exited, then emitted with ``is_error`` corrected (and
+  an ``error`` event), and a run that printed no result gets a synthesised error result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from worker_base.agents.base import AgentDriver, Event
+
+
+class SessionStore:
+    """One session id in one file; written atomically, since a crash may come at any point."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def load(self) -> str | None:
+        try:
+            value = self._path.read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+        return value or None
+
+    def save(self, session_id: str) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._path.with_name(f".{self._path.name}.tmp")
+        tmp.write_text(session_id, encoding="utf-8")
+        os.replace(tmp, self._path)
+
+    def clear(self) -> None:
+        self._path.unlink(missing_ok=True)
+
+
+def parse_line(line: str) -> dict[str, Any] | None:
+    """The JSON object on ``line``, or None for anything else (text, truncated JSON, arrays)."""
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) and isinstance(value.get("type"), str) else None
+
+
+def dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class StreamJsonDriver(AgentDriver):
+    """Session and result bookkeeping; subclasses map their own line shapes to events."""
+
+    agent_name = "agent"
+
+    def __init__(self, sessions: SessionStore) -> None:
+        self._sessions = sessions
+        self._session_id = sessions.load()
+        self._resumed_from: str | None = None
+        self._saw_session = False
+        self._pending_result: dict[str, Any] | None = None
+        self._result_seen = False
+
+    @property
+    def session_id(self) -> str | None:
+        return self._session_id
+
+    def _start_run(self) -> str | None:
+        """Reset per-run state; returns the session to resume, if any."""
+        self._session_id = self._sessions.load() or self._session_id
+        self._resumed_from = self._session_id
+        self._saw_session = False
+        self._pending_result = None
+        self._result_seen = False
+        return self._session_id
+
+    def _remember_session(self, value: object) -> None:
+        if not isinstance(value, str) or not value:
+            return
+        self._saw_session = True
+        if value != self._session_id:
+            self._session_id = value
+            self._sessions.save(value)
+
+    def _hold_result(self, payload: dict[str, Any]) -> list[Event]:
+        """Keep ``payload`` until exit; a second result line flushes the first one as it is."""
+        earlier = self._pending_result
+        self._pending_result = payload
+        self._result_seen = True
+        return [Event("result", dumps(earlier))] if earlier is not None else []
+
+    def on_exit(self, exit_code: int) -> list[Event]:
+        events: list[Event] = []
+        payload = self._pending_result
+        self._pending_result = None
+        if payload is None:
+            reason = f"{self.agent_name} exited with code {exit_code} without a result"
+            if not self._saw_session and self._resumed_from is not None and exit_code != 0:
+                # Most likely the session to resume is gone; the next input starts a new one
+                # instead of failing the same way forever.
+                reason += f"; session {self._resumed_from} will not be resumed again"
+                self._sessions.clear()
+                self._session_id = None
+            events.append(Event("error", reason))
+            payload = {"is_error": True, "reason": reason, "exit_code": exit_code}
+            if self._session_id is not None:
+                payload["session_id"] = self._session_id
+            events.append(Event("result", dumps(payload)))
+            return events
+        if exit_code != 0:
+            payload["exit_code"] = exit_code
+            if not payload.get("is_error"):
+                payload["is_error"] = True
+                reason = (
+                    f"{self.agent_name} exited with code {exit_code} although its result said "
+                    "success"
+                )
+                payload["reason"] = reason
+                events.append(Event("error", reason))
+        events.insert(0, Event("result", dumps(payload)))
+        return events
+
+
+def copy_number(source: dict[str, Any], key: str, target: dict[str, Any], name: str) -> None:
+    value = source.get(key)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        target[name] = value

@@ -1,0 +1,171 @@
+"""The wrapper's configuration, read once from the container's environment.
+
+The manager sets these variables when it starts a worker (docs/HELPERS.md lists them); they are
+the contract between the two. A missing or malformed value is a deployment error, reported in
+one sentence before anything else happens (exit code 2), rather than a crash later.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+AGENT_TYPES = ("CLAUDE", "FACTORY", "CUSTOM")
+FACTORY_AUTONOMY = ("low", "medium", "high")
+
+#: The consumer group and consumer name the wrapper reads its input stream with.
+WRAPPER_GROUP = "wrapper"
+WRAPPER_CONSUMER = "wrapper"
+
+
+class ConfigError(ValueError):
+    """The environment does not describe a usable worker; the message says which variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class WrapperConfig:
+    worker_id: str
+    redis_url: str
+    key_prefix: str = "worker"
+    agent_type: str = "CUSTOM"
+    #: argv of the CUSTOM agent (``WM_AGENT_COMMAND``); empty for the other types.
+    agent_command: tuple[str, ...] = ()
+    #: ``None`` means unrestricted (``WM_ALLOWED_COMMANDS`` absent).
+    allowed_commands: tuple[str, ...] | None = None
+    workdir: Path = Path("/workspace")
+    state_dir: Path = Path("/home/worker/.wm")
+    heartbeat_interval: float = 2.0
+    heartbeat_ttl: int = 10
+    output_maxlen: int = 10_000
+    factory_auto: str = "low"
+    # --- ours, not set by the manager: tuning knobs with safe defaults -----------------------
+    #: Seconds between SIGTERM and SIGKILL when a run is cancelled.
+    cancel_grace: float = 5.0
+    #: XREADGROUP BLOCK; kept well below ``socket_timeout`` so a blocked read never times out.
+    block_ms: int = 2_000
+    socket_timeout: float = 10.0
+    log_level: str = "INFO"
+
+    @property
+    def input_key(self) -> str:
+        return f"{self.key_prefix}:{self.worker_id}:input"
+
+    @property
+    def output_key(self) -> str:
+        return f"{self.key_prefix}:{self.worker_id}:output"
+
+    @property
+    def heartbeat_key(self) -> str:
+        return f"{self.key_prefix}:{self.worker_id}:heartbeat"
+
+    @property
+    def safe_redis_url(self) -> str:
+        return redact_url(self.redis_url)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> WrapperConfig:
+        def text(name: str, default: str | None = None) -> str | None:
+            value = environ.get(name, "").strip()
+            return value or default
+
+        worker_id = text("WM_WORKER_ID")
+        if worker_id is None:
+            raise ConfigError("WM_WORKER_ID is not set: the manager gives every worker its id.")
+        redis_url = text("WM_REDIS_URL")
+        if redis_url is None:
+            raise ConfigError("WM_REDIS_URL is not set: the wrapper has no Redis to talk to.")
+        if urlsplit(redis_url).scheme not in {"redis", "rediss", "unix"}:
+            raise ConfigError(
+                f"WM_REDIS_URL must be a redis://, rediss:// or unix:// URL, "
+                f"not {redact_url(redis_url)!r}."
+            )
+
+        agent_type = (text("WM_AGENT_TYPE", "CUSTOM") or "CUSTOM").upper()
+        if agent_type not in AGENT_TYPES:
+            raise ConfigError(f"WM_AGENT_TYPE must be one of {', '.join(AGENT_TYPES)}.")
+        agent_command = _string_list(environ, "WM_AGENT_COMMAND")
+        if agent_type == "CUSTOM" and not agent_command:
+            raise ConfigError(
+                'WM_AGENT_COMMAND must hold the agent\'s argv as a JSON list, e.g. ["my-agent"].'
+            )
+        factory_auto = (text("WM_FACTORY_AUTO", "low") or "low").lower()
+        if factory_auto not in FACTORY_AUTONOMY:
+            raise ConfigError(f"WM_FACTORY_AUTO must be one of {', '.join(FACTORY_AUTONOMY)}.")
+
+        interval = _number(environ, "WM_HEARTBEAT_INTERVAL", 2.0, minimum=0.05)
+        ttl = int(_number(environ, "WM_HEARTBEAT_TTL", 10, minimum=1))
+        if ttl <= interval:
+            raise ConfigError(
+                "WM_HEARTBEAT_TTL must be longer than WM_HEARTBEAT_INTERVAL, or the heartbeat "
+                "expires between two beats."
+            )
+        block_ms = int(_number(environ, "WM_WRAPPER_BLOCK_MS", 2_000, minimum=10))
+        socket_timeout = _number(environ, "WM_WRAPPER_SOCKET_TIMEOUT", 10.0, minimum=0.5)
+        if block_ms / 1000 >= socket_timeout:
+            raise ConfigError("WM_WRAPPER_BLOCK_MS must stay below WM_WRAPPER_SOCKET_TIMEOUT.")
+
+        allowed = _string_list(environ, "WM_ALLOWED_COMMANDS")
+        return cls(
+            worker_id=worker_id,
+            redis_url=redis_url,
+            key_prefix=text("WM_KEY_PREFIX", "worker") or "worker",
+            agent_type=agent_type,
+            agent_command=tuple(agent_command or ()),
+            allowed_commands=None if allowed is None else tuple(allowed),
+            workdir=Path(text("WM_WORKDIR", "/workspace") or "/workspace"),
+            state_dir=Path(text("WM_STATE_DIR", "/home/worker/.wm") or "/home/worker/.wm"),
+            heartbeat_interval=interval,
+            heartbeat_ttl=ttl,
+            output_maxlen=int(_number(environ, "WM_OUTPUT_MAXLEN", 10_000, minimum=1)),
+            factory_auto=factory_auto,
+            cancel_grace=_number(environ, "WM_CANCEL_GRACE_SECONDS", 5.0, minimum=0),
+            block_ms=block_ms,
+            socket_timeout=socket_timeout,
+            log_level=(text("WM_LOG_LEVEL", "INFO") or "INFO").upper(),
+        )
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, so it can be logged (the password is the ACL secret)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{parts.username or ''}:***@{host}"
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    except ValueError:
+        return "<unparseable URL>"
+
+
+def _string_list(environ: Mapping[str, str], name: str) -> list[str] | None:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name} is not valid JSON ({exc.msg}).") from None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{name} must be a JSON list of strings.")
+    return value
+
+
+def _number(environ: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {raw!r}.") from None
+    if not value >= minimum:  # also rejects NaN
+        raise ConfigError(f"{name} must be at least {minimum}.")
+    return value

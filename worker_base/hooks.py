@@ -1,0 +1,57 @@
+"""The two points where the allowed-commands enforcement (``worker_base.allowlist``) plugs in.
+
+That module is optional for the core, so both call sites work without it:
+
+* ``allowlist.agent_env(config: WrapperConfig, env: dict[str, str]) -> dict[str, str]``
+  receives the agent's complete environment for one run and returns the one to use (e.g. with a
+  PATH of command shims). Called once per run, last, after the driver's own variables. Absent:
+  the environment is used unchanged.
+* ``allowlist.refusals(config: WrapperConfig) -> AsyncIterator[str]``
+  yields one human sentence per refused command; the wrapper turns each into an ``error``
+  output event for the input being handled (``input_id`` empty when idle). Iterated once, for
+  the wrapper's lifetime, from its own task. Absent: nothing to forward.
+
+An ImportError raised *inside* an existing allowlist module is not swallowed: that is a bug to
+see, not an absent feature.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from functools import cache
+from types import ModuleType
+from typing import cast
+
+from worker_base.config import WrapperConfig
+
+log = logging.getLogger("worker_base")
+
+ALLOWLIST_MODULE = "worker_base.allowlist"
+
+
+@cache
+def allowlist_module() -> ModuleType | None:
+    try:
+        return importlib.import_module(ALLOWLIST_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name != ALLOWLIST_MODULE:
+            raise
+        return None
+
+
+def agent_env(config: WrapperConfig, env: dict[str, str]) -> dict[str, str]:
+    module = allowlist_module()
+    hook = getattr(module, "agent_env", None)
+    if hook is None:
+        return env
+    return cast("dict[str, str]", hook(config, env))
+
+
+def refusals(config: WrapperConfig) -> AsyncIterator[str] | None:
+    module = allowlist_module()
+    hook = getattr(module, "refusals", None)
+    if hook is None:
+        return None
+    return cast("AsyncIterator[str]", hook(config))

@@ -1,0 +1,345 @@
+"""Running the agent for one input, streaming what it prints as it prints it.
+
+The agent runs in its own process group (a new session) so that a cancel reaches everything it
+started: SIGTERM to the group, SIGKILL after a grace period. Its stdout and stderr are read in
+large chunks and cut into lines here (one syscall per 64 KiB rather than per line); a line
+longer than ``MAX_LINE`` bytes is emitted in pieces, cut on a UTF-8 character boundary, so a
+runaway line cannot exhaust memory or stall the stream. Reading waits while the output buffer is
+full, which leaves the agent blocked on its pipe: backpressure instead of unbounded memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+
+from worker_base import hooks
+from worker_base.agents.base import AgentDriver, Event, Invocation
+from worker_base.config import WrapperConfig
+
+log = logging.getLogger("worker_base")
+
+MAX_LINE = 64 * 1024
+READ_CHUNK = 64 * 1024
+#: After the agent exits, how long its pipes may stay open (held by a child it left behind)
+#: before the rest of its process group is killed.
+DRAIN_GRACE = 2.0
+
+#: Variables of the wrapper the agent must not see: the Redis URL holds the worker's ACL
+#: password, and with it the agent could write its own output stream or ack its inputs.
+WRAPPER_ONLY_ENV = frozenset({"WM_REDIS_URL"})
+
+Sink = Callable[[list[Event]], Awaitable[None]]
+LineHandler = Callable[[str], list[Event]]
+
+
+def exit_status(returncode: int) -> int:
+    """A shell-style exit status: killed by signal N is 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def agent_environment(
+    config: WrapperConfig,
+    invocation: Invocation,
+    input_id: str,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The one place the agent's environment is assembled (the allowlist hook comes last)."""
+    source = os.environ if base is None else base
+    env = {name: value for name, value in source.items() if name not in WRAPPER_ONLY_ENV}
+    # Python agents block-buffer a piped stdout; unbuffered, their lines stream as printed.
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.update(invocation.env)
+    env["WM_INPUT_ID"] = input_id
+    return hooks.agent_env(config, env)
+
+
+class LineSplitter:
+    """Bytes in, complete lines out (without ``\\n`` or ``\\r\\n``), decoded as UTF-8."""
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self._max = max_line
+        self._rest = b""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        data = self._rest + chunk if self._rest else chunk
+        parts = data.split(b"\n")
+        rest = parts.pop()
+        lines: list[str] = []
+        if len(data) <= self._max:
+            lines = [_decode(part) for part in parts]
+        else:
+            for part in parts:
+                if len(part) <= self._max:
+                    lines.append(_decode(part))
+                else:
+                    lines.extend(self._pieces(part))
+            if len(rest) >= self._max:
+                # Keep only the unfinished tail of a long line; the rest goes out now.
+                cut = _last_cut(rest, self._max)
+                lines.extend(self._pieces(rest[:cut]))
+                rest = rest[cut:]
+        self._rest = rest
+        return lines
+
+    def finish(self) -> list[str]:
+        rest, self._rest = self._rest, b""
+        return list(self._pieces(rest)) if rest else []
+
+    def _pieces(self, data: bytes) -> list[str]:
+        pieces: list[str] = []
+        while len(data) > self._max:
+            cut = _utf8_cut(data, self._max)
+            pieces.append(data[:cut].decode("utf-8", "replace"))
+            data = data[cut:]
+        if data:
+            pieces.append(_decode(data))
+        return pieces
+
+
+def _decode(raw: bytes) -> str:
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    return raw.decode("utf-8", "replace")
+
+
+def _utf8_cut(data: bytes, limit: int) -> int:
+    """An index ≤ ``limit`` that does not split a UTF-8 sequence (``limit`` if none is near)."""
+    cut = limit
+    while cut > limit - 4 and cut > 0 and (data[cut] & 0xC0) == 0x80:
+        cut -= 1
+    return cut if cut > limit - 4 else limit
+
+
+def _last_cut(data: bytes, limit: int) -> int:
+    """Where to split ``data`` so that the part kept back is shorter than ``limit``."""
+    cut = len(data) - len(data) % limit
+    if cut == len(data):
+        cut -= limit
+    return _utf8_cut(data, cut) if 0 < cut < len(data) else cut
+
+
+def _killpg(pgid: int, sig: signal.Signals) -> None:
+    # Linux keeps a pid reserved while it names a live process group, so this cannot hit a
+    # stranger's group after the leader has been reaped.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+class AgentRun:
+    """One agent process for one input. ``cancel()`` may be called at any moment."""
+
+    def __init__(
+        self,
+        config: WrapperConfig,
+        driver: AgentDriver,
+        input_id: str,
+        prompt: str,
+        sink: Sink,
+    ) -> None:
+        self._config = config
+        self._driver = driver
+        self._input_id = input_id
+        self._prompt = prompt
+        self._sink = sink
+        self._proc: asyncio.subprocess.Process | None = None
+        self._terminator: asyncio.Task[None] | None = None
+        self.cancelled = False
+        #: The process was started (``driver.on_exit`` was consulted).
+        self.started = False
+
+    def cancel(self) -> None:
+        if self.cancelled:
+            return
+        self.cancelled = True
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            self._terminator = asyncio.create_task(self._terminate(proc), name="terminate")
+
+    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+        _killpg(proc.pid, signal.SIGTERM)
+        try:
+            async with asyncio.timeout(self._config.cancel_grace):
+                await proc.wait()
+        except TimeoutError:
+            log.warning("agent ignored SIGTERM for %.1f s; killing it", self._config.cancel_grace)
+            _killpg(proc.pid, signal.SIGKILL)
+
+    async def _error(self, sentence: str) -> None:
+        await self._sink([Event("error", sentence)])
+
+    async def run(self) -> int:
+        """Runs the agent to the end; returns its exit status (126/127 if it never started)."""
+        try:
+            invocation = self._driver.invocation(self._prompt)
+        except Exception as exc:
+            log.exception("the %s driver failed to prepare a run", self._config.agent_type)
+            await self._error(f"The agent could not be prepared for this input: {exc}")
+            return 126
+        argv = invocation.argv
+        if not argv:
+            await self._error("The agent command is empty, so there is nothing to run.")
+            return 127
+        workdir = self._config.workdir
+        if not workdir.is_dir():
+            await self._error(f"The working directory {workdir} does not exist.")
+            return 126
+        env = agent_environment(self._config, invocation, self._input_id)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL
+                if invocation.stdin is None
+                else asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=workdir,
+                env=env,
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            await self._error(
+                f"The agent program {argv[0]!r} was not found: it is not installed in this "
+                "worker's image or not on its PATH."
+            )
+            return 127
+        except PermissionError:
+            await self._error(
+                f"The agent program {argv[0]!r} could not be started: permission denied "
+                "(is it executable?)."
+            )
+            return 126
+        except (OSError, ValueError) as exc:
+            await self._error(f"The agent program {argv[0]!r} could not be started: {exc}.")
+            return 126
+        self._proc = proc
+        self.started = True
+        log.info("input %s: started %s (pid %d)", self._input_id, Path(argv[0]).name, proc.pid)
+        try:
+            return await self._supervise(proc, invocation)
+        finally:
+            if proc.returncode is None:  # we are being torn down mid-run
+                _killpg(proc.pid, signal.SIGKILL)
+
+    async def _supervise(self, proc: asyncio.subprocess.Process, invocation: Invocation) -> int:
+        if self.cancelled:  # cancelled while it was being started
+            self._terminator = asyncio.create_task(self._terminate(proc), name="terminate")
+        feeder = None
+        if proc.stdin is not None and invocation.stdin is not None:
+            feeder = asyncio.create_task(_feed(proc.stdin, invocation.stdin), name="agent-stdin")
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        pumps = [
+            _Pump(proc.stdout, self._driver.on_stdout, "stdout", self._sink),
+            _Pump(proc.stderr, self._driver.on_stderr, "stderr", self._sink),
+        ]
+        returncode = await proc.wait()
+        if not await _all_eof(pumps, DRAIN_GRACE):
+            log.warning("the agent left processes holding its output open; killing its group")
+            _killpg(proc.pid, signal.SIGKILL)
+            if not await _all_eof(pumps, 1.0):
+                # Something outside the group (it called setsid) holds the pipe: stop reading.
+                for pump in pumps:
+                    pump.task.cancel()
+        for pump in pumps:
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump.task
+        if feeder is not None:
+            feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeder
+        if self._terminator is not None:
+            await self._terminator
+        code = exit_status(returncode)
+        log.info("input %s: agent exited with %d", self._input_id, code)
+        try:
+            events = self._driver.on_exit(code)
+        except Exception:
+            log.exception("the %s driver failed in on_exit", self._config.agent_type)
+            events = []
+        if events:
+            await self._sink(events)
+        return code
+
+
+class _Pump:
+    """Reads one of the agent's pipes to EOF and hands its lines to the driver."""
+
+    def __init__(
+        self, stream: asyncio.StreamReader, handler: LineHandler, kind: str, sink: Sink
+    ) -> None:
+        self._stream = stream
+        self._handler = handler
+        self._kind = kind
+        self._sink = sink
+        self.eof = asyncio.Event()
+        self._handler_failed = False
+        #: Waiting on the pipe (as opposed to on the output buffer).
+        self.reading = False
+        self.task = asyncio.create_task(self._run(), name=f"agent-{kind}")
+
+    async def _run(self) -> None:
+        splitter = LineSplitter()
+        read = self._stream.read
+        while True:
+            self.reading = True
+            chunk = await read(READ_CHUNK)
+            self.reading = False
+            if not chunk:
+                break
+            lines = splitter.feed(chunk)
+            if lines:
+                await self._sink(self._events(lines))
+        self.eof.set()
+        tail = splitter.finish()
+        if tail:
+            await self._sink(self._events(tail))
+
+    def _events(self, lines: list[str]) -> list[Event]:
+        handler = self._handler
+        events: list[Event] = []
+        for line in lines:
+            try:
+                events.extend(handler(line))
+            except Exception:
+                # A driver bug must not lose the agent's output: pass the line through raw.
+                if not self._handler_failed:
+                    self._handler_failed = True
+                    log.exception("the driver failed on a %s line; passing lines raw", self._kind)
+                events.append(Event(self._kind, line))
+        return events
+
+
+async def _all_eof(pumps: list[_Pump], grace: float) -> bool:
+    """Whether both pipes reach EOF; only time spent waiting on the pipes counts towards
+    ``grace``, not time a pump spends held back by a full output buffer."""
+    waited = 0.0
+    step = 0.05
+    for pump in pumps:
+        while not pump.eof.is_set():
+            try:
+                async with asyncio.timeout(step):
+                    await pump.eof.wait()
+            except TimeoutError:
+                if any(p.reading for p in pumps):
+                    waited += step
+                    if waited >= grace:
+                        return False
+    return True
+
+
+async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
+    """Writes the prompt and closes stdin; an agent that never reads it is not an error."""
+    try:
+        stdin.write(data)
+        await stdin.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            stdin.close()
