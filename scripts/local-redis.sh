@@ -107,6 +107,11 @@ write_env_file() { # URL
         grep -vxF "$MARKER" "$ENV_FILE" | grep -v '^[[:space:]]*\(export[[:space:]]\+\)\?WM_REDIS_URL=' >"$tmp" || true
     fi
     printf '%s\nWM_REDIS_URL=%s\n' "$MARKER" "$1" >>"$tmp"
+    # The key per-worker Redis passwords derive from: kept, so a restarted manager can re-create
+    # its workers' ACL users after a Redis restart.
+    if ! grep -q '^[[:space:]]*\(export[[:space:]]\+\)\?WM_WORKER_SECRET=' "$tmp"; then
+        printf 'WM_WORKER_SECRET=%s\n' "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" >>"$tmp"
+    fi
     mv "$tmp" "$ENV_FILE"
 }
 

@@ -21,7 +21,7 @@ from tests.support.docker_cleanup import (
     remove_test_containers,
     worker_image_ids,
 )
-from tests.support.keyspace import delete_prefix
+from tests.support.keyspace import delete_prefix, session_image_hashes
 from tests.support.redis_server import RedisServer
 from worker_manager.config import BOOTSTRAP_BASE_TAG, Settings
 
@@ -75,8 +75,12 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture(scope="session")
-def docker_client() -> Iterator[docker.DockerClient]:
-    """The real Docker Engine; what test managers left behind is removed at session end."""
+def docker_client(redis_server: RedisServer) -> Iterator[docker.DockerClient]:
+    """The real Docker Engine; what test managers left behind is removed at session end.
+
+    Only images this session's managers recorded (in this session's own redis-server) are
+    candidates, so a session never removes an image another session just built.
+    """
     client = require_docker()
     images_before = worker_image_ids(client)
     try:
@@ -84,6 +88,6 @@ def docker_client() -> Iterator[docker.DockerClient]:
     finally:
         try:
             remove_test_containers(client)
-            remove_new_worker_images(client, images_before)
+            remove_new_worker_images(client, images_before, session_image_hashes(redis_server))
         finally:
             client.close()

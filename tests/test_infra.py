@@ -184,17 +184,20 @@ def test_docker_sweep_removes_new_unused_worker_images(
     docker_client: docker.DockerClient, settings: Settings
 ) -> None:
     tag = f"wm-test-sweep:{secrets.token_hex(4)}"
-    dockerfile = f"FROM {settings.base_image}\nLABEL {HASH_LABEL}={secrets.token_hex(8)}\n"
+    image_hash = secrets.token_hex(8)
+    dockerfile = f"FROM {settings.base_image}\nLABEL {HASH_LABEL}={image_hash}\n"
     image, _ = docker_client.images.build(
         fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, forcerm=True
     )
     before = worker_image_ids(docker_client) - {image.id}
     user = docker_client.containers.create(tag, ["true"])
     try:
-        assert image.id not in remove_new_worker_images(docker_client, before)
+        assert image.id not in remove_new_worker_images(docker_client, before, {image_hash})
         docker_client.images.get(tag)  # still there: a container uses it
     finally:
         user.remove(force=True)
-    assert image.id in remove_new_worker_images(docker_client, before)
+    # An image this session did not record is never swept, even when unused and new.
+    assert image.id not in remove_new_worker_images(docker_client, before, set())
+    assert image.id in remove_new_worker_images(docker_client, before, {image_hash})
     with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get(tag)

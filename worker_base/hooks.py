@@ -10,6 +10,10 @@ That module is optional for the core, so both call sites work without it:
   yields one human sentence per refused command; the wrapper turns each into an ``error``
   output event for the input being handled (``input_id`` empty when idle). Iterated once, for
   the wrapper's lifetime, from its own task. Absent: nothing to forward.
+* ``allowlist.pending_refusals(config: WrapperConfig) -> list[str]``
+  the refusals logged and not yet yielded by ``refusals``, taken at once. Called after each
+  agent run and before its ``done``, so a refusal is never reported after the end of the input
+  it belongs to (the follower polls, and a fast agent exits within one poll). Absent: none.
 
 An ImportError raised *inside* an existing allowlist module is not swallowed: that is a bug to
 see, not an absent feature.
@@ -55,3 +59,11 @@ def refusals(config: WrapperConfig) -> AsyncIterator[str] | None:
     if hook is None:
         return None
     return cast("AsyncIterator[str]", hook(config))
+
+
+def pending_refusals(config: WrapperConfig) -> list[str]:
+    module = allowlist_module()
+    hook = getattr(module, "pending_refusals", None)
+    if hook is None:
+        return []
+    return cast("list[str]", hook(config))

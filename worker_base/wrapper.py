@@ -318,6 +318,8 @@ class Wrapper:
                 if self._stop.is_set():
                     run.cancel()
                 code = await run.run()
+                for sentence in hooks.pending_refusals(self._config):
+                    emit("error", sentence, input_id)
                 if self._stop.is_set() and not job.cancelled_by:
                     emit(
                         "error",

@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ _SETTING_OPTIONS = {
     "key_prefix": "--key-prefix",
 }
 
-Command = Callable[[argparse.Namespace, Settings], Awaitable[int]]
+Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 _COMMANDS: dict[str, Command] = {}
 
 
@@ -83,10 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--wait", action="store_true",
                         help="after the reply, wait until the worker is RUNNING (or has failed)")
 
-    for name, text in (("status", "show a worker's status"), ("delete", "stop and remove a worker")):
+    for name, text in (
+        ("status", "show a worker's status"),
+        ("delete", "stop and remove a worker (or, with --all/--selector, many)"),
+    ):
         p = sub.add_parser(name, parents=[common], help=text)
-        p.add_argument("worker_id")
+        p.add_argument("worker_id", nargs="?" if name == "delete" else None)
         p.add_argument("--request-id", help="idempotency key")
+        if name == "delete":
+            p.add_argument("--all", action="store_true", dest="all_workers",
+                           help="every live worker (needs --confirm)")
+            p.add_argument("--selector", action="append", default=[], metavar="KEY=VALUE",
+                           help="live workers whose metadata matches; repeat (needs --confirm)")
+            p.add_argument("--confirm", type=int, metavar="N",
+                           help="the exact number of workers about to be deleted")
 
     sub.add_parser("list", parents=[common], help="list workers")
 
@@ -106,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--tag", help="tag to give it (default: WM_BASE_IMAGE)")
     sub.add_parser("ensure-base", parents=[common],
                    help="make sure WM_BASE_IMAGE exists: inspect, pull, else bootstrap")
+
+    gc = sub.add_parser("gc", parents=[common],
+                        help="remove worker images unused for too long (run on the Docker host)")
+    gc.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    gc.add_argument("--max-age", help="e.g. 7d, 36h, 90m; a bare number is days "
+                    "(default: WM_IMAGE_MAX_AGE_DAYS)")
+    gc.add_argument("--disk-budget-bytes", type=int,
+                    help="also remove least recently used images above this many bytes")
     return parser
 
 
@@ -245,7 +263,58 @@ async def _status(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("delete")
 async def _delete(args: argparse.Namespace, settings: Settings) -> int:
+    if args.all_workers or args.selector:
+        if args.worker_id:
+            err_console.print("[red]give a worker id, or --all/--selector, not both[/red]")
+            return 2
+        return await _delete_many(args, settings)
+    if not args.worker_id:
+        err_console.print("[red]delete needs a worker id, --all or --selector KEY=VALUE[/red]")
+        return 2
     return await _simple(args, settings, "delete")
+
+
+async def _delete_many(args: argparse.Namespace, settings: Settings) -> int:
+    from worker_manager import bulk
+
+    try:
+        selector = bulk.parse_selector(args.selector)
+    except bulk.SelectorError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        return 2
+
+    async def body(client: Client, _redis: Redis) -> int:
+        listed = await client.request("list", timeout=args.timeout)
+        if not listed.ok:
+            return _print_reply(listed, args.json)
+        chosen = bulk.matching(listed.workers or [], selector)
+        if args.confirm != len(chosen):
+            err_console.print(
+                f"{len(chosen)} live worker(s) match; nothing was deleted. To delete them, "
+                f"repeat the command with --confirm {len(chosen)}"
+            )
+            return 2
+        ids = [str(w["worker_id"]) for w in chosen]
+        outcomes = await bulk.delete_each(client, ids, timeout=args.timeout)
+        failed = [o for o in outcomes if o.reply is None or not o.reply.ok]
+        if args.json:
+            print(json.dumps([
+                {"worker_id": o.worker_id, "ok": bool(o.reply and o.reply.ok),
+                 "status": o.reply.status if o.reply else None,
+                 "error": (o.reply.error if o.reply else "timeout") or None}
+                for o in outcomes
+            ]))
+        else:
+            table = Table("worker_id", "result")
+            for o in outcomes:
+                result = o.error or (o.reply.status if o.reply and o.reply.ok else
+                                     f"{o.reply.error}: {o.reply.message}" if o.reply else "")
+                table.add_row(o.worker_id, result or "")
+            console.print(table)
+            console.print(f"deleted {len(outcomes) - len(failed)} of {len(outcomes)}")
+        return 1 if failed else 0
+
+    return await _with_client(settings, body)
 
 
 async def _simple(args: argparse.Namespace, settings: Settings, name: str) -> int:
@@ -323,6 +392,32 @@ async def _ensure_base(args: argparse.Namespace, settings: Settings) -> int:
     )
     console.print(f"base image {settings.base_image} is ready ({image_id[:19]})")
     return 0
+
+
+@command("gc")
+async def _gc(args: argparse.Namespace, settings: Settings) -> int:
+    from worker_manager import docker_client
+    from worker_manager.gc import Collector, parse_duration, print_report
+
+    try:
+        max_age = parse_duration(args.max_age) if args.max_age else None
+    except ValueError as exc:
+        err_console.print(f"[red]--max-age: {exc}[/red]")
+        return 2
+    redis = connect(settings, name="gc")
+    docker = docker_client.connect()
+    try:
+        report = await Collector(settings, redis, docker).run(
+            dry_run=args.dry_run, max_age_seconds=max_age, budget_bytes=args.disk_budget_bytes
+        )
+    finally:
+        await redis.aclose()
+        docker.close()
+    if args.json:
+        print(json.dumps(report.as_json()))
+    else:
+        print_report(report, console)
+    return 1 if report.errors or report.skipped else 0
 
 
 if __name__ == "__main__":

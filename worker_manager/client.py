@@ -37,7 +37,7 @@ class Client:
         self._keys = keys
 
     async def push(self, fields: dict[str, str]) -> str:
-        entry_id: str = await self._redis.xadd(self._keys.commands, fields)  # type: ignore[arg-type]
+        entry_id: str = await self._redis.xadd(self._keys.commands, fields)
         return entry_id
 
     async def request(
@@ -72,8 +72,11 @@ class Client:
         raise ReplyTimeout(f"no reply to {request_id} on {reply_to} within {timeout:g}s")
 
     async def create(self, *, timeout: float = 30.0, **fields: object) -> Reply:
-        flat = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()
-                if v is not None}
+        flat = {
+            k: v if isinstance(v, str) else json.dumps(v)
+            for k, v in fields.items()
+            if v is not None
+        }
         return await self.request("create", timeout=timeout, **flat)
 
     async def send_input(self, worker_id: str, content: str, kind: str = "prompt") -> str:

@@ -129,6 +129,20 @@ class Settings(BaseSettings):
     build_lock_ttl_seconds: int = Field(default=60, ge=5)
     build_failure_ttl_seconds: int = Field(default=60, ge=0)
     build_timeout_seconds: float = Field(default=1800, gt=0)
+    gc_interval_seconds: float = Field(default=86_400, gt=0, description="Image GC period.")
+    gc_jitter_seconds: float = Field(
+        default=3600, ge=0, description="Random extra delay per GC run, so managers spread out."
+    )
+    gc_initial_delay_seconds: float = Field(
+        default=600, ge=0, description="The first GC run comes this long (plus jitter) after start."
+    )
+    gc_lock_ttl_seconds: float = Field(default=60, ge=5)
+    gc_prune_build_cache: bool = True
+    image_disk_budget_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Also remove the least recently used images while theirs exceed this.",
+    )
 
     # --- secrets (never in commands, logs or Redis) -------------------------------------------
     anthropic_api_key: SecretStr | None = None

@@ -39,13 +39,20 @@ Dispatch = Callable[[Delivery], Awaitable[None]]
 
 class CommandConsumer:
     def __init__(
-        self, settings: Settings, redis: Redis, blocking_redis: Redis, dispatch: Dispatch
+        self,
+        settings: Settings,
+        redis: Redis,
+        blocking_redis: Redis,
+        dispatch: Dispatch,
+        *,
+        stream: str | None = None,
     ) -> None:
         self._settings = settings
         self._redis = redis
         self._blocking = blocking_redis
         self._dispatch = dispatch
-        self._stream = settings.keys.commands
+        # The shared stream by default; a manager's own stream for commands routed to it.
+        self._stream = stream or settings.keys.commands
         self._name = settings.manager_id
         self._slots = asyncio.Semaphore(settings.command_concurrency)
         self._in_flight: dict[str, asyncio.Task[None]] = {}
@@ -85,9 +92,14 @@ class CommandConsumer:
             try:
                 await self.ensure_group()
                 self.connected.set()
+                delay = 0.1
                 await body(stop)
                 return
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as exc:
+                # NOGROUP: a Redis restarted without its data lost the group; it is re-created
+                # by ensure_group() on the next round.
+                if isinstance(exc, ResponseError) and "NOGROUP" not in str(exc):
+                    raise
                 self.connected.clear()
                 log.warning("redis unavailable; retrying", error=str(exc), retry_in=delay)
                 with contextlib.suppress(TimeoutError):
@@ -158,7 +170,9 @@ class CommandConsumer:
         except asyncio.CancelledError:
             raise
         except Exception:  # the dispatcher answers errors itself; this is the last guard
-            log.exception("command handling crashed; left pending for retry", entry_id=delivery.entry_id)
+            log.exception(
+                "command handling crashed; left pending for retry", entry_id=delivery.entry_id
+            )
         finally:
             self._in_flight.pop(delivery.entry_id, None)
             self._slots.release()
@@ -197,9 +211,7 @@ class CommandConsumer:
         """Reset the idle time of entries we are still working on, so nobody reclaims them."""
         ids = list(self._in_flight)
         if ids:
-            await self._redis.xclaim(
-                self._stream, MANAGER_GROUP, self._name, 0, ids, justid=True
-            )
+            await self._redis.xclaim(self._stream, MANAGER_GROUP, self._name, 0, ids, justid=True)
 
     async def _reclaim(self) -> None:
         """Take over entries that another (dead) consumer left pending for too long."""

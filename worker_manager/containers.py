@@ -18,6 +18,7 @@ from typing import Any
 import docker.errors
 from docker import DockerClient
 from docker.models.containers import Container
+from docker.types import LogConfig
 
 from worker_manager import docker_client
 from worker_manager.config import Settings
@@ -123,8 +124,8 @@ class ContainerRuntime:
                 nano_cpus=int(s.container_cpus * 1e9),
                 pids_limit=s.container_pids_limit,
                 network=s.container_network,
-                log_config={"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}},
-                restart_policy={"Name": "no"},
+                # Bounded logs: a chatty agent must not fill the operator's disk.
+                log_config=LogConfig(type="json-file", config={"max-size": "10m", "max-file": "3"}),
                 detach=True,
             )
         except docker.errors.APIError as exc:

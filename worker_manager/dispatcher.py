@@ -10,7 +10,7 @@ reply is written, so a crash before that means redelivery, never loss.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 
@@ -139,14 +139,13 @@ class Dispatcher:
         await self._book.finish(delivery.entry_id, reply, cmd.reply_to, remember_seconds=remember)
         return result
 
-    async def _handle(self, cmd: CreateCommand | DeleteCommand | StatusCommand | ListCommand) -> Reply:
-        handler: Callable[..., Awaitable[Reply]]
+    async def _handle(
+        self, cmd: CreateCommand | DeleteCommand | StatusCommand | ListCommand
+    ) -> Reply:
         if isinstance(cmd, CreateCommand):
-            handler = self._handlers.create
-        elif isinstance(cmd, DeleteCommand):
-            handler = self._handlers.delete
-        elif isinstance(cmd, StatusCommand):
-            handler = self._handlers.status
-        else:
-            handler = self._handlers.list
-        return await handler(cmd)
+            return await self._handlers.create(cmd)
+        if isinstance(cmd, DeleteCommand):
+            return await self._handlers.delete(cmd)
+        if isinstance(cmd, StatusCommand):
+            return await self._handlers.status(cmd)
+        return await self._handlers.list_workers(cmd)

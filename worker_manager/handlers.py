@@ -67,7 +67,8 @@ class Handlers:
             if outcome.status == "owner":
                 message = (
                     f"owner {owner!r} already has its maximum of "
-                    f"{self._settings.max_workers_per_owner} live workers; delete one or retry later"
+                    f"{self._settings.max_workers_per_owner} live workers; "
+                    "delete one or retry later"
                 )
             else:
                 message = (
@@ -127,11 +128,14 @@ class Handlers:
             ok=True,
             worker_id=cmd.worker_id,
             status=record.get("status"),
-            ip_address=record.get("ip_address") or None,
+            # An ended worker has no address any more (the record keeps its last one).
+            ip_address=(record.get("ip_address") or None)
+            if record.get("status") in (WorkerStatus.STARTING, WorkerStatus.RUNNING)
+            else None,
         )
 
-    async def list(self, cmd: ListCommand) -> Reply:
-        records = await self._store.list()
+    async def list_workers(self, cmd: ListCommand) -> Reply:
+        records = await self._store.list_records()
         return Reply(
             request_id=cmd.request_id,
             command="list",

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import secrets
 import shutil
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
@@ -31,14 +33,24 @@ from redis.asyncio import Redis
 from worker_manager import docker_client
 from worker_manager.clock import iso_now
 from worker_manager.config import Settings
-from worker_manager.image_spec import VENDORED, ImageSpec, Templates, packaged_images_dir, wrapper_dir
+from worker_manager.image_spec import (
+    VENDORED,
+    ImageSpec,
+    Templates,
+    packaged_images_dir,
+    wrapper_dir,
+)
 from worker_manager.logs import get_logger
 from worker_manager.models import AgentType, Module
 
 log = get_logger(__name__)
 
 LABEL_HASH = "worker-manager.hash"
+#: The deployment (key prefix) that built an image: its collector is the one that may remove it.
+LABEL_PREFIX = "worker-manager.key_prefix"
 _LOG_TAIL = 30
+_LINE_CHARS = 200  # a create's ``reason`` must keep the log's *last* lines within its bound
+_STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -71,13 +83,16 @@ class ImageService:
         self._redis = redis
         self._docker = docker
         self._keys = settings.keys
-        self._templates = Templates(settings.images_dir or packaged_images_dir(),
-                                    settings.images_overlay)
+        self._templates = Templates(
+            settings.images_dir or packaged_images_dir(), settings.images_overlay
+        )
         self._building: dict[str, asyncio.Future[ImageRef]] = {}
         self._base_id: tuple[float, str] | None = None
         self._release = redis.register_script(_RELEASE)
         self._renew = redis.register_script(_RENEW)
         self.builds = 0  # builds this process ran (for tests and metrics)
+        #: (result, seconds): "hit" image existed, "miss" we built it, "failure" our build failed.
+        self.observe_build: Callable[[str, float | None], None] = lambda _r, _s: None
 
     async def spec_for(self, agent_type: AgentType, modules: list[Module]) -> ImageSpec:
         return ImageSpec(
@@ -107,8 +122,11 @@ class ImageService:
     async def ensure(self, agent_type: AgentType, modules: list[Module]) -> ImageRef:
         spec = await self.spec_for(agent_type, modules)
         image_hash = spec.hash
-        if await self._exists(spec.tag):
+        existing = await self._inspect(spec.tag)
+        if existing is not None:
+            self.observe_build("hit", None)
             await self.touch(image_hash)
+            await self._record_if_missing(spec, existing)
             return ImageRef(spec.tag, image_hash, built=False)
         shared = self._building.get(image_hash)
         if shared is None:
@@ -120,11 +138,34 @@ class ImageService:
         return ref
 
     async def _exists(self, tag: str) -> bool:
+        return await self._inspect(tag) is not None
+
+    async def _inspect(self, tag: str) -> dict[str, Any] | None:
         try:
-            await docker_client.call(self._docker.images.get, tag)
+            attrs: dict[str, Any] = await docker_client.call(self._docker.api.inspect_image, tag)
         except docker.errors.ImageNotFound:
-            return False
-        return True
+            return None
+        return attrs
+
+    async def _record_if_missing(self, spec: ImageSpec, attrs: dict[str, Any]) -> None:
+        """Adopt at first use an image whose record is gone (Redis flushed, another deployment)."""
+        key = self._keys.image(spec.hash)
+        if await self._redis.exists(key):
+            return
+        created = str(attrs.get("Created") or "")
+        await self._redis.hset(
+            key,
+            mapping={
+                "hash": spec.hash,
+                "tag": spec.tag,
+                "image_id": str(attrs.get("Id", "")),
+                "size": str(int(attrs.get("Size") or 0)),
+                "built_at": created[:23] + "Z" if created else "",
+                "adopted_at": iso_now(),
+                "adopted_by": self._settings.manager_id,
+                "spec": spec.canonical_json(),
+            },
+        )
 
     async def _build_once(self, spec: ImageSpec) -> ImageRef:
         """Elect one builder across managers; the others wait for its image or its failure."""
@@ -158,6 +199,7 @@ class ImageService:
         try:
             image_id, size = await docker_client.call(self._build_sync, spec)
         except BuildFailed as exc:
+            self.observe_build("failure", time.monotonic() - started)
             if self._settings.build_failure_ttl_seconds:
                 await self._redis.set(
                     failure_key, exc.message, ex=self._settings.build_failure_ttl_seconds
@@ -168,6 +210,7 @@ class ImageService:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
         seconds = time.monotonic() - started
+        self.observe_build("miss", seconds)
         self.builds += 1
         await self._redis.hset(
             self._keys.image(spec.hash),
@@ -191,33 +234,62 @@ class ImageService:
             await self._renew(keys=[lock_key], args=[token, ttl_ms])
 
     def _build_sync(self, spec: ImageSpec) -> tuple[str, int]:
+        """Classic builder, intermediate containers always removed (``forcerm``), log streamed.
+
+        A failed build would leave the image of its last good step behind as a dangling
+        layer that nothing references: it is removed here.
+        """
         tail: deque[str] = deque(maxlen=_LOG_TAIL)
-        with tempfile.TemporaryDirectory(prefix="wm-build-") as tmp:
-            context = Path(tmp)
-            write_build_context(spec, context)
-            stream = self._docker.api.build(
-                path=str(context),
-                tag=spec.tag,
-                labels={LABEL_HASH: spec.hash},
-                rm=True,
-                forcerm=True,
-                pull=False,
-                decode=True,
-                timeout=int(self._settings.build_timeout_seconds),
-            )
-            error: str | None = None
-            for chunk in stream:
-                for line in str(chunk.get("stream", "")).splitlines():
-                    if line.strip():
-                        tail.append(line.rstrip())
-                        log.debug("build", tag=spec.tag, line=line.rstrip())
-                if "error" in chunk:
-                    error = str(chunk["error"]).strip()
-                    tail.append(error)
+        error: str | None = None
+        last_step: str | None = None
+        try:
+            with tempfile.TemporaryDirectory(prefix="wm-build-") as tmp:
+                context = Path(tmp)
+                write_build_context(spec, context)
+                stream = self._docker.api.build(
+                    path=str(context),
+                    tag=spec.tag,
+                    labels={LABEL_HASH: spec.hash, LABEL_PREFIX: self._settings.key_prefix},
+                    rm=True,
+                    forcerm=True,
+                    pull=False,
+                    decode=True,
+                    timeout=int(self._settings.build_timeout_seconds),
+                )
+                for chunk in stream:
+                    for line in str(chunk.get("stream", "")).splitlines():
+                        if line.strip():
+                            tail.append(line.rstrip()[:_LINE_CHARS])
+                            log.debug("build", tag=spec.tag, line=line.rstrip())
+                            step = _STEP_IMAGE.match(line.rstrip())
+                            if step:
+                                last_step = step.group(1)
+                    if "error" in chunk:
+                        error = str(chunk["error"]).strip()  # always text in the API's JSON
+                        tail.append(error[:_LINE_CHARS])
+        except (docker.errors.DockerException, OSError) as exc:  # incl. requests' errors
+            error = f"{type(exc).__name__}: {exc}"[:_LINE_CHARS]
         if error is not None:
+            if last_step is not None:
+                self._drop_dangling(last_step)
             raise BuildFailed(f"building {spec.tag} failed: {error}\n" + "\n".join(tail))
         image = self._docker.images.get(spec.tag)
         return str(image.id), int(image.attrs.get("Size", 0))
+
+    def _drop_dangling(self, image_id: str) -> None:
+        """Remove a failed build's last layer if nothing tags or builds on it."""
+        try:
+            attrs: dict[str, Any] = self._docker.images.get(image_id).attrs
+            if [t for t in attrs.get("RepoTags") or [] if t != "<none>:<none>"]:
+                return
+            full_id = str(attrs["Id"])
+            children = [
+                i for i in self._docker.api.images(all=True) if i.get("ParentId") == full_id
+            ]
+            if not children:
+                self._docker.api.remove_image(full_id, noprune=False)
+        except docker.errors.APIError as exc:  # in use, or already gone: leave it
+            log.debug("failed build layer kept", image=image_id, error=str(exc))
 
     async def touch(self, image_hash: str) -> None:
         await self._redis.zadd(self._keys.images, {image_hash: int(time.time())})

@@ -49,34 +49,45 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.commands = Counter(
-            "wm_commands", "Commands handled, by command and result.", ["command", "result"],
+            "wm_commands",
+            "Commands handled, by command and result.",
+            ["command", "result"],
             registry=r,
         )
         self.command_seconds = Histogram(
-            "wm_command_seconds", "Time from taking a command to its reply.", ["command"],
-            buckets=_COMMAND_BUCKETS, registry=r,
+            "wm_command_seconds",
+            "Time from taking a command to its reply.",
+            ["command"],
+            buckets=_COMMAND_BUCKETS,
+            registry=r,
         )
         self.workers = Gauge(
-            "wm_workers", "Worker records under this key prefix, by status.", ["status"],
+            "wm_workers",
+            "Worker records under this key prefix, by status.",
+            ["status"],
             registry=r,
         )
         self.consumer_pending = Gauge(
             "wm_consumer_pending",
-            "Commands delivered to the manager group and not yet acknowledged.", registry=r,
+            "Commands delivered to the manager group and not yet acknowledged.",
+            registry=r,
         )
         self.consumer_lag = Gauge(
-            "wm_consumer_lag", "Commands in the stream not yet delivered to the manager group.",
+            "wm_consumer_lag",
+            "Commands in the stream not yet delivered to the manager group.",
             registry=r,
         )
         self.redis_up = Gauge(
-            "wm_redis_up", "1 when the last scrape could read Redis; 0 when it could not.",
+            "wm_redis_up",
+            "1 when the last scrape could read Redis; 0 when it could not.",
             registry=r,
         )
         self.in_flight = Gauge(
             "wm_commands_in_flight", "Commands this manager is handling now.", registry=r
         )
         self.creates_in_progress = Gauge(
-            "wm_creates_in_progress", "Creates this manager is provisioning (image, container).",
+            "wm_creates_in_progress",
+            "Creates this manager is provisioning (image, container).",
             registry=r,
         )
         self.draining = Gauge(
@@ -85,11 +96,14 @@ class Metrics:
         self.image_builds = Counter(
             "wm_image_builds",
             "Image lookups: hit (image existed), miss (this manager built it), failure.",
-            ["result"], registry=r,
+            ["result"],
+            registry=r,
         )
         self.image_build_seconds = Histogram(
-            "wm_image_build_seconds", "Duration of image builds this manager ran.",
-            buckets=_BUILD_BUCKETS, registry=r,
+            "wm_image_build_seconds",
+            "Duration of image builds this manager ran.",
+            buckets=_BUILD_BUCKETS,
+            registry=r,
         )
         self.gc_removed_images = Counter(
             "wm_gc_removed_images", "Worker images removed by garbage collection.", registry=r

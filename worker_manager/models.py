@@ -74,7 +74,9 @@ def _json_text(value: Any, what: str) -> Any:
         try:
             return json.loads(value)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"must be JSON text ({what}); {exc.msg} at position {exc.pos}") from exc
+            raise ValueError(
+                f"must be JSON text ({what}); {exc.msg} at position {exc.pos}"
+            ) from exc
     return value
 
 

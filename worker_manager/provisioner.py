@@ -20,6 +20,7 @@ from worker_manager.containers import ContainerRuntime, LaunchSpec
 from worker_manager.images import BuildFailed, ImageService
 from worker_manager.logs import get_logger
 from worker_manager.models import AgentType, CreateCommand, Module, WorkerStatus
+from worker_manager.outages import OUTAGE_ERRORS, ride_out
 from worker_manager.records import WorkerStore
 
 log = get_logger(__name__)
@@ -45,6 +46,10 @@ class Provisioner:
     def in_progress(self) -> int:
         return len(self._tasks)
 
+    def is_active(self, worker_id: str) -> bool:
+        """Whether this process is provisioning the worker right now."""
+        return worker_id in self._tasks
+
     def start(self, worker_id: str) -> None:
         """Provision in the background (at most once at a time per worker in this process)."""
         if worker_id in self._tasks:
@@ -66,6 +71,20 @@ class Provisioner:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def _provision(self, worker_id: str) -> None:
+        """Every step is idempotent, so a Redis or Docker outage just means running it again."""
+        try:
+            await ride_out(
+                lambda: self._provision_once(worker_id),
+                what="provisioning",
+                max_seconds=self._settings.start_timeout_seconds,
+            )
+        except OUTAGE_ERRORS as exc:
+            # Still STARTING: the reconciler resumes it once the outage is over.
+            log.warning(
+                "provisioning interrupted by an outage", worker_id=worker_id, error=str(exc)
+            )
+
+    async def _provision_once(self, worker_id: str) -> None:
         bound = log.bind(worker_id=worker_id)
         try:
             spec = await self._store.spec(worker_id)
@@ -105,6 +124,8 @@ class Provisioner:
             bound.info("worker container started", container_id=started.container_id[:12])
         except asyncio.CancelledError:
             raise
+        except OUTAGE_ERRORS:
+            raise  # not the worker's fault: retried by _provision
         except BuildFailed as exc:
             bound.warning("image build failed", error=exc.message.splitlines()[0])
             await self._fail(worker_id, f"build_failed: {exc.message}")

@@ -247,7 +247,7 @@ class WorkerStore:
         text = await self._redis.get(self._keys.spec(worker_id))
         return json.loads(text) if text else None
 
-    async def list(self, limit: int = 10_000) -> list[dict[str, str]]:
+    async def list_records(self, limit: int = 10_000) -> list[dict[str, str]]:
         """Newest first; index entries whose record expired are pruned on the way."""
         ids: list[str] = await self._redis.zrevrange(self._keys.index, 0, limit - 1)
         if not ids:

@@ -33,10 +33,14 @@ class Claim:
 
 
 class ReplyBook:
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(
+        self, redis: Redis, settings: Settings, *, commands_stream: str | None = None
+    ) -> None:
         self._redis = redis
         self._settings = settings
         self._keys = settings.keys
+        # The stream the answered entries are acknowledged on (shared, or a manager's own).
+        self._commands = commands_stream or settings.keys.commands
 
     async def claim(self, request_id: str, entry_id: str, *, wait: float = 5.0) -> Claim:
         """Own ``request_id`` for this entry, or return the reply a previous handling gave.
@@ -49,7 +53,9 @@ class ReplyBook:
         deadline = asyncio.get_running_loop().time() + wait
         delay = 0.02
         while True:
-            if await self._redis.set(key, marker, nx=True, ex=self._settings.idempotency_ttl_seconds):
+            if await self._redis.set(
+                key, marker, nx=True, ex=self._settings.idempotency_ttl_seconds
+            ):
                 return Claim(owned=True)
             current: str | None = await self._redis.get(key)
             if current is None:
@@ -80,16 +86,27 @@ class ReplyBook:
         """
         async with self._redis.pipeline(transaction=True) as pipe:
             if dead is not None:
-                pipe.xadd(self._keys.dead, dead.entry(entry_id),  # type: ignore[arg-type]
-                          maxlen=self._settings.dead_maxlen, approximate=True)
+                pipe.xadd(
+                    self._keys.dead,
+                    dead.entry(entry_id),
+                    maxlen=self._settings.dead_maxlen,
+                    approximate=True,
+                )
             if reply is not None and reply_to is not None:
                 if remember_seconds is not None:
-                    pipe.set(self._keys.request(reply.request_id), reply.model_dump_json(),
-                             ex=remember_seconds)
-                pipe.xadd(reply_to, reply.to_fields(),  # type: ignore[arg-type]
-                          maxlen=self._settings.reply_maxlen, approximate=True)
+                    pipe.set(
+                        self._keys.request(reply.request_id),
+                        reply.model_dump_json(),
+                        ex=remember_seconds,
+                    )
+                pipe.xadd(
+                    reply_to,
+                    reply.to_fields(),
+                    maxlen=self._settings.reply_maxlen,
+                    approximate=True,
+                )
                 pipe.expire(reply_to, self._settings.reply_ttl_seconds)
-            pipe.xack(self._keys.commands, MANAGER_GROUP, entry_id)
+            pipe.xack(self._commands, MANAGER_GROUP, entry_id)
             await pipe.execute()
 
     async def release(self, request_id: str, entry_id: str) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from docker import DockerClient
 from redis.asyncio import Redis
@@ -22,18 +23,23 @@ from worker_manager.connections import connect
 from worker_manager.consumer import CommandConsumer
 from worker_manager.containers import ContainerRuntime
 from worker_manager.dispatcher import Dispatcher, Observer
+from worker_manager.eviction import Evictor
+from worker_manager.gc import gc_loop
 from worker_manager.handlers import Handlers
+from worker_manager.http import HttpServer
 from worker_manager.images import ImageService
 from worker_manager.logs import get_logger, redact_url
-from worker_manager.models import WorkerStatus
+from worker_manager.metrics import Metrics
 from worker_manager.provisioner import Provisioner
+from worker_manager.reconciler import Reconciler
 from worker_manager.records import WorkerStore
 from worker_manager.replies import ReplyBook
+from worker_manager.routing import Presence, Router
 from worker_manager.watcher import StatusWatcher
 
 log = get_logger(__name__)
 
-BackgroundLoop = Callable[[asyncio.Event], Awaitable[None]]
+BackgroundLoop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
 class Manager:
@@ -44,6 +50,7 @@ class Manager:
         redis: Redis | None = None,
         docker: DockerClient | None = None,
         observe: Observer | None = None,
+        http: bool = False,
     ) -> None:
         self.settings = settings
         self.redis = redis or connect(settings, name="main")
@@ -55,16 +62,63 @@ class Manager:
         self.images = ImageService(settings, self.redis, self.docker)
         self.containers = ContainerRuntime(settings, self.docker)
         self.provisioner = Provisioner(settings, self.store, self.images, self.containers, self.acl)
-        self.handlers = Handlers(settings, self.store, self.provisioner)
-        kwargs = {"observe": observe} if observe else {}
-        self.dispatcher = Dispatcher(settings, self.redis, self.book, self.handlers, **kwargs)
+        self.router = Router(settings, self.redis, self.store)
+        self.handlers = Handlers(settings, self.store, self.provisioner, self.router)
+        self.metrics = Metrics()
+        self.images.observe_build = self.metrics.image_build
+        self.dispatcher = Dispatcher(
+            settings,
+            self.redis,
+            self.book,
+            self.handlers,
+            observe=_observers(self.metrics.observe_command, observe),
+        )
         self.consumer = CommandConsumer(settings, self.redis, self.blocking_redis, self.dispatcher)
+        # Commands routed to this manager by the others (deletes of workers on this host).
+        own_stream = settings.keys.manager_commands(settings.manager_id)
+        self.own_blocking_redis = connect(settings, blocking=True, name="consumer-own")
+        self.own_consumer = CommandConsumer(
+            settings,
+            self.redis,
+            self.own_blocking_redis,
+            Dispatcher(
+                settings,
+                self.redis,
+                ReplyBook(self.redis, settings, commands_stream=own_stream),
+                self.handlers,
+                observe=_observers(self.metrics.observe_command, observe),
+            ),
+            stream=own_stream,
+        )
         self.watcher = StatusWatcher(
             settings, self.redis, self.store, self.docker, self.provisioner.teardown
         )
+        self.evictor = Evictor(
+            settings, self.redis, self.store, self.provisioner.teardown, self.provisioner.cancel
+        )
+        self.reconciler = Reconciler(
+            settings,
+            self.store,
+            self.docker,
+            self.containers,
+            self.provisioner,
+            self.acl,
+            self._ensure_groups,
+        )
+        self.watcher.on_redis_restart = self.reconciler.after_redis_restart
+        self.presence = Presence(settings, self.redis)
         self.stop = asyncio.Event()
         self.ready = asyncio.Event()
-        self._extra_loops: list[BackgroundLoop] = []
+        #: Set by SIGUSR1 (and by ``stop``): no more commands are taken; everything else runs.
+        self.draining = asyncio.Event()
+        self.http = HttpServer(self) if http else None
+        self._extra_loops: list[BackgroundLoop] = [
+            self.evictor.run,
+            self.reconciler.run,
+            self.presence.run,
+            self._run_own_consumer,
+        ]
+        self.add_loop(gc_loop(settings, self.redis, self.docker))  # image GC (gc.py)
 
     def add_loop(self, loop: BackgroundLoop) -> None:
         """Run another background loop (HTTP, GC schedule, reconciler) for the service's life."""
@@ -74,20 +128,29 @@ class Manager:
         """Checks that must pass before commands are taken, then finish interrupted creates."""
         await self.redis.ping()
         await self.acl.check_admin()
-        await self.consumer.ensure_group()
-        await self.resume_interrupted_creates()
+        await self._ensure_groups()
+        await self.presence.beat()
+        await self.reconciler.reconcile()
 
-    async def resume_interrupted_creates(self) -> None:
-        """A STARTING worker of ours without a container was mid-create when we stopped."""
-        for worker_id in await self.store.live_ids():
-            record = await self.store.get(worker_id)
-            if record and record.get("status") == WorkerStatus.STARTING and not record.get(
-                "container_id"
-            ):
-                log.info("resuming an interrupted create", worker_id=worker_id)
-                self.provisioner.start(worker_id)
+    async def _ensure_groups(self) -> None:
+        await self.consumer.ensure_group()
+        await self.own_consumer.ensure_group()
+
+    async def _run_own_consumer(self, stop: asyncio.Event) -> None:
+        """Until the very end, also while draining: only this manager can act on its host."""
+        await self.own_consumer.run(stop, grace=5.0)
 
     async def run(self, *, grace: float = 10.0) -> None:
+        """HTTP is up for the whole life: "alive, not ready" during start-up and the drain."""
+        if self.http is None:
+            return await self._run(grace=grace)
+        await self.http.start()
+        try:
+            await self._run(grace=grace)
+        finally:
+            await self.http.stop()
+
+    async def _run(self, *, grace: float) -> None:
         log.info(
             "worker-manager starting",
             manager_id=self.settings.manager_id,
@@ -100,8 +163,15 @@ class Manager:
             asyncio.create_task(self.watcher.run(self.stop), name="watcher"),
             *(asyncio.create_task(loop(self.stop)) for loop in self._extra_loops),
         ]
+        loops.append(asyncio.create_task(self._drain_on_stop(), name="drain-on-stop"))
         try:
-            await self.consumer.run(self.stop, grace=grace)
+            await self.consumer.run(self.draining, grace=grace)
+            if not self.stop.is_set():
+                log.info(
+                    "drained: taking no commands; workers are still watched; SIGTERM to exit",
+                    creates_in_progress=self.provisioner.in_progress,
+                )
+                await self.stop.wait()
         finally:
             self.stop.set()
             await self.provisioner.close()
@@ -113,13 +183,24 @@ class Manager:
     async def close(self) -> None:
         await self.redis.aclose()
         await self.blocking_redis.aclose()
+        await self.own_blocking_redis.aclose()
         with contextlib.suppress(Exception):
             self.docker.close()
+
+    async def _drain_on_stop(self) -> None:
+        await self.stop.wait()
+        self.draining.set()
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGUSR1, self._on_drain_signal)
+
+    def _on_drain_signal(self) -> None:
+        """Planned maintenance: other managers take the commands; this one finishes its work."""
+        log.info("draining: no new commands; in-flight ones finish, workers stay watched")
+        self.draining.set()
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info("stopping: no new commands; finishing those in flight", signal=sig.name)
@@ -127,9 +208,20 @@ class Manager:
 
 
 async def serve(settings: Settings, *, grace: float = 10.0) -> None:
-    manager = Manager(settings)
+    manager = Manager(settings, http=True)
     manager.install_signal_handlers()
     try:
         await manager.run(grace=grace)
     finally:
         await manager.close()
+
+
+def _observers(*observers: Observer | None) -> Observer:
+    """One observer that calls each given one (the metrics' and, say, a test's)."""
+    chosen = [fn for fn in observers if fn is not None]
+
+    def observe(command: str, result: str, seconds: float) -> None:
+        for fn in chosen:
+            fn(command, result, seconds)
+
+    return observe

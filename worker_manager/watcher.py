@@ -5,7 +5,13 @@
   container started ``start_timeout_seconds`` ago without a heartbeat is FAILED too.
 - The heartbeat's value (the wrapper's last activity) becomes ``last_activity_at``.
 - Docker's ``die``/``oom`` events of this manager's containers end the worker: exit code 0 is
-  STOPPED, anything else FAILED, OOM-kill FAILED with ``reason=oom``.
+  STOPPED, anything else FAILED, OOM-kill FAILED with ``reason=oom``. An ``oom`` event ends the
+  worker even when only the agent (not the container's init) was killed: its memory limit is too
+  small for its work, and the wrapper's own state may have been hit. A ``die`` with 137 whose
+  ``oom`` event was missed (events reconnecting) is checked against ``State.OOMKilled``.
+- After a Redis restart (its ``run_id`` changes) or an outage, lost heartbeats are not judged for
+  one heartbeat TTL: the wrappers need that long to reconnect (and their ACL users to be
+  re-created by ``on_redis_restart``).
 One pipeline per tick covers every live worker; one events stream covers every container.
 """
 
@@ -33,6 +39,7 @@ from worker_manager.records import WorkerStore
 log = get_logger(__name__)
 
 Teardown = Callable[[str], Awaitable[int | None]]
+RedisRestarted = Callable[[], Awaitable[None]]
 
 
 class StatusWatcher:
@@ -52,6 +59,11 @@ class StatusWatcher:
         self._oom: set[str] = set()
         self.events_connected = threading.Event()
         self._stream: Any = None
+        self._run_id: str | None = None
+        self._outage = False
+        self._grace_until = 0.0
+        self.on_redis_restart: RedisRestarted | None = None
+        self.redis_restarts = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         await asyncio.gather(self._heartbeats(stop), self._docker_events(stop))
@@ -60,11 +72,29 @@ class StatusWatcher:
     async def _heartbeats(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
+                await self._notice_redis_restart()
                 await self.check_heartbeats()
             except (RedisError, OSError) as exc:
+                self._outage = True
                 log.warning("heartbeat check failed", error=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._settings.watch_interval_seconds)
+
+    async def _notice_redis_restart(self) -> None:
+        info: dict[str, Any] = await self._redis.info("server")
+        run_id = str(info.get("run_id", ""))
+        restarted = self._run_id is not None and run_id != self._run_id
+        if restarted or self._outage:
+            settle = (
+                self._settings.heartbeat_ttl_seconds + 2 * self._settings.heartbeat_interval_seconds
+            )
+            self._grace_until = time.monotonic() + settle
+        self._run_id, self._outage = run_id, False
+        if restarted:
+            self.redis_restarts += 1
+            log.warning("redis restarted; restoring what it may have lost", run_id=run_id)
+            if self.on_redis_restart is not None:
+                await self.on_redis_restart()
 
     async def check_heartbeats(self) -> None:
         ids = await self._store.live_ids()
@@ -109,15 +139,20 @@ class StatusWatcher:
             elif fields:
                 await self._store.update(worker_id, fields)
             return
+        if time.monotonic() < self._grace_until:
+            return  # wrappers are still reconnecting after a Redis outage
         if status == WorkerStatus.RUNNING:
             await self._end(worker_id, WorkerStatus.FAILED, "heartbeat_lost")
-        elif status == WorkerStatus.STARTING and started_at:
-            if now - unix_from_iso(started_at) > self._settings.start_timeout_seconds:
-                await self._end(
-                    worker_id,
-                    WorkerStatus.FAILED,
-                    f"wrapper never became ready within {self._settings.start_timeout_seconds:g}s",
-                )
+        elif (
+            status == WorkerStatus.STARTING
+            and started_at
+            and now - unix_from_iso(started_at) > self._settings.start_timeout_seconds
+        ):
+            await self._end(
+                worker_id,
+                WorkerStatus.FAILED,
+                f"wrapper never became ready within {self._settings.start_timeout_seconds:g}s",
+            )
 
     async def _end(
         self, worker_id: str, to: WorkerStatus, reason: str, fields: dict[str, str] | None = None
@@ -158,7 +193,9 @@ class StatusWatcher:
                 log.exception("handling a docker event failed")
 
     def _read_events(
-        self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[dict[str, Any]],
+        self,
+        loop: asyncio.AbstractEventLoop,
+        queue: asyncio.Queue[dict[str, Any]],
         stop: asyncio.Event,
     ) -> None:
         """Blocking reader thread; reconnects with back-off when the daemon goes away."""
@@ -205,11 +242,12 @@ class StatusWatcher:
         action = event.get("Action") or event.get("status")
         if action == "oom":
             self._oom.add(worker_id)
+            await self._end(worker_id, WorkerStatus.FAILED, "oom")
             return
         if action != "die":
             return
         exit_code = int(attrs.get("exitCode", "0") or 0)
-        oom = worker_id in self._oom
+        oom = worker_id in self._oom or (exit_code == 137 and await self._oom_killed(attrs))
         self._oom.discard(worker_id)
         fields = {"exit_code": str(exit_code)}
         if oom:
@@ -220,8 +258,24 @@ class StatusWatcher:
             to, reason = WorkerStatus.FAILED, f"exited with code {exit_code}"
         result = await self._store.transition(worker_id, to, reason, fields=fields)
         if result.changed:
-            log.info("worker container ended", worker_id=worker_id, exit_code=exit_code, reason=reason)
+            log.info(
+                "worker container ended", worker_id=worker_id, exit_code=exit_code, reason=reason
+            )
             await self._teardown(worker_id)
         elif result.previous:
             # Already ended (e.g. deleted): keep the exit code the container reported.
             await self._store.update(worker_id, {"exit_code": str(exit_code)})
+
+    async def _oom_killed(self, attrs: dict[str, Any]) -> bool:
+        name = attrs.get("name")
+        if not name:
+            return False
+
+        def inspect() -> bool:
+            try:
+                state = self._docker.api.inspect_container(name).get("State") or {}
+            except docker.errors.DockerException:
+                return False
+            return bool(state.get("OOMKilled"))
+
+        return await asyncio.to_thread(inspect)

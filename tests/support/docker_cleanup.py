@@ -38,15 +38,17 @@ def remove_test_containers(client: docker.DockerClient) -> list[str]:
     return removed
 
 
-def remove_new_worker_images(client: docker.DockerClient, before: set[str]) -> list[str]:
-    """Remove worker images that were not there at session start and that no container uses.
+def remove_new_worker_images(
+    client: docker.DockerClient, before: set[str], hashes: set[str]
+) -> list[str]:
+    """Remove worker images of ``hashes`` that were not there at session start, if unused.
 
     Not forced: an image another session's container still runs stays, and its tags with it.
     """
     removed: list[str] = []
     for image in client.images.list(filters={"label": HASH_LABEL}):
         image_id = str(image.id)
-        if image_id in before:
+        if image_id in before or (image.labels or {}).get(HASH_LABEL) not in hashes:
             continue
         try:
             for tag in image.tags:

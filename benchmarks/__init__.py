@@ -1,0 +1,1 @@
+"""worker-manager against its physical limits: ``python -m benchmarks [--quick]``."""

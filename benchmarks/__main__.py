@@ -1,0 +1,117 @@
+"""``python -m benchmarks [--quick] [--only NAME ...]``: run the figures, print, write JSON.
+
+Quick mode (``make bench``) takes a few minutes when the standard CUSTOM image is cached; full
+mode (``make bench-full``) takes the run counts the README's goals are stated for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from dataclasses import dataclass
+
+from benchmarks.control import roundtrip_figures, throughput_figures
+from benchmarks.dataplane import latency_figure, throughput_figure
+from benchmarks.env import AGENT_COMMAND, BenchEnv
+from benchmarks.gc_bench import gc_figure
+from benchmarks.harness import Figure, console, machine, table, write_results
+from benchmarks.scale import scale_figures
+from benchmarks.start import start_figures
+from benchmarks.workers import create_worker
+
+FIGURES = ("start", "control", "throughput", "data", "scale", "gc")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    name: str
+    warm_runs: int
+    cold_runs: int
+    rt_runs: int
+    tp_runs: int
+    tp_window: float
+    tp_levels: tuple[int, ...]
+    lines: int
+    data_runs: int
+    latency_lines: int
+    latency_runs: int
+    sizes: tuple[int, ...]
+    gc_records: int
+    gc_runs: int
+
+
+QUICK = Plan("quick", 5, 2, 50, 5, 1.0, (1, 8, 64), 10_000, 5, 50, 5, (1, 10, 25), 1000, 5)
+FULL = Plan("full", 20, 20, 200, 20, 1.5, (1, 8, 64), 100_000, 20, 100, 20, (1, 25, 100), 1000, 20)
+
+
+async def run(plan: Plan, only: set[str]) -> list[Figure]:
+    env = BenchEnv()
+    figures: list[Figure] = []
+    out = console()
+    try:
+        env.start()
+        await env.start_manager()
+        await env.start_echo()
+        if "start" in only:
+            out.print("[bold]1. start latency[/bold] (warm, then cold: builds take a while)")
+            figures += await start_figures(env, plan.warm_runs, plan.cold_runs)
+        fleet: list[str] = []
+        if only & {"control", "throughput", "data", "scale"}:
+            env.overlay.reset()
+            fleet.append(await create_worker(env, AGENT_COMMAND, timeout=600))
+        if "control" in only:
+            out.print("[bold]2. status round trip[/bold]")
+            figures += await roundtrip_figures(env, fleet[0], plan.rt_runs)
+        if "throughput" in only:
+            out.print("[bold]3. status throughput[/bold] (the top level with a build in flight)")
+            figures += await throughput_figures(
+                env, fleet[0], plan.tp_runs, plan.tp_window, plan.tp_levels
+            )
+        if "data" in only:
+            out.print("[bold]4. data plane[/bold]")
+            figures.append(await throughput_figure(env, fleet[0], plan.lines, plan.data_runs))
+            figures.append(
+                await latency_figure(env, fleet[0], plan.latency_lines, plan.latency_runs)
+            )
+        if "scale" in only:
+            out.print(f"[bold]5. scale[/bold] {plan.sizes} idle workers")
+            figures += await scale_figures(env, fleet, plan.sizes, plan.rt_runs)
+        if "gc" in only:
+            out.print("[bold]6. gc --dry-run[/bold]")
+            figures.append(await gc_figure(env, plan.gc_records, plan.gc_runs))
+    finally:
+        await env.close()
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="few runs: about 3 minutes")
+    parser.add_argument(
+        "--only", nargs="+", choices=FIGURES, metavar="NAME",
+        help=f"run only these figures: {', '.join(FIGURES)}",
+    )
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    only = set(args.only or FIGURES)
+    meta = {"mode": plan.name, "only": sorted(only), "machine": machine()}
+    started = time.monotonic()
+    figures = asyncio.run(run(plan, only))
+    meta["seconds"] = round(time.monotonic() - started, 1)
+    out = console()
+    out.print(table(figures, title=f"worker-manager benchmarks ({plan.name}, {meta['seconds']} s)"))
+    for f in figures:
+        if f.note:
+            out.print(f"[dim]{f.title}: {f.note}[/dim]")
+    missed = [f.title for f in figures if f.met is False]
+    if missed:
+        out.print("[red]goals missed:[/red] " + "; ".join(missed))
+    path = write_results(plan.name, figures, meta)
+    out.print(f"figures written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

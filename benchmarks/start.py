@@ -1,0 +1,191 @@
+"""Figure 1: ``create`` → ``RUNNING``, warm (image cached) and cold (a never-seen shape).
+
+The floor is the same image started with the Docker SDK directly (same hardening options as the
+manager's containers) until its wrapper's first heartbeat: everything the manager adds (the
+command round trip, the record, the ACL user, the image lookup, noticing the heartbeat) is the
+difference. The cold floor adds ``docker build`` of the very Dockerfile and context the manager
+generates (:func:`worker_manager.images.write_build_context`), with the same build options.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import docker.errors
+
+from benchmarks.env import AGENT_COMMAND, OWNER_LABEL, BenchEnv
+from benchmarks.harness import Figure, alternate
+from benchmarks.workers import create_worker, delete_worker, lifecycle_tail, wait_status
+from worker_manager.image_spec import ImageSpec, Templates, packaged_images_dir
+from worker_manager.images import LABEL_HASH, write_build_context
+from worker_manager.models import AgentType
+
+
+def _run_direct(env: BenchEnv, image: str, worker_id: str) -> str:
+    """What the manager's container runtime asks Docker for, minus the manager."""
+    container = env.docker.containers.run(
+        image,
+        name=f"{env.prefix}-direct-{worker_id}",
+        labels={OWNER_LABEL: env.manager_id},
+        environment={
+            "WM_WORKER_ID": worker_id,
+            "WM_REDIS_URL": env.server.worker_url,
+            "WM_KEY_PREFIX": env.prefix,
+            "WM_AGENT_TYPE": "CUSTOM",
+            "WM_AGENT_COMMAND": json.dumps(AGENT_COMMAND),
+            "WM_HEARTBEAT_INTERVAL": "2",
+            "WM_HEARTBEAT_TTL": "10",
+            "WM_OUTPUT_MAXLEN": "10000",
+        },
+        working_dir="/workspace",
+        user="1000:1000",
+        init=True,
+        security_opt=["no-new-privileges:true"],
+        cap_drop=["ALL"],
+        mem_limit="2g",
+        memswap_limit="2g",
+        nano_cpus=int(1e9),
+        pids_limit=512,
+        network="bridge",
+        log_config={"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}},
+        detach=True,
+    )
+    return str(container.id)
+
+
+async def _until_heartbeat(env: BenchEnv, worker_id: str, timeout: float = 120.0) -> None:
+    """Polled every 2 ms: finer than anything measured here, and no notification set-up."""
+    key = env.keys.heartbeat(worker_id)
+    deadline = time.monotonic() + timeout
+    while not await env.redis.exists(key):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no heartbeat from the direct container {worker_id}")
+        await asyncio.sleep(0.002)
+
+
+def _remove(env: BenchEnv, container_id: str) -> None:
+    try:
+        env.docker.containers.get(container_id).remove(force=True, v=True)
+    except docker.errors.NotFound:
+        pass
+
+
+async def direct_start(env: BenchEnv, image: str) -> float:
+    worker_id = str(uuid.uuid4())
+    started = time.perf_counter()
+    container_id = await asyncio.to_thread(_run_direct, env, image, worker_id)
+    await _until_heartbeat(env, worker_id)
+    seconds = time.perf_counter() - started
+    await asyncio.to_thread(_remove, env, container_id)
+    return seconds
+
+
+async def manager_start(env: BenchEnv) -> tuple[float, str]:
+    """Seconds from the create's XADD to RUNNING in ``lifecycle``; and the worker's image."""
+    worker_id = str(uuid.uuid4())
+    after = await lifecycle_tail(env)
+    started = time.perf_counter()
+    await create_worker(env, AGENT_COMMAND, wait=False, worker_id=worker_id)
+    await wait_status(env, worker_id, after, ("RUNNING",), timeout=600)
+    seconds = time.perf_counter() - started
+    image = await env.redis.hget(env.keys.worker(worker_id), "image")
+    await delete_worker(env, worker_id, wait_gone=True)
+    return seconds, str(image or "")
+
+
+def _build_direct(env: BenchEnv, tag: str) -> None:
+    spec = ImageSpec(
+        base_image=env.base_image,
+        base_image_id=str(env.docker.images.get(env.base_image).id),
+        agent_type=AgentType.CUSTOM,
+        modules=(),
+        templates=Templates(packaged_images_dir(), env.overlay.root),
+    )
+    with tempfile.TemporaryDirectory(prefix="wm-bench-build-") as tmp:
+        write_build_context(spec, Path(tmp))
+        for chunk in env.docker.api.build(
+            path=tmp,
+            tag=tag,
+            labels={LABEL_HASH: spec.hash},
+            rm=True,
+            forcerm=True,
+            pull=False,
+            decode=True,
+        ):
+            if "error" in chunk:
+                raise RuntimeError(f"docker build failed: {chunk['error']}")
+
+
+async def start_figures(env: BenchEnv, warm_runs: int, cold_runs: int) -> list[Figure]:
+    env.overlay.reset()
+    _, image = await manager_start(env)  # builds the standard image if it is missing
+    if not image:
+        raise RuntimeError("the warm-up worker has no image")
+
+    async def warm_direct(_i: int) -> float:
+        return await direct_start(env, image)
+
+    async def warm_ours(_i: int) -> float:
+        return (await manager_start(env))[0]
+
+    base, mine = await alternate(warm_runs, warm_direct, warm_ours, warmup=1)
+    warm = Figure(
+        name="start.warm",
+        title="1. start, image cached",
+        unit="s",
+        ours_label="create→RUNNING",
+        baseline_label="SDK run→heartbeat",
+        goal="ratio_max",
+        bound=1.2,
+        ours=mine,
+        baseline=base,
+    )
+    figures = [warm]
+    if cold_runs <= 0:
+        return figures
+
+    async def cold_direct(i: int) -> float:
+        tag = f"bench-cold:{env.token}-d{i + 10}"
+        env.owns_image(tag)
+        env.overlay.unique(f"{env.token}-d{i + 10}")
+        try:
+            started = time.perf_counter()
+            await asyncio.to_thread(_build_direct, env, tag)
+            seconds = time.perf_counter() - started
+        finally:
+            env.overlay.reset()
+        seconds += await direct_start(env, tag)
+        await asyncio.to_thread(env.remove_image, tag)
+        return seconds
+
+    async def cold_ours(i: int) -> float:
+        env.overlay.unique(f"{env.token}-m{i + 10}")
+        try:
+            seconds, tag = await manager_start(env)
+        finally:
+            env.overlay.reset()
+        if tag:
+            env.owns_image(tag)
+            await asyncio.to_thread(env.remove_image, tag)
+        return seconds
+
+    base, mine = await alternate(cold_runs, cold_direct, cold_ours, warmup=0)
+    figures.append(
+        Figure(
+            name="start.cold",
+            title="1b. start, new image shape (build)",
+            unit="s",
+            ours_label="create→RUNNING",
+            baseline_label="docker build + run→heartbeat",
+            goal="ratio_max",
+            bound=1.1,
+            ours=mine,
+            baseline=base,
+        )
+    )
+    return figures

@@ -1,0 +1,92 @@
+"""Creating, awaiting and deleting workers through the contract, as any orchestrator would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+from benchmarks.env import BenchEnv
+
+TERMINAL = ("STOPPED", "FAILED")
+
+
+async def lifecycle_tail(env: BenchEnv) -> str:
+    """The lifecycle stream's newest ID: follow from here to see only what happens next."""
+    newest = await env.redis.xrevrange(env.keys.lifecycle, count=1)
+    return str(newest[0][0]) if newest else "0-0"
+
+
+async def create_worker(
+    env: BenchEnv,
+    agent_command: list[str],
+    *,
+    wait: bool = True,
+    worker_id: str | None = None,
+    timeout: float = 300.0,
+) -> str:
+    """Create a CUSTOM worker; with ``wait``, until it is RUNNING (raises if it fails)."""
+    from benchmarks.control import Requester
+
+    worker_id = worker_id or str(uuid.uuid4())
+    after = await lifecycle_tail(env) if wait else "0-0"
+    requester = Requester(env.redis, f"{env.keys.replies}:bench:{uuid.uuid4().hex}")
+    _, reply = await requester.call(
+        env.keys.commands,
+        {
+            "command": "create",
+            "worker_id": worker_id,
+            "agent_type": "CUSTOM",
+            "agent_command": json.dumps(agent_command),
+        },
+    )
+    await env.redis.delete(requester.reply_to)
+    if reply.get("ok") != "true":
+        raise RuntimeError(f"create refused: {reply}")
+    if wait:
+        await wait_status(env, worker_id, after, ("RUNNING",), timeout=timeout)
+    return worker_id
+
+
+async def wait_status(
+    env: BenchEnv, worker_id: str, after: str, wanted: tuple[str, ...], *, timeout: float
+) -> str:
+    """Follow ``lifecycle`` from ``after`` until the worker reaches ``wanted`` (event-driven)."""
+    deadline = time.monotonic() + timeout
+    last = after
+    while (left := deadline - time.monotonic()) > 0:
+        response = await env.redis.xread(
+            {env.keys.lifecycle: last}, count=256, block=max(1, int(min(left, 1.0) * 1000))
+        )
+        for _s, entries in response or []:
+            for entry_id, fields in entries:
+                last = entry_id
+                if fields.get("worker_id") != worker_id:
+                    continue
+                if fields.get("to") in wanted:
+                    return str(fields["to"])
+                if fields.get("to") in TERMINAL:
+                    raise RuntimeError(
+                        f"worker {worker_id} became {fields['to']}: {fields.get('reason', '')}"
+                    )
+    raise TimeoutError(f"worker {worker_id} not {wanted} within {timeout:g}s")
+
+
+async def delete_worker(env: BenchEnv, worker_id: str, *, wait_gone: bool = False) -> None:
+    from benchmarks.control import Requester
+
+    requester = Requester(env.redis, f"{env.keys.replies}:bench:{uuid.uuid4().hex}")
+    await requester.call(env.keys.commands, {"command": "delete", "worker_id": worker_id})
+    await env.redis.delete(requester.reply_to)
+    if wait_gone:
+        name = f"{env.prefix}-{worker_id}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            names = await asyncio.to_thread(
+                lambda: [c.name for c in env.docker.containers.list(all=True,
+                                                                    filters={"name": name})]
+            )
+            if name not in names:
+                return
+            await asyncio.sleep(0.2)
