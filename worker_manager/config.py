@@ -126,6 +126,16 @@ class Settings(BaseSettings):
         description="A directory shaped like images/ whose snippets override the packaged ones "
         "(and whose files/ is added to the build context): for site-specific or test agents.",
     )
+    build_args: dict[str, str] = Field(
+        default_factory=dict,
+        description="ARG values for the image snippets, e.g. {\"CLAUDE_CODE_VERSION\": \"2.1.0\"}"
+        " (JSON in WM_BUILD_ARGS); part of the image hash.",
+    )
+    docker_module_socket: str | None = Field(
+        default=None,
+        description="Host Docker socket given to workers with the DOCKER module. Root-equivalent "
+        "on the host: unset by default, so DOCKER workers get a CLI and no daemon.",
+    )
     build_lock_ttl_seconds: int = Field(default=60, ge=5)
     build_failure_ttl_seconds: int = Field(default=60, ge=0)
     build_timeout_seconds: float = Field(default=1800, gt=0)

@@ -9,6 +9,7 @@ that already exists under the worker's name is reused, never duplicated.
 from __future__ import annotations
 
 import io
+import os
 import json
 import tarfile
 import time
@@ -41,6 +42,8 @@ class LaunchSpec:
     image_hash: str
     env: dict[str, str]
     files: dict[str, str]  # name in the working directory -> text
+    #: The host's Docker socket, for the DOCKER module when the operator allows it.
+    docker_socket: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,10 @@ class ContainerRuntime:
 
     def _create_sync(self, name: str, spec: LaunchSpec) -> Container:
         s = self._settings
+        extra: dict[str, Any] = {}
+        if spec.docker_socket:
+            extra["volumes"] = {spec.docker_socket: {"bind": "/var/run/docker.sock", "mode": "rw"}}
+            extra["group_add"] = [str(os.stat(spec.docker_socket).st_gid)]
         try:
             container = self._docker.containers.create(
                 spec.image_tag,
@@ -127,6 +134,7 @@ class ContainerRuntime:
                 # Bounded logs: a chatty agent must not fill the operator's disk.
                 log_config=LogConfig(type="json-file", config={"max-size": "10m", "max-file": "3"}),
                 detach=True,
+                **extra,
             )
         except docker.errors.APIError as exc:
             if exc.status_code != 409:  # 409: a concurrent attempt created it first

@@ -94,6 +94,8 @@ class ImageSpec:
     agent_type: AgentType
     modules: tuple[Module, ...]
     templates: Templates
+    #: ``ARG`` values for the snippets (e.g. ``CLAUDE_CODE_VERSION``): part of the hash.
+    build_args: tuple[tuple[str, str], ...] = ()
 
     def used_templates(self) -> dict[str, Path]:
         used: dict[str, Path] = {}
@@ -122,6 +124,7 @@ class ImageSpec:
                 for rel, path in sorted(self.used_templates().items())
             },
             "files": digest_tree(files) if files else None,
+            "build_args": dict(sorted(self.build_args)),
             "wrapper": wrapper_identity(),
         }
 

@@ -101,6 +101,7 @@ class ImageService:
             agent_type=agent_type,
             modules=tuple(sorted(modules)),
             templates=self._templates,
+            build_args=tuple(sorted(self._settings.build_args.items())),
         )
 
     async def _base_image_id(self) -> str:
@@ -254,6 +255,7 @@ class ImageService:
                     forcerm=True,
                     pull=False,
                     decode=True,
+                    buildargs=dict(spec.build_args),
                     timeout=int(self._settings.build_timeout_seconds),
                 )
                 for chunk in stream:

@@ -106,6 +106,9 @@ class Provisioner:
                     files={command.agent_type.instructions_file: command.instructions}
                     if command.instructions
                     else {},
+                    docker_socket=self._settings.docker_module_socket
+                    if Module.DOCKER in command.modules
+                    else None,
                 )
             )
             await self._store.update(

@@ -23,6 +23,8 @@ import pytest
 from tests.support.flows import Harness
 from worker_manager.config import Settings
 from worker_manager.keys import MANAGER_GROUP
+from worker_manager.models import Reply, StatusCommand
+from worker_manager.service import Manager
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 
@@ -163,7 +165,9 @@ async def command_state(harness: Harness, entry_ids: list[str]) -> dict[str, str
     groups = await harness.redis.xinfo_groups(keys.commands)
     group = next(g for g in groups if g["name"] == MANAGER_GROUP)
     last = tuple(int(p) for p in str(group["last-delivered-id"]).split("-"))
-    pending_rows = await harness.redis.xpending_range(keys.commands, MANAGER_GROUP, "-", "+", 10_000)
+    pending_rows = await harness.redis.xpending_range(
+        keys.commands, MANAGER_GROUP, "-", "+", 10_000
+    )
     pending = {row["message_id"] for row in pending_rows}
     state = {}
     for entry_id in entry_ids:
@@ -190,13 +194,16 @@ async def test_sigterm_drains_and_leaves_workers_running(
     async with serve_process(settings, tmp_path) as served:
         try:
             worker_id = await create_running_worker(harness)
-            async with aiohttp.ClientSession() as http:
-                async with http.get(f"{served.url}/metrics") as resp:
-                    metrics = await resp.text()
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"{served.url}/metrics") as resp,
+            ):
+                metrics = await resp.text()
             assert 'wm_workers{status="RUNNING"} 1.0' in metrics
             assert 'wm_commands_total{command="create",result="ok"} 1.0' in metrics
             builds = [
-                line for line in metrics.splitlines()
+                line
+                for line in metrics.splitlines()
                 if line.startswith("wm_image_builds_total{") and not line.endswith(" 0.0")
             ]
             assert builds, metrics  # a hit (image existed) or a miss (built here)
@@ -244,7 +251,8 @@ async def test_sigterm_drains_and_leaves_workers_running(
     for request_id in request_ids:
         if request_id not in answered:
             reply = await harness.client.wait_reply(reply_to, request_id, timeout=30)
-            assert reply.ok and reply.status == "RUNNING", reply
+            assert reply.ok, reply
+            assert reply.status == "RUNNING", reply
     assert all(count == 1 for count in (await replies_by_request(harness, reply_to)).values())
     await remove_worker(harness, worker_id)
 
@@ -290,3 +298,47 @@ async def test_sigusr1_drain_keeps_watching_workers(
             leftover = harness.container(worker_id)
             if leftover is not None:
                 await asyncio.to_thread(leftover.remove, force=True)
+
+
+async def test_command_unfinished_within_grace_is_handed_back(
+    harness: Harness, settings: Settings
+) -> None:
+    """A command still running when the grace ends is not acked: another manager answers it."""
+    manager = Manager(settings, docker=harness.docker)
+    entered = asyncio.Event()
+    never = asyncio.Event()
+
+    async def stuck_status(cmd: StatusCommand) -> Reply:
+        entered.set()
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    manager.handlers.status = stuck_status  # type: ignore[method-assign]
+    task = asyncio.create_task(manager.run(grace=0.5))
+    try:
+        await asyncio.wait_for(manager.ready.wait(), 30)
+        reply_to = f"{harness.keys.replies}:handback"
+        entry_id = await harness.client.push(
+            {
+                "command": "status",
+                "worker_id": str(uuid.uuid4()),
+                "request_id": "handback",
+                "reply_to": reply_to,
+            }
+        )
+        await asyncio.wait_for(entered.wait(), 10)
+        manager.stop.set()
+        await asyncio.wait_for(task, 10)
+    finally:
+        manager.stop.set()
+        await asyncio.wait_for(task, 10)
+        await manager.close()
+
+    assert (await command_state(harness, [entry_id]))[entry_id] == "pending"
+    assert await harness.redis.xlen(reply_to) == 0
+
+    other = await harness.start(manager_id=f"{settings.manager_id}-other")
+    reply = await harness.client.wait_reply(reply_to, "handback", timeout=30)
+    assert reply.error == "not_found"
+    assert (await command_state(harness, [entry_id]))[entry_id] == "acked"
+    assert other.consumer.in_flight == 0

@@ -7,6 +7,7 @@ removes its own deployment's images) never looks at another session's images.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
@@ -61,6 +62,7 @@ class Images:
             labels={LABEL_HASH: image_hash, LABEL_PREFIX: prefix or self.settings.key_prefix},
             rm=True,
             forcerm=True,
+            nocache=bool(blob),  # each blob image its own, even for one hash twice
         )
         self.tags.append(tag)
         return image_hash, str(image.id)
@@ -82,15 +84,11 @@ class Images:
 
     def cleanup(self) -> None:
         for container_id in self.containers:
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 self.client.containers.get(container_id).remove(force=True)
-            except docker.errors.NotFound:
-                pass
         for tag in self.tags:
-            try:
+            with contextlib.suppress(docker.errors.ImageNotFound):
                 self.client.images.remove(tag)
-            except docker.errors.ImageNotFound:
-                pass
 
 
 @pytest.fixture
@@ -130,12 +128,14 @@ async def test_old_image_goes_recent_stays(
 
     report = await collector.run()
 
-    assert not report.errors and report.skipped is None
+    assert not report.errors
+    assert report.skipped is None
     assert row_of(report.rows, old).action == "remove"
     assert "unused for 8.0 d" in row_of(report.rows, old).reason
     assert row_of(report.rows, recent).action == "keep"
     assert old_id in report.removed
-    assert not images.exists(f"worker:{old}") and not images.exists(old_id)
+    assert not images.exists(f"worker:{old}")
+    assert not images.exists(old_id)
     assert await redis.zscore(settings.keys.images, old) is None
     assert not await redis.exists(settings.keys.image(old))
     assert images.exists(f"worker:{recent}")
@@ -178,10 +178,12 @@ async def test_in_use_image_stays_and_dry_run_removes_nothing(
     assert plan["dry_run"] is True
     assert rows[used]["action"] == "keep"
     assert "in use by 1 container" in rows[used]["reason"]
-    assert rows[idle]["action"] == "remove" and "unused for 30.0 d" in rows[idle]["reason"]
+    assert rows[idle]["action"] == "remove"
+    assert "unused for 30.0 d" in rows[idle]["reason"]
 
     # Nothing changed: both images and both records are still there.
-    assert images.exists(used_id) and images.exists(idle_id)
+    assert images.exists(used_id)
+    assert images.exists(idle_id)
     assert await redis.zscore(settings.keys.images, idle) is not None
     assert await redis.exists(settings.keys.image(idle))
 
@@ -199,11 +201,14 @@ async def test_in_use_image_stays_and_dry_run_removes_nothing(
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     text = out.decode()
-    assert "in use by 1 container" in text and "dry run:" in text and "to remove" in text
+    assert "in use by 1 container" in text
+    assert "dry run:" in text
+    assert "to remove" in text
 
     # A real run keeps the used image, removes the idle one.
     report = await Collector(settings, redis, images.client, prune_build_cache=False).run()
-    assert images.exists(used_id) and not images.exists(idle_id)
+    assert images.exists(used_id)
+    assert not images.exists(idle_id)
     assert row_of(report.rows, used).action == "keep"
     await asyncio.to_thread(images.client.containers.get(container_id).remove, force=True)
 
@@ -217,7 +222,9 @@ async def test_unrecorded_labelled_image_is_adopted(
 
     plan = await collector.run(dry_run=True)
     row = row_of(plan.rows, mine)
-    assert row.adopted and row.action == "keep" and "adopted" in row.reason
+    assert row.adopted
+    assert row.action == "keep"
+    assert "adopted" in row.reason
     assert all(r.hash != theirs for r in plan.rows), "another deployment's image is not ours"
     assert await redis.zscore(settings.keys.images, mine) is None, "a dry run writes nothing"
 
@@ -226,7 +233,8 @@ async def test_unrecorded_labelled_image_is_adopted(
     assert score is not None
     assert score == int(datetime.fromisoformat(created[:19] + "+00:00").timestamp())
     saved = await redis.hgetall(settings.keys.image(mine))
-    assert saved["image_id"] == mine_id and saved["adopted_by"] == settings.manager_id
+    assert saved["image_id"] == mine_id
+    assert saved["adopted_by"] == settings.manager_id
     assert saved["built_at"].endswith("Z")
 
     # Another deployment's image stays even when our own record of it is old.
@@ -254,7 +262,8 @@ async def test_stale_records_and_dangling_images_go(
     assert row_of(report.rows, ghost).action == "forget"
     assert await redis.zscore(settings.keys.images, ghost) is None
     assert not await redis.exists(settings.keys.image(ghost))
-    assert first_id in report.removed and not images.exists(first_id)
+    assert first_id in report.removed
+    assert not images.exists(first_id)
     assert images.exists(second_id)
 
 
@@ -311,7 +320,9 @@ async def test_one_collector_at_a_time_and_a_dead_holder_frees_the_lock(
         assert proc.stdout is not None
         assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"held\n"
         busy = await collector.run()
-        assert busy.skipped and "doomed" in busy.skipped and not busy.rows
+        assert busy.skipped
+        assert "doomed" in busy.skipped
+        assert not busy.rows
 
         # Renewed: the lock outlives its 2 s TTL while the holder lives.
         first_token = await redis.get(settings.keys.gc_lock)

@@ -1,0 +1,107 @@
+"""Per-worker Redis users, seen from a worker's own credentials (SPEC §4).
+
+The credentials are taken where the worker finds them: ``WM_REDIS_URL`` in its container's
+environment. Its host is the Docker bridge gateway, where the test Redis also listens, so the
+test connects with exactly what the container has.
+"""
+
+from __future__ import annotations
+
+import pytest
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError
+
+from tests.support.flows import Harness
+
+pytestmark = [pytest.mark.docker, pytest.mark.redis]
+
+CAT = ["cat"]
+
+
+async def running_worker(harness: Harness) -> str:
+    reply = await harness.client.create(agent_type="CUSTOM", agent_command=CAT)
+    assert reply.ok, reply
+    worker_id = reply.worker_id
+    assert worker_id is not None
+    assert await harness.wait_status(worker_id, "RUNNING", "FAILED") == "RUNNING"
+    return worker_id
+
+
+def container_env(harness: Harness, worker_id: str) -> dict[str, str]:
+    container = harness.container(worker_id)
+    assert container is not None
+    pairs = (item.partition("=") for item in container.attrs["Config"]["Env"])
+    return {name: value for name, _, value in pairs}
+
+
+async def test_a_worker_reaches_only_its_own_keys(harness: Harness) -> None:
+    await harness.start()
+    a = await running_worker(harness)
+    b = await running_worker(harness)
+    keys = harness.keys
+    url_a = container_env(harness, a)["WM_REDIS_URL"]
+    assert url_a.startswith(f"redis://{keys.acl_user(a)}:")
+    as_a = Redis.from_url(url_a, decode_responses=True)
+    try:
+        assert await as_a.ping()
+        # Its own streams work: append to its output, read its input in the wrapper's group.
+        assert await as_a.xadd(keys.output(a), {"type": "stdout", "content": "from A"})
+        await as_a.xreadgroup("wrapper", "probe", {keys.input(a): ">"}, count=1)
+
+        # B's data plane: neither its input, nor its output, nor its heartbeat.
+        with pytest.raises(NoPermissionError):
+            await as_a.xreadgroup("wrapper", "wrapper", {keys.input(b): "0"}, count=1)
+        with pytest.raises(NoPermissionError):
+            await as_a.xrange(keys.input(b))
+        with pytest.raises(NoPermissionError):
+            await as_a.xadd(keys.output(b), {"type": "stdout", "content": "forged"})
+        with pytest.raises(NoPermissionError):
+            await as_a.set(keys.heartbeat(b), "forged")
+        with pytest.raises(NoPermissionError):
+            await as_a.get(keys.heartbeat(b))
+        # Nor the control plane: no commands pushed, no worker records read.
+        with pytest.raises(NoPermissionError):
+            await as_a.xadd(keys.commands, {"command": "delete", "worker_id": b})
+        with pytest.raises(NoPermissionError):
+            await as_a.hgetall(keys.worker(b))
+        with pytest.raises(NoPermissionError):
+            await as_a.keys("*")
+        with pytest.raises(NoPermissionError):
+            await as_a.execute_command("ACL", "LIST")
+    finally:
+        await as_a.aclose()
+    assert await harness.redis.xlen(keys.commands) > 0  # only the creates, nothing forged
+    assert not [f for _i, f in await harness.redis.xrange(keys.commands) if f.get("worker_id") == b]
+
+    deleted = await harness.client.request("delete", worker_id=a)
+    assert deleted.ok, deleted
+    gone = Redis.from_url(url_a, decode_responses=True)
+    try:
+        with pytest.raises((AuthenticationError, ConnectionError)) as failure:
+            await gone.ping()
+        assert "WRONGPASS" in str(failure.value) or "invalid username" in str(failure.value)
+    finally:
+        await gone.aclose()
+    users = await harness.redis.execute_command("ACL", "USERS")
+    assert keys.acl_user(a) not in users and keys.acl_user(b) in users
+    await harness.client.request("delete", worker_id=b)
+    assert keys.acl_user(b) not in await harness.redis.execute_command("ACL", "USERS")
+
+
+async def test_acl_off_shares_the_worker_url_and_says_so(harness: Harness) -> None:
+    with structlog.testing.capture_logs() as logs:
+        await harness.start(worker_acl=False)
+    warnings = [e for e in logs if e["log_level"] == "warning" and "WORKER ACLs ARE OFF" in e["event"]]
+    assert warnings, logs
+    worker_id = await running_worker(harness)
+    env = container_env(harness, worker_id)
+    assert env["WM_REDIS_URL"] == harness.settings.resolved_worker_redis_url()
+    users = await harness.redis.execute_command("ACL", "USERS")
+    assert harness.keys.acl_user(worker_id) not in users
+    # And the worker works over the shared connection.
+    input_id = await harness.client.send_input(worker_id, "shared\n")
+    events = await harness.events_until_done(worker_id, input_id=input_id)
+    assert [e["content"] for e in events if e["type"] == "stdout"] == ["shared"]
+    deleted = await harness.client.request("delete", worker_id=worker_id)
+    assert deleted.ok, deleted
