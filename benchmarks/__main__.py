@@ -42,7 +42,7 @@ class Plan:
     gc_runs: int
 
 
-QUICK = Plan("quick", 5, 2, 50, 5, 1.0, (1, 8, 64), 10_000, 5, 50, 5, (1, 10, 25), 1000, 5)
+QUICK = Plan("quick", 5, 1, 50, 5, 1.0, (1, 8, 64), 10_000, 5, 50, 5, (1, 10, 25), 1000, 5)
 FULL = Plan("full", 20, 20, 200, 20, 1.5, (1, 8, 64), 100_000, 20, 100, 20, (1, 25, 100), 1000, 20)
 
 
@@ -90,13 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="few runs: about 3 minutes")
     parser.add_argument(
-        "--only", nargs="+", choices=FIGURES, metavar="NAME",
+        "--only",
+        nargs="+",
+        choices=FIGURES,
+        metavar="NAME",
         help=f"run only these figures: {', '.join(FIGURES)}",
     )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     only = set(args.only or FIGURES)
-    meta = {"mode": plan.name, "only": sorted(only), "machine": machine()}
+    meta: dict[str, object] = {"mode": plan.name, "only": sorted(only), "machine": machine()}
     started = time.monotonic()
     figures = asyncio.run(run(plan, only))
     meta["seconds"] = round(time.monotonic() - started, 1)

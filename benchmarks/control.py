@@ -34,7 +34,7 @@ class Requester:
         request_id = f"bench-{uuid.uuid4().hex}"
         body = {**fields, "request_id": request_id, "reply_to": self.reply_to}
         started = time.perf_counter()
-        await self._redis.xadd(stream, body)  # type: ignore[arg-type]
+        await self._redis.xadd(stream, body)  # type: ignore[arg-type,unused-ignore]
         deadline = started + timeout
         while (left := deadline - time.perf_counter()) > 0:
             response = await self._redis.xread(

@@ -53,7 +53,7 @@ async def _wait_done(env: BenchEnv, stream: str, after: str, timeout: float) -> 
             for entry_id, fields in entries:
                 last = entry_id
                 if fields.get("type") == "done":
-                    return last
+                    return str(last)
     raise TimeoutError(f"no done on {stream} within {timeout:g}s")
 
 
@@ -69,8 +69,9 @@ async def throughput_figure(env: BenchEnv, worker_id: str, lines: int, runs: int
     async def ours(_i: int) -> float:
         await env.redis.xtrim(out, maxlen=0)
         after = await _stream_tail(env, out)
-        await env.redis.xadd(env.keys.input(worker_id), {"type": "prompt",
-                                                         "content": f"fast:{lines}"})
+        await env.redis.xadd(
+            env.keys.input(worker_id), {"type": "prompt", "content": f"fast:{lines}"}
+        )
         await _wait_done(env, out, after, timeout=600)
         rate = await _stdout_span(env, out, after, lines)
         await env.redis.xtrim(out, maxlen=0)
@@ -84,8 +85,20 @@ async def throughput_figure(env: BenchEnv, worker_id: str, lines: int, runs: int
             stamp = iso_now()
             for i in range(start, min(start + BATCH, lines)):
                 pipe.execute_command(
-                    "XADD", base_stream, "MAXLEN", "~", 250_000, "*", "type", "stdout",
-                    "content", "line %07d" % i, "timestamp", stamp, "input_id", input_id,
+                    "XADD",
+                    base_stream,
+                    "MAXLEN",
+                    "~",
+                    250_000,
+                    "*",
+                    "type",
+                    "stdout",
+                    "content",
+                    f"line {i:07d}",
+                    "timestamp",
+                    stamp,
+                    "input_id",
+                    input_id,
                 )
             await pipe.execute()
         rate = await _stdout_span(env, base_stream, "0-0", lines)
@@ -138,11 +151,11 @@ async def latency_figure(
 
     async def ours(_i: int) -> float:
         after = await _stream_tail(env, out)
-        reader = asyncio.create_task(
-            _follow_latencies(env, out, after, lines_per_run, timeout=120)
+        reader = asyncio.create_task(_follow_latencies(env, out, after, lines_per_run, timeout=120))
+        await env.redis.xadd(
+            env.keys.input(worker_id),
+            {"type": "prompt", "content": f"slow:{lines_per_run}:{every}"},
         )
-        await env.redis.xadd(env.keys.input(worker_id), {"type": "prompt",
-                                                         "content": f"slow:{lines_per_run}:{every}"})
         got = await reader
         await _wait_done(env, out, after, timeout=60)
         ours_all.extend(got)
@@ -154,7 +167,7 @@ async def latency_figure(
             _follow_latencies(env, base_stream, after, lines_per_run, timeout=120)
         )
         for _ in range(lines_per_run):
-            await env.redis.xadd(base_stream, {"type": "stdout", "content": "%.6f" % time.time()})
+            await env.redis.xadd(base_stream, {"type": "stdout", "content": f"{time.time():.6f}"})
             await asyncio.sleep(every)
         got = await reader
         base_all.extend(got)

@@ -163,16 +163,14 @@ class BenchEnv:
         )
         await self._wait_answers(self.echo_stream, "echo consumer", self.echo)
 
-    async def _wait_answers(
-        self, stream: str, what: str, process: subprocess.Popen[bytes]
-    ) -> None:
+    async def _wait_answers(self, stream: str, what: str, process: subprocess.Popen[bytes]) -> None:
         from benchmarks.control import Requester
 
         requester = Requester(self.redis, f"{self.keys.replies}:probe:{uuid.uuid4().hex}")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RuntimeError(f"the {what} exited with {process.returncode}: {self.log_tail()}")
+                raise RuntimeError(f"the {what} exited ({process.returncode}): {self.log_tail()}")
             with contextlib.suppress(TimeoutError):
                 await requester.call(stream, {"command": "list"}, timeout=1.0)
                 return

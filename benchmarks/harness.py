@@ -175,25 +175,31 @@ def fmt(value: float, unit: str) -> str:
 
 def table(figures: list[Figure], *, title: str) -> Table:
     t = Table(title=title, show_lines=False)
-    for column in ("figure", "ours (median / p95)", "baseline (median / p95)", "ratio", "goal",
-                   "met"):
+    for column in (
+        "figure",
+        "ours (median / p95)",
+        "baseline (median / p95)",
+        "ratio",
+        "goal",
+        "met",
+    ):
         t.add_column(column, overflow="fold")
     for f in figures:
         if not f.available:
-            t.add_row(f.title, "not available", "", "", f.goal_text(), "—")
+            t.add_row(
+                f"{f.title}\n[dim]{f.note}[/dim]", "not available", "", "", f.goal_text(), "—"
+            )
             continue
         o, b = Summary.of(f.ours), Summary.of(f.baseline)
-        ours = f"{fmt(o.median, f.unit)} / {fmt(o.p95, f.unit)}  [{f.ours_label}]"
-        base = (
-            f"{fmt(b.median, f.unit)} / {fmt(b.p95, f.unit)}  [{f.baseline_label}]"
-            if f.baseline else ""
-        )
+        ours = f"{fmt(o.median, f.unit)} / {fmt(o.p95, f.unit)}"
+        base = f"{fmt(b.median, f.unit)} / {fmt(b.p95, f.unit)}" if f.baseline else ""
+        compared = f.ours_label + (f" vs {f.baseline_label}" if f.baseline else "")
         ratio = "" if math.isnan(f.ratio) else f"{f.ratio:.2f}"
         met = {True: "[green]yes[/green]", False: "[red]MISSED[/red]", None: ""}[f.met]
         goal = f.goal_text()
         if f.goal == "value_max":
             goal += f" (is {fmt(f.goal_value(), f.unit)})"
-        t.add_row(f.title, ours, base, ratio, goal, met)
+        t.add_row(f"{f.title}\n[dim]{compared}[/dim]", ours, base, ratio, goal, met)
     return t
 
 

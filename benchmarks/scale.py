@@ -72,22 +72,30 @@ async def scale_figures(
         echo_client = Requester(env.redis, f"{env.keys.replies}:bench:scale-echo-{size}")
         readings: list[float] = []
 
-        async def ours(_i: int, c: Requester = ours_client,
-                       s: dict[str, str] = status, r: list[float] = readings) -> float:
+        async def ours(
+            _i: int,
+            c: Requester = ours_client,
+            s: dict[str, str] = status,
+            r: list[float] = readings,
+        ) -> float:
             seconds = (await c.call(env.keys.commands, s))[0]
             if _i % 10 == 0:
                 r.append(rss_mib(env.manager_pid))
             return seconds
 
-        async def echo(_i: int, c: Requester = echo_client,
-                       s: dict[str, str] = status) -> float:
+        async def echo(_i: int, c: Requester = echo_client, s: dict[str, str] = status) -> float:
             return (await c.call(env.echo_stream, s))[0]
 
         base, mine = await alternate(rt_runs, echo, ours, warmup=5)
         samples[size], echo_samples[size], rss[size] = mine, base, readings
         names = [f"{env.prefix}-{w}" for w in fleet[-MEMORY_SAMPLE:]]
-        mems = [m for m in await asyncio.gather(
-            *(asyncio.to_thread(_container_mib, env, n) for n in names)) if m is not None]
+        mems = [
+            m
+            for m in await asyncio.gather(
+                *(asyncio.to_thread(_container_mib, env, n) for n in names)
+            )
+            if m is not None
+        ]
         if size == max(sizes):
             container_mem = mems
         per_size[size] = {

@@ -10,6 +10,7 @@ generates (:func:`worker_manager.images.write_build_context`), with the same bui
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import tempfile
 import time
@@ -17,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import docker.errors
+from docker.types import LogConfig
 
 from benchmarks.env import AGENT_COMMAND, OWNER_LABEL, BenchEnv
 from benchmarks.harness import Figure, alternate
@@ -52,7 +54,7 @@ def _run_direct(env: BenchEnv, image: str, worker_id: str) -> str:
         nano_cpus=int(1e9),
         pids_limit=512,
         network="bridge",
-        log_config={"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}},
+        log_config=LogConfig(type="json-file", config={"max-size": "10m", "max-file": "3"}),
         detach=True,
     )
     return str(container.id)
@@ -69,10 +71,8 @@ async def _until_heartbeat(env: BenchEnv, worker_id: str, timeout: float = 120.0
 
 
 def _remove(env: BenchEnv, container_id: str) -> None:
-    try:
+    with contextlib.suppress(docker.errors.NotFound):
         env.docker.containers.get(container_id).remove(force=True, v=True)
-    except docker.errors.NotFound:
-        pass
 
 
 async def direct_start(env: BenchEnv, image: str) -> float:
@@ -149,6 +149,9 @@ async def start_figures(env: BenchEnv, warm_runs: int, cold_runs: int) -> list[F
     if cold_runs <= 0:
         return figures
 
+    ours_builds: list[float] = []
+    direct_builds: list[float] = []
+
     async def cold_direct(i: int) -> float:
         tag = f"bench-cold:{env.token}-d{i + 10}"
         env.owns_image(tag)
@@ -157,6 +160,7 @@ async def start_figures(env: BenchEnv, warm_runs: int, cold_runs: int) -> list[F
             started = time.perf_counter()
             await asyncio.to_thread(_build_direct, env, tag)
             seconds = time.perf_counter() - started
+            direct_builds.append(round(seconds, 2))
         finally:
             env.overlay.reset()
         seconds += await direct_start(env, tag)
@@ -170,11 +174,16 @@ async def start_figures(env: BenchEnv, warm_runs: int, cold_runs: int) -> list[F
         finally:
             env.overlay.reset()
         if tag:
+            built = await env.redis.hget(
+                env.keys.image(tag.removeprefix("worker:")), "build_seconds"
+            )
+            ours_builds.append(float(built or "nan"))
             env.owns_image(tag)
             await asyncio.to_thread(env.remove_image, tag)
         return seconds
 
     base, mine = await alternate(cold_runs, cold_direct, cold_ours, warmup=0)
+    builds = {"ours_build_s": ours_builds, "direct_build_s": direct_builds}
     figures.append(
         Figure(
             name="start.cold",
@@ -186,6 +195,9 @@ async def start_figures(env: BenchEnv, warm_runs: int, cold_runs: int) -> list[F
             bound=1.1,
             ours=mine,
             baseline=base,
+            extra=builds,
+            note="build seconds, ours (manager's image record) vs direct: "
+            f"{ours_builds} vs {direct_builds}",
         )
     )
     return figures

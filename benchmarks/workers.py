@@ -84,8 +84,9 @@ async def delete_worker(env: BenchEnv, worker_id: str, *, wait_gone: bool = Fals
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             names = await asyncio.to_thread(
-                lambda: [c.name for c in env.docker.containers.list(all=True,
-                                                                    filters={"name": name})]
+                lambda: [
+                    c.name for c in env.docker.containers.list(all=True, filters={"name": name})
+                ]
             )
             if name not in names:
                 return

@@ -80,10 +80,12 @@ class WorkerAcl:
                 )
                 return
             except ResponseError as exc:
-                refused = [rule for rule in self._optional if f"'{rule}'" in str(exc)]
+                # Concurrent creates may hit the same refusal: the first one drops the rule.
+                refused = [rule for rule in OPTIONAL_COMMANDS if f"'{rule}'" in str(exc)]
                 if not refused:
                     raise
-                self._optional.remove(refused[0])
+                if refused[0] in self._optional:
+                    self._optional.remove(refused[0])
 
     async def delete(self, worker_id: str) -> None:
         """Remove the user; Redis closes its open connections with it."""

@@ -65,7 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--idle-timeout-seconds", type=float, help="stop workers idle this long")
     serve.add_argument("--base-image", help="image worker images are built FROM")
     serve.add_argument("--manager-id", help="this manager's stable id (default: hostname)")
-    serve.add_argument("--grace", type=float, default=10.0, help="drain time on SIGTERM")
+    serve.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        help="seconds in-flight commands get to finish after SIGTERM (exit) or SIGUSR1 (drain: "
+        "stop taking commands, keep watching workers); unfinished ones are left pending",
+    )
 
     create = sub.add_parser("create", parents=[common], help="create a worker")
     create.add_argument("--agent-type", required=True, choices=["CLAUDE", "FACTORY", "CUSTOM"])

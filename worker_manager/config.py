@@ -14,11 +14,12 @@ from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from worker_manager.hostport import parse_host_port
 from worker_manager.keys import Keys
+from worker_manager.secret_files import SecretFilesSource
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -155,9 +156,30 @@ class Settings(BaseSettings):
     )
 
     # --- secrets (never in commands, logs or Redis) -------------------------------------------
-    anthropic_api_key: SecretStr | None = None
-    claude_code_oauth_token: SecretStr | None = None
-    factory_api_key: SecretStr | None = None
+    # Also read under the agents' own names (ANTHROPIC_API_KEY ...), and from files: see
+    # worker_manager/secret_files.py (`<NAME>_FILE`, WM_SECRETS_DIR).
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("WM_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY")
+    )
+    claude_code_oauth_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("WM_CLAUDE_CODE_OAUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"),
+    )
+    factory_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("WM_FACTORY_API_KEY", "FACTORY_API_KEY")
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Secret files come after the variables: a key set directly wins over its file."""
+        return (init_settings, env_settings, dotenv_settings, SecretFilesSource(settings_cls))
 
     # --- logs --------------------------------------------------------------------------------
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")

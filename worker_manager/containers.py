@@ -9,8 +9,8 @@ that already exists under the worker's name is reused, never duplicated.
 from __future__ import annotations
 
 import io
-import os
 import json
+import os
 import tarfile
 import time
 from dataclasses import dataclass

@@ -151,9 +151,6 @@ class _Engine:
             yield parent
             parent = self.parents.get(parent, "")
 
-    def depth(self, image_id: str) -> int:
-        return sum(1 for _ in self.ancestors(image_id))
-
 
 def _read_engine(client: DockerClient) -> _Engine:
     api = client.api

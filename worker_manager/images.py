@@ -50,6 +50,7 @@ LABEL_HASH = "worker-manager.hash"
 LABEL_PREFIX = "worker-manager.key_prefix"
 _LOG_TAIL = 30
 _LINE_CHARS = 200  # a create's ``reason`` must keep the log's *last* lines within its bound
+_MESSAGE_CHARS = 3500  # the worker's ``reason`` is cut at 4000 characters
 _STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
 
 _RELEASE = """
@@ -274,7 +275,10 @@ class ImageService:
         if error is not None:
             if last_step is not None:
                 self._drop_dangling(last_step)
-            raise BuildFailed(f"building {spec.tag} failed: {error}\n" + "\n".join(tail))
+            head = f"building {spec.tag} failed: {error}\n"
+            while tail and len(head) + sum(len(line) + 1 for line in tail) > _MESSAGE_CHARS:
+                tail.popleft()  # keep the *last* lines within what a worker's reason holds
+            raise BuildFailed(head + "\n".join(tail))
         image = self._docker.images.get(spec.tag)
         return str(image.id), int(image.attrs.get("Size", 0))
 

@@ -3,6 +3,8 @@
 :class:`Manager` owns every long-lived object and their order of start and stop. SIGTERM stops
 reading commands, lets in-flight ones finish within the grace period (the rest stay pending for
 another manager) and exits 0; worker containers are left running: they are not our processes.
+SIGUSR1 drains without exiting (planned maintenance): commands are left to other managers while
+creates in progress finish and this manager's workers stay watched, until SIGTERM.
 """
 
 from __future__ import annotations

@@ -92,7 +92,9 @@ async def test_a_worker_reaches_only_its_own_keys(harness: Harness) -> None:
 async def test_acl_off_shares_the_worker_url_and_says_so(harness: Harness) -> None:
     with structlog.testing.capture_logs() as logs:
         await harness.start(worker_acl=False)
-    warnings = [e for e in logs if e["log_level"] == "warning" and "WORKER ACLs ARE OFF" in e["event"]]
+    warnings = [
+        e for e in logs if e["log_level"] == "warning" and "WORKER ACLs ARE OFF" in e["event"]
+    ]
     assert warnings, logs
     worker_id = await running_worker(harness)
     env = container_env(harness, worker_id)

@@ -30,8 +30,9 @@ async def probe(harness: Harness, modules: list[str]) -> tuple[str, list[str]]:
     events = await harness.events_until_done(worker_id, input_id=input_id)
     mine = [e for e in events if e.get("input_id") == input_id]
     stdout = [e["content"] for e in mine if e["type"] == "stdout"]
-    spec = json.loads(await harness.redis.hget(harness.keys.image(record["image_hash"]), "spec")
-                      or "{}")
+    spec = json.loads(
+        await harness.redis.hget(harness.keys.image(record["image_hash"]), "spec") or "{}"
+    )
     if spec:  # built by this manager: the modules are part of what the hash covers
         assert spec["modules"] == sorted(modules)
     deleted = await harness.client.request("delete", worker_id=worker_id)

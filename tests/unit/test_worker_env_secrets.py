@@ -1,0 +1,75 @@
+"""Which API keys a worker's container gets: those of its agent type, and only when set."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pytest
+from pydantic import SecretStr
+
+from worker_manager.acl import WorkerAcl
+from worker_manager.config import Settings
+from worker_manager.models import CreateCommand
+from worker_manager.provisioner import Provisioner
+
+KEYS = {"ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "FACTORY_API_KEY"}
+FIELDS = ("anthropic_api_key", "claude_code_oauth_token", "factory_api_key")
+
+
+def settings(**secrets: str) -> Settings:
+    """Keys not given are passed as None, so a developer's own keys in the env do not leak in."""
+    given = {name: SecretStr(secrets[name]) if name in secrets else None for name in FIELDS}
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        redis_url="redis://manager:pw@127.0.0.1:6390/0",
+        worker_redis_url="redis://172.17.0.1:6390/0",
+        worker_secret=SecretStr("x" * 32),
+        **given,
+    )
+
+
+def env_for(s: Settings, agent_type: str) -> dict[str, str]:
+    none = cast(Any, None)
+    provisioner = Provisioner(s, none, none, none, WorkerAcl(none, s))
+    command = CreateCommand.model_validate(
+        {
+            "command": "create",
+            "request_id": "r1",
+            "reply_to": s.keys.replies,
+            "agent_type": agent_type,
+            "agent_command": ["cat"] if agent_type == "CUSTOM" else None,
+        },
+        context={"settings": s},
+    )
+    return provisioner.worker_env("3f2b8c1e-0d7a-4c55-9a51-2f0e6b1c9d42", command)
+
+
+@pytest.mark.parametrize(
+    ("agent_type", "expected"),
+    [
+        ("CLAUDE", {"ANTHROPIC_API_KEY": "a", "CLAUDE_CODE_OAUTH_TOKEN": "o"}),
+        ("FACTORY", {"FACTORY_API_KEY": "f"}),
+        ("CUSTOM", {}),
+    ],
+)
+def test_keys_per_agent_type(agent_type: str, expected: dict[str, str]) -> None:
+    s = settings(anthropic_api_key="a", claude_code_oauth_token="o", factory_api_key="f")
+    env = env_for(s, agent_type)
+    assert {k: v for k, v in env.items() if k in KEYS} == expected
+
+
+def test_unset_keys_are_left_out() -> None:
+    env = env_for(settings(anthropic_api_key="a"), "CLAUDE")
+    assert {k for k in env if k in KEYS} == {"ANTHROPIC_API_KEY"}
+
+
+def test_worker_url_carries_its_own_user_not_the_managers() -> None:
+    s = settings()
+    url = env_for(s, "CUSTOM")["WM_REDIS_URL"]
+    assert url.startswith(f"redis://{s.keys.acl_user('3f2b8c1e-0d7a-4c55-9a51-2f0e6b1c9d42')}:")
+    assert "manager:pw" not in url and "@172.17.0.1:6390/0" in url
+
+
+def test_acl_off_gives_the_shared_worker_url() -> None:
+    s = settings().model_copy(update={"worker_acl": False})
+    assert env_for(s, "CUSTOM")["WM_REDIS_URL"] == "redis://172.17.0.1:6390/0"
