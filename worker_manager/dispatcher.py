@@ -103,6 +103,9 @@ class Dispatcher:
             await self._refuse(delivery, ErrorCode.INVALID_COMMAND, exc.message, exc.message)
             return "invalid"
 
+        if isinstance(cmd, StatusCommand | ListCommand):
+            return await self._read_only(delivery, cmd)
+
         claim = await self._book.claim(cmd.request_id, delivery.entry_id)
         if claim.reply is not None:
             await self._book.finish(delivery.entry_id, claim.reply, cmd.reply_to)
@@ -114,38 +117,68 @@ class Dispatcher:
             reply = await self._handle(cmd)
             result = "ok"
         except CommandError as exc:
-            reply = Reply(
-                request_id=cmd.request_id,
-                command=cmd.command,
-                ok=False,
-                worker_id=getattr(cmd, "worker_id", None),
-                error=exc.code.value,
-                message=exc.message,
-                retry_after=exc.retry_after,
-            )
+            reply = self._error_reply(cmd, exc)
             result = exc.code.value
         except Exception:
             log.exception("command failed; it will be retried", entry_id=delivery.entry_id)
             await self._book.release(cmd.request_id, delivery.entry_id)
             return "retry"
 
-        read_only = isinstance(cmd, StatusCommand | ListCommand)
+        await self._book.finish(
+            delivery.entry_id,
+            reply,
+            cmd.reply_to,
+            remember_seconds=self._settings.idempotency_ttl_seconds,
+        )
+        return result
+
+    async def _read_only(self, delivery: Delivery, cmd: StatusCommand | ListCommand) -> str:
+        """Status and list change nothing, so they need no in-flight claim: a stored reply is
+        replayed, otherwise they are answered from Redis; a status in one round trip (the
+        stored reply and the record read together) plus the reply's MULTI.
+        """
+        keys = self._settings.keys
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.request(cmd.request_id))
+            if isinstance(cmd, StatusCommand):
+                pipe.hgetall(keys.worker(cmd.worker_id))
+            results = await pipe.execute()
+        stored = self._book.parse_stored(results[0])
+        if stored is not None:
+            await self._book.finish(delivery.entry_id, stored, cmd.reply_to)
+            return "replayed"
+        try:
+            if isinstance(cmd, StatusCommand):
+                reply = self._handlers.status_of(cmd, results[1] or None)
+            else:
+                reply = await self._handlers.list_workers(cmd)
+            result = "ok"
+        except CommandError as exc:
+            reply = self._error_reply(cmd, exc)
+            result = exc.code.value
+        # Without a caller-chosen request id a reply only needs to outlive a redelivery.
         implicit_id = cmd.request_id == delivery.entry_id
         remember = (
-            READ_ONLY_DEFAULT_TTL
-            if read_only and implicit_id
-            else self._settings.idempotency_ttl_seconds
+            READ_ONLY_DEFAULT_TTL if implicit_id else self._settings.idempotency_ttl_seconds
         )
         await self._book.finish(delivery.entry_id, reply, cmd.reply_to, remember_seconds=remember)
         return result
 
-    async def _handle(
-        self, cmd: CreateCommand | DeleteCommand | StatusCommand | ListCommand
+    @staticmethod
+    def _error_reply(
+        cmd: CreateCommand | DeleteCommand | StatusCommand | ListCommand, exc: CommandError
     ) -> Reply:
+        return Reply(
+            request_id=cmd.request_id,
+            command=cmd.command,
+            ok=False,
+            worker_id=getattr(cmd, "worker_id", None),
+            error=exc.code.value,
+            message=exc.message,
+            retry_after=exc.retry_after,
+        )
+
+    async def _handle(self, cmd: CreateCommand | DeleteCommand) -> Reply:
         if isinstance(cmd, CreateCommand):
             return await self._handlers.create(cmd)
-        if isinstance(cmd, DeleteCommand):
-            return await self._handlers.delete(cmd)
-        if isinstance(cmd, StatusCommand):
-            return await self._handlers.status(cmd)
-        return await self._handlers.list_workers(cmd)
+        return await self._handlers.delete(cmd)

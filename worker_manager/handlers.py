@@ -119,8 +119,11 @@ class Handlers:
         )
 
     async def status(self, cmd: StatusCommand) -> Reply:
-        record = await self._store.get(cmd.worker_id)
-        if record is None:
+        return self.status_of(cmd, await self._store.get(cmd.worker_id))
+
+    def status_of(self, cmd: StatusCommand, record: dict[str, str] | None) -> Reply:
+        """The reply for a record already read (the dispatcher's one-round-trip path)."""
+        if not record:
             raise _not_found(cmd.worker_id)
         return Reply(
             request_id=cmd.request_id,

@@ -69,6 +69,12 @@ class ReplyBook:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
+    def parse_stored(self, text: str | None) -> Reply | None:
+        """The reply stored under a request id, if it was answered (not merely in flight)."""
+        if text is None or text.startswith(_IN_FLIGHT):
+            return None
+        return Reply.model_validate_json(text)
+
     async def finish(
         self,
         entry_id: str,

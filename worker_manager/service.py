@@ -32,6 +32,7 @@ from worker_manager.http import HttpServer
 from worker_manager.images import ImageService
 from worker_manager.logs import get_logger, redact_url
 from worker_manager.metrics import Metrics
+from worker_manager.outages import ride_out
 from worker_manager.provisioner import Provisioner
 from worker_manager.reconciler import Reconciler
 from worker_manager.records import WorkerStore
@@ -138,6 +139,23 @@ class Manager:
         await self.consumer.ensure_group()
         await self.own_consumer.ensure_group()
 
+    async def _start_up_when_possible(self) -> bool:
+        """Redis or Docker down at start: alive but not ready, retrying, until they answer
+        (True) or the manager is told to stop (False)."""
+        attempt = asyncio.create_task(
+            ride_out(self.start_up, what="start-up", max_seconds=float("inf"))
+        )
+        stopper = asyncio.create_task(self.stop.wait())
+        await asyncio.wait({attempt, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not attempt.done():
+            attempt.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await attempt
+            return False
+        attempt.result()
+        return True
+
     async def _run_own_consumer(self, stop: asyncio.Event) -> None:
         """Until the very end, also while draining: only this manager can act on its host."""
         await self.own_consumer.run(stop, grace=5.0)
@@ -159,7 +177,8 @@ class Manager:
             redis=redact_url(self.settings.redis_url),
             key_prefix=self.settings.key_prefix,
         )
-        await self.start_up()
+        if not await self._start_up_when_possible():
+            return
         self.ready.set()
         loops = [
             asyncio.create_task(self.watcher.run(self.stop), name="watcher"),

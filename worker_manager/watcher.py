@@ -39,6 +39,8 @@ from worker_manager.records import WorkerStore
 log = get_logger(__name__)
 
 Teardown = Callable[[str], Awaitable[int | None]]
+#: How often heartbeats are read while a started worker has not yet sent its first one.
+STARTING_POLL_SECONDS = 0.05
 RedisRestarted = Callable[[], Awaitable[None]]
 
 
@@ -71,14 +73,19 @@ class StatusWatcher:
     # --- heartbeats ------------------------------------------------------------------------
     async def _heartbeats(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            soon = False
             try:
                 await self._notice_redis_restart()
-                await self.check_heartbeats()
+                soon = await self.check_heartbeats()
             except (RedisError, OSError) as exc:
                 self._outage = True
                 log.warning("heartbeat check failed", error=str(exc))
+            # A started container is about to send its first heartbeat: look again quickly, so
+            # RUNNING follows readiness closely instead of up to a whole interval later.
+            interval = self._settings.watch_interval_seconds
+            wait = min(interval, STARTING_POLL_SECONDS) if soon else interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._settings.watch_interval_seconds)
+                await asyncio.wait_for(stop.wait(), wait)
 
     async def _notice_redis_restart(self) -> None:
         info: dict[str, Any] = await self._redis.info("server")
@@ -96,10 +103,11 @@ class StatusWatcher:
             if self.on_redis_restart is not None:
                 await self.on_redis_restart()
 
-    async def check_heartbeats(self) -> None:
+    async def check_heartbeats(self) -> bool:
+        """Judge every live worker; true when one has started and awaits its first heartbeat."""
         ids = await self._store.live_ids()
         if not ids:
-            return
+            return False
         keys = self._settings.keys
         async with self._redis.pipeline(transaction=False) as pipe:
             for worker_id in ids:
@@ -107,10 +115,15 @@ class StatusWatcher:
                 pipe.get(keys.heartbeat(worker_id))
             results = await pipe.execute()
         now = time.time()
+        awaiting = False
         for i, worker_id in enumerate(ids):
             status, started_at, last_activity = results[2 * i]
             beat: str | None = results[2 * i + 1]
             await self._judge(worker_id, status, started_at, last_activity, beat, now)
+            awaiting = awaiting or (
+                status == WorkerStatus.STARTING and bool(started_at) and not beat
+            )
+        return awaiting
 
     async def _judge(
         self,

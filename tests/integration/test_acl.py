@@ -7,12 +7,16 @@ test connects with exactly what the container has.
 
 from __future__ import annotations
 
+import json
+from urllib.parse import urlsplit
+
 import pytest
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError
 
 from tests.support.flows import Harness
+from tests.support.redis_dump import every_value
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 
@@ -36,12 +40,21 @@ def container_env(harness: Harness, worker_id: str) -> dict[str, str]:
 
 
 async def test_a_worker_reaches_only_its_own_keys(harness: Harness) -> None:
-    await harness.start()
-    a = await running_worker(harness)
-    b = await running_worker(harness)
+    with structlog.testing.capture_logs() as logs:
+        await harness.start()
+        a = await running_worker(harness)
+        b = await running_worker(harness)
     keys = harness.keys
     url_a = container_env(harness, a)["WM_REDIS_URL"]
     assert url_a.startswith(f"redis://{keys.acl_user(a)}:")
+    # The password is derived, never stored: not in Redis, not in the manager's or the
+    # wrapper's logs (which show the URL redacted).
+    password = urlsplit(url_a).password
+    assert password and len(password) == 64
+    assert logs and password not in json.dumps(logs, default=str)
+    assert not [text for text in await every_value(harness.redis) if password in text]
+    wrapper_logs = harness.container(a).logs().decode("utf-8", "replace")
+    assert wrapper_logs and password not in wrapper_logs
     as_a = Redis.from_url(url_a, decode_responses=True)
     try:
         assert await as_a.ping()

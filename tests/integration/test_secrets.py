@@ -11,38 +11,13 @@ from typing import Any
 import pytest
 import structlog
 from pydantic import SecretStr
-from redis.asyncio import Redis
 
 from tests.support.flows import Harness
+from tests.support.redis_dump import every_value
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 
 OVERLAY = (Path(__file__).resolve().parents[1] / "fakes" / "images").resolve()
-
-
-async def every_value(redis: Redis) -> list[str]:
-    """Every key and every value in the server, whatever its type, as text."""
-    found: list[str] = []
-    async for key in redis.scan_iter(count=1000):
-        found.append(key)
-        kind = await redis.type(key)
-        value: Any
-        if kind == "string":
-            value = await redis.get(key)
-        elif kind == "hash":
-            value = await redis.hgetall(key)
-        elif kind == "stream":
-            value = await redis.xrange(key)
-        elif kind == "zset":
-            value = await redis.zrange(key, 0, -1, withscores=True)
-        elif kind == "list":
-            value = await redis.lrange(key, 0, -1)
-        elif kind == "set":
-            value = sorted(await redis.smembers(key))
-        else:
-            value = kind
-        found.append(json.dumps(value, default=str))
-    return found
 
 
 def env_of(container: Any) -> dict[str, str]:
