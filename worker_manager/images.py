@@ -12,10 +12,8 @@ does not set off a rebuild storm; every waiting create fails with the build log'
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
-import secrets
 import shutil
 import tempfile
 import time
@@ -40,6 +38,7 @@ from worker_manager.image_spec import (
     packaged_images_dir,
     wrapper_dir,
 )
+from worker_manager.locks import RenewedLock
 from worker_manager.logs import get_logger
 from worker_manager.models import AgentType, Module
 
@@ -52,15 +51,6 @@ _LOG_TAIL = 30
 _LINE_CHARS = 200  # a create's ``reason`` must keep the log's *last* lines within its bound
 _MESSAGE_CHARS = 3500  # the worker's ``reason`` is cut at 4000 characters
 _STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
 
 
 class BuildFailed(Exception):
@@ -89,8 +79,6 @@ class ImageService:
         )
         self._building: dict[str, asyncio.Future[ImageRef]] = {}
         self._base_id: tuple[float, str] | None = None
-        self._release = redis.register_script(_RELEASE)
-        self._renew = redis.register_script(_RENEW)
         self.builds = 0  # builds this process ran (for tests and metrics)
         #: (result, seconds): "hit" image existed, "miss" we built it, "failure" our build failed.
         self.observe_build: Callable[[str, float | None], None] = lambda _r, _s: None
@@ -171,32 +159,32 @@ class ImageService:
 
     async def _build_once(self, spec: ImageSpec) -> ImageRef:
         """Elect one builder across managers; the others wait for its image or its failure."""
-        lock_key = self._keys.build_lock(spec.hash)
         failure_key = self._keys.build_failure(spec.hash)
-        token = f"{self._settings.manager_id}:{secrets.token_hex(8)}"
-        ttl_ms = self._settings.build_lock_ttl_seconds * 1000
         deadline = time.monotonic() + self._settings.build_timeout_seconds
         while True:
             failure = await self._redis.get(failure_key)
             if failure:
                 raise BuildFailed(failure)
-            if await self._redis.set(lock_key, token, nx=True, px=ttl_ms):
+            lock = RenewedLock(
+                self._redis,
+                self._keys.build_lock(spec.hash),
+                ttl_seconds=self._settings.build_lock_ttl_seconds,
+                owner=self._settings.manager_id,
+            )
+            if await lock.acquire():
                 try:
                     if await self._exists(spec.tag):  # built while we waited for the lock
                         return ImageRef(spec.tag, spec.hash, built=False)
-                    return await self._build_holding(spec, lock_key, token, ttl_ms, failure_key)
+                    return await self._build_holding(spec, failure_key)
                 finally:
-                    await self._release(keys=[lock_key], args=[token])
+                    await lock.release()
             if await self._exists(spec.tag):
                 return ImageRef(spec.tag, spec.hash, built=False)
             if time.monotonic() > deadline:
                 raise BuildFailed(f"timed out waiting for another manager to build {spec.tag}")
             await asyncio.sleep(0.25)
 
-    async def _build_holding(
-        self, spec: ImageSpec, lock_key: str, token: str, ttl_ms: int, failure_key: str
-    ) -> ImageRef:
-        renewer = asyncio.create_task(self._keep_lock(lock_key, token, ttl_ms))
+    async def _build_holding(self, spec: ImageSpec, failure_key: str) -> ImageRef:
         started = time.monotonic()
         try:
             image_id, size = await docker_client.call(self._build_sync, spec)
@@ -207,10 +195,6 @@ class ImageService:
                     failure_key, exc.message, ex=self._settings.build_failure_ttl_seconds
                 )
             raise
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
         seconds = time.monotonic() - started
         self.observe_build("miss", seconds)
         self.builds += 1
@@ -229,11 +213,6 @@ class ImageService:
         )
         log.info("image built", tag=spec.tag, seconds=round(seconds, 2), size=size)
         return ImageRef(spec.tag, spec.hash, built=True)
-
-    async def _keep_lock(self, lock_key: str, token: str, ttl_ms: int) -> None:
-        while True:
-            await asyncio.sleep(ttl_ms / 3000)
-            await self._renew(keys=[lock_key], args=[token, ttl_ms])
 
     def _build_sync(self, spec: ImageSpec) -> tuple[str, int]:
         """Classic builder, intermediate containers always removed (``forcerm``), log streamed.
