@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from worker_manager.config import Settings
 from worker_manager.consumer import Delivery
@@ -138,11 +139,17 @@ class Dispatcher:
         stored reply and the record read together) plus the reply's MULTI.
         """
         keys = self._settings.keys
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.get(keys.request(cmd.request_id))
-            if isinstance(cmd, StatusCommand):
-                pipe.hgetall(keys.worker(cmd.worker_id))
-            results = await pipe.execute()
+        request_key = keys.request(cmd.request_id)
+        record_key = keys.worker(cmd.worker_id) if isinstance(cmd, StatusCommand) else None
+
+        def read(pipe: Pipeline) -> None:
+            pipe.get(request_key)
+            if record_key is not None:
+                pipe.hgetall(record_key)
+
+        # The reads of the commands started in one loop tick share one round trip, with the
+        # finishes of those answered in it.
+        results = await self._book.read(read)
         stored = self._book.parse_stored(results[0])
         if stored is not None:
             await self._book.finish(delivery.entry_id, stored, cmd.reply_to)
@@ -158,9 +165,7 @@ class Dispatcher:
             result = exc.code.value
         # Without a caller-chosen request id a reply only needs to outlive a redelivery.
         implicit_id = cmd.request_id == delivery.entry_id
-        remember = (
-            READ_ONLY_DEFAULT_TTL if implicit_id else self._settings.idempotency_ttl_seconds
-        )
+        remember = READ_ONLY_DEFAULT_TTL if implicit_id else self._settings.idempotency_ttl_seconds
         await self._book.finish(delivery.entry_id, reply, cmd.reply_to, remember_seconds=remember)
         return result
 

@@ -57,6 +57,8 @@ class Evictor:
         self._teardown = teardown
         self._cancel = cancel
         self.evicted = 0
+        #: Called with the reason of each eviction (the manager passes its metrics' counter).
+        self.observe: Callable[[str], None] = lambda _reason: None
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -140,6 +142,7 @@ class Evictor:
         if not result.changed:
             return
         self.evicted += 1
+        self.observe(verdict.reason)
         log.info("worker evicted", worker_id=verdict.worker_id, reason=verdict.reason)
         await self._cancel(verdict.worker_id)
         exit_code = await self._teardown(verdict.worker_id)

@@ -536,7 +536,10 @@ def parse_duration(text: str) -> float:
 
 
 def gc_loop(
-    settings: Settings, redis: Redis, docker: DockerClient
+    settings: Settings,
+    redis: Redis,
+    docker: DockerClient,
+    observe: Callable[[int, int], None] = lambda _count, _bytes: None,
 ) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
     """The ``serve`` schedule: first run jittered (never at start-up), then every interval.
 
@@ -555,6 +558,7 @@ def gc_loop(
                 if last and time.time() - float(last) < settings.gc_interval_seconds / 2:
                     continue
                 report = await collector.run()
+                observe(len(report.removed), report.freed_bytes)
                 if report.skipped:
                     log.info("image gc skipped", why=report.skipped)
             except Exception:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
+from worker_manager.batching import PipelineBatcher, Stage
 from worker_manager.clock import iso_now
 from worker_manager.config import Settings
 from worker_manager.keys import MANAGER_GROUP
@@ -41,6 +44,9 @@ class ReplyBook:
         self._keys = settings.keys
         # The stream the answered entries are acknowledged on (shared, or a manager's own).
         self._commands = commands_stream or settings.keys.commands
+        # The finishes of the commands answered in one loop tick, and the reads of those started
+        # in it, share one MULTI/EXEC: one round trip a tick, however many commands.
+        self._batch = PipelineBatcher(redis, transaction=True, epilogue=self._ack)
 
     async def claim(self, request_id: str, entry_id: str, *, wait: float = 5.0) -> Claim:
         """Own ``request_id`` for this entry, or return the reply a previous handling gave.
@@ -69,6 +75,13 @@ class ReplyBook:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
+    async def read(self, stage: Stage) -> list[Any]:
+        """Run the reads ``stage`` queues in the next batch, with the next finishes.
+
+        Inside the ``MULTI`` they see a consistent snapshot; the ``EXEC`` returns their values.
+        """
+        return await self._batch.run(stage)
+
     def parse_stored(self, text: str | None) -> Reply | None:
         """The reply stored under a request id, if it was answered (not merely in flight)."""
         if text is None or text.startswith(_IN_FLIGHT):
@@ -88,32 +101,31 @@ class ReplyBook:
 
         The reply (remembered under its request id for ``remember_seconds``), the dead-letter
         copy and the ``XACK`` land together or not at all: a caller who sees the reply never
-        sees the command still pending, and a crash before the commit means a redelivery.
+        sees the command still pending, and a crash before the commit means a redelivery. The
+        commands finished in the same loop tick share one ``MULTI``/``EXEC`` (see
+        :mod:`worker_manager.batching`), which keeps each one's writes just as indivisible.
         """
-        async with self._redis.pipeline(transaction=True) as pipe:
-            if dead is not None:
-                pipe.xadd(
-                    self._keys.dead,
-                    dead.entry(entry_id),
-                    maxlen=self._settings.dead_maxlen,
-                    approximate=True,
-                )
-            if reply is not None and reply_to is not None:
-                if remember_seconds is not None:
-                    pipe.set(
-                        self._keys.request(reply.request_id),
-                        reply.model_dump_json(),
-                        ex=remember_seconds,
-                    )
-                pipe.xadd(
-                    reply_to,
-                    reply.to_fields(),
-                    maxlen=self._settings.reply_maxlen,
-                    approximate=True,
-                )
-                pipe.expire(reply_to, self._settings.reply_ttl_seconds)
-            pipe.xack(self._commands, MANAGER_GROUP, entry_id)
-            await pipe.execute()
+        keys, settings = self._keys, self._settings
+        dead_entry = dead.entry(entry_id) if dead is not None else None
+        answer = reply.to_fields() if reply is not None and reply_to is not None else None
+        stored = None
+        if answer is not None and reply is not None and remember_seconds is not None:
+            stored = reply.model_dump_json()
+
+        def stage(pipe: Pipeline) -> None:
+            if dead_entry is not None:
+                pipe.xadd(keys.dead, dead_entry, maxlen=settings.dead_maxlen, approximate=True)
+            if answer is not None and reply_to is not None:
+                if stored is not None and reply is not None:
+                    pipe.set(keys.request(reply.request_id), stored, ex=remember_seconds)
+                pipe.xadd(reply_to, answer, maxlen=settings.reply_maxlen, approximate=True)
+                pipe.expire(reply_to, settings.reply_ttl_seconds)
+
+        # The XACK is queued by _ack, one for every entry of the batch, in the same MULTI.
+        await self._batch.run(stage, tag=entry_id)
+
+    def _ack(self, pipe: Pipeline, entry_ids: list[str]) -> None:
+        pipe.xack(self._commands, MANAGER_GROUP, *entry_ids)
 
     async def release(self, request_id: str, entry_id: str) -> None:
         """Drop our in-flight marker (the command was not answered and will be retried)."""

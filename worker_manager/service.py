@@ -99,6 +99,7 @@ class Manager:
         self.evictor = Evictor(
             settings, self.redis, self.store, self.provisioner.teardown, self.provisioner.cancel
         )
+        self.evictor.observe = self.metrics.eviction
         self.reconciler = Reconciler(
             settings,
             self.store,
@@ -121,7 +122,7 @@ class Manager:
             self.presence.run,
             self._run_own_consumer,
         ]
-        self.add_loop(gc_loop(settings, self.redis, self.docker))  # image GC (gc.py)
+        self.add_loop(gc_loop(settings, self.redis, self.docker, self.metrics.gc_removed))  # image GC (gc.py)
 
     def add_loop(self, loop: BackgroundLoop) -> None:
         """Run another background loop (HTTP, GC schedule, reconciler) for the service's life."""

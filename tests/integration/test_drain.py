@@ -23,7 +23,7 @@ import pytest
 from tests.support.flows import Harness
 from worker_manager.config import Settings
 from worker_manager.keys import MANAGER_GROUP
-from worker_manager.models import Reply, StatusCommand
+from worker_manager.models import ListCommand, Reply
 from worker_manager.service import Manager
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
@@ -308,23 +308,18 @@ async def test_command_unfinished_within_grace_is_handed_back(
     entered = asyncio.Event()
     never = asyncio.Event()
 
-    async def stuck_status(cmd: StatusCommand) -> Reply:
+    async def stuck_list(cmd: ListCommand) -> Reply:
         entered.set()
         await never.wait()
         raise AssertionError("unreachable")
 
-    manager.handlers.status = stuck_status  # type: ignore[method-assign]
+    manager.handlers.list_workers = stuck_list  # type: ignore[method-assign]
     task = asyncio.create_task(manager.run(grace=0.5))
     try:
         await asyncio.wait_for(manager.ready.wait(), 30)
         reply_to = f"{harness.keys.replies}:handback"
         entry_id = await harness.client.push(
-            {
-                "command": "status",
-                "worker_id": str(uuid.uuid4()),
-                "request_id": "handback",
-                "reply_to": reply_to,
-            }
+            {"command": "list", "request_id": "handback", "reply_to": reply_to}
         )
         await asyncio.wait_for(entered.wait(), 10)
         manager.stop.set()
@@ -339,5 +334,5 @@ async def test_command_unfinished_within_grace_is_handed_back(
 
     await harness.start(manager_id=f"{settings.manager_id}-other")
     reply = await harness.client.wait_reply(reply_to, "handback", timeout=30)
-    assert reply.error == "not_found"
+    assert reply.ok and reply.workers == []
     assert (await command_state(harness, [entry_id]))[entry_id] == "acked"

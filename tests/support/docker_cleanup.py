@@ -22,7 +22,7 @@ SESSION_MANAGER_PREFIX = f"test-{os.getpid():x}{secrets.token_hex(2)}-"
 
 
 def worker_image_ids(client: docker.DockerClient) -> set[str]:
-    return {str(image.id) for image in client.images.list(filters={"label": HASH_LABEL})}
+    return {str(image["Id"]) for image in client.api.images(filters={"label": HASH_LABEL})}
 
 
 def remove_test_containers(client: docker.DockerClient) -> list[str]:
@@ -44,16 +44,19 @@ def remove_new_worker_images(
     """Remove worker images of ``hashes`` that were not there at session start, if unused.
 
     Not forced: an image another session's container still runs stays, and its tags with it.
+    Reads the raw listing (no per-image inspect), so an image another session removes at the
+    same moment is simply skipped.
     """
     removed: list[str] = []
-    for image in client.images.list(filters={"label": HASH_LABEL}):
-        image_id = str(image.id)
-        if image_id in before or (image.labels or {}).get(HASH_LABEL) not in hashes:
+    for image in client.api.images(filters={"label": HASH_LABEL}):
+        image_id = str(image["Id"])
+        if image_id in before or (image.get("Labels") or {}).get(HASH_LABEL) not in hashes:
             continue
+        tags = [t for t in image.get("RepoTags") or [] if t != "<none>:<none>"]
         try:
-            for tag in image.tags:
+            for tag in tags:
                 client.images.remove(tag, noprune=False)
-            if not image.tags:
+            if not tags:
                 client.images.remove(image_id, noprune=False)
         except docker.errors.NotFound:
             pass
