@@ -78,16 +78,27 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--worker-id", help="choose the worker's UUID")
     create.add_argument("--instructions", help="text for CLAUDE.md / AGENTS.md")
     create.add_argument("--instructions-file", type=Path, help="read the instructions from a file")
-    create.add_argument("--allowed-command", action="append", dest="allowed_commands",
-                        help="a command (prefix) the worker may run; repeat")
-    create.add_argument("--module", action="append", dest="modules",
-                        choices=["GIT", "GITHUB_CLI", "COPIER", "CURL", "DOCKER"])
+    create.add_argument(
+        "--allowed-command",
+        action="append",
+        dest="allowed_commands",
+        help="a command (prefix) the worker may run; repeat",
+    )
+    create.add_argument(
+        "--module",
+        action="append",
+        dest="modules",
+        choices=["GIT", "GITHUB_CLI", "COPIER", "CURL", "DOCKER"],
+    )
     create.add_argument("--prompt", help="first input, delivered once the worker runs")
     create.add_argument("--agent-command", help="JSON argv of the agent program (CUSTOM)")
     create.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
     create.add_argument("--request-id", help="idempotency key")
-    create.add_argument("--wait", action="store_true",
-                        help="after the reply, wait until the worker is RUNNING (or has failed)")
+    create.add_argument(
+        "--wait",
+        action="store_true",
+        help="after the reply, wait until the worker is RUNNING (or has failed)",
+    )
 
     for name, text in (
         ("status", "show a worker's status"),
@@ -97,12 +108,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("worker_id", nargs="?" if name == "delete" else None)
         p.add_argument("--request-id", help="idempotency key")
         if name == "delete":
-            p.add_argument("--all", action="store_true", dest="all_workers",
-                           help="every live worker (needs --confirm)")
-            p.add_argument("--selector", action="append", default=[], metavar="KEY=VALUE",
-                           help="live workers whose metadata matches; repeat (needs --confirm)")
-            p.add_argument("--confirm", type=int, metavar="N",
-                           help="the exact number of workers about to be deleted")
+            p.add_argument(
+                "--all",
+                action="store_true",
+                dest="all_workers",
+                help="every live worker (needs --confirm)",
+            )
+            p.add_argument(
+                "--selector",
+                action="append",
+                default=[],
+                metavar="KEY=VALUE",
+                help="live workers whose metadata matches; repeat (needs --confirm)",
+            )
+            p.add_argument(
+                "--confirm",
+                type=int,
+                metavar="N",
+                help="the exact number of workers about to be deleted",
+            )
 
     sub.add_parser("list", parents=[common], help="list workers")
 
@@ -117,26 +141,47 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--until-done", action="store_true", help="stop after the next `done`")
     tail.add_argument("--from", dest="after", default="0-0", help="entry id to start after")
 
-    boot = sub.add_parser("bootstrap-base", parents=[common],
-                          help="build the base image from a Debian root filesystem")
+    boot = sub.add_parser(
+        "bootstrap-base",
+        parents=[common],
+        help="build the base image from a Debian root filesystem",
+    )
     boot.add_argument("--tag", help="tag to give it (default: WM_BASE_IMAGE)")
-    sub.add_parser("ensure-base", parents=[common],
-                   help="make sure WM_BASE_IMAGE exists: inspect, pull, else bootstrap")
+    sub.add_parser(
+        "ensure-base",
+        parents=[common],
+        help="make sure WM_BASE_IMAGE exists: inspect, pull, else bootstrap",
+    )
 
-    gc = sub.add_parser("gc", parents=[common],
-                        help="remove worker images unused for too long (run on the Docker host)")
+    gc = sub.add_parser(
+        "gc",
+        parents=[common],
+        help="remove worker images unused for too long (run on the Docker host)",
+    )
     gc.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    gc.add_argument("--max-age", help="e.g. 7d, 36h, 90m; a bare number is days "
-                    "(default: WM_IMAGE_MAX_AGE_DAYS)")
-    gc.add_argument("--disk-budget-bytes", type=int,
-                    help="also remove least recently used images above this many bytes")
+    gc.add_argument(
+        "--max-age",
+        help="e.g. 7d, 36h, 90m; a bare number is days (default: WM_IMAGE_MAX_AGE_DAYS)",
+    )
+    gc.add_argument(
+        "--disk-budget-bytes",
+        type=int,
+        help="also remove least recently used images above this many bytes",
+    )
     return parser
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for field in ("redis_url", "key_prefix", "http_addr", "max_workers", "idle_timeout_seconds",
-                  "base_image", "manager_id"):
+    for field in (
+        "redis_url",
+        "key_prefix",
+        "http_addr",
+        "max_workers",
+        "idle_timeout_seconds",
+        "base_image",
+        "manager_id",
+    ):
         value = getattr(args, field, None)
         if value is not None:
             overrides[field] = value
@@ -304,17 +349,29 @@ async def _delete_many(args: argparse.Namespace, settings: Settings) -> int:
         outcomes = await bulk.delete_each(client, ids, timeout=args.timeout)
         failed = [o for o in outcomes if o.reply is None or not o.reply.ok]
         if args.json:
-            print(json.dumps([
-                {"worker_id": o.worker_id, "ok": bool(o.reply and o.reply.ok),
-                 "status": o.reply.status if o.reply else None,
-                 "error": (o.reply.error if o.reply else "timeout") or None}
-                for o in outcomes
-            ]))
+            print(
+                json.dumps(
+                    [
+                        {
+                            "worker_id": o.worker_id,
+                            "ok": bool(o.reply and o.reply.ok),
+                            "status": o.reply.status if o.reply else None,
+                            "error": (o.reply.error if o.reply else "timeout") or None,
+                        }
+                        for o in outcomes
+                    ]
+                )
+            )
         else:
             table = Table("worker_id", "result")
             for o in outcomes:
-                result = o.error or (o.reply.status if o.reply and o.reply.ok else
-                                     f"{o.reply.error}: {o.reply.message}" if o.reply else "")
+                result = o.error or (
+                    o.reply.status
+                    if o.reply and o.reply.ok
+                    else f"{o.reply.error}: {o.reply.message}"
+                    if o.reply
+                    else ""
+                )
                 table.add_row(o.worker_id, result or "")
             console.print(table)
             console.print(f"deleted {len(outcomes) - len(failed)} of {len(outcomes)}")
@@ -326,9 +383,7 @@ async def _delete_many(args: argparse.Namespace, settings: Settings) -> int:
 async def _simple(args: argparse.Namespace, settings: Settings, name: str) -> int:
     async def body(client: Client, _redis: Redis) -> int:
         extra = {"request_id": args.request_id} if args.request_id else {}
-        reply = await client.request(
-            name, timeout=args.timeout, worker_id=args.worker_id, **extra
-        )
+        reply = await client.request(name, timeout=args.timeout, worker_id=args.worker_id, **extra)
         return _print_reply(reply, args.json)
 
     return await _with_client(settings, body)
@@ -361,14 +416,26 @@ async def _tail(args: argparse.Namespace, settings: Settings) -> int:
         follow = args.follow or args.until_done
         async for event in client.output(args.worker_id, after=args.after, follow=follow):
             if args.json:
-                print(json.dumps(event.__dict__ if hasattr(event, "__dict__") else {
-                    "id": event.entry_id, "type": event.type, "content": event.content,
-                    "timestamp": event.timestamp, "input_id": event.input_id,
-                }), flush=True)
+                print(
+                    json.dumps(
+                        event.__dict__
+                        if hasattr(event, "__dict__")
+                        else {
+                            "id": event.entry_id,
+                            "type": event.type,
+                            "content": event.content,
+                            "timestamp": event.timestamp,
+                            "input_id": event.input_id,
+                        }
+                    ),
+                    flush=True,
+                )
             else:
                 console.print(
                     f"[dim]{event.timestamp}[/dim] [bold]{event.type:<11}[/bold] {event.content}",
-                    markup=True, highlight=False, soft_wrap=True,
+                    markup=True,
+                    highlight=False,
+                    soft_wrap=True,
                 )
             if args.until_done and event.type == "done":
                 return 0
@@ -382,9 +449,7 @@ async def _bootstrap(args: argparse.Namespace, settings: Settings) -> int:
     from worker_manager.bootstrap import bootstrap_base_image
 
     tag = args.tag or settings.base_image
-    image_id = await asyncio.to_thread(
-        bootstrap_base_image, tag, log=logs.get_logger("bootstrap")
-    )
+    image_id = await asyncio.to_thread(bootstrap_base_image, tag, log=logs.get_logger("bootstrap"))
     console.print(f"built {tag} ({image_id[:19]})")
     return 0
 

@@ -129,7 +129,7 @@ class Settings(BaseSettings):
     )
     build_args: dict[str, str] = Field(
         default_factory=dict,
-        description="ARG values for the image snippets, e.g. {\"CLAUDE_CODE_VERSION\": \"2.1.0\"}"
+        description='ARG values for the image snippets, e.g. {"CLAUDE_CODE_VERSION": "2.1.0"}'
         " (JSON in WM_BUILD_ARGS); part of the image hash.",
     )
     docker_module_socket: str | None = Field(

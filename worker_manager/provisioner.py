@@ -116,7 +116,8 @@ class Provisioner:
                 {
                     "container_id": started.container_id,
                     "ip_address": started.ip_address,
-                    "started_at": iso_from_unix(started.started_at) if started.started_at
+                    "started_at": iso_from_unix(started.started_at)
+                    if started.started_at
                     else iso_now(),
                 },
             )

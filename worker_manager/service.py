@@ -122,7 +122,7 @@ class Manager:
             self.presence.run,
             self._run_own_consumer,
         ]
-        self.add_loop(gc_loop(settings, self.redis, self.docker, self.metrics.gc_removed))  # image GC (gc.py)
+        self.add_loop(gc_loop(settings, self.redis, self.docker, self.metrics.gc_removed))
 
     def add_loop(self, loop: BackgroundLoop) -> None:
         """Run another background loop (HTTP, GC schedule, reconciler) for the service's life."""

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -106,7 +107,8 @@ async def serve_process(settings: Settings, cwd: Path) -> AsyncIterator[ServePro
     try:
         listening = served.wait_log("http listening")
         exited = asyncio.ensure_future(process.wait())
-        done, _ = await asyncio.wait({listening, exited}, timeout=30, return_when="FIRST_COMPLETED")
+        waiters: set[asyncio.Future[Any]] = {listening, exited}
+        done, _ = await asyncio.wait(waiters, timeout=30, return_when="FIRST_COMPLETED")
         assert listening in done, f"serve did not start listening:\n{served.tail()}"
         exited.cancel()
         served.url = str(listening.result()["url"])

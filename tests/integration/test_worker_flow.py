@@ -90,7 +90,9 @@ async def test_same_shape_builds_once_and_prompt_is_delivered(harness: Harness) 
     builds = manager.images.builds
 
     second = await harness.client.request(
-        "create", agent_type="CUSTOM", agent_command=json.dumps(["cat", "-n"]),
+        "create",
+        agent_type="CUSTOM",
+        agent_command=json.dumps(["cat", "-n"]),
         prompt="first words",
     )
     assert second.worker_id

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from worker_manager.config import Settings
 
@@ -45,7 +46,7 @@ def test_plain_and_prefixed_names(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_init_by_field_name_still_works() -> None:
-    settings = Settings(_env_file=None, anthropic_api_key="sk-init")  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, anthropic_api_key=SecretStr("sk-init"))  # type: ignore[call-arg]
     assert secret(settings.anthropic_api_key) == "sk-init"
 
 

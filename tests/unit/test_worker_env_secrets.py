@@ -18,7 +18,9 @@ FIELDS = ("anthropic_api_key", "claude_code_oauth_token", "factory_api_key")
 
 def settings(**secrets: str) -> Settings:
     """Keys not given are passed as None, so a developer's own keys in the env do not leak in."""
-    given = {name: SecretStr(secrets[name]) if name in secrets else None for name in FIELDS}
+    given: dict[str, Any] = {
+        name: SecretStr(secrets[name]) if name in secrets else None for name in FIELDS
+    }
     return Settings(  # type: ignore[call-arg]
         _env_file=None,
         redis_url="redis://manager:pw@127.0.0.1:6390/0",

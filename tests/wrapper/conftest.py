@@ -186,7 +186,7 @@ class Worker:
         fields = {"content": content}
         if type_ is not None:
             fields["type"] = type_
-        return str(await self.admin.xadd(self.input_key, fields))  # type: ignore[arg-type]
+        return str(await self.admin.xadd(self.input_key, fields))
 
     async def pending_count(self) -> int:
         info = await self.admin.xpending(self.input_key, "wrapper")
