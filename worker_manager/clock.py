@@ -1,19 +1,16 @@
-"""Time in the one format the contract uses: ISO 8601 UTC with milliseconds and a ``Z``."""
+"""Time in the one format the contract uses: ISO 8601 UTC with milliseconds and a ``Z``.
+
+Formatting is the wrapper's (:mod:`worker_base.clock`), so manager and workers stamp times
+identically; the wrapper cannot import the manager, the manager can import the wrapper.
+"""
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime
+from datetime import datetime
 
+from worker_base.clock import iso_from_unix, iso_now
 
-def iso_now() -> str:
-    """The current time as ``2026-11-22T10:00:00.123Z``."""
-    return iso_from_unix(time.time())
-
-
-def iso_from_unix(seconds: float) -> str:
-    moment = datetime.fromtimestamp(seconds, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+__all__ = ["iso_from_unix", "iso_now", "unix_from_iso"]
 
 
 def unix_from_iso(text: str) -> float:
