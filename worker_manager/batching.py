@@ -1,11 +1,11 @@
-"""One Redis round trip for the work of every command that became ready in the same loop tick.
+"""One Redis round trip for the work of many commands at once, instead of one round trip each.
 
 Under load the command consumer runs dozens of commands at once, and each used to send its own
-small pipeline: the event loop then spent most of its time writing to sockets rather than
-answering. A :class:`PipelineBatcher` collects the stages submitted while the loop runs other
-ready callbacks and executes them as ONE pipeline (ONE ``MULTI``/``EXEC`` when transactional);
-while that is in flight the next batch gathers, so batches grow with the load and a lone command
-waits for nothing.
+small pipeline: the event loop then spent most of its time writing to sockets and parsing
+replies rather than answering. A :class:`PipelineBatcher` sends a caller's stage at once when
+nothing is in flight (a lone command waits for nobody); the stages submitted while a round trip
+is out gather and go together as ONE pipeline (ONE ``MULTI``/``EXEC`` when transactional) as soon
+as it is back, so batches grow with the load.
 
 A transaction of several commands' stages is as atomic for each of them as its own ``MULTI`` was:
 Redis runs the whole block without interleaving. Each waiter gets the results of its own stage;
@@ -37,7 +37,8 @@ class PipelineBatcher:
         self._transaction = transaction
         self._epilogue = epilogue
         self._queue: list[_Waiter] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._busy = False  # a round trip is in flight
+        self._flusher: asyncio.Task[None] | None = None  # drains the queue behind it
 
     async def run(self, stage: Stage, *, tag: str | None = None) -> list[Any]:
         """Queue ``stage`` on the next round trip and return the results of its commands.
@@ -46,19 +47,38 @@ class PipelineBatcher:
         epilogue's commands fails each waiter that gave a tag.
         """
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._queue.append((stage, tag, future))
-        if self._flusher is None or self._flusher.done():
-            # Runs after the callbacks already ready in this tick: they join the same batch.
+        waiter = (stage, tag, future)
+        if self._busy:  # a round trip is in flight: join the batch gathering behind it
+            self._queue.append(waiter)
+            return await future
+        # Nothing in flight: go at once (a lone command waits for nobody); whoever comes while
+        # this round trip is out gathers into the next batch.
+        self._busy = True
+        try:
+            await self._execute([waiter])
+        finally:
+            self._hand_over()
+        return future.result()
+
+    def _hand_over(self) -> None:
+        if self._queue:
             self._flusher = asyncio.create_task(self._flush(), name="pipeline-batch")
-        return await future
+        else:
+            self._busy = False
 
     async def _flush(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue, []
-            # A waiter cancelled before its turn (shutdown) is left out: nothing of it runs.
-            batch = [waiter for waiter in batch if not waiter[2].cancelled()]
-            if batch:
-                await self._execute(batch)
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                # A waiter cancelled before its turn (shutdown) is left out: nothing of it runs.
+                batch = [waiter for waiter in batch if not waiter[2].cancelled()]
+                if batch:
+                    await self._execute(batch)
+        finally:
+            for _stage, _tag, future in self._queue:  # only when the flusher itself was cancelled
+                future.cancel()
+            self._queue = []
+            self._busy = False
 
     async def _execute(self, batch: list[_Waiter]) -> None:
         bounds: list[tuple[int, int]] = []

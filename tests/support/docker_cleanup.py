@@ -26,15 +26,19 @@ def worker_image_ids(client: docker.DockerClient) -> set[str]:
 
 
 def remove_test_containers(client: docker.DockerClient) -> list[str]:
-    """Force-remove every container this session's managers created."""
+    """Force-remove every container this session's managers created.
+
+    Reads the raw listing (no per-container inspect), so a container another session removes
+    at the same moment is simply skipped.
+    """
     removed: list[str] = []
-    for container in client.containers.list(all=True, filters={"label": MANAGER_LABEL}):
-        labels = container.labels or {}
+    for container in client.api.containers(all=True, filters={"label": MANAGER_LABEL}):
+        labels = container.get("Labels") or {}
         if not str(labels.get(MANAGER_LABEL, "")).startswith(SESSION_MANAGER_PREFIX):
             continue
         with contextlib.suppress(docker.errors.NotFound):
-            container.remove(force=True, v=True)
-            removed.append(str(container.id))
+            client.api.remove_container(container["Id"], force=True, v=True)
+            removed.append(str(container["Id"]))
     return removed
 
 
