@@ -198,7 +198,7 @@ class Collector:
 
     @property
     def last_run_key(self) -> str:
-        return f"{self._keys.prefix}:gc:last-run"
+        return self._keys.gc_last_run
 
     async def plan(
         self, *, max_age_seconds: float | None = None, budget_bytes: int | None = None

@@ -73,6 +73,11 @@ class Keys:
     def gc_lock(self) -> str:
         return f"{self.prefix}:lock:gc"
 
+    @property
+    def gc_last_run(self) -> str:
+        """Unix time of the last collection, so N managers collect about once per interval."""
+        return f"{self.prefix}:gc:last-run"
+
     def manager(self, manager_id: str) -> str:
         """Presence key of one manager process (refreshed while it runs)."""
         return f"{self.prefix}:manager:{manager_id}"
