@@ -9,7 +9,6 @@ that already exists under the worker's name is reused, never duplicated.
 from __future__ import annotations
 
 import io
-import json
 import os
 import tarfile
 import time
@@ -178,8 +177,8 @@ class ContainerRuntime:
                 f"{LABEL_PREFIX}={self._settings.key_prefix}",
             ]
         }
-        found = self._docker.api.containers(all=True, filters=filters)
-        return [json.loads(json.dumps(c)) for c in found]
+        found: list[dict[str, Any]] = self._docker.api.containers(all=True, filters=filters)
+        return found
 
 
 def _parse_docker_time(text: str) -> float:

@@ -118,11 +118,8 @@ class Handlers:
             status=record.get("status", WorkerStatus.STOPPED.value),
         )
 
-    async def status(self, cmd: StatusCommand) -> Reply:
-        return self.status_of(cmd, await self._store.get(cmd.worker_id))
-
     def status_of(self, cmd: StatusCommand, record: dict[str, str] | None) -> Reply:
-        """The reply for a record already read (the dispatcher's one-round-trip path)."""
+        """The reply for a record the dispatcher already read (status costs one round trip)."""
         if not record:
             raise _not_found(cmd.worker_id)
         return Reply(

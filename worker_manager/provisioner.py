@@ -178,7 +178,3 @@ class Provisioner:
         elif agent_type is AgentType.FACTORY:
             wanted = {"FACTORY_API_KEY": s.factory_api_key}
         return {name: secret.get_secret_value() for name, secret in wanted.items() if secret}
-
-
-def modules_json(modules: list[Module]) -> str:
-    return json.dumps([m.value for m in modules])

@@ -64,6 +64,7 @@ class StatusWatcher:
         self._run_id: str | None = None
         self._outage = False
         self._grace_until = 0.0
+        self._next_restart_check = 0.0
         self.on_redis_restart: RedisRestarted | None = None
         self.redis_restarts = 0
 
@@ -88,6 +89,12 @@ class StatusWatcher:
                 await asyncio.wait_for(stop.wait(), wait)
 
     async def _notice_redis_restart(self) -> None:
+        # Once per watch interval is enough to notice a restart; the 50 ms ticks while a worker
+        # starts need not each send an INFO.
+        now = time.monotonic()
+        if now < self._next_restart_check and not self._outage:
+            return
+        self._next_restart_check = now + self._settings.watch_interval_seconds
         info: dict[str, Any] = await self._redis.info("server")
         run_id = str(info.get("run_id", ""))
         restarted = self._run_id is not None and run_id != self._run_id
