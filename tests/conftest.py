@@ -21,8 +21,11 @@ from tests.support.docker_cleanup import (
     remove_test_containers,
     worker_image_ids,
 )
+from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.keyspace import delete_prefix, session_image_hashes
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, bindable_gateway
+from worker_manager import agent_binaries
+from worker_manager.agent_binaries import AgentBinary
 from worker_manager.config import BOOTSTRAP_BASE_TAG, Settings
 
 
@@ -91,3 +94,20 @@ def docker_client(redis_server: RedisServer) -> Iterator[docker.DockerClient]:
             remove_new_worker_images(client, images_before, session_image_hashes(redis_server))
         finally:
             client.close()
+
+
+@pytest.fixture(scope="session")
+def fake_anthropic() -> Iterator[FakeAnthropic]:
+    """The scripted Messages API, where both the host and worker containers reach it."""
+    server = FakeAnthropic(host=bindable_gateway() or "127.0.0.1").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def claude_binary(docker_client: docker.DockerClient) -> AgentBinary:
+    """The real Claude Code binary, from the pinned wheel (downloaded once per machine)."""
+    architecture = str(docker_client.info().get("Architecture") or "x86_64")
+    return agent_binaries.claude_binary(Settings(_env_file=None), architecture)  # type: ignore[call-arg]

@@ -41,6 +41,12 @@ class WrapperConfig:
     heartbeat_ttl: int = 10
     output_maxlen: int = 10_000
     factory_auto: str = "low"
+    #: A run of one input longer than this is killed (``done`` 124); None: no limit.
+    input_timeout: float | None = None
+    #: Per input: the most agent turns (passed to agents that take it); None: the agent's own.
+    max_turns: int | None = None
+    #: The worker's total spend across inputs; once reached it refuses further input.
+    max_cost_usd: float | None = None
     # --- ours, not set by the manager: tuning knobs with safe defaults -----------------------
     #: Seconds between SIGTERM and SIGKILL when a run is cancelled.
     cancel_grace: float = 5.0
@@ -108,6 +114,7 @@ class WrapperConfig:
             raise ConfigError("WM_WRAPPER_BLOCK_MS must stay below WM_WRAPPER_SOCKET_TIMEOUT.")
 
         allowed = _string_list(environ, "WM_ALLOWED_COMMANDS")
+        max_turns = _optional(environ, "WM_MAX_TURNS", minimum=1)
         return cls(
             worker_id=worker_id,
             redis_url=redis_url,
@@ -121,6 +128,9 @@ class WrapperConfig:
             heartbeat_ttl=ttl,
             output_maxlen=int(_number(environ, "WM_OUTPUT_MAXLEN", 10_000, minimum=1)),
             factory_auto=factory_auto,
+            input_timeout=_optional(environ, "WM_INPUT_TIMEOUT_SECONDS", minimum=0.001),
+            max_turns=None if max_turns is None else int(max_turns),
+            max_cost_usd=_optional(environ, "WM_MAX_COST_USD", minimum=0),
             cancel_grace=_number(environ, "WM_CANCEL_GRACE_SECONDS", 5.0, minimum=0),
             block_ms=block_ms,
             socket_timeout=socket_timeout,
@@ -156,6 +166,12 @@ def _string_list(environ: Mapping[str, str], name: str) -> list[str] | None:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ConfigError(f"{name} must be a JSON list of strings.")
     return value
+
+
+def _optional(environ: Mapping[str, str], name: str, *, minimum: float) -> float | None:
+    if not environ.get(name, "").strip():
+        return None
+    return _number(environ, name, minimum, minimum=minimum)
 
 
 def _number(environ: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:

@@ -2,10 +2,11 @@
 
 That module is optional for the core, so both call sites work without it:
 
-* ``allowlist.agent_env(config: WrapperConfig, env: dict[str, str]) -> dict[str, str]``
-  receives the agent's complete environment for one run and returns the one to use (e.g. with a
-  PATH of command shims). Called once per run, last, after the driver's own variables. Absent:
-  the environment is used unchanged.
+* ``allowlist.agent_env(config: WrapperConfig, env: dict[str, str], shell_prefix_env=None)
+  -> dict[str, str]`` receives the agent's complete environment for one run and returns the one
+  to use (e.g. with a PATH of command shims, or a gate in ``shell_prefix_env`` for an agent that
+  prefixes its shell commands). Called once per run, last, after the driver's own variables.
+  Absent: the environment is used unchanged.
 * ``allowlist.refusals(config: WrapperConfig) -> AsyncIterator[str]``
   yields one human sentence per refused command; the wrapper turns each into an ``error``
   output event for the input being handled (``input_id`` empty when idle). Iterated once, for
@@ -45,12 +46,14 @@ def allowlist_module() -> ModuleType | None:
         return None
 
 
-def agent_env(config: WrapperConfig, env: dict[str, str]) -> dict[str, str]:
+def agent_env(
+    config: WrapperConfig, env: dict[str, str], shell_prefix_env: str | None = None
+) -> dict[str, str]:
     module = allowlist_module()
     hook = getattr(module, "agent_env", None)
     if hook is None:
         return env
-    return cast("dict[str, str]", hook(config, env))
+    return cast("dict[str, str]", hook(config, env, shell_prefix_env))
 
 
 def refusals(config: WrapperConfig) -> AsyncIterator[str] | None:

@@ -30,6 +30,9 @@ READ_CHUNK = 64 * 1024
 #: before the rest of its process group is killed.
 DRAIN_GRACE = 2.0
 
+#: ``done`` of an input that ran past its ``input_timeout_seconds`` (as GNU ``timeout`` says).
+TIMED_OUT = 124
+
 #: Variables of the wrapper the agent must not see: the Redis URL holds the worker's ACL
 #: password, and with it the agent could write its own output stream or ack its inputs.
 WRAPPER_ONLY_ENV = frozenset({"WM_REDIS_URL"})
@@ -56,7 +59,7 @@ def agent_environment(
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(invocation.env)
     env["WM_INPUT_ID"] = input_id
-    return hooks.agent_env(config, env)
+    return hooks.agent_env(config, env, invocation.shell_prefix_env)
 
 
 class LineSplitter:
@@ -149,7 +152,9 @@ class AgentRun:
         self._sink = sink
         self._proc: asyncio.subprocess.Process | None = None
         self._terminator: asyncio.Task[None] | None = None
+        self._deadline: float | None = None
         self.cancelled = False
+        self.timed_out = False
         #: The process was started (``driver.on_exit`` was consulted).
         self.started = False
 
@@ -174,7 +179,23 @@ class AgentRun:
         await self._sink([Event("error", sentence)])
 
     async def run(self) -> int:
-        """Runs the agent to the end; returns its exit status (126/127 if it never started)."""
+        """Runs the agent to the end; returns its exit status (126/127 if it never started,
+        124 if it ran past the input timeout). A driver may ask for one more attempt (a lost
+        session): the input then runs again, within the same deadline."""
+        timeout = self._config.input_timeout
+        loop = asyncio.get_running_loop()
+        self._deadline = None if timeout is None else loop.time() + timeout
+        code = await self._attempt()
+        retry = self._driver.take_retry() if self.started else None
+        if retry is not None and not (self.cancelled or self.timed_out):
+            log.info("input %s: running it again: %s", self._input_id, retry)
+            await self._error(retry[:1].upper() + retry[1:] + ".")
+            code = await self._attempt()
+            self._driver.take_retry()  # at most one retry per input
+        return code
+
+    async def _attempt(self) -> int:
+        self._proc, self._terminator = None, None
         try:
             invocation = self._driver.invocation(self._prompt)
         except Exception as exc:
@@ -238,7 +259,7 @@ class AgentRun:
             _Pump(proc.stdout, self._driver.on_stdout, "stdout", self._sink),
             _Pump(proc.stderr, self._driver.on_stderr, "stderr", self._sink),
         ]
-        returncode = await proc.wait()
+        returncode = await self._wait_within_deadline(proc)
         if not await _all_eof(pumps, DRAIN_GRACE):
             log.warning("the agent left processes holding its output open; killing its group")
             _killpg(proc.pid, signal.SIGKILL)
@@ -255,7 +276,7 @@ class AgentRun:
                 await feeder
         if self._terminator is not None:
             await self._terminator
-        code = exit_status(returncode)
+        code = TIMED_OUT if self.timed_out else exit_status(returncode)
         log.info("input %s: agent exited with %d", self._input_id, code)
         try:
             events = self._driver.on_exit(code)
@@ -265,6 +286,28 @@ class AgentRun:
         if events:
             await self._sink(events)
         return code
+
+    async def _wait_within_deadline(self, proc: asyncio.subprocess.Process) -> int:
+        """The agent's return code; past the deadline its whole group is stopped (the real
+        CLIs are known to hang now and then without ever printing a result)."""
+        if self._deadline is None:
+            return await proc.wait()
+        remaining = self._deadline - asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(max(remaining, 0.0)):
+                return await proc.wait()
+        except TimeoutError:
+            pass
+        self.timed_out = True
+        limit = self._config.input_timeout or 0.0
+        log.warning("input %s: ran past %.3g s; stopping the agent", self._input_id, limit)
+        await self._error(
+            f"This input ran longer than its input_timeout_seconds ({limit:g} s), so the agent "
+            "was stopped."
+        )
+        if self._terminator is None:
+            self._terminator = asyncio.create_task(self._terminate(proc), name="terminate")
+        return await proc.wait()
 
 
 class _Pump:

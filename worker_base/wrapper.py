@@ -35,6 +35,7 @@ from worker_base.agents.base import AgentDriver, Event
 from worker_base.config import WrapperConfig
 from worker_base.heartbeat import Heartbeat
 from worker_base.inputs import CANCEL, PROMPT, GroupMissingError, InputEntry, InputReader
+from worker_base.ledger import CostLedger, format_usd
 from worker_base.redis_client import REDIS_ERRORS, Backoff, connect
 from worker_base.runner import AgentRun, Sink
 from worker_base.streams import OutputWriter
@@ -45,6 +46,8 @@ log = logging.getLogger("worker_base")
 CANCELLED_BEFORE_START = 130
 #: ``done`` of an input whose ``type`` the wrapper does not know.
 UNKNOWN_TYPE = 2
+#: ``done`` of an input refused because the worker's ``max_cost_usd`` is spent.
+BUDGET_SPENT = 1
 #: How long shutdown may spend writing the last events once the agent is stopped.
 SHUTDOWN_FLUSH = 2.0
 
@@ -66,11 +69,14 @@ class Wrapper:
         self._redis = redis if redis is not None else connect(config)
         self._inputs = InputReader(self._redis, config.input_key, block_ms=config.block_ms)
         self._writer = OutputWriter(self._redis, config.output_key, config.output_maxlen)
+        #: One ledger per worker: the driver's when its agent reports cost.
+        self._ledger = driver.ledger or CostLedger(config.state_dir, config.max_cost_usd)
         self._heartbeat = Heartbeat(
             self._redis,
             config.heartbeat_key,
             interval=config.heartbeat_interval,
             ttl=config.heartbeat_ttl,
+            facts=self._ledger.heartbeat_suffix,
         )
         self._jobs: deque[Job] = deque()
         self._current: Job | None = None
@@ -305,6 +311,9 @@ class Wrapper:
                     input_id,
                 )
                 code = CANCELLED_BEFORE_START
+            elif self._ledger.exhausted:
+                emit("error", self._budget_sentence("takes no more input"), input_id)
+                code = BUDGET_SPENT
             else:
                 emit("status", "busy", input_id)
                 run = AgentRun(
@@ -330,6 +339,8 @@ class Wrapper:
                     return
                 if job.cancelled_by:
                     emit("error", f"Cancelled by input {job.cancelled_by[0]}.", input_id)
+                if self._ledger.exhausted:
+                    emit("error", self._budget_sentence("will take no more input"), input_id)
             emit("done", str(code), input_id)
             emit("status", "idle", input_id)
             await self._ack(input_id, *job.cancelled_by)
@@ -337,6 +348,14 @@ class Wrapper:
             self._current = None
             self._heartbeat.busy = False
             self._heartbeat.touch()
+
+    def _budget_sentence(self, consequence: str) -> str:
+        limit = format_usd(self._ledger.max_cost_usd or 0.0)
+        spent = format_usd(self._ledger.total_usd)
+        return (
+            f"This worker's budget is spent (max_cost_usd {limit}, spent {spent}): it "
+            f"{consequence} and is being stopped."
+        )
 
     def _sink_for(self, input_id: str) -> Sink:
         async def sink(events: list[Event]) -> None:

@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
     create.add_argument("--request-id", help="idempotency key")
     create.add_argument(
+        "--input-timeout", type=float, metavar="SECONDS", help="kill a run of one input after this"
+    )
+    create.add_argument("--max-turns", type=int, help="per input: the most agent turns")
+    create.add_argument(
+        "--max-cost-usd", type=float, help="the worker's budget; it stops once spent"
+    )
+    create.add_argument(
         "--wait",
         action="store_true",
         help="after the reply, wait until the worker is RUNNING (or has failed)",
@@ -230,6 +237,8 @@ def _print_reply(reply: Reply, as_json: bool) -> int:
         value = getattr(reply, key)
         if value:
             table.add_row(key, str(value))
+    for key, value in (reply.details or {}).items():
+        table.add_row(key, value)
     console.print(table)
     return 0
 
@@ -279,6 +288,9 @@ async def _create(args: argparse.Namespace, settings: Settings) -> int:
         "agent_command": json.loads(args.agent_command) if args.agent_command else None,
         "metadata": metadata or None,
         "request_id": args.request_id,
+        "input_timeout_seconds": args.input_timeout,
+        "max_turns": args.max_turns,
+        "max_cost_usd": args.max_cost_usd,
     }
 
     async def body(client: Client, redis: Redis) -> int:
@@ -286,25 +298,32 @@ async def _create(args: argparse.Namespace, settings: Settings) -> int:
         code = _print_reply(reply, args.json)
         if code or not args.wait or not reply.worker_id:
             return code
-        status = await _wait_settled(client, reply.worker_id, args.timeout * 20)
-        if not args.json:
+        settled = await _wait_settled(client, reply.worker_id, args.timeout * 20)
+        status = settled.status if settled is not None else "STARTING"
+        reason = (settled.details or {}).get("reason") if settled is not None else None
+        if args.json:
+            if settled is not None:
+                print(json.dumps(settled.model_dump(exclude_none=True)))
+        elif status == "RUNNING" or not reason:
             console.print(f"worker {reply.worker_id} is {status}")
+        else:
+            err_console.print(f"worker {reply.worker_id} is {status}: {reason}", markup=False)
         return 0 if status == "RUNNING" else 1
 
     return await _with_client(settings, body)
 
 
-async def _wait_settled(client: Client, worker_id: str, timeout: float) -> str:
+async def _wait_settled(client: Client, worker_id: str, timeout: float) -> Reply | None:
+    """The first status reply that is not STARTING (the last one seen if time runs out)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    status = "STARTING"
+    reply: Reply | None = None
     while loop.time() < deadline:
         reply = await client.request("status", worker_id=worker_id)
-        status = reply.status or status
-        if status != "STARTING":
-            return status
+        if reply.status not in (None, "STARTING"):
+            return reply
         await asyncio.sleep(0.5)
-    return status
+    return reply
 
 
 @command("status")

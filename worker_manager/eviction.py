@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from worker_base.heartbeat import HeartbeatInvalid, parse_heartbeat
 from worker_manager.clock import unix_from_iso
 from worker_manager.config import Settings
 from worker_manager.logs import get_logger
@@ -121,7 +122,11 @@ class Evictor:
             return ""  # a STARTING worker is the watcher's (start timeout), not idle
         if beat is None:
             return ""  # no heartbeat: the watcher decides (heartbeat_lost), not us
-        seen = [unix_from_iso(t) for t in (beat, last_activity, started) if t]
+        try:
+            activity = parse_heartbeat(beat, now).activity
+        except HeartbeatInvalid:
+            return ""  # the watcher fails it (heartbeat_invalid)
+        seen = [activity] + [unix_from_iso(t) for t in (last_activity, started) if t]
         timeout = self._idle_timeout(own_timeout)
         if seen and now - max(seen) > timeout:
             return "idle"

@@ -11,6 +11,7 @@ import uuid
 from worker_manager.config import Settings
 from worker_manager.errors import CommandError, ErrorCode
 from worker_manager.models import (
+    STATUS_DETAILS,
     CreateCommand,
     DeleteCommand,
     ListCommand,
@@ -41,6 +42,9 @@ class Handlers:
         self._router = router
 
     async def create(self, cmd: CreateCommand) -> Reply:
+        problem = self._provisioner.install_problem(cmd.agent_type)
+        if problem is not None:
+            raise CommandError(ErrorCode.BUILD_FAILED, problem)
         worker_id = cmd.worker_id or str(uuid.uuid5(WORKER_ID_NAMESPACE, cmd.request_id))
         spec = cmd.model_dump(mode="json", exclude={"prompt"})
         owner = cmd.metadata.get("owner", "")
@@ -132,6 +136,7 @@ class Handlers:
             ip_address=(record.get("ip_address") or None)
             if record.get("status") in (WorkerStatus.STARTING, WorkerStatus.RUNNING)
             else None,
+            details={name: record[name] for name in STATUS_DETAILS if record.get(name)},
         )
 
     async def list_workers(self, cmd: ListCommand) -> Reply:

@@ -18,6 +18,7 @@ from string import Template
 from typing import Any
 
 import worker_base
+from worker_manager.agent_binaries import AgentBinary
 from worker_manager.models import AgentType, Module
 
 SCHEMA = 1
@@ -94,14 +95,23 @@ class ImageSpec:
     agent_type: AgentType
     modules: tuple[Module, ...]
     templates: Templates
-    #: ``ARG`` values for the snippets (e.g. ``CLAUDE_CODE_VERSION``): part of the hash.
+    #: ``ARG`` values for the snippets (e.g. ``FACTORY_CLI_VERSION``): part of the hash.
     build_args: tuple[tuple[str, str], ...] = ()
+    #: The agent's snippet, when not ``agents/<AGENT_TYPE>.Dockerfile`` (e.g. the npm variant).
+    agent_template: str | None = None
+    #: The agent CLI put into the build context as ``agent-bin/<name>``: its digest and version
+    #: are part of the hash.
+    agent_binary: AgentBinary | None = None
+
+    @property
+    def agent_snippet(self) -> str:
+        return self.agent_template or f"agents/{self.agent_type.value}.Dockerfile"
 
     def used_templates(self) -> dict[str, Path]:
         used: dict[str, Path] = {}
         wanted = ["Dockerfile.template"]
         wanted += [f"modules/{m.value}.Dockerfile" for m in sorted(self.modules)]
-        wanted.append(f"agents/{self.agent_type.value}.Dockerfile")
+        wanted.append(self.agent_snippet)
         for relative in wanted:
             path = self.templates.find(relative)
             if path is None:
@@ -125,6 +135,7 @@ class ImageSpec:
             },
             "files": digest_tree(files) if files else None,
             "build_args": dict(sorted(self.build_args)),
+            "agent_binary": self.agent_binary.identity() if self.agent_binary else None,
             "wrapper": wrapper_identity(),
         }
 
@@ -145,7 +156,7 @@ class ImageSpec:
             f"# module {m.value}\n" + used[f"modules/{m.value}.Dockerfile"].read_text().strip()
             for m in sorted(self.modules)
         )
-        agent_path = used.get(f"agents/{self.agent_type.value}.Dockerfile")
+        agent_path = used.get(self.agent_snippet)
         agent = (
             f"# agent {self.agent_type.value}\n" + agent_path.read_text().strip()
             if agent_path

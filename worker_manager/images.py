@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -28,7 +29,8 @@ import docker.errors
 from docker import DockerClient
 from redis.asyncio import Redis
 
-from worker_manager import docker_client
+from worker_manager import agent_binaries, docker_client
+from worker_manager.agent_binaries import AgentBinary, AgentBinaryError
 from worker_manager.clock import iso_now
 from worker_manager.config import Settings
 from worker_manager.image_spec import (
@@ -51,6 +53,17 @@ _LOG_TAIL = 30
 _LINE_CHARS = 200  # a create's ``reason`` must keep the log's *last* lines within its bound
 _MESSAGE_CHARS = 3500  # the worker's ``reason`` is cut at 4000 characters
 _STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
+#: Terminal control sequences (colours, cursor moves) that build output carries: a ``reason``
+#: is read in Redis and JSON, never on a terminal.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+#: The packaged snippet that installs droid with npm (``WM_FACTORY_NPM_VERSION``).
+FACTORY_NPM_SNIPPET = "agents/FACTORY-npm.Dockerfile"
+
+
+def clean_log_line(line: str) -> str:
+    """A build-log line without terminal escapes or control characters."""
+    return _CONTROL.sub("", _ANSI.sub("", line))
 
 
 class BuildFailed(Exception):
@@ -79,19 +92,76 @@ class ImageService:
         )
         self._building: dict[str, asyncio.Future[ImageRef]] = {}
         self._base_id: tuple[float, str] | None = None
+        self._docker_arch: str | None = None
         self.builds = 0  # builds this process ran (for tests and metrics)
         #: (result, seconds): "hit" image existed, "miss" we built it, "failure" our build failed.
         self.observe_build: Callable[[str, float | None], None] = lambda _r, _s: None
 
     async def spec_for(self, agent_type: AgentType, modules: list[Module]) -> ImageSpec:
+        template, binary, args = await self._agent_install(agent_type)
+        build_args = {**self._settings.build_args, **args}
         return ImageSpec(
             base_image=self._settings.base_image,
             base_image_id=await self._base_image_id(),
             agent_type=agent_type,
             modules=tuple(sorted(modules)),
             templates=self._templates,
-            build_args=tuple(sorted(self._settings.build_args.items())),
+            build_args=tuple(sorted(build_args.items())),
+            agent_template=template,
+            agent_binary=binary,
         )
+
+    def agent_install_problem(self, agent_type: AgentType) -> str | None:
+        """Why a worker of this type cannot be built at all, found without any download: a
+        create is refused at once instead of failing after its reply."""
+        if agent_type is not AgentType.FACTORY or self._overlaid(agent_type):
+            return None
+        s = self._settings
+        if s.factory_binary is None and s.factory_npm_version is None:
+            return (
+                "FACTORY workers need the droid CLI and none is configured: set "
+                "WM_FACTORY_BINARY to a droid binary on the manager's host, or "
+                "WM_FACTORY_NPM_VERSION to install @factory/cli with npm during the build"
+            )
+        return None
+
+    def _overlaid(self, agent_type: AgentType) -> bool:
+        overlay = self._templates.overlay
+        return overlay is not None and (overlay / f"agents/{agent_type.value}.Dockerfile").is_file()
+
+    async def _agent_install(
+        self, agent_type: AgentType
+    ) -> tuple[str | None, AgentBinary | None, dict[str, str]]:
+        """Which snippet installs the agent, the binary it copies, and its build args.
+
+        An overlay's own snippet for the agent wins and brings its own files (tests' fakes,
+        site-specific agents); otherwise the packaged one, with the binary from the host.
+        """
+        if agent_type is AgentType.CUSTOM or self._overlaid(agent_type):
+            return None, None, {}
+        try:
+            if agent_type is AgentType.CLAUDE:
+                architecture = await self._architecture()
+                binary = await asyncio.to_thread(
+                    agent_binaries.claude_binary, self._settings, architecture
+                )
+                return None, binary, {}
+            problem = self.agent_install_problem(agent_type)
+            if problem is not None:
+                raise BuildFailed(problem)
+            factory = await asyncio.to_thread(agent_binaries.factory_binary, self._settings)
+        except AgentBinaryError as exc:
+            raise BuildFailed(str(exc)) from None
+        if factory is not None:
+            return None, factory, {}
+        version = self._settings.factory_npm_version or ""
+        return FACTORY_NPM_SNIPPET, None, {"FACTORY_CLI_VERSION": version}
+
+    async def _architecture(self) -> str:
+        if self._docker_arch is None:
+            info: dict[str, Any] = await docker_client.call(self._docker.info)
+            self._docker_arch = str(info.get("Architecture") or os.uname().machine)
+        return self._docker_arch
 
     async def _base_image_id(self) -> str:
         """Cached for a minute: a create must not pay a Docker round trip for it each time."""
@@ -239,7 +309,8 @@ class ImageService:
                     timeout=int(self._settings.build_timeout_seconds),
                 )
                 for chunk in stream:
-                    for line in str(chunk.get("stream", "")).splitlines():
+                    for raw in str(chunk.get("stream", "")).splitlines():
+                        line = clean_log_line(raw)
                         if line.strip():
                             tail.append(line.rstrip()[:_LINE_CHARS])
                             log.debug("build", tag=spec.tag, line=line.rstrip())
@@ -247,7 +318,7 @@ class ImageService:
                             if step:
                                 last_step = step.group(1)
                     if "error" in chunk:
-                        error = str(chunk["error"]).strip()  # always text in the API's JSON
+                        error = clean_log_line(str(chunk["error"])).strip()
                         tail.append(error[:_LINE_CHARS])
         except (docker.errors.DockerException, OSError) as exc:  # incl. requests' errors
             error = f"{type(exc).__name__}: {exc}"[:_LINE_CHARS]
@@ -292,5 +363,7 @@ def write_build_context(spec: ImageSpec, context: Path) -> None:
     files = spec.templates.files_dir()
     if files is not None:
         shutil.copytree(files, context / "files", symlinks=False, ignore=ignore)
+    if spec.agent_binary is not None:
+        agent_binaries.place(spec.agent_binary, context)
     (context / ".dockerignore").write_text("**/__pycache__\n")
     (context / "spec.json").write_text(json.dumps(spec.canonical(), indent=2, sort_keys=True))

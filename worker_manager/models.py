@@ -80,6 +80,12 @@ def _json_text(value: Any, what: str) -> Any:
     return value
 
 
+#: Bounds of the per-create watchdog and budgets (SPEC §1): generous, but finite numbers.
+MAX_INPUT_TIMEOUT_SECONDS = 7 * 86_400
+MAX_TURNS = 10_000
+MAX_COST_USD = 1_000_000
+
+
 class _Command(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
 
@@ -133,6 +139,9 @@ class CreateCommand(_Command):
     agent_command: list[str] | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     idle_timeout_seconds: float | None = Field(default=None, gt=0)
+    input_timeout_seconds: float | None = Field(default=None, gt=0, le=MAX_INPUT_TIMEOUT_SECONDS)
+    max_turns: int | None = Field(default=None, ge=1, le=MAX_TURNS)
+    max_cost_usd: float | None = Field(default=None, gt=0, le=MAX_COST_USD)
 
     @field_validator("worker_id", mode="before")
     @classmethod
@@ -326,6 +335,24 @@ def reply_of_request_id(fields: dict[str, str], entry_id: str) -> str:
     return value if REQUEST_ID_RE.fullmatch(value) else entry_id
 
 
+#: The record fields a status reply carries besides ``status`` and ``ip_address`` (SPEC §2).
+STATUS_DETAILS = (
+    "reason",
+    "exit_code",
+    "agent_type",
+    "modules",
+    "created_at",
+    "started_at",
+    "stopped_at",
+    "last_activity_at",
+    "metadata",
+    "cost_usd",
+    "progress",
+    "manager_id",
+    "image",
+)
+
+
 class Reply(BaseModel):
     """One reply entry (SPEC §2); ``to_fields`` gives the flat stream entry."""
 
@@ -341,6 +368,8 @@ class Reply(BaseModel):
     error: str | None = None
     message: str | None = None
     retry_after: float | None = None
+    #: For status: the record's public fields (SPEC §2), as the record holds them.
+    details: dict[str, str] | None = None
 
     def to_fields(self) -> dict[str, str]:
         out: dict[str, str] = {
@@ -356,6 +385,9 @@ class Reply(BaseModel):
             out["workers"] = json.dumps(self.workers, separators=(",", ":"))
         if self.retry_after is not None:
             out["retry_after"] = f"{self.retry_after:g}"
+        for name, value in (self.details or {}).items():
+            if value and name not in out:
+                out[name] = value
         return out
 
     @classmethod
@@ -373,4 +405,5 @@ class Reply(BaseModel):
             error=fields.get("error"),
             message=fields.get("message"),
             retry_after=float(retry) if retry else None,
+            details={k: v for k, v in fields.items() if k in STATUS_DETAILS} or None,
         )

@@ -147,8 +147,14 @@ class Provisioner:
         await self._acl.delete(worker_id)
         return exit_code
 
+    def install_problem(self, agent_type: AgentType) -> str | None:
+        """Why workers of this agent type cannot be built here at all (checked before a create
+        is accepted), or None."""
+        return self._images.agent_install_problem(agent_type)
+
     def worker_env(self, worker_id: str, command: CreateCommand) -> dict[str, str]:
         s = self._settings
+        timeout = command.input_timeout_seconds or s.input_timeout_seconds
         env = {
             "WM_WORKER_ID": worker_id,
             "WM_REDIS_URL": self._acl.worker_url(worker_id),
@@ -158,12 +164,31 @@ class Provisioner:
             "WM_HEARTBEAT_TTL": str(s.heartbeat_ttl_seconds),
             "WM_OUTPUT_MAXLEN": str(s.output_maxlen),
             "WM_FACTORY_AUTO": s.factory_auto,
+            "WM_INPUT_TIMEOUT_SECONDS": f"{timeout:g}",
         }
+        if command.max_turns is not None:
+            env["WM_MAX_TURNS"] = str(command.max_turns)
+        if command.max_cost_usd is not None:
+            env["WM_MAX_COST_USD"] = f"{command.max_cost_usd:.6f}"
+        if command.agent_type is AgentType.CLAUDE:
+            env.update(self._claude_env())
         if command.agent_command is not None:
             env["WM_AGENT_COMMAND"] = json.dumps(command.agent_command)
         if command.allowed_commands is not None:
             env["WM_ALLOWED_COMMANDS"] = json.dumps(command.allowed_commands)
         env.update(self._secrets_for(command.agent_type))
+        return env
+
+    def _claude_env(self) -> dict[str, str]:
+        s = self._settings
+        env: dict[str, str] = {}
+        base_url = s.workers_anthropic_base_url
+        if base_url:
+            env["ANTHROPIC_BASE_URL"] = base_url
+        if s.anthropic_model:
+            env["ANTHROPIC_MODEL"] = s.anthropic_model
+        if s.claude_max_retries is not None:
+            env["CLAUDE_CODE_MAX_RETRIES"] = str(s.claude_max_retries)
         return env
 
     def _secrets_for(self, agent_type: AgentType) -> dict[str, str]:

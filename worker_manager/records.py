@@ -35,6 +35,8 @@ RECORD_FIELDS = (
     "exit_code",
     "reason",
     "metadata",
+    "cost_usd",
+    "progress",
 )
 #: Ours: which manager owns the container, and which request created the worker.
 INTERNAL_FIELDS = ("manager_id", "request_id", "owner", "idle_timeout_seconds")

@@ -3,7 +3,10 @@
 - A worker's first heartbeat turns STARTING into RUNNING (and delivers the create's prompt).
 - A RUNNING worker whose heartbeat expired is FAILED (``heartbeat_lost``); a STARTING one whose
   container started ``start_timeout_seconds`` ago without a heartbeat is FAILED too.
-- The heartbeat's value (the wrapper's last activity) becomes ``last_activity_at``.
+- The heartbeat's value (the wrapper's last activity, checked and clamped to now) becomes
+  ``last_activity_at``; the spend it reports becomes ``cost_usd``, and ``budget=exceeded`` stops
+  the worker (``budget_exceeded``). A value the wrapper would never write is that worker's
+  problem alone: FAILED with ``heartbeat_invalid``.
 - Docker's ``die``/``oom`` events of this manager's containers end the worker: exit code 0 is
   STOPPED, anything else FAILED, OOM-kill FAILED with ``reason=oom``. An ``oom`` event ends the
   worker even when only the agent (not the container's init) was killed: its memory limit is too
@@ -29,7 +32,8 @@ from docker import DockerClient
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from worker_manager.clock import unix_from_iso
+from worker_base.heartbeat import HeartbeatInvalid, parse_heartbeat
+from worker_manager.clock import iso_from_unix, unix_from_iso
 from worker_manager.config import Settings
 from worker_manager.containers import LABEL_MANAGER, LABEL_PREFIX, LABEL_WORKER
 from worker_manager.logs import get_logger
@@ -118,15 +122,17 @@ class StatusWatcher:
         keys = self._settings.keys
         async with self._redis.pipeline(transaction=False) as pipe:
             for worker_id in ids:
-                pipe.hmget(keys.worker(worker_id), "status", "started_at", "last_activity_at")
+                pipe.hmget(
+                    keys.worker(worker_id), "status", "started_at", "last_activity_at", "cost_usd"
+                )
                 pipe.get(keys.heartbeat(worker_id))
             results = await pipe.execute()
         now = time.time()
         awaiting = False
         for i, worker_id in enumerate(ids):
-            status, started_at, last_activity = results[2 * i]
+            status, started_at, last_activity, cost = results[2 * i]
             beat: str | None = results[2 * i + 1]
-            await self._judge(worker_id, status, started_at, last_activity, beat, now)
+            await self._judge(worker_id, status, started_at, (last_activity, cost), beat, now)
             awaiting = awaiting or (
                 status == WorkerStatus.STARTING and bool(started_at) and not beat
             )
@@ -137,7 +143,7 @@ class StatusWatcher:
         worker_id: str,
         status: str | None,
         started_at: str | None,
-        last_activity: str | None,
+        recorded: tuple[str | None, str | None],
         beat: str | None,
         now: float,
     ) -> None:
@@ -145,7 +151,21 @@ class StatusWatcher:
             await self._redis.srem(self._store.live_key, worker_id)
             return
         if beat:
-            fields = {"last_activity_at": beat} if beat != last_activity else {}
+            try:
+                parsed = parse_heartbeat(beat, now)
+            except HeartbeatInvalid as exc:
+                log.warning("invalid heartbeat", worker_id=worker_id, problem=str(exc))
+                await self._end(worker_id, WorkerStatus.FAILED, "heartbeat_invalid")
+                return
+            fields = {}
+            activity = iso_from_unix(parsed.activity)
+            if activity != recorded[0]:
+                fields["last_activity_at"] = activity
+            if parsed.cost_usd is not None and parsed.cost_usd != recorded[1]:
+                fields["cost_usd"] = parsed.cost_usd
+            if parsed.budget_exceeded:
+                await self._end(worker_id, WorkerStatus.STOPPED, "budget_exceeded", fields)
+                return
             if status == WorkerStatus.STARTING:
                 changed = await self._store.transition(
                     worker_id,

@@ -1,16 +1,6 @@
-# Agent: Claude Code (CLAUDE). Inserted into the worker Dockerfile, running as root, before the
-# wrapper is copied. Works on a Debian bookworm base (nodejs 18) and on python:3.12-slim (Debian,
-# newer nodejs). Needs the npm registry at build time.
-# The version is pinned so that one image hash always means the same CLI; bump it on purpose.
-ARG CLAUDE_CODE_VERSION=2.1.328
-RUN set -eux; \
-    apt-get update; \
-    apt-get install -y --no-install-recommends ca-certificates nodejs npm; \
-    npm install --global --no-audit --no-fund --no-update-notifier \
-        "@anthropic-ai/claude-code@${CLAUDE_CODE_VERSION}"; \
-    npm cache clean --force; \
-    rm -rf /var/lib/apt/lists/* /root/.npm; \
-    command -v claude
-# Workers are rebuilt on purpose, never updated in place; telemetry off in unattended containers.
-ENV DISABLE_AUTOUPDATER=1 \
-    CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1
+# Agent: Claude Code (CLAUDE). The native, self-contained CLI binary (no Node.js, no npm, no
+# network in the build): the manager takes it from the pinned claude-agent-sdk wheel
+# (WM_CLAUDE_SDK_VERSION) or from WM_CLAUDE_BINARY and puts it into the build context; its
+# digest and version are part of the image hash. Its environment (no auto-update, no telemetry)
+# is set per run by the wrapper, so it costs no build step.
+COPY agent-bin/claude /usr/local/bin/claude

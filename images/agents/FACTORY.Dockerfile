@@ -1,15 +1,4 @@
-# Agent: Factory Droid (FACTORY). Inserted into the worker Dockerfile, running as root, before the
-# wrapper is copied. Factory's documented installer (`curl -fsSL https://app.factory.ai/cli | sh`)
-# downloads a binary from Factory's own site; the npm package @factory/cli ships the same `droid`
-# CLI (with per-platform binaries as optional dependencies) through a package registry, and is
-# pinned here. Works on a Debian bookworm base and on python:3.12-slim. Needs the npm registry at
-# build time.
-ARG FACTORY_CLI_VERSION=0.225.1
-RUN set -eux; \
-    apt-get update; \
-    apt-get install -y --no-install-recommends ca-certificates nodejs npm; \
-    npm install --global --no-audit --no-fund --no-update-notifier \
-        "@factory/cli@${FACTORY_CLI_VERSION}"; \
-    npm cache clean --force; \
-    rm -rf /var/lib/apt/lists/* /root/.npm; \
-    command -v droid
+# Agent: Factory Droid (FACTORY), from a `droid` binary the operator provides on the manager's
+# host (WM_FACTORY_BINARY); the manager puts it into the build context and its digest is part of
+# the image hash. Without it, WM_FACTORY_NPM_VERSION selects FACTORY-npm.Dockerfile instead.
+COPY agent-bin/droid /usr/local/bin/droid

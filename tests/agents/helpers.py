@@ -19,6 +19,8 @@ class FakeConfig:
     workdir: Path
     allowed_commands: list[str] | None = None
     factory_auto: str = "low"
+    max_turns: int | None = None
+    max_cost_usd: float | None = None
 
 
 def run_driver(driver: AgentDriver, config: FakeConfig, prompt: str) -> tuple[int, list[Event]]:

@@ -223,3 +223,18 @@ def test_fake_droid_end_to_end(config: FakeConfig, tmp_path: Path) -> None:
     assert code == 1
     assert [e.type for e in events] == ["stderr", "error", "result"]
     assert payload_of(events)["is_error"] is True
+
+
+def test_reported_cost_counts_against_the_workers_budget(tmp_path: Path) -> None:
+    # Droid has no budget flag: the wrapper's ledger is what stops it, from the cost it reports.
+    cfg = FakeConfig(tmp_path / "state", tmp_path, max_cost_usd=0.5)
+    driver = FactoryDriver(cfg, executable="droid", home=tmp_path)
+    assert driver.ledger is not None
+    for _ in range(2):
+        driver.invocation("go")
+        completion = json.loads(COMPLETION)
+        driver.on_stdout(json.dumps({**completion, "costUsd": 0.3}))
+        payload = payload_of(driver.on_exit(0))
+        assert payload["cost_usd"] == 0.3
+    assert payload["total_cost_usd"] == 0.6
+    assert driver.ledger.exhausted

@@ -1,9 +1,10 @@
-"""Real agents in real containers: the drivers, the allowlist shims and the output stream.
+"""Agents in real containers: the FACTORY driver and the allowlist shims of CUSTOM workers.
 
-The CLAUDE and FACTORY images are built through the manager's images overlay
-(``tests/fakes/images``), whose snippets install the stream-json fakes of ``tests/fakes`` in
-place of the npm packages: everything else (the image build, the wrapper, the driver's argv,
-the session kept under ``/home/worker/.wm``, the shims) is the production path.
+No real ``droid`` can be fetched on these machines, so the FACTORY image is built through the
+manager's images overlay (``tests/fakes/images``), whose snippet installs the stream-json fake of
+``tests/fakes/droid``: everything else (the image build, the wrapper, the driver's argv, the
+session kept under ``/home/worker/.wm``, the shims) is the production path. CLAUDE runs the real
+CLI: ``test_claude_real.py``.
 """
 
 from __future__ import annotations
@@ -63,56 +64,6 @@ async def delete(harness: Harness, worker_id: str) -> None:
     await harness.wait_container_gone(worker_id)
 
 
-async def test_claude_streams_every_step_and_resumes_its_session(harness: Harness) -> None:
-    await harness.start(images_overlay=OVERLAY)
-    worker_id = await start_worker(harness, agent_type="CLAUDE", instructions="Be terse.")
-
-    first = await run_input(harness, worker_id, "Say hello.")
-    assert_in_order(first, "status", "assistant", "tool_use", "tool_result", "result", "done")
-    assert first[-1] == {**first[-1], "type": "done", "content": "0"}
-    tool_use = json.loads(next(e["content"] for e in first if e["type"] == "tool_use"))
-    assert tool_use["name"] == "Bash" and tool_use["input"] == {"command": "echo fake-tool-ok"}
-    tool_result = json.loads(next(e["content"] for e in first if e["type"] == "tool_result"))
-    assert tool_result["content"] == "fake-tool-ok" and tool_result["is_error"] is False
-    result = result_of(first)
-    assert result["is_error"] is False and result["num_turns"] == 1
-    assert result["cost_usd"] == pytest.approx(0.0012)
-    session = result["session_id"]
-    assert session
-    assert any(
-        f"turn 1 of session {session}" in e["content"] for e in first if e["type"] == "assistant"
-    )
-    # Unrestricted: Claude is told not to ask (headless), and CLAUDE.md reached the workspace.
-    assert any("Allowed tools: any" in e["content"] for e in first if e["type"] == "assistant")
-    container = harness.container(worker_id)
-    code, text = container.exec_run(["cat", "/workspace/CLAUDE.md"])
-    assert code == 0 and text.decode() == "Be terse."
-
-    second = await run_input(harness, worker_id, "And again.")
-    assert_in_order(second, "assistant", "tool_use", "tool_result", "result", "done")
-    again = result_of(second)
-    assert again["session_id"] == session and again["num_turns"] == 2
-    assert any(
-        f"turn 2 of session {session}" in e["content"] for e in second if e["type"] == "assistant"
-    )
-    # The session lives under the worker's state dir, which outlives each run.
-    code, listing = container.exec_run(
-        ["ls", "/home/worker/.wm/claude/config/fake-claude-sessions"]
-    )
-    assert code == 0 and listing.decode().split() == [session]
-
-    await delete(harness, worker_id)
-
-
-async def test_claude_failure_is_reported_as_an_error_result(harness: Harness) -> None:
-    await harness.start(images_overlay=OVERLAY)
-    worker_id = await start_worker(harness, agent_type="CLAUDE")
-    events = await run_input(harness, worker_id, "Please FAIL now.")
-    assert result_of(events)["is_error"] is True
-    assert events[-1]["content"] == "1"
-    await delete(harness, worker_id)
-
-
 async def test_factory_streams_every_step_and_resumes_its_session(harness: Harness) -> None:
     await harness.start(images_overlay=OVERLAY)
     worker_id = await start_worker(harness, agent_type="FACTORY", instructions="Follow AGENTS.md.")
@@ -156,28 +107,4 @@ async def test_custom_allowed_commands_are_enforced_in_the_container(harness: Ha
     # An allowed name with other arguments is still refused (prefix rule), and reported.
     prefix = await run_input(harness, worker_id, "ls /etc")
     assert any("refused: `ls /etc`" in e["content"] for e in prefix if e["type"] == "error")
-    await delete(harness, worker_id)
-
-
-async def test_claude_tool_call_is_refused_when_not_allowed(harness: Harness) -> None:
-    await harness.start(images_overlay=OVERLAY)
-    worker_id = await start_worker(
-        harness, agent_type="CLAUDE", allowed_commands=["echo", "git status"]
-    )
-    ok = await run_input(harness, worker_id, "Run the default tool.")
-    assert any("Allowed tools: Bash(echo:*), Bash(git status:*)" in e["content"] for e in ok)
-    assert (
-        json.loads(next(e["content"] for e in ok if e["type"] == "tool_result"))["is_error"]
-        is False
-    )
-    assert not [e for e in ok if e["type"] == "error"], ok
-
-    refused = await run_input(harness, worker_id, "RUN: id -u")
-    tool_result = json.loads(next(e["content"] for e in refused if e["type"] == "tool_result"))
-    assert tool_result["is_error"] is True
-    assert "not an allowed command" in tool_result["content"]
-    errors = [e["content"] for e in refused if e["type"] == "error"]
-    assert any("refused: `id -u`" in e for e in errors), refused
-    # The agent itself carried on and finished its turn.
-    assert result_of(refused)["is_error"] is False
     await delete(harness, worker_id)

@@ -47,6 +47,18 @@ BAD_COMMANDS: list[tuple[dict[str, str], str]] = [
         },
         "metadata",
     ),
+    (
+        {"command": "create", "agent_type": "CLAUDE", "input_timeout_seconds": "0"},
+        "input_timeout_seconds",
+    ),
+    (
+        {"command": "create", "agent_type": "CLAUDE", "input_timeout_seconds": "nan"},
+        "input_timeout_seconds",
+    ),
+    ({"command": "create", "agent_type": "CLAUDE", "max_turns": "0"}, "max_turns"),
+    ({"command": "create", "agent_type": "CLAUDE", "max_turns": "many"}, "max_turns"),
+    ({"command": "create", "agent_type": "CLAUDE", "max_cost_usd": "-1"}, "max_cost_usd"),
+    ({"command": "create", "agent_type": "CLAUDE", "max_cost_usd": "inf"}, "max_cost_usd"),
     ({"command": "status"}, "worker_id"),
     ({"command": "status", "worker_id": "1234"}, "worker_id"),
     ({"command": "delete", "worker_id": "zzz"}, "worker_id"),

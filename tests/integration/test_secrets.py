@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import json
 import secrets
-from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 from pydantic import SecretStr
 
+from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.flows import Harness
 from tests.support.redis_dump import every_value
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
-
-OVERLAY = (Path(__file__).resolve().parents[1] / "fakes" / "images").resolve()
 
 
 def env_of(container: Any) -> dict[str, str]:
@@ -25,14 +23,17 @@ def env_of(container: Any) -> dict[str, str]:
     return {name: value for name, _, value in pairs}
 
 
-async def test_api_keys_reach_the_agent_and_nothing_else(harness: Harness) -> None:
+async def test_api_keys_reach_the_agent_and_nothing_else(
+    harness: Harness, fake_anthropic: FakeAnthropic
+) -> None:
     api_key = f"sk-ant-test-{secrets.token_hex(16)}"
     oauth = f"oauth-test-{secrets.token_hex(16)}"
     factory_key = f"fk-test-{secrets.token_hex(16)}"
     values = (api_key, oauth, factory_key)
     with structlog.testing.capture_logs() as logs:
         await harness.start(
-            images_overlay=OVERLAY,
+            anthropic_base_url=fake_anthropic.url,
+            start_timeout_seconds=600,
             anthropic_api_key=SecretStr(api_key),
             claude_code_oauth_token=SecretStr(oauth),
             factory_api_key=SecretStr(factory_key),
@@ -58,7 +59,7 @@ async def test_api_keys_reach_the_agent_and_nothing_else(harness: Harness) -> No
         # wrapper's Redis credentials.
         input_id = await harness.client.send_input(
             claude.worker_id,
-            'RUN: [ -n "$ANTHROPIC_API_KEY" ] && echo key-is-set; '
+            'FAKE bash [ -n "$ANTHROPIC_API_KEY" ] && echo key-is-set; '
             '[ -z "$WM_REDIS_URL" ] && echo no-redis-url',
         )
         events = await harness.events_until_done(claude.worker_id, input_id=input_id)
@@ -68,6 +69,8 @@ async def test_api_keys_reach_the_agent_and_nothing_else(harness: Harness) -> No
             if e["type"] == "tool_result" and e["input_id"] == input_id
         )
         assert tool_result["content"] == "key-is-set\nno-redis-url"
+        # The real CLI sent the key to the API it was pointed at, and only there.
+        assert any(r.headers.get("x-api-key") == api_key for r in fake_anthropic.requests)
 
         container_logs = harness.container(claude.worker_id).logs().decode("utf-8", "replace")
         for worker_id in (claude.worker_id, custom.worker_id):

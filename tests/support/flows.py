@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import docker
@@ -75,6 +76,25 @@ class Harness:
         self, worker_id: str, *, input_id: str | None = None, timeout: float = 60
     ) -> list[dict[str, str]]:
         """Output events (oldest first) up to and including the ``done`` of ``input_id``."""
+        return await self.events_until(
+            worker_id,
+            lambda fields: (
+                fields.get("type") == "done"
+                and (input_id is None or fields.get("input_id") == input_id)
+            ),
+            timeout=timeout,
+            what="done event",
+        )
+
+    async def events_until(
+        self,
+        worker_id: str,
+        predicate: Callable[[dict[str, str]], bool],
+        *,
+        timeout: float = 60,
+        what: str = "matching event",
+    ) -> list[dict[str, str]]:
+        """Output events (oldest first) up to and including the first that matches."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         seen: list[dict[str, str]] = []
@@ -88,11 +108,9 @@ class Harness:
                 for entry_id, fields in entries:
                     last = entry_id
                     seen.append(fields)
-                    if fields.get("type") == "done" and (
-                        input_id is None or fields.get("input_id") == input_id
-                    ):
+                    if predicate(fields):
                         return seen
-        raise AssertionError(f"no done event within {timeout}s; saw {json.dumps(seen)[:2000]}")
+        raise AssertionError(f"no {what} within {timeout}s; saw {json.dumps(seen)[:2000]}")
 
     def container(self, worker_id: str) -> Any:
         with contextlib.suppress(docker.errors.NotFound):

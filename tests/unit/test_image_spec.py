@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from worker_manager.agent_binaries import AgentBinary
 from worker_manager.image_spec import ImageSpec, Templates, packaged_images_dir
-from worker_manager.images import write_build_context
+from worker_manager.images import clean_log_line, write_build_context
 from worker_manager.models import AgentType, Module
 
 
@@ -18,6 +19,7 @@ def spec(
     base_id: str = "sha256:base",
     templates: Templates | None = None,
     build_args: tuple[tuple[str, str], ...] = (),
+    binary: AgentBinary | None = None,
 ) -> ImageSpec:
     return ImageSpec(
         base_image="worker-manager/base:bookworm",
@@ -26,6 +28,7 @@ def spec(
         modules=modules,
         templates=templates or Templates(packaged_images_dir()),
         build_args=build_args,
+        agent_binary=binary,
     )
 
 
@@ -41,7 +44,39 @@ def test_hash_changes_with_every_input() -> None:
     assert spec(modules=(Module.GIT,)).hash != base
     assert spec(agent=AgentType.CLAUDE).hash != base
     assert spec(base_id="sha256:other").hash != base
-    assert spec(build_args=(("CLAUDE_CODE_VERSION", "9"),)).hash != base
+    assert spec(build_args=(("FACTORY_CLI_VERSION", "9"),)).hash != base
+
+
+def test_the_agent_binary_digest_and_version_are_part_of_the_hash(tmp_path: Path) -> None:
+    one = AgentBinary("claude", tmp_path / "claude", "2.1.327", "a" * 64)
+    with_binary = spec(agent=AgentType.CLAUDE, binary=one)
+    assert with_binary.canonical()["agent_binary"] == one.identity()
+    assert with_binary.hash != spec(agent=AgentType.CLAUDE).hash
+    other_digest = AgentBinary("claude", one.path, one.version, "b" * 64)
+    other_version = AgentBinary("claude", one.path, "2.1.328", one.sha256)
+    assert spec(agent=AgentType.CLAUDE, binary=other_digest).hash != with_binary.hash
+    assert spec(agent=AgentType.CLAUDE, binary=other_version).hash != with_binary.hash
+    # Where the file lies on the manager's host is not part of what the image is.
+    moved = AgentBinary("claude", tmp_path / "elsewhere", one.version, one.sha256)
+    assert spec(agent=AgentType.CLAUDE, binary=moved).hash == with_binary.hash
+
+
+def test_the_build_context_carries_the_agent_binary(tmp_path: Path) -> None:
+    source = tmp_path / "droid"
+    source.write_bytes(b"#!/bin/sh\necho droid\n")
+    source.chmod(0o755)
+    context = tmp_path / "context"
+    context.mkdir()
+    binary = AgentBinary("droid", source, "1.0", "c" * 64)
+    write_build_context(spec(agent=AgentType.FACTORY, binary=binary), context)
+    placed = context / "agent-bin" / "droid"
+    assert placed.read_bytes() == source.read_bytes() and placed.stat().st_mode & 0o111
+    assert "COPY agent-bin/droid /usr/local/bin/droid" in (context / "Dockerfile").read_text()
+
+
+def test_build_log_lines_lose_terminal_escapes() -> None:
+    line = "\x1b[1m\x1b[31mnpm ERR!\x1b[0m registry \x1b]8;;http://x\x07link\x1b]8;;\x07 down\r"
+    assert clean_log_line(line) == "npm ERR! registry link down"
 
 
 def test_module_order_does_not_matter() -> None:
@@ -73,10 +108,11 @@ def test_dockerfile_has_base_modules_agent_and_wrapper() -> None:
         "FROM worker-manager/base:bookworm"
     )
     assert text.index("# module CURL") < text.index("# module GIT") < text.index("# agent CLAUDE")
-    assert "claude-code" in text
+    assert "COPY agent-bin/claude /usr/local/bin/claude" in text
+    assert "npm install" not in text and "apt-get install" not in text.split("# agent CLAUDE")[1]
     assert 'ENTRYPOINT ["python3", "-m", "worker_base"]' in text
     assert "COPY worker-base/ /opt/worker-base/" in text
-    assert "${" not in text.replace("${CLAUDE_CODE_VERSION}", "")
+    assert "${" not in text
 
 
 def test_missing_module_template_is_an_error(tmp_path: Path) -> None:

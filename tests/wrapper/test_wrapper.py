@@ -31,7 +31,9 @@ async def test_ready_status_then_heartbeat_with_ttl(worker: Worker) -> None:
     async with asyncio.timeout(5):
         while (beat := await worker.admin.get(worker.heartbeat_key)) is None:
             await asyncio.sleep(0.02)
-    assert ISO_MS.match(beat)
+    moment, *facts = beat.split()
+    assert ISO_MS.match(moment)
+    assert facts == ["cost=0"]  # the worker's spend so far (SPEC §4: in the heartbeat's value)
     ttl = await worker.admin.ttl(worker.heartbeat_key)
     assert 0 < ttl <= 3
 
@@ -283,3 +285,34 @@ async def test_survives_a_redis_restart(tmp_path: Path) -> None:
             await process.kill()
         await admin.aclose()
         server.stop()
+
+
+async def test_a_spent_budget_refuses_input_and_says_so_in_the_heartbeat(worker: Worker) -> None:
+    # The spend survives restarts in the state directory; this worker has spent 2 of 1.
+    worker.state_dir.mkdir(parents=True, exist_ok=True)
+    (worker.state_dir / "cost.json").write_text('{"total_usd": 2.0, "sessions": {}}')
+    tail = worker.tail()
+    await worker.start(["sh", "-c", "touch ran"], WM_MAX_COST_USD="1")
+    await ready(worker, tail)
+    input_id = await worker.push("anything")
+    events = await tail.until(is_event("done", input_id=input_id))
+    [error] = [e["content"] for e in events if e["type"] == "error"]
+    assert "budget is spent" in error and "max_cost_usd 1" in error
+    assert events[-1]["content"] == "1"
+    assert not (worker.workdir / "ran").exists()  # the agent never started
+    beat = await worker.admin.get(worker.heartbeat_key)
+    assert beat is not None and beat.split()[1:] == ["cost=2", "budget=exceeded"]
+
+
+async def test_an_input_past_its_timeout_is_stopped_with_124(worker: Worker) -> None:
+    tail = worker.tail()
+    await worker.start(["sh", "-c", "echo started; exec sleep 60"], WM_INPUT_TIMEOUT_SECONDS="1")
+    await ready(worker, tail)
+    input_id = await worker.push("x")
+    events = await tail.until(is_event("done", input_id=input_id), timeout=15)
+    assert [e["content"] for e in events if e["type"] == "stdout"] == ["started"]
+    assert any(
+        "input_timeout_seconds (1 s)" in e["content"] for e in events if e["type"] == "error"
+    )
+    assert events[-1]["content"] == "124"
+    await worker.wait_acked()

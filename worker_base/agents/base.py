@@ -9,6 +9,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from worker_base.ledger import CostLedger
+
 
 @dataclass(frozen=True, slots=True)
 class Event:
@@ -25,10 +27,19 @@ class Invocation:
     argv: list[str]
     stdin: bytes | None = None
     env: dict[str, str] = field(default_factory=dict)
+    #: The variable through which the agent takes a command prefix for its shell tool (Claude
+    #: Code's ``CLAUDE_CODE_SHELL_PREFIX``). When set, ``allowed_commands`` is enforced on the
+    #: commands the agent runs through that shell, not on the agent process's own ``PATH``, so
+    #: the CLI's own helpers are never refused.
+    shell_prefix_env: str | None = None
 
 
 class AgentDriver(ABC):
     """Subclasses: ``custom.CustomDriver``, ``claude.ClaudeDriver``, ``factory.FactoryDriver``."""
+
+    #: The worker's spend, for drivers whose agent reports cost; the wrapper uses this one (or
+    #: makes its own when the driver has none), so there is one ledger per worker.
+    ledger: CostLedger | None = None
 
     @abstractmethod
     def invocation(self, prompt: str) -> Invocation:
@@ -44,3 +55,11 @@ class AgentDriver(ABC):
     def on_exit(self, exit_code: int) -> list[Event]:
         """Events after the process ended, before the wrapper's ``done``; e.g. a missing result."""
         return []
+
+    def take_retry(self) -> str | None:
+        """After ``on_exit``: why this input should run once more from scratch, or None.
+
+        E.g. the session to resume is gone: the same input then starts a new one instead of
+        failing (and every later input with it). The wrapper retries at most once per input.
+        """
+        return None

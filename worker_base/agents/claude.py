@@ -5,12 +5,29 @@ inputs continue the conversation with ``--resume <session_id>``; the id comes fr
 ``init`` line and from the final ``result`` line, and is kept in ``<state_dir>/claude/session_id``
 so a restarted wrapper resumes it too. ``CLAUDE_CONFIG_DIR`` points at
 ``<state_dir>/claude/config``, which lives as long as the worker, so the sessions it stores do.
+When the transcript behind the session is gone, the CLI says ``No conversation found with
+session ID`` and fails; the driver then forgets the session and the input runs once more in a
+new one (``take_retry``).
 
-Permissions: headless Claude cannot ask anyone, so it needs to be told up front. Unrestricted
-workers run with ``--permission-mode bypassPermissions`` (the container is the boundary).
-Restricted workers run with ``--permission-mode acceptEdits`` and one ``Bash(<entry>:*)`` rule
-per allowed entry in ``--allowedTools``, plus a sentence in the system prompt; the shims of
-``worker_base.allowlist`` enforce the same list below the agent.
+What the real CLI (2.1.x) prints and how it maps to events:
+
+- ``assistant`` messages: text blocks -> ``assistant``, ``tool_use`` blocks -> ``tool_use``; an
+  API failure arrives as an assistant message marked ``is_api_error_message`` and becomes an
+  ``error`` event with its text (the ``result`` that follows is an error too);
+- ``user`` messages carrying ``tool_result`` blocks -> ``tool_result``;
+- ``result``: held until exit, then emitted with ``cost_usd`` (this input: the CLI reports the
+  session's running total) and ``total_cost_usd`` (the worker's); its ``permission_denials``
+  and ``errors`` become ``error`` events naming what was refused or went wrong.
+
+Permissions: headless Claude cannot ask anyone. Unrestricted workers run with
+``--permission-mode bypassPermissions`` (the container is the boundary; the worker's uid is not
+root, which the CLI requires for that mode). Restricted workers run with ``dontAsk``, in which
+the CLI itself refuses every tool call no rule allows: one ``Bash(<entry>:*)`` rule per allowed
+entry plus the file tools, and a sentence in the system prompt. The shims of
+``worker_base.allowlist`` hold the same list underneath, applied through
+``CLAUDE_CODE_SHELL_PREFIX`` to the commands of the Bash tool only, so the CLI's own helpers
+(``git ls-files``, ``/etc/profile``'s ``id -u``) are never refused, and its shell functions
+(``grep``/``find``/``rg`` running the CLI's embedded tools) cannot step around them.
 """
 
 from __future__ import annotations
@@ -28,7 +45,22 @@ from worker_base.agents.stream_json import (
     dumps,
     parse_line,
 )
-from worker_base.allowlist import resolve_program
+from worker_base.allowlist import describe_allowed, resolve_program
+from worker_base.ledger import CostLedger, format_usd
+
+#: What the CLI prints on stderr when ``--resume`` names a session it has no transcript for.
+LOST_SESSION = "No conversation found with session ID"
+#: The CLI's tools that only touch files in the workspace: allowed for restricted workers too,
+#: since ``allowed_commands`` limits shell commands, not editing.
+FILE_TOOLS = ("Read", "Edit", "Write", "NotebookEdit")
+#: Variables for an unattended CLI in a container: no self-update, no telemetry.
+QUIET_ENV = {
+    "DISABLE_AUTOUPDATER": "1",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "DISABLE_TELEMETRY": "1",
+    "DISABLE_ERROR_REPORTING": "1",
+}
+SHELL_PREFIX_ENV = "CLAUDE_CODE_SHELL_PREFIX"
 
 
 class ClaudeConfig(Protocol):
@@ -39,6 +71,12 @@ class ClaudeConfig(Protocol):
 
     @property
     def state_dir(self) -> Path: ...
+
+    @property
+    def max_turns(self) -> int | None: ...
+
+    @property
+    def max_cost_usd(self) -> float | None: ...
 
 
 def allowed_tools(allowed: Sequence[str]) -> list[str]:
@@ -68,7 +106,10 @@ class ClaudeDriver(StreamJsonDriver):
         self._config = config
         self._executable = executable
         self._home = config.state_dir / "claude"
-        super().__init__(SessionStore(self._home / "session_id"))
+        super().__init__(
+            SessionStore(self._home / "session_id"),
+            CostLedger(config.state_dir, config.max_cost_usd),
+        )
 
     @property
     def config_dir(self) -> Path:
@@ -86,20 +127,32 @@ class ClaudeDriver(StreamJsonDriver):
         ]
         if resume is not None:
             argv += ["--resume", resume]
+        if self._config.max_turns is not None:
+            argv += ["--max-turns", str(self._config.max_turns)]
+        remaining = self.ledger.remaining_usd if self.ledger is not None else None
+        if remaining is not None:
+            argv += ["--max-budget-usd", format_usd(remaining)]
         allowed = self._config.allowed_commands
         if allowed is None:
             argv += ["--permission-mode", "bypassPermissions"]
         else:
-            argv += ["--permission-mode", "acceptEdits"]
-            rules = allowed_tools(allowed)
-            if rules:
-                argv += ["--allowedTools", *rules]
+            argv += ["--permission-mode", "dontAsk"]
+            argv += ["--allowedTools", *allowed_tools(allowed), *FILE_TOOLS]
             argv += ["--append-system-prompt", allowlist_prompt(allowed)]
+        env = {**QUIET_ENV, "CLAUDE_CONFIG_DIR": str(self.config_dir)}
+        if Path("/bin/bash").exists():
+            env["SHELL"] = "/bin/bash"  # the CLI's Bash tool wants bash (or zsh), not sh
         return Invocation(
             argv=argv,
             stdin=prompt.encode("utf-8"),
-            env={"CLAUDE_CONFIG_DIR": str(self.config_dir)},
+            env=env,
+            shell_prefix_env=SHELL_PREFIX_ENV,
         )
+
+    def on_stderr(self, line: str) -> list[Event]:
+        if LOST_SESSION in line:
+            self._session_missing = True
+        return [Event("stderr", line)]
 
     def on_stdout(self, line: str) -> list[Event]:
         obj = parse_line(line)
@@ -130,6 +183,13 @@ class ClaudeDriver(StreamJsonDriver):
         content = self._content(obj)
         if content is None:
             return None
+        if obj.get("is_api_error_message"):
+            texts = [content] if isinstance(content, str) else _texts(content)
+            status = obj.get("api_error_status")
+            sentence = " ".join(texts) or f"the API failed ({obj.get('error') or 'unknown'})"
+            if isinstance(status, int) and str(status) not in sentence:
+                sentence += f" (HTTP {status})"
+            return [Event("error", f"Claude Code could not reach the model: {sentence}")]
         if isinstance(content, str):
             return [Event("assistant", content)]
         events: list[Event] = []
@@ -160,6 +220,12 @@ class ClaudeDriver(StreamJsonDriver):
     def _result(self, obj: dict[str, Any]) -> list[Event]:
         self._remember_session(obj.get("session_id"))
         subtype = obj.get("subtype")
+        if (
+            self._resumed_from is not None
+            and subtype == "error_during_execution"
+            and obj.get("num_turns") == 0
+        ):
+            self._session_missing = True  # the same verdict as the stderr line, if it was lost
         payload: dict[str, Any] = {
             "is_error": bool(obj.get("is_error")) or subtype != "success",
         }
@@ -167,11 +233,43 @@ class ClaudeDriver(StreamJsonDriver):
             payload["subtype"] = subtype
         if isinstance(obj.get("session_id"), str):
             payload["session_id"] = obj["session_id"]
-        copy_number(obj, "total_cost_usd", payload, "cost_usd")
-        if "cost_usd" not in payload:
-            copy_number(obj, "cost_usd", payload, "cost_usd")
+        copy_number(obj, "total_cost_usd", payload, self.SESSION_TOTAL)
         copy_number(obj, "duration_ms", payload, "duration_ms")
         copy_number(obj, "num_turns", payload, "num_turns")
         if isinstance(obj.get("result"), str):
             payload["result"] = obj["result"]
-        return self._hold_result(payload)
+        errors = self._refusals(obj.get("permission_denials"))
+        reported = obj.get("errors")
+        if isinstance(reported, list):
+            errors += [Event("error", f"Claude Code: {e}") for e in reported if isinstance(e, str)]
+        return self._hold_result(payload, errors)
+
+    def _refusals(self, denials: object) -> list[Event]:
+        if not isinstance(denials, list):
+            return []
+        allowed = describe_allowed(self._config.allowed_commands or [])
+        events = []
+        for denial in denials:
+            if not isinstance(denial, dict):
+                continue
+            tool = denial.get("tool_name")
+            tool_input = denial.get("tool_input")
+            command = tool_input.get("command") if isinstance(tool_input, dict) else None
+            if isinstance(command, str):
+                shown = command if len(command) <= 500 else command[:500] + "..."
+                sentence = (
+                    f"refused by Claude Code: `{shown}` is not an allowed command "
+                    f"(allowed: {allowed})"
+                )
+            else:
+                sentence = f"refused by Claude Code: the {tool or 'tool'} tool is not allowed here"
+            events.append(Event("error", sentence))
+        return events
+
+
+def _texts(content: list[Any]) -> list[str]:
+    return [
+        block["text"]
+        for block in content
+        if isinstance(block, dict) and isinstance(block.get("text"), str)
+    ]

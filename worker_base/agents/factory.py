@@ -33,6 +33,7 @@ from worker_base.agents.stream_json import (
     parse_line,
 )
 from worker_base.allowlist import resolve_program
+from worker_base.ledger import CostLedger
 
 AUTONOMY_LEVELS = ("low", "medium", "high")
 
@@ -51,6 +52,9 @@ class FactoryConfig(Protocol):
 
     @property
     def factory_auto(self) -> str: ...
+
+    @property
+    def max_cost_usd(self) -> float | None: ...
 
 
 def write_settings(home: Path, allowed: Sequence[str]) -> Path:
@@ -86,7 +90,10 @@ class FactoryDriver(StreamJsonDriver):
         if level not in AUTONOMY_LEVELS:
             raise ValueError(f"factory_auto must be one of {', '.join(AUTONOMY_LEVELS)}: {level!r}")
         self._level = level
-        super().__init__(SessionStore(self._dir / "session_id"))
+        super().__init__(
+            SessionStore(self._dir / "session_id"),
+            CostLedger(config.state_dir, config.max_cost_usd),
+        )
 
     @property
     def prompt_file(self) -> Path:
@@ -147,8 +154,10 @@ class FactoryDriver(StreamJsonDriver):
         }
         if isinstance(obj.get("session_id"), str):
             payload["session_id"] = obj["session_id"]
-        for key in ("costUsd", "cost_usd", "total_cost_usd"):
-            copy_number(obj, key, payload, "cost_usd")
+        # Droid has no budget flag: the wrapper's ledger enforces max_cost_usd from these.
+        copy_number(obj, "total_cost_usd", payload, self.SESSION_TOTAL)
+        for key in ("costUsd", "cost_usd"):
+            copy_number(obj, key, payload, self.INPUT_COST)
         copy_number(obj, "durationMs", payload, "duration_ms")
         copy_number(obj, "numTurns", payload, "num_turns")
         if isinstance(obj.get("finalText"), str):

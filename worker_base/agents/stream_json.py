@@ -7,7 +7,12 @@ for both, and live here so they cannot drift apart:
   conversation for the rest of the worker's life;
 - a run is never reported as a success when the agent said ``is_error`` or exited non-zero: the
   result line is held until the process has exited, then emitted with ``is_error`` corrected (and
-  an ``error`` event), and a run that printed no result gets a synthesised error result.
+  an ``error`` event), and a run that printed no result gets a synthesised error result;
+- a session that can no longer be resumed (its transcript is gone) is forgotten and the same
+  input runs once more in a new session (``take_retry``), instead of every later input failing;
+- money goes through the worker's :class:`~worker_base.ledger.CostLedger`: the result carries
+  ``cost_usd`` (this input) and ``total_cost_usd`` (the worker so far), whatever shape the agent
+  reported it in.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from worker_base.agents.base import AgentDriver, Event
+from worker_base.ledger import CostLedger
 
 
 class SessionStore:
@@ -60,14 +66,24 @@ class StreamJsonDriver(AgentDriver):
     """Session and result bookkeeping; subclasses map their own line shapes to events."""
 
     agent_name = "agent"
+    #: Result keys the subclass fills for the ledger: the session's running total, or this
+    #: input's own cost. Both are removed from the payload before it is emitted.
+    SESSION_TOTAL = "_session_total_usd"
+    INPUT_COST = "_input_cost_usd"
 
-    def __init__(self, sessions: SessionStore) -> None:
+    def __init__(self, sessions: SessionStore, ledger: CostLedger) -> None:
         self._sessions = sessions
+        self._ledger = ledger
+        self.ledger = ledger
         self._session_id = sessions.load()
         self._resumed_from: str | None = None
         self._saw_session = False
         self._pending_result: dict[str, Any] | None = None
+        self._pending_errors: list[Event] = []
         self._result_seen = False
+        #: Set by the subclass when the agent said the session to resume does not exist.
+        self._session_missing = False
+        self._retry: str | None = None
 
     @property
     def session_id(self) -> str | None:
@@ -79,8 +95,15 @@ class StreamJsonDriver(AgentDriver):
         self._resumed_from = self._session_id
         self._saw_session = False
         self._pending_result = None
+        self._pending_errors = []
         self._result_seen = False
+        self._session_missing = False
+        self._retry = None
         return self._session_id
+
+    def take_retry(self) -> str | None:
+        retry, self._retry = self._retry, None
+        return retry
 
     def _remember_session(self, value: object) -> None:
         if not isinstance(value, str) or not value:
@@ -90,17 +113,36 @@ class StreamJsonDriver(AgentDriver):
             self._session_id = value
             self._sessions.save(value)
 
-    def _hold_result(self, payload: dict[str, Any]) -> list[Event]:
-        """Keep ``payload`` until exit; a second result line flushes the first one as it is."""
-        earlier = self._pending_result
-        self._pending_result = payload
+    def _hold_result(
+        self, payload: dict[str, Any], errors: list[Event] | None = None
+    ) -> list[Event]:
+        """Keep ``payload`` (and the ``errors`` it carries) until exit: only then is it known
+        whether they are this input's answer or a failed attempt's. A second result line
+        flushes the first one as it is."""
+        earlier, earlier_errors = self._pending_result, self._pending_errors
+        self._pending_result, self._pending_errors = payload, list(errors or [])
         self._result_seen = True
-        return [Event("result", dumps(earlier))] if earlier is not None else []
+        if earlier is None:
+            return []
+        self._account(earlier)
+        return [*earlier_errors, Event("result", dumps(earlier))]
 
     def on_exit(self, exit_code: int) -> list[Event]:
         events: list[Event] = []
         payload = self._pending_result
+        held, self._pending_errors = self._pending_errors, []
         self._pending_result = None
+        if self._session_missing and self._resumed_from is not None and exit_code != 0:
+            lost = self._resumed_from
+            self._sessions.clear()
+            self._session_id = None
+            self._retry = (
+                f"session {lost} can no longer be resumed (its transcript is gone); this input "
+                "runs again in a new session"
+            )
+            return []  # the failed attempt's result is not this input's result
+        if payload is not None:
+            self._account(payload)
         if payload is None:
             reason = f"{self.agent_name} exited with code {exit_code} without a result"
             if not self._saw_session and self._resumed_from is not None and exit_code != 0:
@@ -125,8 +167,19 @@ class StreamJsonDriver(AgentDriver):
                 )
                 payload["reason"] = reason
                 events.append(Event("error", reason))
-        events.insert(0, Event("result", dumps(payload)))
-        return events
+        return [*held, Event("result", dumps(payload)), *events]
+
+    def _account(self, payload: dict[str, Any]) -> None:
+        session_total = payload.pop(self.SESSION_TOTAL, None)
+        input_cost = payload.pop(self.INPUT_COST, None)
+        if session_total is not None:
+            charge = self._ledger.charge_session_total(payload.get("session_id"), session_total)
+        elif input_cost is not None:
+            charge = self._ledger.charge(input_cost)
+        else:
+            return
+        payload["cost_usd"] = round(charge.input_usd, 6)
+        payload["total_cost_usd"] = round(charge.total_usd, 6)
 
 
 def copy_number(source: dict[str, Any], key: str, target: dict[str, Any], name: str) -> None:

@@ -1,0 +1,264 @@
+"""The real Claude Code CLI in real CLAUDE images, driven through ``worker:commands``.
+
+The image is the production one: the native binary from the pinned ``claude-agent-sdk`` wheel,
+copied into the build context by the manager (no Node, no npm, no network in the build). The
+model is :mod:`tests.support.fake_anthropic`, scripted by each prompt (``FAKE bash …``), reached
+through ``WM_ANTHROPIC_BASE_URL`` as a gateway would be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from tests.support.fake_anthropic import FakeAnthropic
+from tests.support.flows import Harness
+from worker_manager.config import Settings
+
+pytestmark = [pytest.mark.docker, pytest.mark.redis]
+
+API_KEY = "sk-ant-test-not-a-real-key-7f3a"
+
+
+@pytest.fixture
+async def claude(harness: Harness, fake_anthropic: FakeAnthropic) -> Harness:
+    await harness.start(
+        anthropic_base_url=fake_anthropic.url,
+        anthropic_api_key=SecretStr(API_KEY),
+        claude_max_retries=0,  # a failing API answers at once instead of after ~10 retries
+        start_timeout_seconds=600,  # the first create downloads the wheel and builds the image
+    )
+    return harness
+
+
+async def start_worker(harness: Harness, **fields: Any) -> str:
+    reply = await harness.client.create(agent_type="CLAUDE", **fields)
+    assert reply.ok, reply
+    assert reply.worker_id is not None
+    status = await harness.wait_status(reply.worker_id, "RUNNING", "FAILED", timeout=900)
+    record = await harness.redis.hgetall(harness.keys.worker(reply.worker_id))
+    assert status == "RUNNING", record
+    return reply.worker_id
+
+
+async def run_input(
+    harness: Harness, worker_id: str, prompt: str, timeout: float = 90
+) -> list[dict[str, str]]:
+    input_id = await harness.client.send_input(worker_id, prompt)
+    events = await harness.events_until_done(worker_id, input_id=input_id, timeout=timeout)
+    return [e for e in events if e.get("input_id") == input_id]
+
+
+def kinds(events: Iterable[dict[str, str]]) -> list[str]:
+    return [e["type"] for e in events]
+
+
+def of(events: Iterable[dict[str, str]], kind: str) -> list[str]:
+    return [e["content"] for e in events if e["type"] == kind]
+
+
+def result_of(events: list[dict[str, str]]) -> dict[str, Any]:
+    results = [json.loads(c) for c in of(events, "result")]
+    assert len(results) == 1, kinds(events)
+    payload: dict[str, Any] = results[0]
+    return payload
+
+
+def assert_in_order(events: list[dict[str, str]], *wanted: str) -> None:
+    remaining = iter(kinds(events))
+    missing = [w for w in wanted if not any(k == w for k in remaining)]
+    assert not missing, f"{wanted} not in order in {kinds(events)}"
+
+
+def done_code(events: list[dict[str, str]]) -> int:
+    assert events[-1]["type"] == "done", kinds(events)
+    return int(events[-1]["content"])
+
+
+def exec_in(harness: Harness, worker_id: str, command: str, user: str = "1000") -> str:
+    result = harness.container(worker_id).exec_run(["sh", "-c", command], user=user)
+    output: bytes = result.output
+    assert result.exit_code == 0, output
+    return output.decode()
+
+
+def requests_with(fake: FakeAnthropic, text: str) -> list[str]:
+    return [r.text() for r in fake.prompts_seen() if text in r.text()]
+
+
+async def test_tool_call_resume_lost_session_and_cost(
+    claude: Harness, fake_anthropic: FakeAnthropic, settings: Settings
+) -> None:
+    worker_id = await start_worker(claude, instructions="Answer like a pirate, marker-9c1e.")
+    version = exec_in(claude, worker_id, "claude --version")
+    assert "Claude Code" in version
+    # No Node.js and no npm in the image: the CLI is one native binary.
+    assert exec_in(claude, worker_id, "command -v node npm || true").strip() == ""
+
+    first = await run_input(claude, worker_id, "FAKE bash echo hello-from-$((6*7))")
+    assert_in_order(first, "status", "assistant", "tool_use", "tool_result", "result", "done")
+    assert done_code(first) == 0
+    assert not of(first, "error"), first
+    tool_use = json.loads(of(first, "tool_use")[0])
+    assert tool_use["name"] == "Bash"
+    assert tool_use["input"]["command"] == "echo hello-from-$((6*7))"
+    tool_result = json.loads(of(first, "tool_result")[0])
+    assert tool_result["content"] == "hello-from-42" and tool_result["is_error"] is False
+    result = result_of(first)
+    assert result["is_error"] is False and result["subtype"] == "success"
+    assert result["cost_usd"] > 0 and result["total_cost_usd"] == result["cost_usd"]
+    session = result["session_id"]
+    # The instructions reached the model as CLAUDE.md; the key reached it as the API key.
+    seen = requests_with(fake_anthropic, "hello-from-$((6*7))")
+    assert seen and any("marker-9c1e" in text for text in seen)
+    assert any(
+        r.headers.get("x-api-key") == API_KEY
+        for r in fake_anthropic.prompts_seen()
+        if "hello-from" in r.text()
+    )
+
+    second = await run_input(claude, worker_id, "FAKE say second-answer")
+    assert done_code(second) == 0 and not of(second, "error"), second
+    assert of(second, "assistant") == ["second-answer"]
+    again = result_of(second)
+    assert again["session_id"] == session
+    # Resumed: the model was sent the earlier turn, tool result included.
+    resumed = requests_with(fake_anthropic, "second-answer")
+    assert resumed and "hello-from-42" in resumed[-1]
+    # This input's cost, not the session's running total; the worker's total adds up.
+    assert again["total_cost_usd"] == pytest.approx(result["cost_usd"] + again["cost_usd"])
+
+    # The transcript behind the session disappears: the input recovers in a new session.
+    exec_in(claude, worker_id, "rm -rf /home/worker/.wm/claude/config/projects")
+    third = await run_input(claude, worker_id, "FAKE say after-the-loss")
+    assert done_code(third) == 0, third
+    errors = of(third, "error")
+    assert len(errors) == 1 and session in errors[0] and "new session" in errors[0], errors
+    recovered = result_of(third)
+    assert recovered["is_error"] is False and recovered["session_id"] != session
+    fourth = await run_input(claude, worker_id, "FAKE say still-fine")
+    assert done_code(fourth) == 0 and not of(fourth, "error")
+    assert result_of(fourth)["session_id"] == recovered["session_id"]
+
+    # The worker's total spend reaches its record and the status reply from the heartbeat.
+    total = result_of(fourth)["total_cost_usd"]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while loop.time() < deadline:
+        reply = await claude.client.request("status", worker_id=worker_id)
+        if reply.details and float(reply.details.get("cost_usd", "0")) == pytest.approx(total):
+            break
+        await asyncio.sleep(0.2)
+    else:
+        raise AssertionError(f"cost_usd never reached {total}: {reply}")
+    record = await claude.redis.hgetall(claude.keys.worker(worker_id))
+    assert API_KEY not in json.dumps(record)
+
+
+async def test_api_failures_stalls_turn_limits_and_cancel(
+    claude: Harness, fake_anthropic: FakeAnthropic
+) -> None:
+    worker_id = await start_worker(claude, input_timeout_seconds=8, max_turns=1)
+
+    for status in (401, 500):
+        events = await run_input(claude, worker_id, f"FAKE status {status}")
+        assert done_code(events) != 0, events
+        assert result_of(events)["is_error"] is True
+        assert any(str(status) in error for error in of(events, "error")), events
+
+    # A stream that never ends: the input timeout stops the run, done 124.
+    stalled = await run_input(claude, worker_id, "FAKE stall", timeout=60)
+    assert done_code(stalled) == 124, stalled
+    assert any("input_timeout_seconds" in e for e in of(stalled, "error")), stalled
+    assert result_of(stalled)["is_error"] is True
+
+    # max_turns=1: a second model turn is not taken.
+    limited = await run_input(claude, worker_id, "FAKE bash echo one\nFAKE bash echo two")
+    assert done_code(limited) != 0
+    assert result_of(limited)["subtype"] == "error_max_turns"
+    assert "echo two" not in json.dumps(of(limited, "tool_use"))
+
+    # Cancel a stalled run.
+    input_id = await claude.client.send_input(worker_id, "FAKE stall")
+    await claude.events_until(
+        worker_id,
+        lambda e: (
+            e.get("type") == "status"
+            and e.get("content") == "busy"
+            and e.get("input_id") == input_id
+        ),
+    )
+    await claude.client.send_input(worker_id, "", kind="cancel")
+    events = await claude.events_until_done(worker_id, input_id=input_id, timeout=30)
+    mine = [e for e in events if e.get("input_id") == input_id]
+    assert done_code(mine) not in (0, 124), mine
+    assert any("Cancelled" in e for e in of(mine, "error")), mine
+
+    # And the worker still answers.
+    fine = await run_input(claude, worker_id, "FAKE say recovered")
+    assert done_code(fine) == 0 and of(fine, "assistant") == ["recovered"]
+
+
+FORBIDDEN = {
+    "git status": "git",
+    "rm -rf victim": "rm",
+    "grep -r keep victim": "grep",
+    "find victim -delete": "find",
+    "curl -s {api}/side-effect-curl": "curl",
+    "/usr/bin/rm -rf victim": "/usr/bin/rm",
+}
+
+
+async def test_allowed_commands_hold_in_both_layers(
+    claude: Harness, fake_anthropic: FakeAnthropic
+) -> None:
+    worker_id = await start_worker(claude, allowed_commands=["echo"])
+    exec_in(claude, worker_id, "mkdir -p victim && echo keep > victim/f")
+    # A stand-in git that logs how it was called (the base image has none): the CLI's own
+    # helpers may call it, the agent's `git status` must not reach it.
+    exec_in(
+        claude,
+        worker_id,
+        "printf '#!/bin/sh\\necho \"$*\" >> /tmp/git-calls\\n' > /usr/local/bin/git"
+        " && chmod 755 /usr/local/bin/git",
+        user="0",
+    )
+
+    allowed = await run_input(claude, worker_id, "FAKE bash echo allowed-ran")
+    assert done_code(allowed) == 0, allowed
+    assert not of(allowed, "error"), of(allowed, "error")  # no spurious refusals
+    assert json.loads(of(allowed, "tool_result")[0])["content"] == "allowed-ran"
+
+    for template, name in FORBIDDEN.items():
+        command = template.format(api=fake_anthropic.url)
+        events = await run_input(claude, worker_id, f"FAKE bash {command}")
+        errors = of(events, "error")
+        assert any("refused" in e and command.split()[0] in e for e in errors), (command, events)
+        results = " ".join(of(events, "tool_result"))
+        assert "victim/f:keep" not in results, (name, results)
+    # Nothing forbidden ran: the files are there, no git status, no request from curl.
+    assert exec_in(claude, worker_id, "cat victim/f").strip() == "keep"
+    calls = exec_in(claude, worker_id, "cat /tmp/git-calls 2>/dev/null || true")
+    assert "status" not in calls.split(), calls
+    assert not [r for r in fake_anthropic.requests if "side-effect-curl" in r.path]
+
+
+async def test_budget_stops_the_worker(claude: Harness) -> None:
+    worker_id = await start_worker(claude, max_cost_usd=0.5)
+    first = await run_input(claude, worker_id, "FAKE tokens 100000\nFAKE say pricey")
+    assert done_code(first) == 0
+    cost = result_of(first)["cost_usd"]
+    assert 0 < cost < 0.5, "the fake's price per run must fit the test's budget once"
+    second = await run_input(claude, worker_id, "FAKE tokens 100000\nFAKE say over")
+    result = result_of(second)
+    assert result["is_error"] is True and result["total_cost_usd"] >= 0.5
+    assert any("budget" in e for e in of(second, "error")), second
+    status = await claude.wait_status(worker_id, "STOPPED", "FAILED", timeout=30)
+    record = await claude.redis.hgetall(claude.keys.worker(worker_id))
+    assert status == "STOPPED" and record["reason"] == "budget_exceeded", record
+    assert float(record["cost_usd"]) == pytest.approx(result["total_cost_usd"])

@@ -1,0 +1,294 @@
+"""A scripted stand-in for the Anthropic Messages API, for driving the real Claude Code CLI.
+
+No real endpoint is reachable from these machines, so the tests point ``ANTHROPIC_BASE_URL`` at
+this server. It speaks what the CLI uses: ``POST /v1/messages`` (``?beta=true``), streamed as
+server-sent events (``message_start``, ``content_block_start``/``_delta``/``_stop``,
+``message_delta``, ``message_stop``) or as one JSON body, and ``count_tokens``.
+
+What the model "does" is scripted by the prompt itself, one directive per line, so a test reads
+as what it asks for:
+
+- ``FAKE say <text>`` — answer with ``<text>``;
+- ``FAKE bash <command>`` — call the Bash tool with ``<command>`` (several lines: one call after
+  the other, each after the previous tool result), then answer with the last tool result;
+- ``FAKE status <code>`` — fail the request with that HTTP status (401, 500, …);
+- ``FAKE stall`` — start the stream and never finish it;
+- ``FAKE tokens <n>`` — report ``n`` input tokens per request, to make a run cost money.
+
+A request whose conversation holds no directive (the CLI's own side requests, e.g. a title or a
+command-prefix check) is answered with a short neutral text. Every request is recorded, so a test
+can check what the CLI sent (e.g. that a resumed session carries the earlier turn).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+DIRECTIVE = re.compile(r"^\s*FAKE (say|bash|status|stall|tokens)\b ?(.*)$", re.MULTILINE)
+MODEL = "claude-sonnet-4-5-20250929"
+
+
+@dataclass
+class Recorded:
+    path: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+    def text(self) -> str:
+        """Every text the request carries (system prompt, messages, tool results), joined."""
+        return json.dumps(self.body, ensure_ascii=False)
+
+
+@dataclass
+class Script:
+    says: list[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+    status: int | None = None
+    stall: bool = False
+    tokens: int = 12
+
+
+def _texts(content: Any) -> list[str]:
+    if isinstance(content, str):
+        return [content]
+    if not isinstance(content, list):
+        return []
+    texts = []
+    for block in content:
+        if isinstance(block, dict) and block.get("type") == "text":
+            texts.append(str(block.get("text", "")))
+    return texts
+
+
+def _tool_results(content: Any) -> list[str]:
+    results: list[str] = []
+    if not isinstance(content, list):
+        return results
+    for block in content:
+        if isinstance(block, dict) and block.get("type") == "tool_result":
+            inner = block.get("content")
+            if isinstance(inner, list):
+                results.append("".join(_texts(inner)))
+            else:
+                results.append(str(inner or ""))
+    return results
+
+
+def script_of(messages: list[dict[str, Any]]) -> tuple[Script | None, int, str]:
+    """The directives of the newest prompt, how many tool results followed it, the last one."""
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if message.get("role") != "user":
+            continue
+        # The newest prompt only: after failed turns the CLI sends consecutive prompts merged
+        # into one user message, each its own text block.
+        blocks = [t for t in _texts(message.get("content")) if DIRECTIVE.search(t)]
+        if not blocks:
+            continue
+        found = list(DIRECTIVE.finditer(blocks[-1]))
+        script = Script()
+        for verb, argument in ((m.group(1), m.group(2).strip()) for m in found):
+            if verb == "say":
+                script.says.append(argument)
+            elif verb == "bash":
+                script.commands.append(argument)
+            elif verb == "status":
+                script.status = int(argument)
+            elif verb == "stall":
+                script.stall = True
+            elif verb == "tokens":
+                script.tokens = int(argument)
+        later = messages[index + 1 :]
+        results = [r for m in later if m.get("role") == "user" for r in _tool_results(m["content"])]
+        return script, len(results), results[-1] if results else ""
+    return None, 0, ""
+
+
+class FakeAnthropic:
+    """The server, run on its own thread and loop so that synchronous tests can use it too."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self.requests: list[Recorded] = []
+        self._ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def prompts_seen(self) -> list[Recorded]:
+        with self._lock:
+            return [r for r in self.requests if script_of(r.body.get("messages", []))[0]]
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def start(self) -> FakeAnthropic:
+        self._thread = threading.Thread(target=self._serve, name="fake-anthropic", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the fake Anthropic API did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def __enter__(self) -> FakeAnthropic:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def _serve(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
+        app.router.add_route("*", "/{tail:.*}", self._other)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._ready.set()
+        await self._stop.wait()
+        await self._runner.cleanup()
+
+    # --- handlers -------------------------------------------------------------------------
+    async def _other(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"type": "error", "error": {"type": "not_found_error"}}, status=404
+        )
+
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        return web.json_response({"input_tokens": 12})
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        with self._lock:
+            self.requests.append(Recorded(request.path_qs, body, headers))
+        messages = body.get("messages") or []
+        script, step, last_result = script_of(messages)
+        tokens = script.tokens if script else 12
+        if script is not None and script.status is not None:
+            kind = {401: "authentication_error", 429: "rate_limit_error"}.get(
+                script.status, "api_error"
+            )
+            return web.json_response(
+                {"type": "error", "error": {"type": kind, "message": f"fake {script.status}"}},
+                status=script.status,
+            )
+        blocks: list[dict[str, Any]]
+        if script is None:
+            blocks = [{"type": "text", "text": "ok"}]
+        elif step < len(script.commands):
+            blocks = [
+                {"type": "text", "text": f"Running `{script.commands[step]}`."},
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_fake{next(self._ids):06d}",
+                    "name": "Bash",
+                    "input": {"command": script.commands[step], "description": "scripted"},
+                },
+            ]
+        else:
+            text = " ".join(script.says) if script.says else f"last result: {last_result}"
+            blocks = [{"type": "text", "text": text}]
+        stop_reason = "tool_use" if blocks[-1]["type"] == "tool_use" else "end_turn"
+        message: dict[str, Any] = {
+            "id": f"msg_fake{next(self._ids):06d}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model") or MODEL,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": tokens, "output_tokens": 1},
+        }
+        if not body.get("stream"):
+            message.update(content=blocks, stop_reason=stop_reason)
+            message["usage"] = {"input_tokens": tokens, "output_tokens": 5}
+            return web.json_response(message)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        for event in _events(message, blocks, stop_reason):
+            await response.write(event)
+        if script is not None and script.stall:
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await asyncio.sleep(3600)
+            return response
+        await response.write(_sse("message_stop", {"type": "message_stop"}))
+        await response.write_eof()
+        return response
+
+
+def _sse(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _events(
+    message: dict[str, Any], blocks: list[dict[str, Any]], stop_reason: str
+) -> Iterator[bytes]:
+    yield _sse("message_start", {"type": "message_start", "message": message})
+    for index, block in enumerate(blocks):
+        start: dict[str, Any]
+        if block["type"] == "text":
+            start = {"type": "text", "text": ""}
+            delta = {"type": "text_delta", "text": block["text"]}
+        else:
+            start = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
+            delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
+        yield _sse(
+            "content_block_start",
+            {"type": "content_block_start", "index": index, "content_block": start},
+        )
+        yield _sse(
+            "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+        )
+        yield _sse("content_block_stop", {"type": "content_block_stop", "index": index})
+    yield _sse(
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+            "usage": {"output_tokens": 5},
+        },
+    )
+
+
+if __name__ == "__main__":  # a manual run: python -m tests.support.fake_anthropic [port]
+    import sys
+    import time
+
+    fake = FakeAnthropic(port=int(sys.argv[1]) if len(sys.argv) > 1 else 0).start()
+    print(fake.url, flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            time.sleep(3600)
