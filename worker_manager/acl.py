@@ -17,17 +17,18 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from worker_manager.config import Settings
+from worker_manager.keys import Keys
 from worker_manager.logs import get_logger
 
 log = get_logger(__name__)
 
-#: Commands a wrapper needs, and nothing else (connection set-up included).
+#: Commands a wrapper needs, and nothing else (connection set-up included). No CLIENT SETNAME:
+#: a worker must not be able to dress its connection up as the manager's.
 WRAPPER_COMMANDS = (
     "+ping",
     "+auth",
     "+hello",
     "+echo",
-    "+client|setname",
     "+client|getname",
     "+client|id",
     "+xreadgroup",
@@ -125,9 +126,53 @@ class WorkerAcl:
             return
         await self._redis.execute_command("ACL", "WHOAMI")
         try:
-            await self._redis.execute_command("ACL", "GETUSER", "default")
+            default = await self._redis.acl_getuser("default")
         except ResponseError as exc:
             raise RuntimeError(
                 "the manager's Redis user lacks the ACL admin right (+acl); grant it, or set "
                 "WM_WORKER_ACL=false to share one connection (unsafe)"
             ) from exc
+        if default_user_is_open(default):
+            log.error(
+                "REDIS'S DEFAULT USER HAS NO PASSWORD: any worker can `AUTH default <anything>` "
+                "and read every stream, per-worker ACLs notwithstanding. Give it a password "
+                "(requirepass) or turn it off (ACL SETUSER default off) and connect the manager "
+                "as its own user"
+            )
+
+
+def default_user_is_open(user: object) -> bool:
+    """Whether ``ACL GETUSER default`` describes a user anyone can log in as."""
+    if not isinstance(user, dict):
+        return False
+    flags = [str(flag) for flag in user.get("flags") or []]
+    return "on" in flags and "nopass" in flags
+
+
+def producer_rules(keys: Keys, producer: str) -> list[str]:
+    """ACL rules for a registered producer's own Redis user: it may write only its command
+    stream and read and remove only its reply streams on the command plane. The data plane
+    (sending input, reading output) has no owner in its key names, so those rules grant it for
+    every worker: a producer can read any worker's output, not only its own."""
+    prefix = keys.prefix
+    return [
+        "resetkeys",
+        "resetchannels",
+        f"%W~{keys.producer_commands(producer)}",
+        f"%RW~{keys.producer_replies(producer)}*",
+        f"%W~{prefix}:*:input",
+        f"%R~{prefix}:*:output",
+        f"%R~{prefix}:*",
+        "-@all",
+        "+xadd",
+        "+xread",
+        "+xrange",
+        "+xrevrange",
+        "+del",
+        "+hgetall",
+        "+hget",
+        "+zrange",
+        "+ping",
+        "+hello",
+        "+auth",
+    ]

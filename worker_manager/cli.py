@@ -21,7 +21,7 @@ from rich.table import Table
 
 from worker_manager import __version__, logs
 from worker_manager.client import Client, ReplyTimeout
-from worker_manager.config import Settings
+from worker_manager.config import PRODUCER_RE, Settings
 from worker_manager.connections import connect
 from worker_manager.models import Reply
 
@@ -148,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--until-done", action="store_true", help="stop after the next `done`")
     tail.add_argument("--from", dest="after", default="0-0", help="entry id to start after")
 
+    producer = sub.add_parser(
+        "producer-acl",
+        parents=[common],
+        help="print the Redis ACL rules for a registered producer (WM_PRODUCERS)",
+    )
+    producer.add_argument("name", help="the producer's name, as listed in WM_PRODUCERS")
+
     boot = sub.add_parser(
         "bootstrap-base",
         parents=[common],
@@ -215,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _with_client(settings: Settings, body: Callable[[Client, Redis], Awaitable[int]]) -> int:
     redis = connect(settings, name="cli")
     try:
-        return await body(Client(redis, settings.keys), redis)
+        return await body(Client(redis, settings.keys, producer=settings.producer), redis)
     finally:
         await redis.aclose()
 
@@ -354,7 +361,7 @@ async def _delete_many(args: argparse.Namespace, settings: Settings) -> int:
         return 2
 
     async def body(client: Client, _redis: Redis) -> int:
-        listed = await client.request("list", timeout=args.timeout)
+        listed = await client.list_all(timeout=args.timeout)
         if not listed.ok:
             return _print_reply(listed, args.json)
         chosen = bulk.matching(listed.workers or [], selector)
@@ -411,7 +418,7 @@ async def _simple(args: argparse.Namespace, settings: Settings, name: str) -> in
 @command("list")
 async def _list(args: argparse.Namespace, settings: Settings) -> int:
     async def body(client: Client, _redis: Redis) -> int:
-        return _print_reply(await client.request("list", timeout=args.timeout), args.json)
+        return _print_reply(await client.list_all(timeout=args.timeout), args.json)
 
     return await _with_client(settings, body)
 
@@ -481,6 +488,23 @@ async def _ensure_base(args: argparse.Namespace, settings: Settings) -> int:
         ensure_base_image, settings, log=logs.get_logger("bootstrap")
     )
     console.print(f"base image {settings.base_image} is ready ({image_id[:19]})")
+    return 0
+
+
+@command("producer-acl")
+async def _producer_acl(args: argparse.Namespace, settings: Settings) -> int:
+    from worker_manager.acl import producer_rules
+
+    if not PRODUCER_RE.fullmatch(args.name):
+        err_console.print("[red]a producer name is 1 to 64 of [A-Za-z0-9._-][/red]")
+        return 2
+    rules = " ".join(producer_rules(settings.keys, args.name))
+    print(f"ACL SETUSER {settings.key_prefix}-producer-{args.name} on >CHANGE-ME {rules}")
+    if args.name not in settings.producers:
+        err_console.print(
+            f"note: {args.name!r} is not in WM_PRODUCERS here; the manager reads its stream "
+            "only once it is"
+        )
     return 0
 
 

@@ -32,12 +32,16 @@ class OutputEvent:
 
 
 class Client:
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, *, producer: str | None = None) -> None:
+        """``producer``: send as that registered producer (``WM_PRODUCERS``), on its own
+        command stream and under its own reply prefix (its Redis user may write nothing else)."""
         self._redis = redis
         self._keys = keys
+        self._commands = keys.producer_commands(producer) if producer else keys.commands
+        self._replies = keys.producer_replies(producer) if producer else keys.replies
 
     async def push(self, fields: dict[str, str]) -> str:
-        entry_id: str = await self._redis.xadd(self._keys.commands, fields)
+        entry_id: str = await self._redis.xadd(self._commands, fields)
         return entry_id
 
     async def request(
@@ -46,7 +50,7 @@ class Client:
         """Send one command and wait for its reply on a reply stream of our own."""
         request_id = fields.pop("request_id", None) or f"cli-{uuid.uuid4().hex}"
         own_stream = reply_to is None
-        reply_to = reply_to or f"{self._keys.replies}:client:{uuid.uuid4().hex}"
+        reply_to = reply_to or f"{self._replies}:client:{uuid.uuid4().hex}"
         body = {"command": command, "request_id": request_id, "reply_to": reply_to, **fields}
         await self.push(body)
         try:
@@ -70,6 +74,20 @@ class Client:
                     if fields.get("request_id") == request_id:
                         return Reply.from_fields(fields)
         raise ReplyTimeout(f"no reply to {request_id} on {reply_to} within {timeout:g}s")
+
+    async def list_all(self, *, timeout: float = 30.0, page: int = 500) -> Reply:
+        """Every page of ``list`` joined into one reply (the first error reply, if any)."""
+        workers: list[dict[str, object]] = []
+        cursor = ""
+        while True:
+            extra = {"cursor": cursor} if cursor else {}
+            reply = await self.request("list", timeout=timeout, limit=str(page), **extra)
+            if not reply.ok:
+                return reply
+            workers += reply.workers or []
+            if not reply.next_cursor:
+                return reply.model_copy(update={"workers": workers})
+            cursor = reply.next_cursor
 
     async def create(self, *, timeout: float = 30.0, **fields: object) -> Reply:
         flat = {

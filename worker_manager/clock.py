@@ -10,9 +10,20 @@ from datetime import datetime
 
 from worker_base.clock import iso_from_unix, iso_now
 
-__all__ = ["iso_from_unix", "iso_now", "unix_from_iso"]
+__all__ = ["iso_from_unix", "iso_now", "unix_from_iso", "unix_or_none"]
 
 
 def unix_from_iso(text: str) -> float:
     """Parse a contract timestamp back to Unix seconds (accepts any ISO 8601 with offset)."""
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def unix_or_none(text: str | None) -> float | None:
+    """A record's time, or None when it is missing or unreadable: a corrupt field is one
+    worker's problem, never an exception in a loop that judges them all."""
+    if not text:
+        return None
+    try:
+        return unix_from_iso(text)
+    except ValueError:
+        return None

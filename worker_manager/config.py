@@ -8,6 +8,7 @@ run from the checkout finds the same Redis as the service.
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 import socket
 from functools import cached_property
@@ -23,6 +24,8 @@ from worker_manager.secret_files import SecretFilesSource
 
 KIB = 1024
 MIB = 1024 * KIB
+
+PRODUCER_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 #: The tag ``bootstrap-base`` gives the Debian image it builds; the default base image.
 BOOTSTRAP_BASE_TAG = "worker-manager/base:bookworm"
@@ -51,6 +54,17 @@ class Settings(BaseSettings):
     max_workers: int = Field(default=50, ge=1)
     capacity_retry_after_seconds: float = Field(default=5.0, gt=0)
     idle_timeout_seconds: float = Field(default=900, gt=0)
+    producers: list[str] = Field(
+        default_factory=list,
+        description="Registered producers (JSON list of names): each sends commands on its own "
+        "stream <prefix>:producer:<name>:commands, writable by its own Redis user only, and "
+        "the manager takes metadata.owner from that stream instead of trusting the field.",
+    )
+    producer: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="For the CLI: send commands as this registered producer.",
+    )
     max_workers_per_owner: int | None = Field(
         default=None, ge=1, description="Live workers one metadata.owner may have (all managers)."
     )
@@ -80,7 +94,10 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(default=86_400, ge=1)
     reply_maxlen: int = Field(default=10_000, ge=10)
     reply_ttl_seconds: int = Field(default=86_400, ge=1)
-    dead_maxlen: int = Field(default=100_000, ge=10)
+    dead_maxlen: int = Field(default=10_000, ge=10)
+    dead_retention_seconds: int = Field(
+        default=7 * 86_400, ge=60, description="Dead letters older than this are trimmed."
+    )
     lifecycle_maxlen: int = Field(default=100_000, ge=10)
 
     # --- command limits (SPEC §1) ------------------------------------------------------------
@@ -94,6 +111,20 @@ class Settings(BaseSettings):
 
     # --- workers -----------------------------------------------------------------------------
     output_maxlen: int = Field(default=10_000, ge=100)
+    output_trim_interval_seconds: float = Field(
+        default=2.0, gt=0, description="How often the manager trims live workers' output."
+    )
+    output_overflow_factor: int = Field(
+        default=20,
+        ge=2,
+        description="A worker that writes more than this many times its output cap in one trim "
+        "round is stopped (output_overflow).",
+    )
+    output_max_bytes: int = Field(
+        default=256 * MIB,
+        ge=MIB,
+        description="A worker whose output stream holds more than this after a trim is stopped.",
+    )
     heartbeat_interval_seconds: float = Field(default=2.0, gt=0)
     heartbeat_ttl_seconds: int = Field(default=10, ge=2)
     start_timeout_seconds: float = Field(default=120.0, gt=0)
@@ -237,6 +268,14 @@ class Settings(BaseSettings):
     def _http_addr_shape(cls, value: str) -> str:
         parse_host_port(value)
         return value
+
+    @field_validator("producers")
+    @classmethod
+    def _producer_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not PRODUCER_RE.fullmatch(name):
+                raise ValueError(f"producer name {name!r} must be 1 to 64 of [A-Za-z0-9._-]")
+        return sorted(set(value))
 
     @field_validator("key_prefix")
     @classmethod

@@ -3,6 +3,10 @@
 Blocking ``XREADGROUP`` calls get a client of their own whose socket timeout is well above the
 ``BLOCK`` time: redis-py treats a socket timeout as a failed command and may re-send it, which for
 a blocked read would lose or duplicate deliveries.
+
+``decode=False`` gives a client that returns bytes: for everything a producer or a worker wrote
+(command fields, heartbeats), which must be judged as bytes before they are trusted as text. A
+decoding client would raise on one invalid byte, for the whole reply it came in.
 """
 
 from __future__ import annotations
@@ -16,14 +20,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from worker_manager.config import Settings
 
 
-def connect(settings: Settings, *, blocking: bool = False, name: str = "") -> Redis:
+def connect(
+    settings: Settings, *, blocking: bool = False, name: str = "", decode: bool = True
+) -> Redis:
     """A client for ``settings.redis_url``; ``blocking`` for the consumer's own read loop."""
     timeout = settings.socket_timeout
     if blocking:
         timeout = max(timeout, settings.block_ms / 1000 * 3 + 5)
     client: Redis = Redis.from_url(
         settings.redis_url,
-        decode_responses=True,
+        decode_responses=decode,
         socket_timeout=timeout,
         socket_connect_timeout=5,
         health_check_interval=30,

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -32,6 +33,34 @@ class Delivery:
     entry_id: str
     fields: dict[str, str]
     deliveries: int
+    #: Fields whose name or value is not valid UTF-8 (kept in ``fields`` with ``\\x..``
+    #: escapes, so the dead letter shows them): the command is refused naming them.
+    undecodable: tuple[str, ...] = ()
+
+    @classmethod
+    def from_raw(cls, entry_id: bytes | str, raw: dict[Any, Any], deliveries: int) -> Delivery:
+        """A stream entry as read by a client that does not decode: never raises."""
+        fields: dict[str, str] = {}
+        bad: list[str] = []
+        for raw_name, raw_value in raw.items():
+            name, name_ok = _text(raw_name)
+            value, value_ok = _text(raw_value)
+            fields[name] = value
+            if not (name_ok and value_ok):
+                bad.append(name)
+        return cls(_text(entry_id)[0], fields, deliveries, tuple(bad))
+
+
+def _text(value: object) -> tuple[str, bool]:
+    """``value`` as text, and whether it was valid UTF-8."""
+    if isinstance(value, str):
+        return value, True
+    if isinstance(value, bytes | bytearray):
+        try:
+            return bytes(value).decode("utf-8"), True
+        except UnicodeDecodeError:
+            return bytes(value).decode("utf-8", "backslashreplace"), False
+    return str(value), True
 
 
 Dispatch = Callable[[Delivery], Awaitable[None]]
@@ -42,7 +71,7 @@ class CommandConsumer:
         self,
         settings: Settings,
         redis: Redis,
-        blocking_redis: Redis,
+        blocking_redis: Redis,  # must not decode: command fields are bytes until proven text
         dispatch: Dispatch,
         *,
         stream: str | None = None,
@@ -57,6 +86,9 @@ class CommandConsumer:
         self._slots = asyncio.Semaphore(settings.command_concurrency)
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self.connected = asyncio.Event()
+        #: Reading commands (not stopped, not draining): only then are stale entries taken over.
+        self._taking = False
+        self._rounds = 0
 
     @property
     def in_flight(self) -> int:
@@ -75,13 +107,11 @@ class CommandConsumer:
         Commands still running after the grace period are cancelled and stay pending in the
         group, where another manager (or this one, restarted) picks them up.
         """
-        housekeeping = asyncio.create_task(self._housekeeping(stop), name="consumer-housekeeping")
+        self._taking = True
         try:
             await self._with_reconnects(stop, self._consume)
         finally:
-            housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await housekeeping
+            self._taking = False
             await self._finish_in_flight(grace)
 
     async def _with_reconnects(
@@ -121,7 +151,7 @@ class CommandConsumer:
             )
             for _stream, entries in response or []:
                 for entry_id, fields in entries:
-                    await self._start(Delivery(entry_id, fields or {}, 1))
+                    await self._start(Delivery.from_raw(entry_id, fields or {}, 1))
 
     def _free_slots(self) -> int:
         return self._settings.command_concurrency - len(self._in_flight)
@@ -133,7 +163,7 @@ class CommandConsumer:
             response = await self._blocking.xreadgroup(
                 MANAGER_GROUP, self._name, {self._stream: last}, count=100
             )
-            entries = response[0][1] if response else []
+            entries = [(_text(i)[0], f) for i, f in (response[0][1] if response else [])]
             if not entries:
                 return
             counts = await self._delivery_counts([entry_id for entry_id, _ in entries])
@@ -144,7 +174,7 @@ class CommandConsumer:
                 if not fields:  # trimmed away while pending: nothing left to handle
                     await self._redis.xack(self._stream, MANAGER_GROUP, entry_id)
                     continue
-                await self._start(Delivery(entry_id, fields, counts.get(entry_id, 1)))
+                await self._start(Delivery.from_raw(entry_id, fields, counts.get(entry_id, 1)))
 
     async def _delivery_counts(self, entry_ids: list[str]) -> dict[str, int]:
         if not entry_ids:
@@ -188,24 +218,25 @@ class CommandConsumer:
             log.warning("handing back unfinished commands", count=len(pending))
             await asyncio.gather(*pending, return_exceptions=True)
 
-    # --- housekeeping ----------------------------------------------------------------------
-    async def _housekeeping(self, stop: asyncio.Event) -> None:
-        interval = max(self._settings.claim_idle_ms / 3000, 0.2)
-        trim_every = max(int(30 / interval), 1)
-        rounds = 0
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
-            if stop.is_set():
-                return
-            rounds += 1
-            try:
-                await self._keep_in_flight_fresh()
+    # --- housekeeping: rounds run by the service's supervisor -------------------------------
+    @property
+    def upkeep_interval(self) -> float:
+        return max(self._settings.claim_idle_ms / 3000, 0.2)
+
+    async def upkeep(self) -> None:
+        """One round: keep our in-flight entries ours, take over a dead consumer's (while we
+        take commands), and every ~30 s trim what every group has acknowledged. Outages are
+        logged and wait for the next round; anything else is the supervisor's to report."""
+        self._rounds += 1
+        trim_every = max(int(30 / self.upkeep_interval), 1)
+        try:
+            await self._keep_in_flight_fresh()
+            if self._taking:
                 await self._reclaim()
-                if rounds % trim_every == 0:
-                    await self.trim()
-            except (RedisError, OSError) as exc:
-                log.warning("consumer housekeeping failed", error=str(exc))
+            if self._rounds % trim_every == 0:
+                await self.trim()
+        except (RedisError, OSError) as exc:
+            log.warning("consumer housekeeping failed", error=str(exc))
 
     async def _keep_in_flight_fresh(self) -> None:
         """Reset the idle time of entries we are still working on, so nobody reclaims them."""
@@ -217,7 +248,7 @@ class CommandConsumer:
         """Take over entries that another (dead) consumer left pending for too long."""
         start = "0-0"
         while True:
-            result = await self._redis.xautoclaim(
+            result = await self._blocking.xautoclaim(
                 self._stream,
                 MANAGER_GROUP,
                 self._name,
@@ -225,7 +256,8 @@ class CommandConsumer:
                 start_id=start,
                 count=100,
             )
-            start, entries = result[0], result[1]
+            start = _text(result[0])[0]
+            entries = [(_text(eid)[0], f) for eid, f in result[1]]
             fresh = [(eid, f) for eid, f in entries if eid not in self._in_flight]
             counts = await self._delivery_counts([eid for eid, _ in fresh])
             for entry_id, fields in fresh:
@@ -233,7 +265,7 @@ class CommandConsumer:
                     await self._redis.xack(self._stream, MANAGER_GROUP, entry_id)
                     continue
                 log.info("reclaimed a stale command", entry_id=entry_id)
-                await self._start(Delivery(entry_id, fields, counts.get(entry_id, 1)))
+                await self._start(Delivery.from_raw(entry_id, fields, counts.get(entry_id, 1)))
             if start in ("0-0", "0"):
                 return
 

@@ -30,7 +30,7 @@ from worker_manager.models import (
     parse_command,
     reply_of_request_id,
 )
-from worker_manager.replies import READ_ONLY_DEFAULT_TTL, DeadLetter, ReplyBook
+from worker_manager.replies import DeadLetter, ReplyBook
 
 log = get_logger(__name__)
 
@@ -49,12 +49,20 @@ class Dispatcher:
         book: ReplyBook,
         handlers: Handlers,
         observe: Observer = _noop,
+        *,
+        producer: str | None = None,
     ) -> None:
         self._settings = settings
         self._redis = redis
         self._book = book
         self._handlers = handlers
         self._observe = observe
+        #: The registered producer whose own stream this dispatcher serves (None: the shared
+        #: stream, or a manager's own).
+        self._producer = producer
+        self._replies = (
+            settings.keys.producer_replies(producer) if producer else settings.keys.replies
+        )
 
     async def __call__(self, delivery: Delivery) -> None:
         started = time.perf_counter()
@@ -62,20 +70,24 @@ class Dispatcher:
         if result:
             self._observe(delivery.fields.get("command", ""), result, time.perf_counter() - started)
 
-    def _usable_reply_to(self, fields: dict[str, str]) -> str | None:
+    def _usable_reply_to(self, delivery: Delivery) -> str | None:
+        fields = delivery.fields
+        if "reply_to" in delivery.undecodable:
+            return None
         value = fields.get("reply_to")
         if value is None or value == "":
-            return self._settings.keys.replies
-        if REPLY_TO_RE.fullmatch(value) and value.startswith(self._settings.keys.replies):
+            return self._replies
+        if REPLY_TO_RE.fullmatch(value) and value.startswith(self._replies):
             return value
         return None
 
     async def _refuse(self, delivery: Delivery, code: ErrorCode, message: str, reason: str) -> None:
         """Answer (when possible), dead-letter and ack a command that will never be handled."""
         fields = delivery.fields
+        request_id = fields.get("request_id") if "request_id" not in delivery.undecodable else None
         reply = Reply(
-            request_id=reply_of_request_id(fields, delivery.entry_id),
-            command=fields.get("command", "")[:64],
+            request_id=reply_of_request_id({"request_id": request_id or ""}, delivery.entry_id),
+            command="" if "command" in delivery.undecodable else fields.get("command", "")[:64],
             ok=False,
             error=code.value,
             message=message,
@@ -83,7 +95,7 @@ class Dispatcher:
         await self._book.finish(
             delivery.entry_id,
             reply,
-            self._usable_reply_to(fields),
+            self._usable_reply_to(delivery),
             dead=DeadLetter(fields, reason, delivery.deliveries),
         )
         log.info("command refused", entry_id=delivery.entry_id, error=code.value, reason=reason)
@@ -98,11 +110,25 @@ class Dispatcher:
                 f"delivered {delivery.deliveries} times without being handled",
             )
             return "dead"
+        if delivery.undecodable:
+            names = ", ".join(repr(name[:40]) for name in delivery.undecodable[:5])
+            message = f"field {names} is not valid UTF-8 text"
+            await self._refuse(delivery, ErrorCode.INVALID_COMMAND, message, message)
+            return "invalid"
         try:
             cmd = parse_command(delivery.fields, delivery.entry_id, self._settings)
         except InvalidCommand as exc:
             await self._refuse(delivery, ErrorCode.INVALID_COMMAND, exc.message, exc.message)
             return "invalid"
+
+        problem = self._identity_problem(cmd)
+        if problem is not None:
+            await self._refuse(delivery, ErrorCode.INVALID_COMMAND, problem, problem)
+            return "invalid"
+        if self._producer is not None and isinstance(cmd, CreateCommand):
+            # The owner is who sent it: its stream says so, whatever the field said.
+            owned = {**cmd.metadata, "owner": self._producer}
+            cmd = cmd.model_copy(update={"metadata": owned})
 
         if isinstance(cmd, StatusCommand | ListCommand):
             return await self._read_only(delivery, cmd)
@@ -134,40 +160,43 @@ class Dispatcher:
         return result
 
     async def _read_only(self, delivery: Delivery, cmd: StatusCommand | ListCommand) -> str:
-        """Status and list change nothing, so they need no in-flight claim: a stored reply is
-        replayed, otherwise they are answered from Redis; a status in one round trip (the
-        stored reply and the record read together) plus the reply's MULTI.
-        """
-        keys = self._settings.keys
-        request_key = keys.request(cmd.request_id)
-        record_key = keys.worker(cmd.worker_id) if isinstance(cmd, StatusCommand) else None
-
-        def read(pipe: Pipeline) -> None:
-            pipe.get(request_key)
-            if record_key is not None:
-                pipe.hgetall(record_key)
-
-        # The reads of the commands started in one loop tick share one round trip, with the
-        # finishes of those answered in it.
-        results = await self._book.read(read)
-        stored = self._book.parse_stored(results[0])
-        if stored is not None:
-            await self._book.finish(delivery.entry_id, stored, cmd.reply_to)
-            return "replayed"
+        """Status and list change nothing: no in-flight claim and no stored reply (SPEC §1:
+        answered afresh), so polling never fills Redis. A status costs one read (in the batch
+        of the commands started in the same loop tick) plus the reply's MULTI."""
         try:
             if isinstance(cmd, StatusCommand):
-                reply = self._handlers.status_of(cmd, results[1] or None)
+                record_key = self._settings.keys.worker(cmd.worker_id)
+
+                def read(pipe: Pipeline) -> None:
+                    pipe.hgetall(record_key)
+
+                results = await self._book.read(read)
+                reply = self._handlers.status_of(cmd, results[0] or None)
             else:
                 reply = await self._handlers.list_workers(cmd)
             result = "ok"
         except CommandError as exc:
             reply = self._error_reply(cmd, exc)
             result = exc.code.value
-        # Without a caller-chosen request id a reply only needs to outlive a redelivery.
-        implicit_id = cmd.request_id == delivery.entry_id
-        remember = READ_ONLY_DEFAULT_TTL if implicit_id else self._settings.idempotency_ttl_seconds
-        await self._book.finish(delivery.entry_id, reply, cmd.reply_to, remember_seconds=remember)
+        await self._book.finish(delivery.entry_id, reply, cmd.reply_to)
         return result
+
+    def _identity_problem(
+        self, cmd: CreateCommand | DeleteCommand | StatusCommand | ListCommand
+    ) -> str | None:
+        """With registered producers: a reply goes only under the sender's own reply prefix,
+        and no one claims a registered producer's name as owner from the shared stream."""
+        if self._producer is not None:
+            if not cmd.reply_to.startswith(self._replies):
+                return f"field 'reply_to' must start with {self._replies!r} on this stream"
+            return None
+        owner = cmd.metadata.get("owner") if isinstance(cmd, CreateCommand) else None
+        if owner is not None and owner in self._settings.producers:
+            return (
+                f"field 'metadata': owner {owner!r} is a registered producer; its workers are "
+                "created on its own command stream"
+            )
+        return None
 
     @staticmethod
     def _error_reply(
@@ -186,4 +215,13 @@ class Dispatcher:
     async def _handle(self, cmd: CreateCommand | DeleteCommand) -> Reply:
         if isinstance(cmd, CreateCommand):
             return await self._handlers.create(cmd)
+        if self._producer is not None:
+            record = self._settings.keys.worker(cmd.worker_id)
+            status, owner = await self._redis.hmget(record, "status", "owner")
+            if status is not None and owner != self._producer:
+                raise CommandError(
+                    ErrorCode.CONFLICT,
+                    f"worker {cmd.worker_id} was not created by producer {self._producer!r}; "
+                    "a producer deletes only the workers it created",
+                )
         return await self._handlers.delete(cmd)

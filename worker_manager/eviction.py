@@ -15,7 +15,6 @@ the container goes.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
@@ -24,17 +23,17 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from worker_base.heartbeat import HeartbeatInvalid, parse_heartbeat
-from worker_manager.clock import unix_from_iso
+from worker_manager.clock import unix_or_none
 from worker_manager.config import Settings
+from worker_manager.heartbeats import Observed, observe
 from worker_manager.logs import get_logger
 from worker_manager.models import WorkerStatus
 from worker_manager.records import LIVE, WorkerStore
 
 log = get_logger(__name__)
 
-Teardown = Callable[[str], Awaitable[int | None]]
-Cancel = Callable[[str], Awaitable[None]]
+#: ``Provisioner.end``: the transition, then the container and Redis user in the background.
+End = Callable[..., Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,88 +46,57 @@ class Evictor:
     def __init__(
         self,
         settings: Settings,
-        redis: Redis,
+        raw_redis: Redis,
         store: WorkerStore,
-        teardown: Teardown,
-        cancel: Cancel,
+        end: End,
     ) -> None:
         self._settings = settings
-        self._redis = redis
+        self._raw = raw_redis  # does not decode: heartbeats are the workers' bytes
         self._store = store
-        self._teardown = teardown
-        self._cancel = cancel
+        self._end = end
         self.evicted = 0
         #: Called with the reason of each eviction (the manager passes its metrics' counter).
         self.observe: Callable[[str], None] = lambda _reason: None
 
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.sweep()
-            except (RedisError, OSError) as exc:
-                log.warning("eviction sweep failed; retrying next round", error=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._settings.eviction_interval_seconds)
-
     async def sweep(self) -> list[Verdict]:
-        """Judge every live worker of this manager once; stop those past their time."""
-        verdicts = await self.judge(time.time())
-        for verdict in verdicts:
-            await self._evict(verdict)
+        """Judge every live worker of this manager once; stop those past their time. Outages
+        are logged and wait for the next round (the supervisor runs one per interval)."""
+        try:
+            verdicts = await self.judge(time.time())
+            for verdict in verdicts:
+                await self._evict(verdict)
+        except (RedisError, OSError) as exc:
+            log.warning("eviction sweep failed; retrying next round", error=str(exc))
+            return []
         return verdicts
 
     async def judge(self, now: float) -> list[Verdict]:
         ids = await self._store.live_ids()
-        if not ids:
-            return []
-        keys = self._settings.keys
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for worker_id in ids:
-                pipe.hmget(
-                    keys.worker(worker_id),
-                    "status",
-                    "created_at",
-                    "started_at",
-                    "last_activity_at",
-                    "idle_timeout_seconds",
-                )
-                pipe.get(keys.heartbeat(worker_id))
-            results = await pipe.execute()
         verdicts: list[Verdict] = []
-        for i, worker_id in enumerate(ids):
-            status, created, started, last_activity, own_timeout = results[2 * i]
-            beat: str | None = results[2 * i + 1]
-            reason = self._reason(now, status, created, started, last_activity, own_timeout, beat)
+        for seen in await observe(self._raw, self._settings.keys, ids, now):
+            reason = self._reason(now, seen)
             if reason:
-                verdicts.append(Verdict(worker_id, reason))
+                verdicts.append(Verdict(seen.worker_id, reason))
         return verdicts
 
-    def _reason(
-        self,
-        now: float,
-        status: str | None,
-        created: str | None,
-        started: str | None,
-        last_activity: str | None,
-        own_timeout: str | None,
-        beat: str | None,
-    ) -> str:
-        if status not in (WorkerStatus.STARTING, WorkerStatus.RUNNING) or not created:
+    def _reason(self, now: float, seen: Observed) -> str:
+        """``idle``, ``ttl`` or nothing; a record or heartbeat it cannot read is the watcher's
+        to judge (``heartbeat_invalid``), never a reason to fail the sweep."""
+        record = seen.record
+        created = unix_or_none(record.get("created_at"))
+        if seen.status not in (WorkerStatus.STARTING, WorkerStatus.RUNNING) or created is None:
             return ""
         lifetime = self._settings.max_lifetime_seconds
-        if lifetime is not None and now - unix_from_iso(created) > lifetime:
+        if lifetime is not None and now - created > lifetime:
             return "ttl"
-        if status != WorkerStatus.RUNNING:
-            return ""  # a STARTING worker is the watcher's (start timeout), not idle
-        if beat is None:
-            return ""  # no heartbeat: the watcher decides (heartbeat_lost), not us
-        try:
-            activity = parse_heartbeat(beat, now).activity
-        except HeartbeatInvalid:
-            return ""  # the watcher fails it (heartbeat_invalid)
-        seen = [activity] + [unix_from_iso(t) for t in (last_activity, started) if t]
-        timeout = self._idle_timeout(own_timeout)
-        if seen and now - max(seen) > timeout:
+        if seen.status != WorkerStatus.RUNNING or seen.beat is None:
+            return ""  # STARTING, lost or invalid: the watcher decides, not us
+        seen_at = [seen.beat.activity] + [
+            t
+            for t in (unix_or_none(record.get(f)) for f in ("last_activity_at", "started_at"))
+            if t
+        ]
+        if now - max(seen_at) > self._idle_timeout(record.get("idle_timeout_seconds")):
             return "idle"
         return ""
 
@@ -141,15 +109,9 @@ class Evictor:
     async def _evict(self, verdict: Verdict) -> None:
         # Idle applies to RUNNING only: a worker that went elsewhere meanwhile is left alone.
         allowed = WorkerStatus.RUNNING.value if verdict.reason == "idle" else LIVE
-        result = await self._store.transition(
+        if not await self._end(
             verdict.worker_id, WorkerStatus.STOPPED, verdict.reason, allowed_from=allowed
-        )
-        if not result.changed:
+        ):
             return
         self.evicted += 1
         self.observe(verdict.reason)
-        log.info("worker evicted", worker_id=verdict.worker_id, reason=verdict.reason)
-        await self._cancel(verdict.worker_id)
-        exit_code = await self._teardown(verdict.worker_id)
-        if exit_code is not None:
-            await self._store.update(verdict.worker_id, {"exit_code": str(exit_code)})

@@ -18,6 +18,7 @@ from worker_manager.models import (
     Reply,
     StatusCommand,
     WorkerStatus,
+    format_cursor,
 )
 from worker_manager.provisioner import Provisioner
 from worker_manager.records import WorkerStore, public_view
@@ -140,12 +141,13 @@ class Handlers:
         )
 
     async def list_workers(self, cmd: ListCommand) -> Reply:
-        records = await self._store.list_records()
+        records, after = await self._store.list_page(cmd.position, cmd.limit)
         return Reply(
             request_id=cmd.request_id,
             command="list",
             ok=True,
             workers=[public_view(record) for record in records],
+            next_cursor=format_cursor(after) if after is not None else None,
         )
 
 

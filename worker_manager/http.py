@@ -160,7 +160,9 @@ class HttpServer:
         else:
             intake = "ok"
         redis, docker = await asyncio.gather(self._check_redis(), self._check_docker())
-        return {"intake": intake, "redis": redis, "docker": docker}
+        problems = manager.supervisor.problems()
+        loops = "; ".join(f"{name}: {why}" for name, why in sorted(problems.items())) or "ok"
+        return {"intake": intake, "redis": redis, "docker": docker, "loops": loops}
 
     async def _check_redis(self) -> str:
         try:

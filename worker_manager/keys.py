@@ -63,6 +63,15 @@ class Keys:
         """One manager's own command stream: commands about workers on its host."""
         return f"{self.prefix}:commands:{manager_id}"
 
+    def producer_commands(self, producer: str) -> str:
+        """A registered producer's own command stream (WM_PRODUCERS): only its ACL user may
+        write it, so the manager knows who sent what is in it."""
+        return f"{self.prefix}:producer:{producer}:commands"
+
+    def producer_replies(self, producer: str) -> str:
+        """The prefix of a registered producer's reply streams."""
+        return f"{self.replies}:{producer}"
+
     def build_lock(self, image_hash: str) -> str:
         return f"{self.prefix}:lock:build:{image_hash}"
 

@@ -114,6 +114,21 @@ class Metrics:
         self.evictions = Counter(
             "wm_evictions", "Workers stopped by the manager, by reason.", ["reason"], registry=r
         )
+        self.loop_restarts = Counter(
+            "wm_loop_restarts",
+            "Background loops restarted after an unexpected error, by loop.",
+            ["loop"],
+            registry=r,
+        )
+        self.worker_writes_dropped = Counter(
+            "wm_worker_writes_dropped",
+            "What workers wrote and the manager refused or trimmed: output entries past the "
+            "cap (output), heartbeats it could not accept (heartbeat).",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("output", "heartbeat"):
+            self.worker_writes_dropped.labels(kind)
         for status in WorkerStatus:
             self.workers.labels(status.value)
         for result in sorted(_BUILD_RESULTS):
@@ -141,6 +156,12 @@ class Metrics:
 
     def eviction(self, reason: str) -> None:
         self.evictions.labels(reason).inc()
+
+    def loop_restart(self, loop: str) -> None:
+        self.loop_restarts.labels(loop).inc()
+
+    def dropped(self, kind: str, count: int = 1) -> None:
+        self.worker_writes_dropped.labels(kind).inc(count)
 
     # --- scrape ----------------------------------------------------------------------------
     async def refresh(self, redis: Redis, keys: Keys, *, force: bool = False) -> None:

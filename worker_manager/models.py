@@ -69,8 +69,40 @@ def _settings(info: ValidationInfo) -> Settings:
     return settings if isinstance(settings, Settings) else Settings()
 
 
+#: JSON fields are flat (a list or an object of strings): deeper nesting is refused before it
+#: is parsed, so a "JSON bomb" costs a scan, never a RecursionError.
+MAX_JSON_DEPTH = 8
+
+
+def json_depth_exceeds(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``text`` nests ``[``/``{`` deeper than ``limit`` (outside strings)."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
 def _json_text(value: Any, what: str) -> Any:
     if isinstance(value, str):
+        if json_depth_exceeds(value):
+            raise ValueError(f"must be JSON text ({what}) nested at most {MAX_JSON_DEPTH} deep")
         try:
             return json.loads(value)
         except json.JSONDecodeError as exc:
@@ -84,6 +116,8 @@ def _json_text(value: Any, what: str) -> Any:
 MAX_INPUT_TIMEOUT_SECONDS = 7 * 86_400
 MAX_TURNS = 10_000
 MAX_COST_USD = 1_000_000
+#: The most workers one list reply carries (SPEC §1).
+MAX_LIST_LIMIT = 1000
 
 
 class _Command(BaseModel):
@@ -268,6 +302,32 @@ class StatusCommand(_WorkerCommand):
 
 class ListCommand(_Command):
     command: Literal["list"]
+    #: Where the page starts: ``next_cursor`` of the previous reply (``<ms>:<worker_id>``).
+    cursor: str | None = None
+    limit: int = Field(default=100, ge=1, le=MAX_LIST_LIMIT)
+
+    @field_validator("cursor")
+    @classmethod
+    def _cursor(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        parse_cursor(value)
+        return value
+
+    @property
+    def position(self) -> tuple[int, str] | None:
+        return None if self.cursor is None else parse_cursor(self.cursor)
+
+
+def parse_cursor(value: str) -> tuple[int, str]:
+    score, sep, worker_id = value.partition(":")
+    if not sep or not score.isdigit() or len(score) > 16:
+        raise ValueError("must be the next_cursor of a previous list reply")
+    return int(score), normalize_uuid(worker_id)
+
+
+def format_cursor(position: tuple[int, str]) -> str:
+    return f"{position[0]}:{position[1]}"
 
 
 Command = Annotated[
@@ -309,6 +369,8 @@ def parse_command(
     except ValidationError as exc:
         message, field = _describe(exc)
         raise InvalidCommand(message, field=field) from exc
+    except RecursionError:  # a backstop: json_depth_exceeds refuses such values first
+        raise InvalidCommand("a field nests too deeply to be read", field=None) from None
 
 
 def _describe(exc: ValidationError) -> tuple[str, str | None]:
@@ -370,6 +432,8 @@ class Reply(BaseModel):
     retry_after: float | None = None
     #: For status: the record's public fields (SPEC §2), as the record holds them.
     details: dict[str, str] | None = None
+    #: For list: where the next page starts (absent on the last page).
+    next_cursor: str | None = None
 
     def to_fields(self) -> dict[str, str]:
         out: dict[str, str] = {
@@ -377,7 +441,7 @@ class Reply(BaseModel):
             "command": self.command,
             "ok": "true" if self.ok else "false",
         }
-        for name in ("worker_id", "status", "ip_address", "error", "message"):
+        for name in ("worker_id", "status", "ip_address", "error", "message", "next_cursor"):
             value = getattr(self, name)
             if value:
                 out[name] = str(value)
@@ -405,5 +469,6 @@ class Reply(BaseModel):
             error=fields.get("error"),
             message=fields.get("message"),
             retry_after=float(retry) if retry else None,
+            next_cursor=fields.get("next_cursor") or None,
             details={k: v for k, v in fields.items() if k in STATUS_DETAILS} or None,
         )

@@ -21,7 +21,7 @@ from worker_manager.images import BuildFailed, ImageService
 from worker_manager.logs import get_logger
 from worker_manager.models import AgentType, CreateCommand, Module, WorkerStatus
 from worker_manager.outages import OUTAGE_ERRORS, ride_out
-from worker_manager.records import WorkerStore
+from worker_manager.records import LIVE, WorkerStore
 
 log = get_logger(__name__)
 
@@ -41,6 +41,7 @@ class Provisioner:
         self._containers = containers
         self._acl = acl
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._teardowns: dict[str, asyncio.Task[None]] = {}
 
     @property
     def in_progress(self) -> int:
@@ -66,9 +67,59 @@ class Provisioner:
                 await task
 
     async def close(self) -> None:
-        for task in list(self._tasks.values()):
+        # A teardown cut short here is finished by the reconciler at the next start: the
+        # record already says STOPPED/FAILED, so the container it finds is removed.
+        tasks = [*self._tasks.values(), *self._teardowns.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def teardowns_in_progress(self) -> int:
+        return len(self._teardowns)
+
+    async def end(
+        self,
+        worker_id: str,
+        to: WorkerStatus,
+        reason: str,
+        *,
+        fields: dict[str, str] | None = None,
+        allowed_from: str = LIVE,
+    ) -> bool:
+        """End a live worker: its record first (one Lua transition: a concurrent end wins or
+        loses cleanly), then its container and Redis user in the background. False when the
+        worker had already ended (or was not in ``allowed_from``)."""
+        result = await self._store.transition(
+            worker_id, to, reason, fields=fields, allowed_from=allowed_from
+        )
+        if result.changed:
+            log.info("worker ended", worker_id=worker_id, status=to.value, reason=reason)
+            self.teardown_soon(worker_id)
+        return result.changed
+
+    def teardown_soon(self, worker_id: str) -> None:
+        """End a worker that is already STOPPED/FAILED in its record, in the background:
+        cancel its provisioning, remove its container and Redis user, record the exit code.
+        The watcher and the evictor call this, so a slow ``docker stop`` delays none of their
+        other verdicts."""
+        if worker_id in self._teardowns:
+            return
+        task = asyncio.create_task(self._teardown_recorded(worker_id), name=f"end-{worker_id}")
+        self._teardowns[worker_id] = task
+        task.add_done_callback(lambda _t: self._teardowns.pop(worker_id, None))
+
+    async def _teardown_recorded(self, worker_id: str) -> None:
+        try:
+            await self.cancel(worker_id)
+            exit_code = await self.teardown(worker_id)
+            if exit_code is not None:
+                await self._store.update(worker_id, {"exit_code": str(exit_code)})
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Not lost: the reconciler removes the container of an ended record.
+            log.exception("removing an ended worker failed", worker_id=worker_id)
 
     async def _provision(self, worker_id: str) -> None:
         """Every step is idempotent, so a Redis or Docker outage just means running it again."""

@@ -22,7 +22,6 @@ create finishing concurrently is never mistaken for a loss.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,19 +80,14 @@ class Reconciler:
         self._lock = asyncio.Lock()
         self.runs = 0
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """The periodic pass (the first one runs in ``Manager.start_up``)."""
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._settings.reconcile_interval_seconds)
-            if stop.is_set():
-                return
-            try:
-                await self.reconcile()
-            except OUTAGE_ERRORS as exc:
-                log.warning("reconciliation skipped: a dependency is unavailable", error=str(exc))
-            except Exception:
-                log.exception("reconciliation failed; retrying next round")
+    async def periodic(self) -> None:
+        """One periodic pass (the supervisor runs one per interval; the first pass runs in
+        ``Manager.start_up``). An outage waits for the next round; anything else is reported
+        by the supervisor."""
+        try:
+            await self.reconcile()
+        except OUTAGE_ERRORS as exc:
+            log.warning("reconciliation skipped: a dependency is unavailable", error=str(exc))
 
     async def reconcile(self) -> Report:
         async with self._lock:

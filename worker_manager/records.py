@@ -87,14 +87,19 @@ if terminal then
 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'worker_id', cur[3] or '',
   'from', from, 'to', to, 'reason', ARGV[2], 'timestamp', ARGV[3])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'type', 'status',
+-- A key the worker (or an orchestrator) writes may be poisoned: a wrong type, or a stream whose
+-- last id is the largest possible. A failed call in a script does not undo what came before it,
+-- so calls on such keys are pcall'ed: their failure costs the worker its status event or its
+-- first prompt, never a half-applied transition. DEL and EXPIRE cannot fail on a key's type;
+-- the EXPIREs come last, so a stream the XADD creates gets its expiry too.
+redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'type', 'status',
   'content', cjson.encode({worker_status = to, reason = ARGV[2]}),
   'timestamp', ARGV[3], 'input_id', '')
 if to == 'RUNNING' then
   local prompt = redis.call('GET', KEYS[4])
   if prompt then
-    redis.call('XADD', KEYS[5], '*', 'type', 'prompt', 'content', prompt)
-    redis.call('DEL', KEYS[4])
+    local added = redis.pcall('XADD', KEYS[5], '*', 'type', 'prompt', 'content', prompt)
+    if type(added) ~= 'table' or not added.err then redis.call('DEL', KEYS[4]) end
   end
 end
 if terminal then
@@ -249,19 +254,42 @@ class WorkerStore:
         text = await self._redis.get(self._keys.spec(worker_id))
         return json.loads(text) if text else None
 
-    async def list_records(self, limit: int = 10_000) -> list[dict[str, str]]:
-        """Newest first; index entries whose record expired are pruned on the way."""
-        ids: list[str] = await self._redis.zrevrange(self._keys.index, 0, limit - 1)
-        if not ids:
-            return []
+    async def list_page(
+        self, cursor: tuple[int, str] | None, limit: int
+    ) -> tuple[list[dict[str, str]], tuple[int, str] | None]:
+        """Newest first: up to ``limit`` records after ``cursor`` (creation time in ms and
+        worker id of the previous page's last one), and the next page's cursor (None: this was
+        the last). Index entries whose record expired are pruned on the way."""
+        index = self._keys.index
+        found: list[tuple[str, int]] = []
+        offset = 0
+        top: int | str = "+inf" if cursor is None else cursor[0]
+        while len(found) <= limit:
+            want = limit + 1 - len(found) + 16
+            rows = await self._redis.zrevrangebyscore(
+                index, top, "-inf", start=offset, num=want, withscores=True
+            )
+            offset += len(rows)
+            for member, score in rows:
+                # Equal scores come in reverse order of id: those up to the cursor were shown.
+                if cursor is not None and int(score) == cursor[0] and member >= cursor[1]:
+                    continue
+                found.append((member, int(score)))
+            if len(rows) < want:
+                break
+        more = len(found) > limit
+        found = found[:limit]
+        if not found:
+            return [], None
         async with self._redis.pipeline(transaction=False) as pipe:
-            for worker_id in ids:
+            for worker_id, _score in found:
                 pipe.hgetall(self._keys.worker(worker_id))
             records: list[dict[str, str]] = await pipe.execute()
-        gone = [worker_id for worker_id, rec in zip(ids, records, strict=True) if not rec]
+        gone = [wid for (wid, _s), rec in zip(found, records, strict=True) if not rec]
         if gone:
-            await self._redis.zrem(self._keys.index, *gone)
-        return [rec for rec in records if rec]
+            await self._redis.zrem(index, *gone)
+        last_id, last_score = found[-1]
+        return [rec for rec in records if rec], (last_score, last_id) if more else None
 
     async def live_ids(self) -> list[str]:
         members: set[str] = await self._redis.smembers(self.live_key)
@@ -274,9 +302,19 @@ def public_view(record: dict[str, str]) -> dict[str, Any]:
     for name in (*RECORD_FIELDS, "manager_id"):
         value = record.get(name, "")
         if name in ("modules", "metadata"):
-            view[name] = json.loads(value) if value else ([] if name == "modules" else {})
+            view[name] = _json_field(value, list if name == "modules" else dict)
         elif name == "exit_code":
             view[name] = int(value) if value.lstrip("-").isdigit() else None
         else:
             view[name] = value
     return view
+
+
+def _json_field(value: str, kind: type[list[Any]] | type[dict[str, Any]]) -> Any:
+    """A JSON field of a record; one that is not JSON of the right shape reads as empty (a
+    corrupt record must not make every ``list`` fail)."""
+    try:
+        parsed = json.loads(value) if value else kind()
+    except ValueError:
+        return kind()
+    return parsed if isinstance(parsed, kind) else kind()

@@ -9,6 +9,7 @@ gets the stored reply; nothing answered twice changes anything twice.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +23,32 @@ from worker_manager.keys import MANAGER_GROUP
 from worker_manager.models import Reply
 
 _IN_FLIGHT = "in-flight:"
-#: Read-only commands without a caller-chosen request_id are cached only long enough to cover a
-#: redelivery; caching every status poll for a day would fill the operator's Redis.
-READ_ONLY_DEFAULT_TTL = 300
+#: A dead letter keeps at most this many fields of a command, each cut to this many characters:
+#: it records what went wrong, it is not a second copy of every megabyte a producer sent.
+DEAD_MAX_FIELDS = 32
+DEAD_MAX_NAME = 128
+DEAD_MAX_VALUE = 2048
+
+# The reply, written only where a reply may go: ``reply_to`` must be a stream or not exist. Any
+# other type (a producer's mistake, or an attempt to make us expire someone's key) gets the
+# reply as a dead letter instead, and the key is not touched. The idempotency record is kept
+# either way: the command was handled, and its retry must get the same answer.
+# KEYS: reply_to dead request
+# ARGV: reply_maxlen reply_ttl dead_maxlen remember stored entry_id now [field value ...]
+_REPLY = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[4]) end
+if kind ~= 'none' and kind ~= 'stream' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'dead_entry_id', ARGV[6],
+    'dead_reason', 'reply_to names an existing ' .. kind .. ' key, not a reply stream; ' ..
+    'the reply is kept here instead', 'dead_deliveries', '1', 'dead_at', ARGV[7],
+    unpack(ARGV, 8))
+  return 0
+end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 8))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +106,6 @@ class ReplyBook:
         """
         return await self._batch.run(stage)
 
-    def parse_stored(self, text: str | None) -> Reply | None:
-        """The reply stored under a request id, if it was answered (not merely in flight)."""
-        if text is None or text.startswith(_IN_FLIGHT):
-            return None
-        return Reply.model_validate_json(text)
-
     async def finish(
         self,
         entry_id: str,
@@ -112,20 +130,38 @@ class ReplyBook:
         if answer is not None and reply is not None and remember_seconds is not None:
             stored = reply.model_dump_json()
 
+        reply_args: list[str] = []
+        request_key = keys.request(reply.request_id) if reply is not None else None
+        if answer is not None and reply is not None:
+            reply_args = [
+                str(settings.reply_maxlen),
+                str(settings.reply_ttl_seconds),
+                str(settings.dead_maxlen),
+                str(remember_seconds) if stored is not None else "",
+                stored or "",
+                entry_id,
+                iso_now(),
+            ]
+            for name, value in answer.items():
+                reply_args += [name, value]
+
         def stage(pipe: Pipeline) -> None:
             if dead_entry is not None:
                 pipe.xadd(keys.dead, dead_entry, maxlen=settings.dead_maxlen, approximate=True)
-            if answer is not None and reply_to is not None:
-                if stored is not None and reply is not None:
-                    pipe.set(keys.request(reply.request_id), stored, ex=remember_seconds)
-                pipe.xadd(reply_to, answer, maxlen=settings.reply_maxlen, approximate=True)
-                pipe.expire(reply_to, settings.reply_ttl_seconds)
+            if reply_args and request_key is not None and reply_to is not None:
+                pipe.eval(_REPLY, 3, reply_to, keys.dead, request_key, *reply_args)
 
         # The XACK is queued by _ack, one for every entry of the batch, in the same MULTI.
         await self._batch.run(stage, tag=entry_id)
 
     def _ack(self, pipe: Pipeline, entry_ids: list[str]) -> None:
         pipe.xack(self._commands, MANAGER_GROUP, *entry_ids)
+
+    async def age_out_dead_letters(self) -> None:
+        """Drop dead letters older than ``dead_retention_seconds`` (they are also capped in
+        number by ``dead_maxlen``)."""
+        cutoff_ms = int((time.time() - self._settings.dead_retention_seconds) * 1000)
+        await self._redis.xtrim(self._keys.dead, minid=f"{max(cutoff_ms, 0)}-0", approximate=True)
 
     async def release(self, request_id: str, entry_id: str) -> None:
         """Drop our in-flight marker (the command was not answered and will be retried)."""
@@ -143,11 +179,21 @@ class DeadLetter:
     deliveries: int
 
     def entry(self, entry_id: str) -> dict[str, str]:
-        entry = dict(self.fields)
+        entry: dict[str, str] = {}
+        for name, value in list(self.fields.items())[:DEAD_MAX_FIELDS]:
+            entry[name[:DEAD_MAX_NAME]] = _cut(value)
+        if len(self.fields) > DEAD_MAX_FIELDS:
+            entry["dead_dropped_fields"] = str(len(self.fields) - DEAD_MAX_FIELDS)
         entry.update(
             dead_entry_id=entry_id,
-            dead_reason=self.reason,
+            dead_reason=_cut(self.reason),
             dead_deliveries=str(self.deliveries),
             dead_at=iso_now(),
         )
         return entry
+
+
+def _cut(value: str) -> str:
+    if len(value) <= DEAD_MAX_VALUE:
+        return value
+    return value[:DEAD_MAX_VALUE] + f"...[{len(value) - DEAD_MAX_VALUE} more characters cut]"

@@ -11,7 +11,6 @@ is run by whichever manager takes it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import uuid
@@ -19,6 +18,7 @@ import uuid
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from worker_manager.acl import WorkerAcl
 from worker_manager.client import Client, ReplyTimeout
 from worker_manager.clock import iso_now
 from worker_manager.config import Settings
@@ -34,10 +34,13 @@ class ForwardTimeout(RuntimeError):
 
 
 class Router:
-    def __init__(self, settings: Settings, redis: Redis, store: WorkerStore) -> None:
+    def __init__(
+        self, settings: Settings, redis: Redis, store: WorkerStore, acl: WorkerAcl
+    ) -> None:
         self._settings = settings
         self._redis = redis
         self._store = store
+        self._acl = acl
         self._keys = settings.keys
         self._client = Client(redis, settings.keys)
 
@@ -78,8 +81,10 @@ class Router:
         return answer.model_copy(update={"request_id": cmd.request_id, "command": "delete"})
 
     async def _delete_for_dead_owner(self, cmd: DeleteCommand, owner: str) -> Reply:
-        """End the record now; the container goes when its manager's reconciler runs again."""
+        """End the record and the worker's Redis user now (Redis is shared: any manager can);
+        the container goes when its manager's reconciler runs again."""
         await self._store.transition(cmd.worker_id, WorkerStatus.STOPPED, "deleted")
+        await self._acl.delete(cmd.worker_id)
         log.warning(
             "owning manager is gone: worker deleted in Redis, its container is removed when the "
             "manager returns",
@@ -107,14 +112,18 @@ class Presence:
     async def beat(self) -> None:
         await self._redis.set(self._key, iso_now(), ex=self._settings.presence_ttl_seconds)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        interval = self._settings.presence_ttl_seconds / 3
-        while not stop.is_set():
-            try:
-                await self.beat()
-            except (RedisError, OSError) as exc:
-                log.warning("presence refresh failed", error=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+    @property
+    def interval(self) -> float:
+        return self._settings.presence_ttl_seconds / 3
+
+    async def refresh(self) -> None:
+        """One round (the supervisor runs one per interval); an outage waits for the next."""
+        try:
+            await self.beat()
+        except (RedisError, OSError) as exc:
+            log.warning("presence refresh failed", error=str(exc))
+
+    async def leave(self) -> None:
+        """At a clean stop: the others need not wait for the key to expire."""
         with contextlib.suppress(RedisError, OSError):
             await self._redis.delete(self._key)

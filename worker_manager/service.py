@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from docker import DockerClient
 from redis.asyncio import Redis
@@ -33,16 +32,16 @@ from worker_manager.images import ImageService
 from worker_manager.logs import get_logger, redact_url
 from worker_manager.metrics import Metrics
 from worker_manager.outages import ride_out
+from worker_manager.output_guard import OutputGuard
 from worker_manager.provisioner import Provisioner
 from worker_manager.reconciler import Reconciler
 from worker_manager.records import WorkerStore
 from worker_manager.replies import ReplyBook
 from worker_manager.routing import Presence, Router
+from worker_manager.supervisor import Supervisor
 from worker_manager.watcher import StatusWatcher
 
 log = get_logger(__name__)
-
-BackgroundLoop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
 class Manager:
@@ -57,7 +56,9 @@ class Manager:
     ) -> None:
         self.settings = settings
         self.redis = redis or connect(settings, name="main")
-        self.blocking_redis = connect(settings, blocking=True, name="consumer")
+        # What producers and workers wrote is read as bytes and judged before it is text.
+        self.raw_redis = connect(settings, name="raw", decode=False)
+        self.blocking_redis = connect(settings, blocking=True, name="consumer", decode=False)
         self.docker = docker or docker_client.connect()
         self.store = WorkerStore(self.redis, settings)
         self.book = ReplyBook(self.redis, settings)
@@ -65,7 +66,7 @@ class Manager:
         self.images = ImageService(settings, self.redis, self.docker)
         self.containers = ContainerRuntime(settings, self.docker)
         self.provisioner = Provisioner(settings, self.store, self.images, self.containers, self.acl)
-        self.router = Router(settings, self.redis, self.store)
+        self.router = Router(settings, self.redis, self.store, self.acl)
         self.handlers = Handlers(settings, self.store, self.provisioner, self.router)
         self.metrics = Metrics()
         self.images.observe_build = self.metrics.image_build
@@ -79,7 +80,10 @@ class Manager:
         self.consumer = CommandConsumer(settings, self.redis, self.blocking_redis, self.dispatcher)
         # Commands routed to this manager by the others (deletes of workers on this host).
         own_stream = settings.keys.manager_commands(settings.manager_id)
-        self.own_blocking_redis = connect(settings, blocking=True, name="consumer-own")
+        self.own_consumer_book = ReplyBook(self.redis, settings, commands_stream=own_stream)
+        self.own_blocking_redis = connect(
+            settings, blocking=True, name="consumer-own", decode=False
+        )
         self.own_consumer = CommandConsumer(
             settings,
             self.redis,
@@ -87,19 +91,42 @@ class Manager:
             Dispatcher(
                 settings,
                 self.redis,
-                ReplyBook(self.redis, settings, commands_stream=own_stream),
+                self.own_consumer_book,
                 self.handlers,
                 observe=_observers(self.metrics.observe_command, observe),
             ),
             stream=own_stream,
         )
+        # Registered producers: one command stream each, whose sender the manager knows.
+        self.producer_consumers: dict[str, CommandConsumer] = {}
+        self._producer_clients: list[Redis] = []
+        for producer in settings.producers:
+            stream = settings.keys.producer_commands(producer)
+            reader = connect(settings, blocking=True, name=f"producer-{producer}", decode=False)
+            self._producer_clients.append(reader)
+            self.producer_consumers[producer] = CommandConsumer(
+                settings,
+                self.redis,
+                reader,
+                Dispatcher(
+                    settings,
+                    self.redis,
+                    ReplyBook(self.redis, settings, commands_stream=stream),
+                    self.handlers,
+                    observe=_observers(self.metrics.observe_command, observe),
+                    producer=producer,
+                ),
+                stream=stream,
+            )
         self.watcher = StatusWatcher(
-            settings, self.redis, self.store, self.docker, self.provisioner.teardown
+            settings, self.redis, self.raw_redis, self.store, self.docker, self.provisioner.end
         )
-        self.evictor = Evictor(
-            settings, self.redis, self.store, self.provisioner.teardown, self.provisioner.cancel
-        )
+        self.evictor = Evictor(settings, self.raw_redis, self.store, self.provisioner.end)
+        self.watcher.dropped = self.metrics.dropped
         self.evictor.observe = self.metrics.eviction
+        self.output_guard = OutputGuard(
+            settings, self.redis, self.store, self.provisioner.end, self.metrics.dropped
+        )
         self.reconciler = Reconciler(
             settings,
             self.store,
@@ -116,17 +143,42 @@ class Manager:
         #: Set by SIGUSR1 (and by ``stop``): no more commands are taken; everything else runs.
         self.draining = asyncio.Event()
         self.http = HttpServer(self) if http else None
-        self._extra_loops: list[BackgroundLoop] = [
-            self.evictor.run,
-            self.reconciler.run,
-            self.presence.run,
-            self._run_own_consumer,
-        ]
-        self.add_loop(gc_loop(settings, self.redis, self.docker, self.metrics.gc_removed))
+        #: Every background loop but the command consumer runs under this one supervisor.
+        self.supervisor = Supervisor(self.stop, on_restart=self.metrics.loop_restart)
+        self._gc_loop = gc_loop(settings, self.redis, self.docker, self.metrics.gc_removed)
 
-    def add_loop(self, loop: BackgroundLoop) -> None:
-        """Run another background loop (HTTP, GC schedule, reconciler) for the service's life."""
-        self._extra_loops.append(loop)
+    def _start_loops(self) -> None:
+        """The background loops, each restarted with back-off if it fails (``/readyz`` names
+        one that keeps failing or stops finishing rounds)."""
+        s, sup = self.settings, self.supervisor
+        sup.every("heartbeats", self.watcher.heartbeat_round, s.watch_interval_seconds)
+        sup.forever("docker-events", self.watcher.docker_events)
+        sup.every("eviction", self.evictor.sweep, s.eviction_interval_seconds)
+        sup.every("output-trim", self.output_guard.round, s.output_trim_interval_seconds)
+        sup.every(
+            "reconcile", self.reconciler.periodic, s.reconcile_interval_seconds, wait_first=True
+        )
+        sup.every("presence", self.presence.refresh, self.presence.interval, wait_first=True)
+        sup.every(
+            "consumer-upkeep", self.consumer.upkeep, self.consumer.upkeep_interval, wait_first=True
+        )
+        sup.every(
+            "own-consumer-upkeep",
+            self.own_consumer.upkeep,
+            self.own_consumer.upkeep_interval,
+            wait_first=True,
+        )
+        sup.forever("own-consumer", self._run_own_consumer)
+        for producer, consumer in self.producer_consumers.items():
+            sup.forever(f"producer-{producer}", self._taking_commands(consumer))
+            sup.every(
+                f"producer-{producer}-upkeep",
+                consumer.upkeep,
+                consumer.upkeep_interval,
+                wait_first=True,
+            )
+        sup.every("dead-letters", self.book.age_out_dead_letters, 60.0, wait_first=True)
+        sup.forever("image-gc", self._gc_loop)
 
     async def start_up(self) -> None:
         """Checks that must pass before commands are taken, then finish interrupted creates."""
@@ -139,6 +191,8 @@ class Manager:
     async def _ensure_groups(self) -> None:
         await self.consumer.ensure_group()
         await self.own_consumer.ensure_group()
+        for consumer in self.producer_consumers.values():
+            await consumer.ensure_group()
 
     async def _start_up_when_possible(self) -> bool:
         """Redis or Docker down at start: alive but not ready, retrying, until they answer
@@ -156,6 +210,17 @@ class Manager:
             return False
         attempt.result()
         return True
+
+    def _taking_commands(
+        self, consumer: CommandConsumer
+    ) -> Callable[[asyncio.Event], Awaitable[None]]:
+        """A registered producer's stream is read like the shared one: until draining."""
+
+        async def run(_stop: asyncio.Event) -> None:
+            await consumer.run(self.draining, grace=5.0)
+            await self.stop.wait()  # drained: nothing more to take until the service stops
+
+        return run
 
     async def _run_own_consumer(self, stop: asyncio.Event) -> None:
         """Until the very end, also while draining: only this manager can act on its host."""
@@ -181,11 +246,8 @@ class Manager:
         if not await self._start_up_when_possible():
             return
         self.ready.set()
-        loops = [
-            asyncio.create_task(self.watcher.run(self.stop), name="watcher"),
-            *(asyncio.create_task(loop(self.stop)) for loop in self._extra_loops),
-        ]
-        loops.append(asyncio.create_task(self._drain_on_stop(), name="drain-on-stop"))
+        self._start_loops()
+        drain = asyncio.create_task(self._drain_on_stop(), name="drain-on-stop")
         try:
             await self.consumer.run(self.draining, grace=grace)
             if not self.stop.is_set():
@@ -197,15 +259,19 @@ class Manager:
         finally:
             self.stop.set()
             await self.provisioner.close()
-            for task in loops:
-                task.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+            await self.supervisor.close()
+            drain.cancel()
+            await asyncio.gather(drain, return_exceptions=True)
+            await self.presence.leave()
             log.info("worker-manager stopped")
 
     async def close(self) -> None:
         await self.redis.aclose()
+        await self.raw_redis.aclose()
         await self.blocking_redis.aclose()
         await self.own_blocking_redis.aclose()
+        for client in self._producer_clients:
+            await client.aclose()
         with contextlib.suppress(Exception):
             self.docker.close()
 

@@ -32,17 +32,19 @@ from docker import DockerClient
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from worker_base.heartbeat import HeartbeatInvalid, parse_heartbeat
-from worker_manager.clock import iso_from_unix, unix_from_iso
+from worker_manager.clock import iso_from_unix, unix_or_none
 from worker_manager.config import Settings
 from worker_manager.containers import LABEL_MANAGER, LABEL_PREFIX, LABEL_WORKER
+from worker_manager.heartbeats import Observed, observe
 from worker_manager.logs import get_logger
 from worker_manager.models import WorkerStatus
 from worker_manager.records import WorkerStore
 
 log = get_logger(__name__)
 
-Teardown = Callable[[str], Awaitable[int | None]]
+#: ``Provisioner.end``: the record's transition, then the container and Redis user removed in
+#: the background (never inline: a slow ``docker stop`` must delay nobody else's verdict).
+End = Callable[..., Awaitable[bool]]
 #: How often heartbeats are read while a started worker has not yet sent its first one.
 STARTING_POLL_SECONDS = 0.05
 RedisRestarted = Callable[[], Awaitable[None]]
@@ -53,15 +55,17 @@ class StatusWatcher:
         self,
         settings: Settings,
         redis: Redis,
+        raw_redis: Redis,
         store: WorkerStore,
         docker: DockerClient,
-        teardown: Teardown,
+        end: End,
     ) -> None:
         self._settings = settings
         self._redis = redis
+        self._raw = raw_redis  # does not decode: heartbeats are the workers' bytes
         self._store = store
         self._docker = docker
-        self._teardown = teardown
+        self._end_worker = end
         self._oom: set[str] = set()
         self.events_connected = threading.Event()
         self._stream: Any = None
@@ -71,26 +75,25 @@ class StatusWatcher:
         self._next_restart_check = 0.0
         self.on_redis_restart: RedisRestarted | None = None
         self.redis_restarts = 0
+        #: Workers whose invalid heartbeat was logged (once each).
+        self._reported: set[str] = set()
+        #: Counts refused worker writes (the manager passes its metrics' counter).
+        self.dropped: Callable[[str, int], None] = lambda _kind, _count: None
 
-    async def run(self, stop: asyncio.Event) -> None:
-        await asyncio.gather(self._heartbeats(stop), self._docker_events(stop))
-
-    # --- heartbeats ------------------------------------------------------------------------
-    async def _heartbeats(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            soon = False
-            try:
-                await self._notice_redis_restart()
-                soon = await self.check_heartbeats()
-            except (RedisError, OSError) as exc:
-                self._outage = True
-                log.warning("heartbeat check failed", error=str(exc))
-            # A started container is about to send its first heartbeat: look again quickly, so
-            # RUNNING follows readiness closely instead of up to a whole interval later.
-            interval = self._settings.watch_interval_seconds
-            wait = min(interval, STARTING_POLL_SECONDS) if soon else interval
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), wait)
+    # --- heartbeats: one round per watch interval, run by the supervisor -------------------
+    async def heartbeat_round(self) -> float:
+        """Judge every live worker once; returns how long to wait before the next round."""
+        soon = False
+        try:
+            await self._notice_redis_restart()
+            soon = await self.check_heartbeats()
+        except (RedisError, OSError) as exc:
+            self._outage = True
+            log.warning("heartbeat check failed", error=str(exc))
+        # A started container is about to send its first heartbeat: look again quickly, so
+        # RUNNING follows readiness closely instead of up to a whole interval later.
+        interval = self._settings.watch_interval_seconds
+        return min(interval, STARTING_POLL_SECONDS) if soon else interval
 
     async def _notice_redis_restart(self) -> None:
         # Once per watch interval is enough to notice a restart; the 50 ms ticks while a worker
@@ -115,55 +118,52 @@ class StatusWatcher:
                 await self.on_redis_restart()
 
     async def check_heartbeats(self) -> bool:
-        """Judge every live worker; true when one has started and awaits its first heartbeat."""
+        """Judge every live worker; true when one has started and awaits its first heartbeat.
+
+        Each worker is judged on its own: whatever its keys hold, a failure while judging one
+        is logged and the others are judged all the same."""
         ids = await self._store.live_ids()
-        if not ids:
-            return False
-        keys = self._settings.keys
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for worker_id in ids:
-                pipe.hmget(
-                    keys.worker(worker_id), "status", "started_at", "last_activity_at", "cost_usd"
-                )
-                pipe.get(keys.heartbeat(worker_id))
-            results = await pipe.execute()
         now = time.time()
         awaiting = False
-        for i, worker_id in enumerate(ids):
-            status, started_at, last_activity, cost = results[2 * i]
-            beat: str | None = results[2 * i + 1]
-            await self._judge(worker_id, status, started_at, (last_activity, cost), beat, now)
+        for seen in await observe(self._raw, self._settings.keys, ids, now):
+            try:
+                await self._judge(seen, now)
+            except (RedisError, OSError):
+                raise  # an outage, not this worker's doing
+            except Exception:
+                log.exception(
+                    "judging a worker failed; it is judged again next round",
+                    worker_id=seen.worker_id,
+                )
             awaiting = awaiting or (
-                status == WorkerStatus.STARTING and bool(started_at) and not beat
+                seen.status == WorkerStatus.STARTING
+                and "started_at" in seen.record
+                and seen.beat is None
+                and seen.problem is None
             )
         return awaiting
 
-    async def _judge(
-        self,
-        worker_id: str,
-        status: str | None,
-        started_at: str | None,
-        recorded: tuple[str | None, str | None],
-        beat: str | None,
-        now: float,
-    ) -> None:
+    async def _judge(self, seen: Observed, now: float) -> None:
+        worker_id, status, record = seen.worker_id, seen.status, seen.record
         if status is None:  # record expired or removed: nothing live to watch
             await self._redis.srem(self._store.live_key, worker_id)
             return
-        if beat:
-            try:
-                parsed = parse_heartbeat(beat, now)
-            except HeartbeatInvalid as exc:
-                log.warning("invalid heartbeat", worker_id=worker_id, problem=str(exc))
-                await self._end(worker_id, WorkerStatus.FAILED, "heartbeat_invalid")
-                return
+        if seen.problem is not None:
+            if worker_id not in self._reported:
+                self._reported.add(worker_id)
+                log.warning("invalid heartbeat", worker_id=worker_id, problem=seen.problem)
+                self.dropped("heartbeat", 1)
+            await self._end(worker_id, WorkerStatus.FAILED, "heartbeat_invalid")
+            return
+        beat = seen.beat
+        if beat is not None:
             fields = {}
-            activity = iso_from_unix(parsed.activity)
-            if activity != recorded[0]:
+            activity = iso_from_unix(beat.activity)
+            if activity != record.get("last_activity_at"):
                 fields["last_activity_at"] = activity
-            if parsed.cost_usd is not None and parsed.cost_usd != recorded[1]:
-                fields["cost_usd"] = parsed.cost_usd
-            if parsed.budget_exceeded:
+            if beat.cost_usd is not None and beat.cost_usd != record.get("cost_usd"):
+                fields["cost_usd"] = beat.cost_usd
+            if beat.budget_exceeded:
                 await self._end(worker_id, WorkerStatus.STOPPED, "budget_exceeded", fields)
                 return
             if status == WorkerStatus.STARTING:
@@ -181,12 +181,13 @@ class StatusWatcher:
             return
         if time.monotonic() < self._grace_until:
             return  # wrappers are still reconnecting after a Redis outage
+        started_at = unix_or_none(record.get("started_at"))
         if status == WorkerStatus.RUNNING:
             await self._end(worker_id, WorkerStatus.FAILED, "heartbeat_lost")
         elif (
             status == WorkerStatus.STARTING
-            and started_at
-            and now - unix_from_iso(started_at) > self._settings.start_timeout_seconds
+            and started_at is not None
+            and now - started_at > self._settings.start_timeout_seconds
         ):
             await self._end(
                 worker_id,
@@ -197,46 +198,57 @@ class StatusWatcher:
     async def _end(
         self, worker_id: str, to: WorkerStatus, reason: str, fields: dict[str, str] | None = None
     ) -> None:
-        result = await self._store.transition(worker_id, to, reason, fields=fields)
-        if result.changed:
-            log.info("worker ended", worker_id=worker_id, status=to.value, reason=reason)
-            await self._teardown(worker_id)
+        await self._end_worker(worker_id, to, reason, fields=fields)
 
-    # --- docker events ---------------------------------------------------------------------
-    async def _docker_events(self, stop: asyncio.Event) -> None:
+    # --- docker events: for the service's life, run by the supervisor ---------------------
+    async def docker_events(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        # Ends this run's reader thread when the run ends for any reason (a restart starts a
+        # new one), not only at the service's stop.
+        finished = threading.Event()
         reader = threading.Thread(
-            target=self._read_events, args=(loop, queue, stop), name="docker-events", daemon=True
+            target=self._read_events,
+            args=(loop, queue, stop, finished),
+            name="docker-events",
+            daemon=True,
         )
         reader.start()
         try:
             await self._pump(queue, stop)
         finally:
+            finished.set()
             stream = self._stream
             if stream is not None:
                 with contextlib.suppress(Exception):
                     stream.close()
 
     async def _pump(self, queue: asyncio.Queue[dict[str, Any]], stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            getter = asyncio.ensure_future(queue.get())
-            stopper = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if getter not in done:
-                getter.cancel()
-                break
+        while (event := await self._next_event(queue, stop)) is not None:
             try:
-                await self.on_event(getter.result())
+                await self.on_event(event)
             except Exception:
                 log.exception("handling a docker event failed")
+
+    async def _next_event(
+        self, queue: asyncio.Queue[dict[str, Any]], stop: asyncio.Event
+    ) -> dict[str, Any] | None:
+        """The next event from the reader thread, or None once ``stop`` is set."""
+        getter = asyncio.ensure_future(queue.get())
+        stopper = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if getter not in done:
+            getter.cancel()
+            return None
+        return getter.result()
 
     def _read_events(
         self,
         loop: asyncio.AbstractEventLoop,
         queue: asyncio.Queue[dict[str, Any]],
         stop: asyncio.Event,
+        finished: threading.Event,
     ) -> None:
         """Blocking reader thread; reconnects with back-off when the daemon goes away."""
         filters = {
@@ -248,7 +260,7 @@ class StatusWatcher:
             ],
         }
         delay = 0.5
-        while not stop.is_set():
+        while not (stop.is_set() or finished.is_set()):
             stream = None
             try:
                 stream = self._docker.events(
@@ -258,18 +270,20 @@ class StatusWatcher:
                 self.events_connected.set()
                 delay = 0.5
                 for event in stream:
-                    loop.call_soon_threadsafe(queue.put_nowait, event)
-                    if stop.is_set():
+                    if stop.is_set() or finished.is_set():
                         break
+                    loop.call_soon_threadsafe(queue.put_nowait, event)
             except (docker.errors.DockerException, OSError) as exc:
                 log.warning("docker events unavailable; reconnecting", error=str(exc))
+            except Exception:  # this thread must outlive anything one event can do to it
+                log.exception("reading docker events failed; reconnecting")
             finally:
                 self.events_connected.clear()
                 self._stream = None
                 if stream is not None:
                     with contextlib.suppress(Exception):
                         stream.close()
-            if stop.is_set():
+            if stop.is_set() or finished.is_set():
                 return
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
@@ -296,13 +310,8 @@ class StatusWatcher:
             to, reason = WorkerStatus.STOPPED, "exited"
         else:
             to, reason = WorkerStatus.FAILED, f"exited with code {exit_code}"
-        result = await self._store.transition(worker_id, to, reason, fields=fields)
-        if result.changed:
-            log.info(
-                "worker container ended", worker_id=worker_id, exit_code=exit_code, reason=reason
-            )
-            await self._teardown(worker_id)
-        elif result.previous:
+        changed = await self._end_worker(worker_id, to, reason, fields=fields)
+        if not changed:
             # Already ended (e.g. deleted): keep the exit code the container reported.
             await self._store.update(worker_id, {"exit_code": str(exit_code)})
 

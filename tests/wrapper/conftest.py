@@ -38,7 +38,6 @@ WORKER_COMMANDS = (
     "+auth",
     "+hello",
     "+client|setinfo",
-    "+client|setname",
 )
 
 Entry = dict[str, str]
