@@ -5,4 +5,47 @@ container whose wrapper (:mod:`worker_base`) talks to Redis directly. See ``SPEC
 wire contract and ``README.md`` for operating the service.
 """
 
+from worker_manager.api import (
+    BuildFailedError,
+    CapacityExceededError,
+    Client,
+    ConflictError,
+    Event,
+    InternalError,
+    InvalidCommandError,
+    LifecycleEvent,
+    NotFoundError,
+    ReplyTimeout,
+    RunResult,
+    Worker,
+    WorkerEnded,
+    WorkerInfo,
+    WorkerManagerError,
+)
+from worker_manager.config import Settings
+from worker_manager.models import AgentType, Module, Reply, WorkerStatus
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "AgentType",
+    "BuildFailedError",
+    "CapacityExceededError",
+    "Client",
+    "ConflictError",
+    "Event",
+    "InternalError",
+    "InvalidCommandError",
+    "LifecycleEvent",
+    "Module",
+    "NotFoundError",
+    "Reply",
+    "ReplyTimeout",
+    "RunResult",
+    "Settings",
+    "Worker",
+    "WorkerEnded",
+    "WorkerInfo",
+    "WorkerManagerError",
+    "WorkerStatus",
+]

@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from worker_manager.client import Client
+from worker_manager.client import CommandClient
 from worker_manager.models import Reply
 
 LIVE_STATUSES = ("STARTING", "RUNNING")
@@ -51,7 +51,7 @@ class Outcome:
 
 
 async def delete_each(
-    client: Client, worker_ids: list[str], *, timeout: float, concurrency: int = 16
+    client: CommandClient, worker_ids: list[str], *, timeout: float, concurrency: int = 16
 ) -> list[Outcome]:
     slots = asyncio.Semaphore(concurrency)
 

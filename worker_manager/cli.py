@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,11 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from worker_manager import __version__, logs
-from worker_manager.client import Client, ReplyTimeout
+from worker_manager.api import Client, WorkerManagerError
+from worker_manager.client import CommandClient, ReplyTimeout
 from worker_manager.config import PRODUCER_RE, Settings
 from worker_manager.connections import connect
 from worker_manager.models import Reply
@@ -135,7 +139,23 @@ def build_parser() -> argparse.ArgumentParser:
                 help="the exact number of workers about to be deleted",
             )
 
-    sub.add_parser("list", parents=[common], help="list workers")
+    listing = sub.add_parser("list", parents=[common], help="list workers (full ids)")
+    listing.add_argument("--wide", action="store_true", help="more columns")
+    listing.add_argument(
+        "--status", action="append", default=[], help="only workers in this status; repeat"
+    )
+    listing.add_argument(
+        "--selector", action="append", default=[], metavar="KEY=VALUE", help="metadata match"
+    )
+
+    events = sub.add_parser("events", parents=[common], help="print the lifecycle stream")
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new changes")
+    events.add_argument(
+        "--from", dest="after", default="0", help="entry id to start after (default: all kept)"
+    )
+
+    top = sub.add_parser("top", parents=[common], help="the fleet, live")
+    top.add_argument("--once", action="store_true", help="print one screen and exit")
 
     send = sub.add_parser("send", parents=[common], help="push an input to a worker")
     send.add_argument("worker_id")
@@ -147,6 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     tail.add_argument("--until-done", action="store_true", help="stop after the next `done`")
     tail.add_argument("--from", dest="after", default="0-0", help="entry id to start after")
+
+    build = sub.add_parser(
+        "build",
+        parents=[common],
+        help="build the image of a worker shape now, with progress (run on the Docker host)",
+    )
+    build.add_argument("--agent-type", required=True, choices=["CLAUDE", "FACTORY", "CUSTOM"])
+    build.add_argument(
+        "--module",
+        action="append",
+        dest="modules",
+        default=[],
+        choices=["GIT", "GITHUB_CLI", "COPIER", "CURL", "DOCKER"],
+    )
 
     producer = sub.add_parser(
         "producer-acl",
@@ -215,14 +249,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReplyTimeout as exc:
         err_console.print(f"[red]{exc}[/red]: is `worker-manager serve` running on this Redis?")
         return 3
+    except WorkerManagerError as exc:
+        err_console.print(Text.assemble((exc.code, "red"), ": ", exc.message))
+        return 1
     except KeyboardInterrupt:
         return 130
 
 
-async def _with_client(settings: Settings, body: Callable[[Client, Redis], Awaitable[int]]) -> int:
+async def _with_client(
+    settings: Settings, body: Callable[[CommandClient, Redis], Awaitable[int]]
+) -> int:
     redis = connect(settings, name="cli")
     try:
-        return await body(Client(redis, settings.keys, producer=settings.producer), redis)
+        return await body(CommandClient(redis, settings.keys, producer=settings.producer), redis)
     finally:
         await redis.aclose()
 
@@ -237,7 +276,10 @@ def _print_reply(reply: Reply, as_json: bool) -> int:
             err_console.print(f"retry after {reply.retry_after:g}s")
         return 1
     if reply.workers is not None:
-        _print_workers(reply.workers)
+        from worker_manager.api import WorkerInfo
+        from worker_manager.cli_views import workers_table
+
+        console.print(workers_table([WorkerInfo.from_fields(w) for w in reply.workers]))
         return 0
     table = Table(show_header=False, box=None)
     for key in ("worker_id", "status", "ip_address"):
@@ -248,21 +290,6 @@ def _print_reply(reply: Reply, as_json: bool) -> int:
         table.add_row(key, value)
     console.print(table)
     return 0
-
-
-def _print_workers(workers: list[dict[str, Any]]) -> None:
-    table = Table("worker_id", "status", "agent", "created_at", "last_activity_at", "reason")
-    for worker in workers:
-        table.add_row(
-            worker.get("worker_id", ""),
-            worker.get("status", ""),
-            worker.get("agent_type", ""),
-            worker.get("created_at", ""),
-            worker.get("last_activity_at", ""),
-            (worker.get("reason") or "")[:60],
-        )
-    console.print(table)
-    console.print(f"{len(workers)} worker(s)")
 
 
 @command("serve")
@@ -300,12 +327,12 @@ async def _create(args: argparse.Namespace, settings: Settings) -> int:
         "max_cost_usd": args.max_cost_usd,
     }
 
-    async def body(client: Client, redis: Redis) -> int:
+    async def body(client: CommandClient, redis: Redis) -> int:
         reply = await client.create(timeout=args.timeout, **fields)
         code = _print_reply(reply, args.json)
         if code or not args.wait or not reply.worker_id:
             return code
-        settled = await _wait_settled(client, reply.worker_id, args.timeout * 20)
+        settled = await _wait_settled(client, reply.worker_id, args.timeout * 20, quiet=args.json)
         status = settled.status if settled is not None else "STARTING"
         reason = (settled.details or {}).get("reason") if settled is not None else None
         if args.json:
@@ -320,16 +347,30 @@ async def _create(args: argparse.Namespace, settings: Settings) -> int:
     return await _with_client(settings, body)
 
 
-async def _wait_settled(client: Client, worker_id: str, timeout: float) -> Reply | None:
-    """The first status reply that is not STARTING (the last one seen if time runs out)."""
+async def _wait_settled(
+    client: CommandClient, worker_id: str, timeout: float, *, quiet: bool = False
+) -> Reply | None:
+    """The first status reply that is not STARTING (the last one seen if time runs out),
+    showing what the worker is doing meanwhile (``building 3/9``): a spinner on a terminal,
+    one line per change elsewhere."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     reply: Reply | None = None
-    while loop.time() < deadline:
-        reply = await client.request("status", worker_id=worker_id)
-        if reply.status not in (None, "STARTING"):
-            return reply
-        await asyncio.sleep(0.5)
+    shown = ""
+    spinner = None if quiet or not err_console.is_terminal else err_console.status("STARTING")
+    with spinner or contextlib.nullcontext():
+        while loop.time() < deadline:
+            reply = await client.request("status", worker_id=worker_id)
+            if reply.status not in (None, "STARTING"):
+                return reply
+            progress = (reply.details or {}).get("progress", "")
+            if progress and progress != shown:
+                shown = progress
+                if spinner is not None:
+                    spinner.update(f"STARTING: {progress}")
+                elif not quiet:
+                    err_console.print(f"STARTING: {progress}", markup=False)
+            await asyncio.sleep(0.5)
     return reply
 
 
@@ -360,7 +401,7 @@ async def _delete_many(args: argparse.Namespace, settings: Settings) -> int:
         err_console.print(f"[red]{exc}[/red]")
         return 2
 
-    async def body(client: Client, _redis: Redis) -> int:
+    async def body(client: CommandClient, _redis: Redis) -> int:
         listed = await client.list_all(timeout=args.timeout)
         if not listed.ok:
             return _print_reply(listed, args.json)
@@ -407,7 +448,7 @@ async def _delete_many(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _simple(args: argparse.Namespace, settings: Settings, name: str) -> int:
-    async def body(client: Client, _redis: Redis) -> int:
+    async def body(client: CommandClient, _redis: Redis) -> int:
         extra = {"request_id": args.request_id} if args.request_id else {}
         reply = await client.request(name, timeout=args.timeout, worker_id=args.worker_id, **extra)
         return _print_reply(reply, args.json)
@@ -417,17 +458,72 @@ async def _simple(args: argparse.Namespace, settings: Settings, name: str) -> in
 
 @command("list")
 async def _list(args: argparse.Namespace, settings: Settings) -> int:
-    async def body(client: Client, _redis: Redis) -> int:
-        return _print_reply(await client.list_all(timeout=args.timeout), args.json)
+    from worker_manager import bulk, cli_views
 
-    return await _with_client(settings, body)
+    try:
+        selector = bulk.parse_selector(args.selector)
+    except bulk.SelectorError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        return 2
+
+    async def body(client: Client) -> int:
+        workers = cli_views.select(await client.list(), args.status, selector)
+        if args.json:
+            print(
+                json.dumps({"command": "list", "ok": True, "workers": [asdict(w) for w in workers]})
+            )
+            return 0
+        console.print(cli_views.workers_table(workers, wide=args.wide))
+        console.print(f"{len(workers)} worker(s)", style="dim")
+        return 0
+
+    return await _with_api(settings, args, body)
+
+
+@command("events")
+async def _events(args: argparse.Namespace, settings: Settings) -> int:
+    from worker_manager import cli_views
+
+    async def body(client: Client) -> int:
+        async for change in client.lifecycle(after=args.after, follow=args.follow):
+            if args.json:
+                print(json.dumps(asdict(change)), flush=True)
+            else:
+                console.print(cli_views.lifecycle_line(change), soft_wrap=True)
+        return 0
+
+    return await _with_api(settings, args, body)
+
+
+@command("top")
+async def _top(args: argparse.Namespace, settings: Settings) -> int:
+    from worker_manager import cli_views
+
+    async def body(client: Client) -> int:
+        await cli_views.top(client, console, once=args.once)
+        return 0
+
+    return await _with_api(settings, args, body)
+
+
+async def _with_api(
+    settings: Settings, args: argparse.Namespace, body: Callable[[Client], Awaitable[int]]
+) -> int:
+    redis = connect(settings, name="cli")
+    client = Client(
+        redis, key_prefix=settings.key_prefix, producer=settings.producer, timeout=args.timeout
+    )
+    try:
+        return await body(client)
+    finally:
+        await redis.aclose()
 
 
 @command("send")
 async def _send(args: argparse.Namespace, settings: Settings) -> int:
     content = sys.stdin.read() if args.content == "-" else args.content
 
-    async def body(client: Client, _redis: Redis) -> int:
+    async def body(client: CommandClient, _redis: Redis) -> int:
         kind = "cancel" if args.cancel else "prompt"
         entry_id = await client.send_input(args.worker_id, content, kind)
         print(json.dumps({"input_id": entry_id}) if args.json else entry_id)
@@ -438,36 +534,21 @@ async def _send(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("tail")
 async def _tail(args: argparse.Namespace, settings: Settings) -> int:
-    async def body(client: Client, _redis: Redis) -> int:
+    """Follows through Redis restarts: the reader resumes after the last event it printed."""
+    from worker_manager import cli_views
+
+    async def body(client: Client) -> int:
         follow = args.follow or args.until_done
-        async for event in client.output(args.worker_id, after=args.after, follow=follow):
+        async for event in client.worker(args.worker_id).events(after=args.after, follow=follow):
             if args.json:
-                print(
-                    json.dumps(
-                        event.__dict__
-                        if hasattr(event, "__dict__")
-                        else {
-                            "id": event.entry_id,
-                            "type": event.type,
-                            "content": event.content,
-                            "timestamp": event.timestamp,
-                            "input_id": event.input_id,
-                        }
-                    ),
-                    flush=True,
-                )
+                print(json.dumps(asdict(event)), flush=True)
             else:
-                console.print(
-                    f"[dim]{event.timestamp}[/dim] [bold]{event.type:<11}[/bold] {event.content}",
-                    markup=True,
-                    highlight=False,
-                    soft_wrap=True,
-                )
+                console.print(cli_views.event_line(event), soft_wrap=True)
             if args.until_done and event.type == "done":
                 return 0
         return 0
 
-    return await _with_client(settings, body)
+    return await _with_api(settings, args, body)
 
 
 @command("bootstrap-base")
@@ -488,6 +569,46 @@ async def _ensure_base(args: argparse.Namespace, settings: Settings) -> int:
         ensure_base_image, settings, log=logs.get_logger("bootstrap")
     )
     console.print(f"base image {settings.base_image} is ready ({image_id[:19]})")
+    return 0
+
+
+@command("build")
+async def _build(args: argparse.Namespace, settings: Settings) -> int:
+    """The same build a create would run (and joins), its steps as a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from worker_manager import docker_client
+    from worker_manager.images import BuildFailed, ImageService
+    from worker_manager.models import AgentType, Module
+
+    shape = "+".join([args.agent_type, *sorted(set(args.modules))])
+    redis = connect(settings, name="build")
+    docker = docker_client.connect()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    try:
+        with Progress(*columns, TimeElapsedColumn(), console=err_console) as bar:
+            task = bar.add_task(f"{shape}: finding its image", total=None)
+
+            def on_progress(step: int, steps: int) -> None:
+                bar.update(task, description=f"{shape}: building", completed=step, total=steps)
+
+            ref = await ImageService(settings, redis, docker).ensure(
+                AgentType(args.agent_type), [Module(m) for m in args.modules], on_progress
+            )
+            done = bar.tasks[0].total or 1
+            bar.update(task, description=f"{shape}: ready", completed=done, total=done)
+    except BuildFailed as exc:
+        err_console.print(Text.assemble(("build failed", "red"), ": ", exc.message))
+        return 1
+    finally:
+        await redis.aclose()
+        docker.close()
+    if args.json:
+        print(json.dumps({"tag": ref.tag, "hash": ref.hash, "built": ref.built}))
+    else:
+        console.print(
+            f"{ref.tag} ({'built now' if ref.built else 'already built'})", soft_wrap=True
+        )
     return 0
 
 

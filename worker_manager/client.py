@@ -31,7 +31,7 @@ class OutputEvent:
     input_id: str
 
 
-class Client:
+class CommandClient:
     def __init__(self, redis: Redis, keys: Keys, *, producer: str | None = None) -> None:
         """``producer``: send as that registered producer (``WM_PRODUCERS``), on its own
         command stream and under its own reply prefix (its Redis user may write nothing else)."""

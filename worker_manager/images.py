@@ -53,6 +53,10 @@ _LOG_TAIL = 30
 _LINE_CHARS = 200  # a create's ``reason`` must keep the log's *last* lines within its bound
 _MESSAGE_CHARS = 3500  # the worker's ``reason`` is cut at 4000 characters
 _STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
+#: The classic builder's own count: "Step 3/9 : COPY ...".
+_STEP_LINE = re.compile(r"^Step (\d+)/(\d+) :")
+#: ``(step, steps)`` of a build in progress.
+Progress = Callable[[int, int], None]
 #: Terminal control sequences (colours, cursor moves) that build output carries: a ``reason``
 #: is read in Redis and JSON, never on a terminal.
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
@@ -91,6 +95,7 @@ class ImageService:
             settings.images_dir or packaged_images_dir(), settings.images_overlay
         )
         self._building: dict[str, asyncio.Future[ImageRef]] = {}
+        self._listeners: dict[str, set[Progress]] = {}
         self._base_id: tuple[float, str] | None = None
         self._docker_arch: str | None = None
         self.builds = 0  # builds this process ran (for tests and metrics)
@@ -179,8 +184,35 @@ class ImageService:
         self._base_id = (now, image_id)
         return image_id
 
-    async def ensure(self, agent_type: AgentType, modules: list[Module]) -> ImageRef:
+    async def ensure(
+        self,
+        agent_type: AgentType,
+        modules: list[Module],
+        on_progress: Progress | None = None,
+    ) -> ImageRef:
+        """The image for this shape, built if missing. ``on_progress(step, steps)`` hears the
+        build's own "Step N/M" lines, also when this call joins a build already under way
+        (another create's, a prebuild)."""
         spec = await self.spec_for(agent_type, modules)
+        if on_progress is None:
+            return await self._ensure(spec)
+        listeners = self._listeners.setdefault(spec.hash, set())
+        listeners.add(on_progress)
+        try:
+            return await self._ensure(spec)
+        finally:
+            listeners.discard(on_progress)
+            if not listeners:
+                self._listeners.pop(spec.hash, None)
+
+    def _notify(self, image_hash: str, step: int, steps: int) -> None:
+        for listener in list(self._listeners.get(image_hash, ())):
+            try:
+                listener(step, steps)
+            except Exception:
+                log.exception("a build progress listener failed")
+
+    async def _ensure(self, spec: ImageSpec) -> ImageRef:
         image_hash = spec.hash
         existing = await self._inspect(spec.tag)
         if existing is not None:
@@ -257,7 +289,12 @@ class ImageService:
     async def _build_holding(self, spec: ImageSpec, failure_key: str) -> ImageRef:
         started = time.monotonic()
         try:
-            image_id, size = await docker_client.call(self._build_sync, spec)
+            loop = asyncio.get_running_loop()
+
+            def progress(step: int, steps: int) -> None:
+                loop.call_soon_threadsafe(self._notify, spec.hash, step, steps)
+
+            image_id, size = await docker_client.call(self._build_sync, spec, progress)
         except BuildFailed as exc:
             self.observe_build("failure", time.monotonic() - started)
             if self._settings.build_failure_ttl_seconds:
@@ -284,7 +321,9 @@ class ImageService:
         log.info("image built", tag=spec.tag, seconds=round(seconds, 2), size=size)
         return ImageRef(spec.tag, spec.hash, built=True)
 
-    def _build_sync(self, spec: ImageSpec) -> tuple[str, int]:
+    def _build_sync(
+        self, spec: ImageSpec, progress: Callable[[int, int], None] = lambda _n, _m: None
+    ) -> tuple[str, int]:
         """Classic builder, intermediate containers always removed (``forcerm``), log streamed.
 
         A failed build would leave the image of its last good step behind as a dangling
@@ -311,6 +350,8 @@ class ImageService:
                 for chunk in stream:
                     for raw in str(chunk.get("stream", "")).splitlines():
                         line = clean_log_line(raw)
+                        if numbered := _STEP_LINE.match(line):
+                            progress(int(numbered.group(1)), int(numbered.group(2)))
                         if line.strip():
                             tail.append(line.rstrip()[:_LINE_CHARS])
                             log.debug("build", tag=spec.tag, line=line.rstrip())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from worker_manager.acl import WorkerAcl
@@ -142,11 +143,15 @@ class Provisioner:
             if spec is None:
                 return  # deleted (or expired) before we got here
             command = CreateCommand.model_validate(spec, context={"settings": self._settings})
-            image = await self._images.ensure(command.agent_type, list(command.modules))
+            await self._store.progress(worker_id, "finding its image")
+            image = await self._images.ensure(
+                command.agent_type, list(command.modules), self._reporter(worker_id)
+            )
             if not await self._store.update(
                 worker_id, {"image": image.tag, "image_hash": image.hash}
             ):
                 return
+            await self._store.progress(worker_id, "starting its container")
             await self._acl.create(worker_id)
             started = await self._containers.launch(
                 LaunchSpec(
@@ -187,6 +192,29 @@ class Provisioner:
         except Exception as exc:
             bound.exception("provisioning failed")
             await self._fail(worker_id, f"start failed: {type(exc).__name__}: {exc}")
+
+    def _reporter(self, worker_id: str) -> Callable[[int, int], None]:
+        """``building N/M`` on the worker's record and output, as the build goes (in order:
+        one write at a time, the latest step wins when they come faster than Redis)."""
+        latest: list[str] = []
+        writing: list[asyncio.Task[None]] = []
+
+        async def write() -> None:
+            while latest:
+                text = latest.pop()
+                latest.clear()
+                try:
+                    await self._store.progress(worker_id, text)
+                except OUTAGE_ERRORS as exc:
+                    log.debug("progress not recorded", worker_id=worker_id, error=str(exc))
+            writing.clear()
+
+        def report(step: int, steps: int) -> None:
+            latest.append(f"building {step}/{steps}")
+            if not writing:
+                writing.append(asyncio.create_task(write(), name=f"progress-{worker_id}"))
+
+        return report
 
     async def _fail(self, worker_id: str, reason: str) -> None:
         await self._store.transition(worker_id, WorkerStatus.FAILED, reason[:4000])

@@ -78,6 +78,7 @@ if ARGV[4] ~= '' and not string.find(' ' .. ARGV[4] .. ' ', ' ' .. from .. ' ', 
   return {0, from}
 end
 redis.call('HSET', KEYS[1], 'status', to)
+if from == 'STARTING' then redis.call('HDEL', KEYS[1], 'progress') end
 if #ARGV >= 10 then redis.call('HSET', KEYS[1], unpack(ARGV, 10)) end
 local terminal = (to == 'STOPPED' or to == 'FAILED')
 if terminal then
@@ -112,6 +113,16 @@ end
 return {1, from}
 """
 
+# What a STARTING worker is doing: on its record, and as a manager status event on its output.
+# KEYS: record output   ARGV: progress content output_maxlen timestamp
+_PROGRESS = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'STARTING' then return 0 end
+redis.call('HSET', KEYS[1], 'progress', ARGV[1])
+redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'type', 'status', 'content', ARGV[2],
+  'timestamp', ARGV[4], 'input_id', '')
+return 1
+"""
+
 _UPDATE_IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
@@ -142,6 +153,7 @@ class WorkerStore:
         self._create = redis.register_script(_CREATE)
         self._transition = redis.register_script(_TRANSITION)
         self._update = redis.register_script(_UPDATE_IF_EXISTS)
+        self._progress = redis.register_script(_PROGRESS)
 
     @property
     def live_key(self) -> str:
@@ -245,6 +257,14 @@ class WorkerStore:
             return True
         flat = [item for pair in fields.items() for item in pair]
         return bool(await self._update(keys=[self._keys.worker(worker_id)], args=flat))
+
+    async def progress(self, worker_id: str, text: str) -> bool:
+        """Say what a STARTING worker is doing (``building 3/9``): in its record's ``progress``
+        and as a ``status`` event on its output; nothing once it is no longer STARTING."""
+        content = json.dumps({"worker_status": "STARTING", "progress": text})
+        keys = [self._keys.worker(worker_id), self._keys.output(worker_id)]
+        args = [text, content, self._settings.output_maxlen, iso_now()]
+        return bool(await self._progress(keys=keys, args=args))
 
     async def get(self, worker_id: str) -> dict[str, str] | None:
         record: dict[str, str] = await self._redis.hgetall(self._keys.worker(worker_id))

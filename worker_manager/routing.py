@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from worker_manager.acl import WorkerAcl
-from worker_manager.client import Client, ReplyTimeout
+from worker_manager.client import CommandClient, ReplyTimeout
 from worker_manager.clock import iso_now
 from worker_manager.config import Settings
 from worker_manager.logs import get_logger
@@ -42,7 +42,7 @@ class Router:
         self._store = store
         self._acl = acl
         self._keys = settings.keys
-        self._client = Client(redis, settings.keys)
+        self._client = CommandClient(redis, settings.keys)
 
     async def is_alive(self, manager_id: str) -> bool:
         return bool(await self._redis.exists(self._keys.manager(manager_id)))

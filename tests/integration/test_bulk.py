@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.cli import run_cli
 from tests.support.flows import Harness
-from tests.support.manager_process import env_of
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 
@@ -18,18 +16,7 @@ CAT = json.dumps(["cat"])
 
 
 async def cli(harness: Harness, cwd: Path, *args: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker_manager",
-        *args,
-        cwd=cwd,
-        env=env_of(harness.settings),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), 120)
-    return int(process.returncode or 0), out.decode()
+    return await run_cli(harness.settings, cwd, *args)
 
 
 async def test_bulk_delete_needs_the_exact_count(harness: Harness, tmp_path: Path) -> None:

@@ -204,7 +204,7 @@ async def test_each_loop_survives_an_unexpected_exception(harness: Harness) -> N
         injected = {loop: fail_once(obj, attr) for loop, (obj, attr) in targets.items()}
         # The per-manager delete stream's reader: its next blocking read fails.
         reads = FailingReads(manager.own_consumer._blocking)
-        manager.own_consumer._blocking = reads  # type: ignore[assignment]
+        manager.own_consumer._blocking = reads
         injected["own-consumer"] = reads.raised
         targets["own-consumer"] = (manager.own_consumer, "_blocking")
         await harness.redis.xadd(
@@ -442,7 +442,8 @@ async def test_a_slow_teardown_does_not_hold_up_other_workers(harness: Harness) 
 
 
 async def _status_is(harness: Harness, worker_id: str, status: str) -> bool:
-    return await harness.redis.hget(harness.keys.worker(worker_id), "status") == status
+    current: str | None = await harness.redis.hget(harness.keys.worker(worker_id), "status")
+    return current == status
 
 
 # --- 11: a delete for a dead owner also removes the Redis user ---------------------------------
@@ -519,7 +520,7 @@ async def test_a_registered_producer_is_the_owner_whatever_it_writes(
     from redis.exceptions import NoPermissionError
 
     from worker_manager.acl import producer_rules
-    from worker_manager.client import Client
+    from worker_manager.client import CommandClient
 
     await harness.start(producers=["search"])
     keys = harness.keys
@@ -530,7 +531,7 @@ async def test_a_registered_producer_is_the_owner_whatever_it_writes(
     url = f"redis://{user}:{password}@{redis_server.host}:{redis_server.port}/0"
     as_search = Redis.from_url(url, decode_responses=True)
     try:
-        search = Client(as_search, keys, producer="search")
+        search = CommandClient(as_search, keys, producer="search")
         reply = await search.create(
             agent_type="CUSTOM", agent_command=["cat"], metadata={"owner": "ads", "team": "x"}
         )

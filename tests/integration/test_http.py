@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from tests.support.redis_server import RedisServer, free_port
-from worker_manager.client import Client
+from worker_manager.client import CommandClient
 from worker_manager.config import Settings
 from worker_manager.keys import MANAGER_GROUP
 from worker_manager.metrics import Metrics
@@ -74,9 +74,9 @@ async def test_probes_and_metrics(
             body = await resp.json()
             assert resp.status == 200, body
             assert body["ready"] is True
-            assert body["checks"] == {"intake": "ok", "redis": "ok", "docker": "ok"}
+            assert body["checks"] == {"intake": "ok", "redis": "ok", "docker": "ok", "loops": "ok"}
 
-        client = Client(redis, settings.keys)
+        client = CommandClient(redis, settings.keys)
         reply = await client.request("status", worker_id=str(uuid.uuid4()), timeout=10)
         assert reply.error == "not_found"
         await client.push({"command": "explode"})  # invalid: counted, label folded

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from tests.support.flows import Harness
 from tests.support.manager_process import ManagerProcess
-from worker_manager.client import Client
+from worker_manager.client import CommandClient
 from worker_manager.config import Settings
 from worker_manager.containers import LABEL_WORKER
 
@@ -108,7 +108,7 @@ async def test_sigkill_during_create_then_restart(
     if stage == "building":
         process.env["WM_IMAGES_OVERLAY"] = str(slow_build_overlay(tmp_path))
     await process.start(redis)
-    client = Client(redis, keys)
+    client = CommandClient(redis, keys)
     worker_id = str(uuid.uuid4())
     created = DockerEventWaiter(docker_client, worker_id, "create")
 

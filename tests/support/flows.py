@@ -11,7 +11,7 @@ from typing import Any
 import docker
 from redis.asyncio import Redis
 
-from worker_manager.client import Client
+from worker_manager.client import CommandClient
 from worker_manager.config import Settings
 from worker_manager.service import Manager
 
@@ -23,7 +23,7 @@ class Harness:
         self.settings = settings
         self.redis = redis
         self.docker = docker_client
-        self.client = Client(redis, settings.keys)
+        self.client = CommandClient(redis, settings.keys)
         self.keys = settings.keys
         self._running: list[tuple[Manager, asyncio.Task[None]]] = []
 
