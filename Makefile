@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 LINT_PATHS := worker_manager worker_base tests $(if $(wildcard benchmarks/*.py),benchmarks)
 
 .PHONY: help venv run test lint base-image ensure-base redis-server bench bench-full stop clean \
-	distclean
+	distclean compose-up compose-down compose-test
 
 help:
 	@echo "make venv        create .venv and install the project with its dev extras"
@@ -24,6 +24,8 @@ help:
 	@echo "make lint        ruff check, ruff format --check, mypy --strict"
 	@echo "make base-image  build the Debian base image (worker-manager bootstrap-base)"
 	@echo "make bench       quick benchmarks; make bench-full for the long run"
+	@echo "make compose-up  docker-compose up: Redis and the manager as containers"
+	@echo "make compose-test  bring the compose path up, create a worker, take it all down"
 	@echo "make stop        stop the redis started by make run"
 	@echo "make clean       remove caches and build output"
 	@echo "make distclean   clean, stop the local redis, and remove .venv (keeps .run and .env)"
@@ -74,6 +76,21 @@ bench: venv ensure-base
 
 bench-full: venv ensure-base
 	$(BIN)/python -m benchmarks
+
+# Without a registry, build both images and the workers from the bootstrapped Debian base:
+#   make compose-up MANAGER_BASE_IMAGE=worker-manager/base:bookworm \
+#       REDIS_BASE_IMAGE=worker-manager/base:bookworm WM_BASE_IMAGE=worker-manager/base:bookworm
+MANAGER_BASE_IMAGE ?= python:3.12-slim
+compose-up: venv
+	scripts/build-wheels.sh $(MANAGER_BASE_IMAGE)
+	@test -n "$${REDIS_PASSWORD:-}" || { echo "set REDIS_PASSWORD (e.g. openssl rand -hex 24)" >&2; exit 2; }
+	MANAGER_BASE_IMAGE=$(MANAGER_BASE_IMAGE) docker-compose up -d --build
+
+compose-down:
+	docker-compose down
+
+compose-test: venv ensure-base
+	scripts/compose-test.sh
 
 stop:
 	scripts/local-redis.sh stop
