@@ -23,7 +23,7 @@ from docker.types import LogConfig
 from benchmarks.env import AGENT_COMMAND, OWNER_LABEL, BenchEnv
 from benchmarks.harness import Figure, alternate
 from benchmarks.workers import create_worker, delete_worker, lifecycle_tail, wait_status
-from worker_manager.image_spec import ImageSpec, Templates, packaged_images_dir
+from worker_manager.image_spec import RUNTIME, ImageSpec, Templates, packaged_images_dir
 from worker_manager.images import LABEL_HASH, write_build_context
 from worker_manager.models import AgentType
 
@@ -34,7 +34,9 @@ def _run_direct(env: BenchEnv, image: str, worker_id: str) -> str:
         image,
         name=f"{env.prefix}-direct-{worker_id}",
         labels={OWNER_LABEL: env.manager_id},
+        entrypoint=list(RUNTIME.entrypoint),
         environment={
+            **dict(RUNTIME.environment),
             "WM_WORKER_ID": worker_id,
             "WM_REDIS_URL": env.server.worker_url,
             "WM_KEY_PREFIX": env.prefix,
@@ -44,7 +46,7 @@ def _run_direct(env: BenchEnv, image: str, worker_id: str) -> str:
             "WM_HEARTBEAT_TTL": "10",
             "WM_OUTPUT_MAXLEN": "10000",
         },
-        working_dir="/workspace",
+        working_dir=RUNTIME.working_dir,
         user="1000:1000",
         init=True,
         security_opt=["no-new-privileges:true"],
@@ -107,11 +109,10 @@ def _build_direct(env: BenchEnv, tag: str) -> None:
         templates=Templates(packaged_images_dir(), env.overlay.root),
     )
     with tempfile.TemporaryDirectory(prefix="wm-bench-build-") as tmp:
-        write_build_context(spec, Path(tmp))
+        write_build_context(spec, Path(tmp), {LABEL_HASH: spec.hash})
         for chunk in env.docker.api.build(
             path=tmp,
             tag=tag,
-            labels={LABEL_HASH: spec.hash},
             rm=True,
             forcerm=True,
             pull=False,

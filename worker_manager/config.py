@@ -163,6 +163,11 @@ class Settings(BaseSettings):
         description='ARG values for the image snippets, e.g. {"CLAUDE_CODE_VERSION": "2.1.0"}'
         " (JSON in WM_BUILD_ARGS); part of the image hash.",
     )
+    prebuild: list[str] = Field(
+        default_factory=list,
+        description='Shapes built in the background at start-up (JSON list, e.g. ["CLAUDE", '
+        '"CUSTOM+GIT"]); readiness does not wait, and a create of a shape being built joins it.',
+    )
     docker_module_socket: str | None = Field(
         default=None,
         description="Host Docker socket given to workers with the DOCKER module. Root-equivalent "
@@ -268,6 +273,13 @@ class Settings(BaseSettings):
     def _http_addr_shape(cls, value: str) -> str:
         parse_host_port(value)
         return value
+
+    @field_validator("prebuild")
+    @classmethod
+    def _prebuild_shapes(cls, value: list[str]) -> list[str]:
+        from worker_manager.models import Shape  # models imports this module
+
+        return [str(Shape.parse(shape)) for shape in value]
 
     @field_validator("producers")
     @classmethod

@@ -22,6 +22,7 @@ from docker.types import LogConfig
 
 from worker_manager import docker_client
 from worker_manager.config import Settings
+from worker_manager.image_spec import RUNTIME, WORKDIR
 from worker_manager.images import LABEL_HASH
 from worker_manager.logs import get_logger
 
@@ -30,7 +31,6 @@ log = get_logger(__name__)
 LABEL_WORKER = "worker-manager.worker_id"
 LABEL_MANAGER = "worker-manager.manager_id"
 LABEL_PREFIX = "worker-manager.key_prefix"
-WORKDIR = "/workspace"
 WORKER_UID = 1000
 
 
@@ -119,8 +119,9 @@ class ContainerRuntime:
                 spec.image_tag,
                 name=name,
                 labels=self.labels(spec.worker_id, spec.image_hash),
-                environment=spec.env,
-                working_dir=WORKDIR,
+                environment={**dict(RUNTIME.environment), **spec.env},
+                entrypoint=list(RUNTIME.entrypoint),
+                working_dir=RUNTIME.working_dir,
                 user=s.container_user,
                 init=True,
                 security_opt=["no-new-privileges:true"],

@@ -21,7 +21,32 @@ import worker_base
 from worker_manager.agent_binaries import AgentBinary
 from worker_manager.models import AgentType, Module
 
-SCHEMA = 1
+SCHEMA = 2
+#: Where the wrapper and its vendored packages are copied in the image.
+WRAPPER_DIR = "/opt/worker-base"
+WORKDIR = "/workspace"
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """How a container of a worker image is run: set when it is created, not baked into the
+    image as ENV/ENTRYPOINT/WORKDIR/USER steps (each one a container commit in the classic
+    builder). The manager's container runtime and the benchmarks' direct start both use it."""
+
+    entrypoint: tuple[str, ...] = ("python3", "-m", "worker_base")
+    working_dir: str = WORKDIR
+    environment: tuple[tuple[str, str], ...] = (
+        ("LANG", "C.UTF-8"),
+        ("PYTHONPATH", WRAPPER_DIR),
+        ("PYTHONUNBUFFERED", "1"),
+        ("PYTHONDONTWRITEBYTECODE", "1"),
+        ("HOME", "/home/worker"),
+        ("WM_WORKDIR", WORKDIR),
+        ("WM_STATE_DIR", "/home/worker/.wm"),
+    )
+
+
+RUNTIME = Runtime()
 #: Pure-Python packages copied beside the wrapper into every image.
 VENDORED = ("redis", "async_timeout")
 _DISTRIBUTIONS = {"redis": "redis", "async_timeout": "async-timeout"}
@@ -150,7 +175,7 @@ class ImageSpec:
     def tag(self) -> str:
         return f"worker:{self.hash}"
 
-    def dockerfile(self) -> str:
+    def dockerfile(self, labels: dict[str, str] | None = None) -> str:
         used = self.used_templates()
         modules = "\n".join(
             f"# module {m.value}\n" + used[f"modules/{m.value}.Dockerfile"].read_text().strip()
@@ -162,7 +187,17 @@ class ImageSpec:
             if agent_path
             else f"# agent {self.agent_type.value}: nothing to install"
         )
+        if modules:  # apt-get in a module snippet must not ask questions
+            modules = "ARG DEBIAN_FRONTEND=noninteractive\n" + modules
+        label_line = "# (no labels)"
+        if labels:
+            label_line = "LABEL " + " ".join(
+                f"{k}={json.dumps(v)}" for k, v in sorted(labels.items())
+            )
         template = Template(used["Dockerfile.template"].read_text())
         return template.substitute(
-            base_image=self.base_image, modules=modules or "# (none)", agent=agent
+            base_image=self.base_image,
+            modules=modules or "# (none)",
+            agent=agent,
+            labels=label_line,
         )

@@ -335,11 +335,11 @@ class ImageService:
         try:
             with tempfile.TemporaryDirectory(prefix="wm-build-") as tmp:
                 context = Path(tmp)
-                write_build_context(spec, context)
+                labels = {LABEL_HASH: spec.hash, LABEL_PREFIX: self._settings.key_prefix}
+                write_build_context(spec, context, labels)
                 stream = self._docker.api.build(
                     path=str(context),
                     tag=spec.tag,
-                    labels={LABEL_HASH: spec.hash, LABEL_PREFIX: self._settings.key_prefix},
                     rm=True,
                     forcerm=True,
                     pull=False,
@@ -392,9 +392,14 @@ class ImageService:
         await self._redis.zadd(self._keys.images, {image_hash: int(time.time())})
 
 
-def write_build_context(spec: ImageSpec, context: Path) -> None:
-    """Dockerfile, the wrapper with its vendored dependencies, and the templates' extra files."""
-    (context / "Dockerfile").write_text(spec.dockerfile())
+def write_build_context(
+    spec: ImageSpec, context: Path, labels: dict[str, str] | None = None
+) -> None:
+    """Dockerfile, the wrapper with its vendored dependencies, and the templates' extra files.
+
+    ``labels`` go into the Dockerfile as one ``LABEL`` step: passed to the build call instead,
+    the classic builder adds one step (one container commit) per label."""
+    (context / "Dockerfile").write_text(spec.dockerfile(labels))
     site = context / "worker-base"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(wrapper_dir(), site / "worker_base", ignore=ignore)

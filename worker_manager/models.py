@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -50,6 +51,28 @@ class Module(StrEnum):
     COPIER = "COPIER"
     CURL = "CURL"
     DOCKER = "DOCKER"
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What an image is built for: an agent type and its sorted modules (``CLAUDE+GIT``)."""
+
+    agent_type: AgentType
+    modules: tuple[Module, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> Shape:
+        """``CLAUDE``, ``CUSTOM+CURL+GIT`` (modules in any order); ValueError naming the part."""
+        head, *rest = [part.strip().upper() for part in text.split("+")]
+        if head not in AgentType.__members__:
+            raise ValueError(f"shape {text!r}: {head!r} is not one of {', '.join(AgentType)}")
+        for name in rest:
+            if name not in Module.__members__:
+                raise ValueError(f"shape {text!r}: {name!r} is not one of {', '.join(Module)}")
+        return cls(AgentType(head), tuple(sorted({Module(name) for name in rest})))
+
+    def __str__(self) -> str:
+        return "+".join([self.agent_type.value, *(m.value for m in self.modules)])
 
 
 class WorkerStatus(StrEnum):

@@ -31,6 +31,7 @@ from worker_manager.http import HttpServer
 from worker_manager.images import ImageService
 from worker_manager.logs import get_logger, redact_url
 from worker_manager.metrics import Metrics
+from worker_manager.models import Shape
 from worker_manager.outages import ride_out
 from worker_manager.output_guard import OutputGuard
 from worker_manager.provisioner import Provisioner
@@ -188,6 +189,20 @@ class Manager:
         await self.presence.beat()
         await self.reconciler.reconcile()
 
+    async def _prebuild(self) -> None:
+        """Build ``WM_PREBUILD``'s shapes now, one after the other, so the first create of each
+        finds its image (or joins its build). Readiness has not waited for this."""
+        for text in self.settings.prebuild:
+            shape = Shape.parse(text)
+            try:
+                image = await self.images.ensure(shape.agent_type, list(shape.modules))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a build failure is logged; the next shape still goes
+                log.warning("prebuild failed", shape=text, error=str(exc)[:500])
+            else:
+                log.info("prebuilt", shape=text, tag=image.tag, built=image.built)
+
     async def _ensure_groups(self) -> None:
         await self.consumer.ensure_group()
         await self.own_consumer.ensure_group()
@@ -247,6 +262,7 @@ class Manager:
             return
         self.ready.set()
         self._start_loops()
+        prebuild = asyncio.create_task(self._prebuild(), name="prebuild")
         drain = asyncio.create_task(self._drain_on_stop(), name="drain-on-stop")
         try:
             await self.consumer.run(self.draining, grace=grace)
@@ -261,7 +277,8 @@ class Manager:
             await self.provisioner.close()
             await self.supervisor.close()
             drain.cancel()
-            await asyncio.gather(drain, return_exceptions=True)
+            prebuild.cancel()
+            await asyncio.gather(drain, prebuild, return_exceptions=True)
             await self.presence.leave()
             log.info("worker-manager stopped")
 

@@ -110,9 +110,19 @@ def test_dockerfile_has_base_modules_agent_and_wrapper() -> None:
     assert text.index("# module CURL") < text.index("# module GIT") < text.index("# agent CLAUDE")
     assert "COPY agent-bin/claude /usr/local/bin/claude" in text
     assert "npm install" not in text and "apt-get install" not in text.split("# agent CLAUDE")[1]
-    assert 'ENTRYPOINT ["python3", "-m", "worker_base"]' in text
     assert "COPY worker-base/ /opt/worker-base/" in text
     assert "${" not in text
+    # What a container gets when it is created is no build step (each is a container commit).
+    steps = [ln.split()[0] for ln in text.splitlines() if ln and ln[0] not in "# "]
+    assert not {"ENV", "ENTRYPOINT", "WORKDIR", "USER"} & set(steps), steps
+    assert "ARG DEBIAN_FRONTEND=noninteractive" in text  # for the modules' apt-get
+    labelled = spec().dockerfile({"worker-manager.hash": "h", "worker-manager.key_prefix": "p"})
+    assert 'LABEL worker-manager.hash="h" worker-manager.key_prefix="p"' in labelled
+    assert [ln.split()[0] for ln in spec().dockerfile().splitlines() if ln[:1].isupper()] == [
+        "FROM",
+        "COPY",
+        "RUN",
+    ]
 
 
 def test_missing_module_template_is_an_error(tmp_path: Path) -> None:
