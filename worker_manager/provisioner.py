@@ -43,6 +43,8 @@ class Provisioner:
         self._acl = acl
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._teardowns: dict[str, asyncio.Task[None]] = {}
+        #: Told when a worker's container has started (the watcher then looks at once).
+        self.on_started: Callable[[str], None] = lambda _worker_id: None
 
     @property
     def in_progress(self) -> int:
@@ -177,6 +179,7 @@ class Provisioner:
                     else iso_now(),
                 },
             )
+            self.on_started(worker_id)
             record = await self._store.get(worker_id)
             if record is None or record.get("status") not in ("STARTING", "RUNNING"):
                 # Deleted while we were starting it: do not leave the container behind.

@@ -124,6 +124,7 @@ class Manager:
         )
         self.evictor = Evictor(settings, self.raw_redis, self.store, self.provisioner.end)
         self.watcher.dropped = self.metrics.dropped
+        self.provisioner.on_started = self.watcher.expect_heartbeat
         self.evictor.observe = self.metrics.eviction
         self.output_guard = OutputGuard(
             settings, self.redis, self.store, self.provisioner.end, self.metrics.dropped
@@ -152,7 +153,12 @@ class Manager:
         """The background loops, each restarted with back-off if it fails (``/readyz`` names
         one that keeps failing or stops finishing rounds)."""
         s, sup = self.settings, self.supervisor
-        sup.every("heartbeats", self.watcher.heartbeat_round, s.watch_interval_seconds)
+        sup.every(
+            "heartbeats",
+            self.watcher.heartbeat_round,
+            s.watch_interval_seconds,
+            wake=self.watcher.wake,
+        )
         sup.forever("docker-events", self.watcher.docker_events)
         sup.every("eviction", self.evictor.sweep, s.eviction_interval_seconds)
         sup.every("output-trim", self.output_guard.round, s.output_trim_interval_seconds)

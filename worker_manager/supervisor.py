@@ -71,13 +71,20 @@ class Supervisor:
         self.loops: dict[str, LoopState] = {}
 
     def every(
-        self, name: str, round_: Round, interval: float | Interval, *, wait_first: bool = False
+        self,
+        name: str,
+        round_: Round,
+        interval: float | Interval,
+        *,
+        wait_first: bool = False,
+        wake: asyncio.Event | None = None,
     ) -> None:
         """Run ``round_`` every ``interval`` seconds (a callable: read anew each round);
-        ``wait_first`` when start-up has just done a round of its own."""
+        ``wait_first`` when start-up has just done a round of its own; setting ``wake`` starts
+        the next round at once (something happened that the round should see now)."""
         period = interval if callable(interval) else (lambda: interval)
         state = self.loops[name] = LoopState(name, period())
-        self._spawn(name, self._every(state, round_, period, wait_first))
+        self._spawn(name, self._every(state, round_, period, wait_first, wake))
 
     def forever(self, name: str, body: Body) -> None:
         state = self.loops[name] = LoopState(name, None)
@@ -102,10 +109,15 @@ class Supervisor:
         self._tasks[name].set_name(f"loop-{name}")
 
     async def _every(
-        self, state: LoopState, round_: Round, period: Interval, wait_first: bool
+        self,
+        state: LoopState,
+        round_: Round,
+        period: Interval,
+        wait_first: bool,
+        wake: asyncio.Event | None,
     ) -> None:
         if wait_first:
-            await self._sleep(period())
+            await self._sleep(period(), wake)
         while not self._stop.is_set():
             try:
                 result = await round_()
@@ -118,7 +130,7 @@ class Supervisor:
             state.last_round = time.monotonic()
             state.failures = 0
             wait = result if isinstance(result, float) else state.interval
-            await self._sleep(wait)
+            await self._sleep(wait, wake)
 
     async def _forever(self, state: LoopState, body: Body) -> None:
         while not self._stop.is_set():
@@ -148,6 +160,15 @@ class Supervisor:
         self._on_restart(state.name)
         await self._sleep(delay)
 
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+    async def _sleep(self, seconds: float, wake: asyncio.Event | None = None) -> None:
+        if wake is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), seconds)
+            return
+        waiters = {asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(wake.wait())}
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            wake.clear()

@@ -77,8 +77,16 @@ class StatusWatcher:
         self.redis_restarts = 0
         #: Workers whose invalid heartbeat was logged (once each).
         self._reported: set[str] = set()
+        #: Set when a container has just started: the next round comes at once, and its fast
+        #: polling catches the first heartbeat within ``STARTING_POLL_SECONDS``.
+        self.wake = asyncio.Event()
         #: Counts refused worker writes (the manager passes its metrics' counter).
         self.dropped: Callable[[str, int], None] = lambda _kind, _count: None
+
+    def expect_heartbeat(self, _worker_id: str) -> None:
+        """A worker's container has started: its first heartbeat is a fraction of a second
+        away, so do not wait out the rest of a watch interval for it."""
+        self.wake.set()
 
     # --- heartbeats: one round per watch interval, run by the supervisor -------------------
     async def heartbeat_round(self) -> float:
