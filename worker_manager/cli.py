@@ -282,12 +282,14 @@ def _print_reply(reply: Reply, as_json: bool) -> int:
         console.print(workers_table([WorkerInfo.from_fields(w) for w in reply.workers]))
         return 0
     table = Table(show_header=False, box=None)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")  # ids and image tags are copied whole, never cut
     for key in ("worker_id", "status", "ip_address"):
         value = getattr(reply, key)
         if value:
             table.add_row(key, str(value))
     for key, value in (reply.details or {}).items():
-        table.add_row(key, value)
+        table.add_row(key, Text(value))
     console.print(table)
     return 0
 
