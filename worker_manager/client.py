@@ -1,7 +1,7 @@
-"""The client side of the contract: push a command, wait for its reply; write input; read output.
+"""The low-level client of the contract: push a command, wait for its reply; write input.
 
-Used by the CLI and the tests alike, and speaks only SPEC §1–§4: anything here could be done with
-``redis-cli``.
+Used by the CLI, the router and the tests, and speaks only SPEC §1–§4: anything here could be
+done with ``redis-cli``. Orchestrators use :mod:`worker_manager.api` (``Client``), built on it.
 """
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
@@ -20,15 +18,6 @@ from worker_manager.models import Reply
 
 class ReplyTimeout(TimeoutError):
     pass
-
-
-@dataclass(frozen=True, slots=True)
-class OutputEvent:
-    entry_id: str
-    type: str
-    content: str
-    timestamp: str
-    input_id: str
 
 
 class CommandClient:
@@ -102,26 +91,3 @@ class CommandClient:
             self._keys.input(worker_id), {"type": kind, "content": content}
         )
         return entry_id
-
-    async def output(
-        self, worker_id: str, *, after: str = "0-0", follow: bool = False, block_ms: int = 1000
-    ) -> AsyncIterator[OutputEvent]:
-        """Events of a worker's output stream, oldest first; ``follow`` waits for new ones."""
-        stream = self._keys.output(worker_id)
-        last = after
-        while True:
-            response = await self._redis.xread(
-                {stream: last}, count=500, block=block_ms if follow else None
-            )
-            entries = response[0][1] if response else []
-            for entry_id, fields in entries:
-                last = entry_id
-                yield OutputEvent(
-                    entry_id,
-                    fields.get("type", ""),
-                    fields.get("content", ""),
-                    fields.get("timestamp", ""),
-                    fields.get("input_id", ""),
-                )
-            if not entries and not follow:
-                return

@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.cli import run_cli
 from tests.support.flows import Harness
+from tests.support.records import seed_records
 
 pytestmark = [pytest.mark.redis]
 
@@ -19,23 +20,7 @@ NARROW = {"COLUMNS": "80", "LINES": "40", "TERM": "dumb"}
 
 async def seed(harness: Harness, teams: list[str]) -> list[str]:
     manager = harness._running[0][0]
-    ids = []
-    for i, team in enumerate(teams):
-        worker_id = str(uuid.uuid4())
-        await manager.store.create(
-            worker_id,
-            request_id=f"seed-{i}",
-            fields={
-                "agent_type": "CUSTOM",
-                "modules": "[]",
-                "metadata": json.dumps({"team": team}),
-            },
-            spec={},
-            prompt=None,
-            max_live=0,
-        )
-        ids.append(worker_id)
-    return ids
+    return await seed_records(manager.store, len(teams), metadata=[{"team": t} for t in teams])
 
 
 async def test_list_events_and_top_on_a_narrow_terminal(harness: Harness, tmp_path: Path) -> None:

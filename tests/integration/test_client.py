@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio
 
 from tests.support.flows import Harness
+from tests.support.records import seed_records
 from tests.support.redis_server import RedisServer
 from worker_manager import (
     BuildFailedError,
@@ -95,18 +96,7 @@ async def test_list_pages_and_lifecycle(harness: Harness) -> None:
         newest = await client.redis.xrevrange(client.keys.lifecycle, count=1)
         changes = client.lifecycle(after=newest[0][0] if newest else "0")
         first = asyncio.ensure_future(anext(changes))
-        ids = []
-        for i in range(5):
-            worker_id = str(uuid.uuid4())
-            await manager.store.create(
-                worker_id,
-                request_id=f"lc-{i}",
-                fields={"agent_type": "CUSTOM", "modules": "[]", "metadata": "{}"},
-                spec={},
-                prompt=None,
-                max_live=0,
-            )
-            ids.append(worker_id)
+        ids = await seed_records(manager.store, 5)
         listed = await client.list(page_size=2)
         listed_ids = [w.worker_id for w in listed]
         assert sorted(listed_ids) == sorted(ids)  # each once, across three pages

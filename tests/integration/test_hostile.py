@@ -17,6 +17,7 @@ import pytest
 import structlog
 
 from tests.support.flows import Harness
+from tests.support.records import seed_records
 from worker_manager.http import HttpServer
 from worker_manager.keys import MANAGER_GROUP
 from worker_manager.service import Manager
@@ -369,19 +370,7 @@ async def test_deeply_nested_json_is_refused_at_once(harness: Harness) -> None:
 # --- 8: memory amplification ------------------------------------------------------------------
 async def test_list_pages_and_read_only_replies_are_not_kept(harness: Harness) -> None:
     manager = await harness.start()
-    ids = []
-    for i in range(7):
-        worker_id = str(uuid.uuid4())
-        await manager.store.create(
-            worker_id,
-            request_id=f"seed-{i}",
-            fields={"agent_type": "CUSTOM", "modules": "[]", "metadata": "{}"},
-            spec={},
-            prompt=None,
-            max_live=0,
-        )
-        ids.append(worker_id)
-        await asyncio.sleep(0.002)  # distinct creation times, newest last
+    ids = await seed_records(manager.store, 7)
     seen: list[str] = []
     cursor = ""
     pages = 0
@@ -449,15 +438,7 @@ async def _status_is(harness: Harness, worker_id: str, status: str) -> bool:
 # --- 11: a delete for a dead owner also removes the Redis user ---------------------------------
 async def test_a_delete_for_a_dead_owner_removes_the_worker_acl_user(harness: Harness) -> None:
     manager = await harness.start()
-    worker_id = str(uuid.uuid4())
-    await manager.store.create(
-        worker_id,
-        request_id="orphan",
-        fields={"agent_type": "CUSTOM", "modules": "[]", "metadata": "{}"},
-        spec={},
-        prompt=None,
-        max_live=0,
-    )
+    [worker_id] = await seed_records(manager.store, 1)
     await harness.redis.hset(harness.keys.worker(worker_id), "manager_id", "long-gone-manager")
     await manager.acl.create(worker_id)
     assert await manager.acl.exists(worker_id)
@@ -469,16 +450,7 @@ async def test_a_delete_for_a_dead_owner_removes_the_worker_acl_user(harness: Ha
 # --- 12: a corrupt record does not break list ---------------------------------------------------
 async def test_one_corrupt_record_does_not_break_list(harness: Harness) -> None:
     manager = await harness.start()
-    good, bad = str(uuid.uuid4()), str(uuid.uuid4())
-    for worker_id in (good, bad):
-        await manager.store.create(
-            worker_id,
-            request_id=worker_id,
-            fields={"agent_type": "CUSTOM", "modules": "[]", "metadata": '{"a": "b"}'},
-            spec={},
-            prompt=None,
-            max_live=0,
-        )
+    good, bad = await seed_records(manager.store, 2, metadata=[{"a": "b"}, {"a": "b"}])
     await harness.redis.hset(
         harness.keys.worker(bad), mapping={"metadata": "{not json", "modules": "[1, 2"}
     )
