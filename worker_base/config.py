@@ -57,15 +57,48 @@ class WrapperConfig:
 
     @property
     def input_key(self) -> str:
-        return f"{self.key_prefix}:{self.worker_id}:input"
+        return worker_key(self.key_prefix, self.worker_id, "input")
 
     @property
     def output_key(self) -> str:
-        return f"{self.key_prefix}:{self.worker_id}:output"
+        return worker_key(self.key_prefix, self.worker_id, "output")
 
     @property
     def heartbeat_key(self) -> str:
-        return f"{self.key_prefix}:{self.worker_id}:heartbeat"
+        return worker_key(self.key_prefix, self.worker_id, "heartbeat")
+
+    def to_env(self) -> dict[str, str]:
+        """The environment for which :meth:`from_env` returns this configuration.
+
+        The manager builds a ``WrapperConfig`` and starts the container with this: what crosses
+        into the container is written and read in this one class."""
+        env = {
+            "WM_WORKER_ID": self.worker_id,
+            "WM_REDIS_URL": self.redis_url,
+            "WM_KEY_PREFIX": self.key_prefix,
+            "WM_AGENT_TYPE": self.agent_type,
+            "WM_WORKDIR": str(self.workdir),
+            "WM_STATE_DIR": str(self.state_dir),
+            "WM_HEARTBEAT_INTERVAL": repr(self.heartbeat_interval),
+            "WM_HEARTBEAT_TTL": str(self.heartbeat_ttl),
+            "WM_OUTPUT_MAXLEN": str(self.output_maxlen),
+            "WM_FACTORY_AUTO": self.factory_auto,
+            "WM_CANCEL_GRACE_SECONDS": repr(self.cancel_grace),
+            "WM_WRAPPER_BLOCK_MS": str(self.block_ms),
+            "WM_WRAPPER_SOCKET_TIMEOUT": repr(self.socket_timeout),
+            "WM_LOG_LEVEL": self.log_level,
+        }
+        if self.agent_command:
+            env["WM_AGENT_COMMAND"] = json.dumps(list(self.agent_command))
+        if self.allowed_commands is not None:
+            env["WM_ALLOWED_COMMANDS"] = json.dumps(list(self.allowed_commands))
+        if self.input_timeout is not None:
+            env["WM_INPUT_TIMEOUT_SECONDS"] = repr(self.input_timeout)
+        if self.max_turns is not None:
+            env["WM_MAX_TURNS"] = str(self.max_turns)
+        if self.max_cost_usd is not None:
+            env["WM_MAX_COST_USD"] = repr(self.max_cost_usd)
+        return env
 
     @property
     def safe_redis_url(self) -> str:
@@ -136,6 +169,12 @@ class WrapperConfig:
             socket_timeout=socket_timeout,
             log_level=(text("WM_LOG_LEVEL", "INFO") or "INFO").upper(),
         )
+
+
+def worker_key(prefix: str, worker_id: str, name: str) -> str:
+    """A worker's own key (``input``, ``output``, ``heartbeat``): the one spelling of the key
+    schema the manager (``worker_manager.keys``) and the wrapper share."""
+    return f"{prefix}:{worker_id}:{name}"
 
 
 def redact_url(url: str) -> str:

@@ -41,8 +41,6 @@ class Runtime:
         ("PYTHONUNBUFFERED", "1"),
         ("PYTHONDONTWRITEBYTECODE", "1"),
         ("HOME", "/home/worker"),
-        ("WM_WORKDIR", WORKDIR),
-        ("WM_STATE_DIR", "/home/worker/.wm"),
     )
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from worker_base.config import worker_key
+
 #: The consumer group the managers share on the command stream (SPEC §1).
 MANAGER_GROUP = "worker-manager"
 #: The consumer group (and consumer) the wrapper reads its input stream with.
@@ -104,13 +106,13 @@ class Keys:
         return f"{self.prefix}:{worker_id}:prompt"
 
     def input(self, worker_id: str) -> str:
-        return f"{self.prefix}:{worker_id}:input"
+        return worker_key(self.prefix, worker_id, "input")
 
     def output(self, worker_id: str) -> str:
-        return f"{self.prefix}:{worker_id}:output"
+        return worker_key(self.prefix, worker_id, "output")
 
     def heartbeat(self, worker_id: str) -> str:
-        return f"{self.prefix}:{worker_id}:heartbeat"
+        return worker_key(self.prefix, worker_id, "heartbeat")
 
     def acl_user(self, worker_id: str) -> str:
         return f"{self.prefix}-{worker_id}"

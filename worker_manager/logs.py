@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import sys
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import structlog
+
+# The one redaction (the wrapper's: IPv6 brackets, unparseable URLs), re-exported for the manager.
+from worker_base.config import redact_url as redact_url
 
 
 def configure(level: str = "info", fmt: str = "auto") -> None:
@@ -41,14 +43,3 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
     logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
     return logger
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced, safe to log."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

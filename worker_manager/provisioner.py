@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Callable
 from typing import Any
 
+from worker_base.config import WrapperConfig
 from worker_manager.acl import WorkerAcl
 from worker_manager.clock import iso_from_unix, iso_now
 from worker_manager.config import Settings
@@ -235,31 +235,32 @@ class Provisioner:
         return self._images.agent_install_problem(agent_type)
 
     def worker_env(self, worker_id: str, command: CreateCommand) -> dict[str, str]:
-        s = self._settings
-        timeout = command.input_timeout_seconds or s.input_timeout_seconds
-        env = {
-            "WM_WORKER_ID": worker_id,
-            "WM_REDIS_URL": self._acl.worker_url(worker_id),
-            "WM_KEY_PREFIX": s.key_prefix,
-            "WM_AGENT_TYPE": command.agent_type.value,
-            "WM_HEARTBEAT_INTERVAL": f"{s.heartbeat_interval_seconds:g}",
-            "WM_HEARTBEAT_TTL": str(s.heartbeat_ttl_seconds),
-            "WM_OUTPUT_MAXLEN": str(s.output_maxlen),
-            "WM_FACTORY_AUTO": s.factory_auto,
-            "WM_INPUT_TIMEOUT_SECONDS": f"{timeout:g}",
-        }
-        if command.max_turns is not None:
-            env["WM_MAX_TURNS"] = str(command.max_turns)
-        if command.max_cost_usd is not None:
-            env["WM_MAX_COST_USD"] = f"{command.max_cost_usd:.6f}"
+        """The container's environment: the wrapper's configuration (:class:`WrapperConfig`,
+        which owns how it is written and read), then what the agent itself needs."""
+        env = self.wrapper_config(worker_id, command).to_env()
         if command.agent_type is AgentType.CLAUDE:
             env.update(self._claude_env())
-        if command.agent_command is not None:
-            env["WM_AGENT_COMMAND"] = json.dumps(command.agent_command)
-        if command.allowed_commands is not None:
-            env["WM_ALLOWED_COMMANDS"] = json.dumps(command.allowed_commands)
         env.update(self._secrets_for(command.agent_type))
         return env
+
+    def wrapper_config(self, worker_id: str, command: CreateCommand) -> WrapperConfig:
+        s = self._settings
+        allowed = command.allowed_commands
+        return WrapperConfig(
+            worker_id=worker_id,
+            redis_url=self._acl.worker_url(worker_id),
+            key_prefix=s.key_prefix,
+            agent_type=command.agent_type.value,
+            agent_command=tuple(command.agent_command or ()),
+            allowed_commands=None if allowed is None else tuple(allowed),
+            heartbeat_interval=s.heartbeat_interval_seconds,
+            heartbeat_ttl=s.heartbeat_ttl_seconds,
+            output_maxlen=s.output_maxlen,
+            factory_auto=s.factory_auto,
+            input_timeout=command.input_timeout_seconds or s.input_timeout_seconds,
+            max_turns=command.max_turns,
+            max_cost_usd=command.max_cost_usd,
+        )
 
     def _claude_env(self) -> dict[str, str]:
         s = self._settings
