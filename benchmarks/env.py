@@ -138,19 +138,26 @@ class BenchEnv:
         env.update(extra)
         return env
 
-    async def start_manager(self) -> None:
+    async def start_manager(self, **extra: str) -> None:
         """``worker-manager serve``, started from a scratch directory (no developer ``.env``)."""
         log = self._manager_log.open("ab")
         self.manager = subprocess.Popen(
             [sys.executable, "-m", "worker_manager", "serve", "--grace", "2"],
             cwd=self.tmp,
-            env=self.manager_env(),
+            env=self.manager_env(**extra),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         log.close()
         await self._wait_answers(self.keys.commands, "manager", self.manager)
+
+    async def restart_manager(self, **extra: str) -> None:
+        """The manager again, with ``extra`` settings (e.g. a warm pool for figure 1c)."""
+        if self.manager is not None and self.manager.poll() is None:
+            self.manager.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(self.manager.wait, 30)
+        await self.start_manager(**extra)
 
     async def start_echo(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("WM_")}

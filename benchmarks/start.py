@@ -183,6 +183,7 @@ async def start_figures(env: BenchEnv, warm_runs: int, cold_runs: int) -> list[F
             await asyncio.to_thread(env.remove_image, tag)
         return seconds
 
+    figures += await pool_figures(env, image, warm_runs)
     base, mine = await alternate(cold_runs, cold_direct, cold_ours, warmup=0)
     builds = {"ours_build_s": ours_builds, "direct_build_s": direct_builds}
     figures.append(
@@ -202,3 +203,104 @@ async def start_figures(env: BenchEnv, warm_runs: int, cold_runs: int) -> list[F
         )
     )
     return figures
+
+
+POOL_KEY_SHAPE = "CUSTOM"
+
+
+async def _pool_ready(env: BenchEnv, timeout: float = 120.0) -> None:
+    """Until the warm pool holds a worker again (refilling is not what is measured)."""
+    key = env.keys.pool(env.manager_id, POOL_KEY_SHAPE)
+    deadline = time.monotonic() + timeout
+    while not await env.redis.scard(key):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the warm pool never refilled")
+        await asyncio.sleep(0.05)
+
+
+async def pooled_start(env: BenchEnv) -> float:
+    """A create without a worker id, which takes a pooled worker: XADD → RUNNING."""
+    await _pool_ready(env)
+    after = await lifecycle_tail(env)
+    started = time.perf_counter()
+    worker_id = await create_worker(env, AGENT_COMMAND, wait=False, pooled=True)
+    await wait_status(env, worker_id, after, ("RUNNING",), timeout=120)
+    seconds = time.perf_counter() - started
+    await delete_worker(env, worker_id)
+    return seconds
+
+
+async def first_output(env: BenchEnv, *, pooled: bool) -> float:
+    """A create with a prompt: XADD → the first ``stdout`` of its answer."""
+    if pooled:
+        await _pool_ready(env)
+    started = time.perf_counter()
+    worker_id = await create_worker(
+        env, ["sh", "-c", "echo answered: $(cat)"], wait=False, pooled=pooled, prompt="hello"
+    )
+    stream, last = env.keys.output(worker_id), "0-0"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        response = await env.redis.xread({stream: last}, count=100, block=1000)
+        for _s, entries in response or []:
+            for entry_id, fields in entries:
+                last = entry_id
+                if fields.get("type") == "stdout":
+                    seconds = time.perf_counter() - started
+                    await delete_worker(env, worker_id)
+                    return seconds
+    raise TimeoutError(f"no stdout from {worker_id}")
+
+
+async def pool_figures(env: BenchEnv, image: str, runs: int) -> list[Figure]:
+    """1c and 1d, with the manager restarted with a warm pool of two CUSTOM workers (and
+    restarted without one afterwards, so the other figures are not affected)."""
+    await env.restart_manager(
+        WM_WARM_POOL=json.dumps({POOL_KEY_SHAPE: 2}), WM_WARM_POOL_INTERVAL_SECONDS="0.2"
+    )
+    try:
+
+        async def direct(_i: int) -> float:
+            return await direct_start(env, image)
+
+        async def pooled(_i: int) -> float:
+            return await pooled_start(env)
+
+        base, mine = await alternate(runs, direct, pooled, warmup=1)
+        figures = [
+            Figure(
+                name="start.pooled",
+                title="1c. start, taken from a warm pool",
+                unit="s",
+                ours_label="create→RUNNING (pooled)",
+                baseline_label="SDK run→heartbeat",
+                goal="ratio_max",
+                bound=0.2,
+                ours=mine,
+                baseline=base,
+            )
+        ]
+
+        async def cold_answer(_i: int) -> float:
+            return await first_output(env, pooled=False)
+
+        async def pooled_answer(_i: int) -> float:
+            return await first_output(env, pooled=True)
+
+        base, mine = await alternate(runs, cold_answer, pooled_answer, warmup=1)
+        figures.append(
+            Figure(
+                name="start.first_output",
+                title="1d. create with a prompt → its first stdout",
+                unit="s",
+                ours_label="pooled",
+                baseline_label="not pooled (image cached)",
+                goal="none",
+                bound=0.0,
+                ours=mine,
+                baseline=base,
+            )
+        )
+        return figures
+    finally:
+        await env.restart_manager()

@@ -25,22 +25,29 @@ async def create_worker(
     wait: bool = True,
     worker_id: str | None = None,
     timeout: float = 300.0,
+    pooled: bool = False,
+    prompt: str | None = None,
 ) -> str:
-    """Create a CUSTOM worker; with ``wait``, until it is RUNNING (raises if it fails)."""
+    """Create a CUSTOM worker; with ``wait``, until it is RUNNING (raises if it fails).
+
+    ``pooled``: name no worker id, so a warm pool's worker is taken when there is one (a create
+    that names its worker always starts a container)."""
     from benchmarks.control import Requester
 
-    worker_id = worker_id or str(uuid.uuid4())
     after = await lifecycle_tail(env) if wait else "0-0"
     requester = Requester(env.redis, f"{env.keys.replies}:bench:{uuid.uuid4().hex}")
-    _, reply = await requester.call(
-        env.keys.commands,
-        {
-            "command": "create",
-            "worker_id": worker_id,
-            "agent_type": "CUSTOM",
-            "agent_command": json.dumps(agent_command),
-        },
-    )
+    fields = {
+        "command": "create",
+        "agent_type": "CUSTOM",
+        "agent_command": json.dumps(agent_command),
+    }
+    if not pooled:
+        worker_id = worker_id or str(uuid.uuid4())
+        fields["worker_id"] = worker_id
+    if prompt is not None:
+        fields["prompt"] = prompt
+    _, reply = await requester.call(env.keys.commands, fields)
+    worker_id = str(reply.get("worker_id") or worker_id)
     await env.redis.delete(requester.reply_to)
     if reply.get("ok") != "true":
         raise RuntimeError(f"create refused: {reply}")

@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
+import threading
 
 from worker_base import __version__
 from worker_base.agents.registry import DriverUnavailableError, driver_for
+from worker_base.assignment import AssignmentError, wait_for_assignment
 from worker_base.config import ConfigError, WrapperConfig
 from worker_base.wrapper import Wrapper
 
@@ -27,6 +30,14 @@ def main() -> int:
         level=logging.INFO,
         format="%(asctime)s %(levelname)s worker_base: %(message)s",
     )
+    stop = _stop_flag()
+    try:
+        if not wait_for_assignment(os.environ, stopped=stop.is_set):
+            log.info("stopped while pooled, before any assignment")
+            return 0
+    except AssignmentError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
     try:
         config = WrapperConfig.from_env(os.environ)
     except ConfigError as exc:
@@ -50,6 +61,18 @@ def main() -> int:
     except Exception:
         log.exception("the wrapper failed")
         return 1
+
+
+def _stop_flag() -> threading.Event:
+    """Set by SIGTERM/SIGINT while a pooled wrapper waits (the asyncio handlers come later)."""
+    flag = threading.Event()
+
+    def handler(_signum: int, _frame: object) -> None:
+        flag.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+    return flag
 
 
 _LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR"})

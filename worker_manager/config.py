@@ -163,6 +163,17 @@ class Settings(BaseSettings):
         description='ARG values for the image snippets, e.g. {"CLAUDE_CODE_VERSION": "2.1.0"}'
         " (JSON in WM_BUILD_ARGS); part of the image hash.",
     )
+    warm_pool: dict[str, int] = Field(
+        default_factory=dict,
+        description='Started, unassigned workers kept ready per shape (JSON, e.g. {"CUSTOM": 2, '
+        '"CLAUDE+GIT": 1}): a create of such a shape takes one instead of starting a container.',
+    )
+    warm_pool_max: int = Field(
+        default=10, ge=0, description="Pooled (unassigned) containers this manager keeps at most."
+    )
+    warm_pool_interval_seconds: float = Field(
+        default=2.0, gt=0, description="How often the pools are checked and refilled."
+    )
     prebuild: list[str] = Field(
         default_factory=list,
         description='Shapes built in the background at start-up (JSON list, e.g. ["CLAUDE", '
@@ -273,6 +284,18 @@ class Settings(BaseSettings):
     def _http_addr_shape(cls, value: str) -> str:
         parse_host_port(value)
         return value
+
+    @field_validator("warm_pool")
+    @classmethod
+    def _pool_shapes(cls, value: dict[str, int]) -> dict[str, int]:
+        from worker_manager.models import Shape  # models imports this module
+
+        pools: dict[str, int] = {}
+        for shape, count in value.items():
+            if count < 0:
+                raise ValueError(f"warm pool of {shape!r}: a count cannot be negative")
+            pools[str(Shape.parse(shape))] = count
+        return pools
 
     @field_validator("prebuild")
     @classmethod

@@ -75,6 +75,7 @@ class CommandConsumer:
         dispatch: Dispatch,
         *,
         stream: str | None = None,
+        gate: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._settings = settings
         self._redis = redis
@@ -82,6 +83,8 @@ class CommandConsumer:
         self._dispatch = dispatch
         # The shared stream by default; a manager's own stream for commands routed to it.
         self._stream = stream or settings.keys.commands
+        #: Asked before every read: False leaves the stream to the other managers for now.
+        self._gate = gate
         self._name = settings.manager_id
         self._slots = asyncio.Semaphore(settings.command_concurrency)
         self._in_flight: dict[str, asyncio.Task[None]] = {}
@@ -141,6 +144,10 @@ class CommandConsumer:
         while not stop.is_set():
             await self._slots.acquire()
             self._slots.release()
+            if self._gate is not None and not await self._gate():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._settings.block_ms / 1000)
+                continue
             free = max(1, min(100, self._free_slots()))
             response = await self._blocking.xreadgroup(
                 MANAGER_GROUP,

@@ -9,6 +9,7 @@ that already exists under the worker's name is reused, never duplicated.
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 import time
@@ -20,6 +21,7 @@ from docker import DockerClient
 from docker.models.containers import Container
 from docker.types import LogConfig
 
+from worker_base.assignment import ASSIGNMENT, READY
 from worker_manager import docker_client
 from worker_manager.config import Settings
 from worker_manager.image_spec import RUNTIME, WORKDIR
@@ -31,6 +33,8 @@ log = get_logger(__name__)
 LABEL_WORKER = "worker-manager.worker_id"
 LABEL_MANAGER = "worker-manager.manager_id"
 LABEL_PREFIX = "worker-manager.key_prefix"
+#: On a warm-pool container: the shape it was started for (it keeps it after it is taken).
+LABEL_POOL = "worker-manager.pool"
 WORKER_UID = 1000
 
 
@@ -43,6 +47,8 @@ class LaunchSpec:
     files: dict[str, str]  # name in the working directory -> text
     #: The host's Docker socket, for the DOCKER module when the operator allows it.
     docker_socket: str | None = None
+    #: Labels besides the standard ones (the warm pool's shape).
+    extra_labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,14 +58,14 @@ class Started:
     started_at: float
 
 
-def _tar_of(files: dict[str, str]) -> bytes:
+def _tar_of(files: dict[str, str], mode: int = 0o644) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for name, text in files.items():
             data = text.encode("utf-8")
             info = tarfile.TarInfo(name)
             info.size = len(data)
-            info.mode = 0o644
+            info.mode = mode
             info.uid = info.gid = WORKER_UID
             info.mtime = int(time.time())
             tar.addfile(info, io.BytesIO(data))
@@ -118,7 +124,7 @@ class ContainerRuntime:
             container = self._docker.containers.create(
                 spec.image_tag,
                 name=name,
-                labels=self.labels(spec.worker_id, spec.image_hash),
+                labels={**self.labels(spec.worker_id, spec.image_hash), **dict(spec.extra_labels)},
                 environment={**dict(RUNTIME.environment), **spec.env},
                 entrypoint=list(RUNTIME.entrypoint),
                 working_dir=RUNTIME.working_dir,
@@ -143,6 +149,62 @@ class ContainerRuntime:
         if spec.files:
             container.put_archive(WORKDIR, _tar_of(spec.files))
         return container
+
+    async def assign(
+        self, worker_id: str, files: dict[str, str], assignment: dict[str, str], state_dir: str
+    ) -> Started | None:
+        """Hand a running warm-pool container its worker: the instructions into the working
+        directory, then the assignment (readable by the worker's user only) and, last, the
+        marker its wrapper waits for. None when the container is no longer running."""
+        return await docker_client.call(self._assign_sync, worker_id, files, assignment, state_dir)
+
+    def _assign_sync(
+        self, worker_id: str, files: dict[str, str], assignment: dict[str, str], state_dir: str
+    ) -> Started | None:
+        try:
+            container = self._docker.containers.get(self.name(worker_id))
+            if container.status != "running":
+                return None
+            if files:
+                container.put_archive(WORKDIR, _tar_of(files))
+            payload = json.dumps(assignment)
+            container.put_archive(state_dir, _tar_of({ASSIGNMENT: payload}, mode=0o600))
+            container.put_archive(state_dir, _tar_of({READY: ""}, mode=0o600))
+        except docker.errors.NotFound:
+            return None
+        state = container.attrs.get("State") or {}
+        return Started(
+            str(container.id),
+            ip_of(container.attrs),
+            _parse_docker_time(state.get("StartedAt", "")),
+        )
+
+    async def image_hash(self, worker_id: str) -> str:
+        """The image hash a worker's container was started from (its label)."""
+
+        def read() -> str:
+            try:
+                attrs = self._docker.api.inspect_container(self.name(worker_id))
+            except docker.errors.NotFound:
+                return ""
+            return str(((attrs.get("Config") or {}).get("Labels") or {}).get(LABEL_HASH, ""))
+
+        return await docker_client.call(read)
+
+    async def pooled(self) -> list[dict[str, Any]]:
+        """This manager's warm-pool containers (all states, taken or not)."""
+        return await docker_client.call(self._pooled_sync)
+
+    def _pooled_sync(self) -> list[dict[str, Any]]:
+        filters = {
+            "label": [
+                LABEL_POOL,
+                f"{LABEL_MANAGER}={self._settings.manager_id}",
+                f"{LABEL_PREFIX}={self._settings.key_prefix}",
+            ]
+        }
+        found: list[dict[str, Any]] = self._docker.api.containers(all=True, filters=filters)
+        return found
 
     async def remove(self, worker_id: str) -> int | None:
         """Stop (SIGTERM, then SIGKILL after the timeout) and remove; the exit code if known."""

@@ -16,10 +16,12 @@ from worker_manager.models import (
     DeleteCommand,
     ListCommand,
     Reply,
+    Shape,
     StatusCommand,
     WorkerStatus,
     format_cursor,
 )
+from worker_manager.pool import WarmPool
 from worker_manager.provisioner import Provisioner
 from worker_manager.records import WorkerStore, public_view
 from worker_manager.routing import Router
@@ -36,17 +38,25 @@ class Handlers:
         store: WorkerStore,
         provisioner: Provisioner,
         router: Router | None = None,
+        pool: WarmPool | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._provisioner = provisioner
         self._router = router
+        self._pool = pool
 
     async def create(self, cmd: CreateCommand) -> Reply:
         problem = self._provisioner.install_problem(cmd.agent_type)
         if problem is not None:
             raise CommandError(ErrorCode.BUILD_FAILED, problem)
-        worker_id = cmd.worker_id or str(uuid.uuid5(WORKER_ID_NAMESPACE, cmd.request_id))
+        shape = Shape(cmd.agent_type, tuple(cmd.modules))
+        # A create that names its own worker takes the ordinary path; otherwise a ready pooled
+        # worker of its shape, if this manager keeps one (the same one on a redelivery).
+        pooled = None
+        if cmd.worker_id is None and self._pool is not None:
+            pooled = await self._pool.take(shape, cmd.request_id)
+        worker_id = cmd.worker_id or pooled or str(uuid.uuid5(WORKER_ID_NAMESPACE, cmd.request_id))
         spec = cmd.model_dump(mode="json", exclude={"prompt"})
         owner = cmd.metadata.get("owner", "")
         fields = {
@@ -54,6 +64,8 @@ class Handlers:
             "modules": json.dumps([m.value for m in cmd.modules]),
             "metadata": json.dumps(cmd.metadata, separators=(",", ":")),
         }
+        if pooled is not None:
+            fields["pool"] = str(shape)
         if cmd.idle_timeout_seconds is not None:
             # The operator's maximum caps what a caller may ask for.
             capped = min(cmd.idle_timeout_seconds, self._settings.max_idle_timeout_seconds)
@@ -68,6 +80,8 @@ class Handlers:
             owner=owner,
             max_per_owner=self._settings.max_workers_per_owner,
         )
+        if outcome.result == "capacity" and pooled is not None and self._pool is not None:
+            await self._pool.give_back(shape, pooled, cmd.request_id)
         if outcome.result == "capacity":
             if outcome.status == "owner":
                 message = (

@@ -193,6 +193,8 @@ class HttpServer:
         metrics.in_flight.set(manager.consumer.in_flight)
         metrics.creates_in_progress.set(manager.provisioner.in_progress)
         metrics.draining.set(1 if manager.draining.is_set() or manager.stop.is_set() else 0)
+        for shape, ready in manager.pool.ready.items():
+            metrics.pool_ready.labels(shape).set(ready)
         await metrics.refresh(self._probe_redis, manager.settings.keys)
         response = web.Response(body=metrics.render())
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST

@@ -74,6 +74,15 @@ class Keys:
         """The prefix of a registered producer's reply streams."""
         return f"{self.replies}:{producer}"
 
+    def pool(self, manager_id: str, shape: str) -> str:
+        """The ids of one manager's ready warm-pool workers of one shape (a set: SPOP takes one
+        atomically, so two creates never get the same one)."""
+        return f"{self.prefix}:pool:{manager_id}:{shape}"
+
+    def pool_take(self, request_id: str) -> str:
+        """Which pooled worker a create took, so its redelivery takes the same one."""
+        return f"{self.prefix}:pool-take:{request_id}"
+
     def build_lock(self, image_hash: str) -> str:
         return f"{self.prefix}:lock:build:{image_hash}"
 
@@ -88,6 +97,11 @@ class Keys:
     def gc_last_run(self) -> str:
         """Unix time of the last collection, so N managers collect about once per interval."""
         return f"{self.prefix}:gc:last-run"
+
+    @property
+    def managers(self) -> str:
+        """The ids of the managers that have announced themselves (pruned as they go)."""
+        return f"{self.prefix}:managers"
 
     def manager(self, manager_id: str) -> str:
         """Presence key of one manager process (refreshed while it runs)."""

@@ -129,6 +129,21 @@ class Metrics:
         )
         for kind in ("output", "heartbeat"):
             self.worker_writes_dropped.labels(kind)
+        self.pool_ready = Gauge(
+            "wm_pool_ready", "Warm-pool workers ready to be taken, by shape.", ["shape"], registry=r
+        )
+        self.pool_takes = Counter(
+            "wm_pool_takes",
+            "Creates that took a warm-pool worker, by shape.",
+            ["shape"],
+            registry=r,
+        )
+        self.pool_misses = Counter(
+            "wm_pool_misses",
+            "Creates of a pooled shape that found its pool empty, by shape.",
+            ["shape"],
+            registry=r,
+        )
         for status in WorkerStatus:
             self.workers.labels(status.value)
         for result in sorted(_BUILD_RESULTS):
@@ -156,6 +171,9 @@ class Metrics:
 
     def eviction(self, reason: str) -> None:
         self.evictions.labels(reason).inc()
+
+    def pool(self, shape: str, what: str) -> None:
+        (self.pool_takes if what == "take" else self.pool_misses).labels(shape).inc()
 
     def loop_restart(self, loop: str) -> None:
         self.loop_restarts.labels(loop).inc()

@@ -20,11 +20,14 @@ from worker_manager.config import Settings
 from worker_manager.containers import ContainerRuntime, LaunchSpec
 from worker_manager.images import BuildFailed, ImageService
 from worker_manager.logs import get_logger
-from worker_manager.models import AgentType, CreateCommand, Module, WorkerStatus
+from worker_manager.models import AgentType, CreateCommand, Module, Shape, WorkerStatus
 from worker_manager.outages import OUTAGE_ERRORS, ride_out
 from worker_manager.records import LIVE, WorkerStore
 
 log = get_logger(__name__)
+
+#: Where a pooled container's wrapper waits for its assignment (its state directory).
+POOLED_STATE_DIR = "/home/worker/.wm"
 
 
 class Provisioner:
@@ -145,6 +148,10 @@ class Provisioner:
             if spec is None:
                 return  # deleted (or expired) before we got here
             command = CreateCommand.model_validate(spec, context={"settings": self._settings})
+            if await self._store.field(worker_id, "pool") and await self._hand_over(
+                worker_id, command
+            ):
+                return
             await self._store.progress(worker_id, "finding its image")
             image = await self._images.ensure(
                 command.agent_type, list(command.modules), self._reporter(worker_id)
@@ -195,6 +202,51 @@ class Provisioner:
         except Exception as exc:
             bound.exception("provisioning failed")
             await self._fail(worker_id, f"start failed: {type(exc).__name__}: {exc}")
+
+    async def _hand_over(self, worker_id: str, command: CreateCommand) -> bool:
+        """Give a taken warm-pool container its worker: Redis user, instructions, then the
+        assignment its wrapper waits for. False (nothing done) when the container is gone:
+        the ordinary path then starts one under the same name."""
+        await self._acl.create(worker_id)
+        started = await self._containers.assign(
+            worker_id,
+            {command.agent_type.instructions_file: command.instructions}
+            if command.instructions
+            else {},
+            self.worker_env(worker_id, command),
+            POOLED_STATE_DIR,
+        )
+        if started is None:
+            log.warning("the pooled container is gone; starting one", worker_id=worker_id)
+            await self._containers.remove(worker_id)
+            return False
+        image_hash = await self._containers.image_hash(worker_id)
+        await self._store.update(
+            worker_id,
+            {
+                "image": f"worker:{image_hash}",
+                "image_hash": image_hash,
+                "container_id": started.container_id,
+                "ip_address": started.ip_address,
+                "started_at": iso_from_unix(started.started_at)
+                if started.started_at
+                else iso_now(),
+            },
+        )
+        if image_hash:
+            await self._images.touch(image_hash)
+        self.on_started(worker_id)
+        log.info("pooled worker handed over", worker_id=worker_id)
+        return True
+
+    def pool_env(self, shape: Shape) -> dict[str, str]:
+        """A pooled container's environment: no worker yet, only what its agent type needs
+        (the rest comes with the assignment)."""
+        env = {"WM_POOLED": "1", "WM_STATE_DIR": POOLED_STATE_DIR}
+        if shape.agent_type is AgentType.CLAUDE:
+            env.update(self._claude_env())
+        env.update(self._secrets_for(shape.agent_type))
+        return env
 
     def _reporter(self, worker_id: str) -> Callable[[int, int], None]:
         """``building N/M`` on the worker's record and output, as the build goes (in order:

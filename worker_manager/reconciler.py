@@ -13,7 +13,8 @@ so several managers can share one Redis. For each worker:
 - live record whose container is gone: FAILED with ``reason=container_lost``;
 - terminal record whose container is still there (a crash between the transition and the
   teardown): the container is removed;
-- container without a record (the record expired or Redis lost its data): removed as an orphan.
+- container without a record (the record expired or Redis lost its data): removed as an orphan,
+  unless it is a warm-pool container nobody has taken yet (the pool repairs those).
 
 Every "gone" verdict is confirmed by name against Docker right before it is acted on, so a
 create finishing concurrently is never mistaken for a loss.
@@ -31,7 +32,7 @@ from docker import DockerClient
 
 from worker_manager.acl import WorkerAcl
 from worker_manager.config import Settings
-from worker_manager.containers import LABEL_WORKER, ContainerRuntime
+from worker_manager.containers import LABEL_POOL, LABEL_WORKER, ContainerRuntime
 from worker_manager.logs import get_logger
 from worker_manager.models import WorkerStatus
 from worker_manager.outages import OUTAGE_ERRORS
@@ -129,6 +130,8 @@ class Reconciler:
         if self._provisioner.is_active(worker_id):
             return
         record = await self._store.get(worker_id)
+        if record is None and LABEL_POOL in (container.get("Labels") or {}):
+            return  # a warm-pool container nobody has taken: the pool's own (pool.py)
         if record is None:
             await self._provisioner.teardown(worker_id)
             report.orphans.append(worker_id)

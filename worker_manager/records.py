@@ -266,6 +266,10 @@ class WorkerStore:
         args = [text, content, self._settings.output_maxlen, iso_now()]
         return bool(await self._progress(keys=keys, args=args))
 
+    async def field(self, worker_id: str, name: str) -> str | None:
+        value: str | None = await self._redis.hget(self._keys.worker(worker_id), name)
+        return value
+
     async def get(self, worker_id: str) -> dict[str, str] | None:
         record: dict[str, str] = await self._redis.hgetall(self._keys.worker(worker_id))
         return record or None

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import uuid
+from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -104,13 +106,27 @@ class Router:
 class Presence:
     """This manager's presence key, refreshed while it runs; its expiry means the manager died."""
 
-    def __init__(self, settings: Settings, redis: Redis) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        offer: Callable[[], Awaitable[dict[str, int]]] | None = None,
+    ) -> None:
         self._settings = settings
         self._redis = redis
         self._key = settings.keys.manager(settings.manager_id)
+        self._offer = offer
 
     async def beat(self) -> None:
-        await self._redis.set(self._key, iso_now(), ex=self._settings.presence_ttl_seconds)
+        """The key (its expiry means the manager died) says when, how much room it has and how
+        many warm-pool workers are ready (``placement.py``)."""
+        value: dict[str, object] = {"at": iso_now()}
+        if self._offer is not None:
+            value.update(await self._offer())
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._key, json.dumps(value), ex=self._settings.presence_ttl_seconds)
+            pipe.sadd(self._settings.keys.managers, self._settings.manager_id)
+            await pipe.execute()
 
     @property
     def interval(self) -> float:

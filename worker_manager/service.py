@@ -34,6 +34,8 @@ from worker_manager.metrics import Metrics
 from worker_manager.models import Shape
 from worker_manager.outages import ride_out
 from worker_manager.output_guard import OutputGuard
+from worker_manager.placement import Placement
+from worker_manager.pool import WarmPool
 from worker_manager.provisioner import Provisioner
 from worker_manager.reconciler import Reconciler
 from worker_manager.records import WorkerStore
@@ -68,7 +70,12 @@ class Manager:
         self.containers = ContainerRuntime(settings, self.docker)
         self.provisioner = Provisioner(settings, self.store, self.images, self.containers, self.acl)
         self.router = Router(settings, self.redis, self.store, self.acl)
-        self.handlers = Handlers(settings, self.store, self.provisioner, self.router)
+        self.pool = WarmPool(
+            settings, self.redis, self.images, self.containers, self.provisioner.pool_env
+        )
+        self.handlers = Handlers(
+            settings, self.store, self.provisioner, self.router, pool=self.pool
+        )
         self.metrics = Metrics()
         self.images.observe_build = self.metrics.image_build
         self.dispatcher = Dispatcher(
@@ -78,7 +85,16 @@ class Manager:
             self.handlers,
             observe=_observers(self.metrics.observe_command, observe),
         )
-        self.consumer = CommandConsumer(settings, self.redis, self.blocking_redis, self.dispatcher)
+        self.placement = Placement(
+            settings, self.redis, self.store, pooled=lambda: sum(self.pool.ready.values())
+        )
+        self.consumer = CommandConsumer(
+            settings,
+            self.redis,
+            self.blocking_redis,
+            self.dispatcher,
+            gate=self.placement.should_take,
+        )
         # Commands routed to this manager by the others (deletes of workers on this host).
         own_stream = settings.keys.manager_commands(settings.manager_id)
         self.own_consumer_book = ReplyBook(self.redis, settings, commands_stream=own_stream)
@@ -124,6 +140,7 @@ class Manager:
         )
         self.evictor = Evictor(settings, self.raw_redis, self.store, self.provisioner.end)
         self.watcher.dropped = self.metrics.dropped
+        self.pool.observe = self.metrics.pool
         self.provisioner.on_started = self.watcher.expect_heartbeat
         self.evictor.observe = self.metrics.eviction
         self.output_guard = OutputGuard(
@@ -139,7 +156,7 @@ class Manager:
             self._ensure_groups,
         )
         self.watcher.on_redis_restart = self.reconciler.after_redis_restart
-        self.presence = Presence(settings, self.redis)
+        self.presence = Presence(settings, self.redis, offer=self.placement.offer)
         self.stop = asyncio.Event()
         self.ready = asyncio.Event()
         #: Set by SIGUSR1 (and by ``stop``): no more commands are taken; everything else runs.
@@ -186,6 +203,7 @@ class Manager:
             )
         sup.every("dead-letters", self.book.age_out_dead_letters, 60.0, wait_first=True)
         sup.forever("image-gc", self._gc_loop)
+        sup.every("warm-pool", self.pool.round, s.warm_pool_interval_seconds, wake=self.pool.wake)
 
     async def start_up(self) -> None:
         """Checks that must pass before commands are taken, then finish interrupted creates."""
@@ -282,6 +300,7 @@ class Manager:
             self.stop.set()
             await self.provisioner.close()
             await self.supervisor.close()
+            await self.pool.close()
             drain.cancel()
             prebuild.cancel()
             await asyncio.gather(drain, prebuild, return_exceptions=True)

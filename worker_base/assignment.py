@@ -1,0 +1,67 @@
+"""A pooled worker's hand-over: it knows whom it works for before it can do anything.
+
+A warm pool keeps containers started ahead of any create (``WM_POOLED=1``). Such a wrapper has
+no Redis credentials (its ACL user does not exist yet), no agent command, no allowed commands,
+no instructions: it waits here, before it connects anywhere or starts any agent. When a create
+takes it, the manager creates the worker's Redis user, copies the instructions into the
+workspace and then writes ``<state_dir>/assignment.json`` (the create's whole wrapper
+environment, ``WrapperConfig.to_env()``) and ``<state_dir>/assignment.ready`` last. The wrapper
+reads the assignment, deletes the file (it holds the Redis password), and starts as any worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, MutableMapping
+from pathlib import Path
+
+log = logging.getLogger("worker_base")
+
+POOLED = "WM_POOLED"
+ASSIGNMENT = "assignment.json"
+READY = "assignment.ready"
+POLL_SECONDS = 0.01
+
+
+class AssignmentError(ValueError):
+    """The assignment file is not a JSON object of strings."""
+
+
+def state_dir(environ: MutableMapping[str, str]) -> Path:
+    return Path(environ.get("WM_STATE_DIR") or "/home/worker/.wm")
+
+
+def wait_for_assignment(
+    environ: MutableMapping[str, str],
+    *,
+    stopped: Callable[[], bool] = lambda: False,
+    poll: float = POLL_SECONDS,
+) -> bool:
+    """For a pooled worker: block until it is assigned, then merge the assignment into
+    ``environ``. True when assigned (or not pooled at all), False when ``stopped`` first."""
+    if environ.get(POOLED) != "1":
+        return True
+    directory = state_dir(environ)
+    log.info("pooled: waiting to be assigned a worker")
+    while not (directory / READY).exists():
+        if stopped():
+            return False
+        time.sleep(poll)
+    path = directory / ASSIGNMENT
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise AssignmentError(f"{path} is unreadable: {exc}") from None
+    finally:
+        for name in (ASSIGNMENT, READY):  # the assignment holds the Redis password
+            (directory / name).unlink(missing_ok=True)
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        raise AssignmentError(f"{path} is not a JSON object of strings")
+    environ.update(data)
+    environ.pop(POOLED, None)
+    log.info("assigned: worker %s", data.get("WM_WORKER_ID", "?"))
+    return True
