@@ -22,7 +22,7 @@ log = logging.getLogger("worker_base")
 POOLED = "WM_POOLED"
 ASSIGNMENT = "assignment.json"
 READY = "assignment.ready"
-POLL_SECONDS = 0.01
+POLL_SECONDS = 0.005
 
 
 class AssignmentError(ValueError):

@@ -56,12 +56,19 @@ class Started:
     container_id: str
     ip_address: str
     started_at: float
+    #: The image hash the container was started from (its label), when read.
+    image_hash: str = ""
 
 
 def _tar_of(files: dict[str, str], mode: int = 0o644) -> bytes:
+    return _tar_entries([(name, text, mode) for name, text in files.items()])
+
+
+def _tar_entries(entries: list[tuple[str, str, int]]) -> bytes:
+    """Files owned by the worker's user, extracted in this order."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, text in files.items():
+        for name, text, mode in entries:
             data = text.encode("utf-8")
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -165,31 +172,26 @@ class ContainerRuntime:
             container = self._docker.containers.get(self.name(worker_id))
             if container.status != "running":
                 return None
-            if files:
-                container.put_archive(WORKDIR, _tar_of(files))
-            payload = json.dumps(assignment)
-            container.put_archive(state_dir, _tar_of({ASSIGNMENT: payload}, mode=0o600))
-            container.put_archive(state_dir, _tar_of({READY: ""}, mode=0o600))
+            # One archive, extracted in order: the instructions, the assignment, and last the
+            # marker the wrapper waits for (so it never reads a half-written assignment).
+            home = state_dir.strip("/")
+            entries = [
+                (f"{WORKDIR.strip('/')}/{name}", text, 0o644) for name, text in files.items()
+            ]
+            entries += [
+                (f"{home}/{ASSIGNMENT}", json.dumps(assignment), 0o600),
+                (f"{home}/{READY}", "", 0o600),
+            ]
+            container.put_archive("/", _tar_entries(entries))
         except docker.errors.NotFound:
             return None
-        state = container.attrs.get("State") or {}
+        started = (container.attrs.get("State") or {}).get("StartedAt", "")
         return Started(
             str(container.id),
             ip_of(container.attrs),
-            _parse_docker_time(state.get("StartedAt", "")),
+            _parse_docker_time(started),
+            image_hash=str(container.labels.get(LABEL_HASH, "")),
         )
-
-    async def image_hash(self, worker_id: str) -> str:
-        """The image hash a worker's container was started from (its label)."""
-
-        def read() -> str:
-            try:
-                attrs = self._docker.api.inspect_container(self.name(worker_id))
-            except docker.errors.NotFound:
-                return ""
-            return str(((attrs.get("Config") or {}).get("Labels") or {}).get(LABEL_HASH, ""))
-
-        return await docker_client.call(read)
 
     async def pooled(self) -> list[dict[str, Any]]:
         """This manager's warm-pool containers (all states, taken or not)."""

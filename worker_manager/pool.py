@@ -58,6 +58,20 @@ redis.call('SET', KEYS[3] .. id, '1', 'EX', ARGV[1])
 return id
 """
 
+# Adopt running, unassigned containers into the set, atomically with the take's claim: an id
+# taken between the round's look at Docker and this write must not go back into the pool.
+# KEYS: pool   ARGV: claimed-prefix record-prefix id...
+_ADOPT = """
+local added = 0
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  if redis.call('EXISTS', ARGV[1] .. id) == 0 and redis.call('EXISTS', ARGV[2] .. id) == 0 then
+    added = added + redis.call('SADD', KEYS[1], id)
+  end
+end
+return added
+"""
+
 PoolEnv = Callable[[Shape], dict[str, str]]
 Observe = Callable[[str, str], None]  # (shape, "take" | "miss")
 
@@ -78,6 +92,7 @@ class WarmPool:
         self._pool_env = pool_env
         self._keys = settings.keys
         self._take = redis.register_script(_TAKE)
+        self._adopt = redis.register_script(_ADOPT)
         self._starting: dict[str, int] = {}
         #: Containers this process is creating or starting right now: not dead, only young.
         self._launching: set[str] = set()
@@ -164,7 +179,8 @@ class WarmPool:
             if stale:
                 await self._redis.srem(pool_key, *stale)
             if fresh:
-                await self._redis.sadd(pool_key, *fresh)
+                record_prefix = keys.worker("")
+                await self._adopt(keys=[pool_key], args=[self._claimed(), record_prefix, *fresh])
             self.ready[shape] = len(members)
             missing = count - len(members) - self._starting.get(shape, 0)
             while missing > 0 and total < s.warm_pool_max:
@@ -197,7 +213,10 @@ class WarmPool:
                     extra_labels=((LABEL_POOL, name),),
                 )
             )
-            await self._redis.sadd(self._keys.pool(self._settings.manager_id, name), worker_id)
+            await self._adopt(
+                keys=[self._keys.pool(self._settings.manager_id, name)],
+                args=[self._claimed(), self._keys.worker(""), worker_id],
+            )
             log.info("pooled worker ready", shape=name, worker_id=worker_id)
         except asyncio.CancelledError:
             raise

@@ -220,7 +220,8 @@ class Provisioner:
             log.warning("the pooled container is gone; starting one", worker_id=worker_id)
             await self._containers.remove(worker_id)
             return False
-        image_hash = await self._containers.image_hash(worker_id)
+        image_hash = started.image_hash
+        self.on_started(worker_id)  # the first heartbeat is a moment away: watch closely now
         await self._store.update(
             worker_id,
             {
@@ -235,7 +236,6 @@ class Provisioner:
         )
         if image_hash:
             await self._images.touch(image_hash)
-        self.on_started(worker_id)
         log.info("pooled worker handed over", worker_id=worker_id)
         return True
 

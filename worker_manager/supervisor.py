@@ -37,7 +37,7 @@ FAILURES_UNHEALTHY = 3
 STALE_INTERVALS = 5
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 30.0
-#: A round never counts as stale sooner than this (fast loops poll every 50 ms).
+#: A round never counts as stale sooner than this (fast loops poll every 25 ms).
 MIN_STALE_SECONDS = 30.0
 
 

@@ -46,7 +46,7 @@ log = get_logger(__name__)
 #: the background (never inline: a slow ``docker stop`` must delay nobody else's verdict).
 End = Callable[..., Awaitable[bool]]
 #: How often heartbeats are read while a started worker has not yet sent its first one.
-STARTING_POLL_SECONDS = 0.05
+STARTING_POLL_SECONDS = 0.025
 RedisRestarted = Callable[[], Awaitable[None]]
 
 
@@ -104,7 +104,7 @@ class StatusWatcher:
         return min(interval, STARTING_POLL_SECONDS) if soon else interval
 
     async def _notice_redis_restart(self) -> None:
-        # Once per watch interval is enough to notice a restart; the 50 ms ticks while a worker
+        # Once per watch interval is enough to notice a restart; the 25 ms ticks while a worker
         # starts need not each send an INFO.
         now = time.monotonic()
         if now < self._next_restart_check and not self._outage:
