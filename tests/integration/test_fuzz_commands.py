@@ -84,12 +84,27 @@ def entries(draw: st.DrawFn) -> dict[Any, Any]:
     return fields or {"nothing": "here"}
 
 
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def _delivered(harness: Harness, entry_id: str) -> bool:
+    groups = await harness.redis.xinfo_groups(harness.keys.commands)
+    group = next(g for g in groups if g["name"] == MANAGER_GROUP)
+    return _id(str(group["last-delivered-id"])) >= _id(entry_id)
+
+
 async def _answers(harness: Harness, entry_id: str, fields: dict[Any, Any]) -> tuple[int, int]:
     """(replies, dead letters) for ``entry_id``, once the entry is acknowledged."""
     keys = harness.keys
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 20
-    while await harness.redis.xpending_range(keys.commands, MANAGER_GROUP, entry_id, entry_id, 1):
+    # Acknowledged: delivered to the group (XPENDING lists only delivered entries, so an entry
+    # not read yet would look acknowledged too) and no longer pending.
+    while not await _delivered(harness, entry_id) or await harness.redis.xpending_range(
+        keys.commands, MANAGER_GROUP, entry_id, entry_id, 1
+    ):
         assert loop.time() < deadline, f"{entry_id} never acknowledged: {fields!r:.300}"
         await asyncio.sleep(0.01)
     request_id = fields.get("request_id")
