@@ -82,8 +82,8 @@ bench-full: venv ensure-base
 #       REDIS_BASE_IMAGE=worker-manager/base:bookworm WM_BASE_IMAGE=worker-manager/base:bookworm
 MANAGER_BASE_IMAGE ?= python:3.12-slim
 compose-up: venv
-	scripts/build-wheels.sh $(MANAGER_BASE_IMAGE)
 	@test -n "$${REDIS_PASSWORD:-}" || { echo "set REDIS_PASSWORD (e.g. openssl rand -hex 24)" >&2; exit 2; }
+	scripts/build-wheels.sh $(MANAGER_BASE_IMAGE)
 	MANAGER_BASE_IMAGE=$(MANAGER_BASE_IMAGE) docker-compose up -d --build
 
 compose-down:

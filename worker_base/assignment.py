@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
 
+from worker_base.config import DEFAULT_STATE_DIR
+
 log = logging.getLogger("worker_base")
 
 POOLED = "WM_POOLED"
@@ -30,7 +32,7 @@ class AssignmentError(ValueError):
 
 
 def state_dir(environ: MutableMapping[str, str]) -> Path:
-    return Path(environ.get("WM_STATE_DIR") or "/home/worker/.wm")
+    return Path(environ.get("WM_STATE_DIR") or DEFAULT_STATE_DIR)
 
 
 def wait_for_assignment(

@@ -21,6 +21,10 @@ WRAPPER_GROUP = "wrapper"
 WRAPPER_CONSUMER = "wrapper"
 
 
+#: Where a worker keeps what outlives one run (sessions, spend, shims); the image creates it.
+DEFAULT_STATE_DIR = "/home/worker/.wm"
+
+
 class ConfigError(ValueError):
     """The environment does not describe a usable worker; the message says which variable."""
 
@@ -36,7 +40,7 @@ class WrapperConfig:
     #: ``None`` means unrestricted (``WM_ALLOWED_COMMANDS`` absent).
     allowed_commands: tuple[str, ...] | None = None
     workdir: Path = Path("/workspace")
-    state_dir: Path = Path("/home/worker/.wm")
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
     heartbeat_interval: float = 2.0
     heartbeat_ttl: int = 10
     output_maxlen: int = 10_000
@@ -156,7 +160,7 @@ class WrapperConfig:
             agent_command=tuple(agent_command or ()),
             allowed_commands=None if allowed is None else tuple(allowed),
             workdir=Path(text("WM_WORKDIR", "/workspace") or "/workspace"),
-            state_dir=Path(text("WM_STATE_DIR", "/home/worker/.wm") or "/home/worker/.wm"),
+            state_dir=Path(text("WM_STATE_DIR") or DEFAULT_STATE_DIR),
             heartbeat_interval=interval,
             heartbeat_ttl=ttl,
             output_maxlen=int(_number(environ, "WM_OUTPUT_MAXLEN", 10_000, minimum=1)),

@@ -305,12 +305,7 @@ class Client:
 
     async def request(self, command: str, **fields: Any) -> Reply:
         """One command, its reply checked: a typed error for ``ok=false``."""
-        flat = {
-            name: value if isinstance(value, str) else json.dumps(value)
-            for name, value in fields.items()
-            if value is not None
-        }
-        reply = await self._commands.request(command, timeout=self.timeout, **flat)
+        reply = await self._commands.request(command, timeout=self.timeout, **fields)
         return _raise_for(reply)
 
     async def create(self, **fields: Any) -> Worker:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -34,13 +35,20 @@ class CommandClient:
         return entry_id
 
     async def request(
-        self, command: str, *, timeout: float = 30.0, reply_to: str | None = None, **fields: str
+        self, command: str, *, timeout: float = 30.0, reply_to: str | None = None, **fields: object
     ) -> Reply:
-        """Send one command and wait for its reply on a reply stream of our own."""
-        request_id = fields.pop("request_id", None) or f"cli-{uuid.uuid4().hex}"
+        """Send one command and wait for its reply on a reply stream of our own. Fields are
+        flattened as the contract wants them: strings as they are, lists and objects as JSON,
+        None left out."""
+        flat = {
+            k: v if isinstance(v, str) else json.dumps(v)
+            for k, v in fields.items()
+            if v is not None
+        }
+        request_id = flat.pop("request_id", None) or f"cli-{uuid.uuid4().hex}"
         own_stream = reply_to is None
         reply_to = reply_to or f"{self._replies}:client:{uuid.uuid4().hex}"
-        body = {"command": command, "request_id": request_id, "reply_to": reply_to, **fields}
+        body = {"command": command, "request_id": request_id, "reply_to": reply_to, **flat}
         await self.push(body)
         try:
             return await self.wait_reply(reply_to, request_id, timeout=timeout)
@@ -78,13 +86,8 @@ class CommandClient:
                 return reply.model_copy(update={"workers": workers})
             cursor = reply.next_cursor
 
-    async def create(self, *, timeout: float = 30.0, **fields: object) -> Reply:
-        flat = {
-            k: v if isinstance(v, str) else json.dumps(v)
-            for k, v in fields.items()
-            if v is not None
-        }
-        return await self.request("create", timeout=timeout, **flat)
+    async def create(self, *, timeout: float = 30.0, **fields: Any) -> Reply:
+        return await self.request("create", timeout=timeout, **fields)
 
     async def send_input(self, worker_id: str, content: str, kind: str = "prompt") -> str:
         entry_id: str = await self._redis.xadd(

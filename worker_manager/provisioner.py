@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from worker_base.config import WrapperConfig
+from worker_base.config import DEFAULT_STATE_DIR, WrapperConfig
 from worker_manager.acl import WorkerAcl
 from worker_manager.clock import iso_from_unix, iso_now
 from worker_manager.config import Settings
@@ -25,9 +25,6 @@ from worker_manager.outages import OUTAGE_ERRORS, ride_out
 from worker_manager.records import LIVE, WorkerStore
 
 log = get_logger(__name__)
-
-#: Where a pooled container's wrapper waits for its assignment (its state directory).
-POOLED_STATE_DIR = "/home/worker/.wm"
 
 
 class Provisioner:
@@ -214,14 +211,13 @@ class Provisioner:
             if command.instructions
             else {},
             self.worker_env(worker_id, command),
-            POOLED_STATE_DIR,
+            DEFAULT_STATE_DIR,
         )
         if started is None:
             log.warning("the pooled container is gone; starting one", worker_id=worker_id)
             await self._containers.remove(worker_id)
             return False
         image_hash = started.image_hash
-        self.on_started(worker_id)  # the first heartbeat is a moment away: watch closely now
         await self._store.update(
             worker_id,
             {
@@ -229,11 +225,12 @@ class Provisioner:
                 "image_hash": image_hash,
                 "container_id": started.container_id,
                 "ip_address": started.ip_address,
-                "started_at": iso_from_unix(started.started_at)
-                if started.started_at
-                else iso_now(),
+                # When it started as this worker (its container may be hours older): the
+                # watcher's start timeout counts from here.
+                "started_at": iso_now(),
             },
         )
+        self.on_started(worker_id)  # the first heartbeat is a moment away: watch closely now
         if image_hash:
             await self._images.touch(image_hash)
         log.info("pooled worker handed over", worker_id=worker_id)
@@ -242,7 +239,7 @@ class Provisioner:
     def pool_env(self, shape: Shape) -> dict[str, str]:
         """A pooled container's environment: no worker yet, only what its agent type needs
         (the rest comes with the assignment)."""
-        env = {"WM_POOLED": "1", "WM_STATE_DIR": POOLED_STATE_DIR}
+        env = {"WM_POOLED": "1", "WM_STATE_DIR": DEFAULT_STATE_DIR}
         if shape.agent_type is AgentType.CLAUDE:
             env.update(self._claude_env())
         env.update(self._secrets_for(shape.agent_type))

@@ -75,8 +75,6 @@ class StatusWatcher:
         self._next_restart_check = 0.0
         self.on_redis_restart: RedisRestarted | None = None
         self.redis_restarts = 0
-        #: Workers whose invalid heartbeat was logged (once each).
-        self._reported: set[str] = set()
         #: Set when a container has just started: the next round comes at once, and its fast
         #: polling catches the first heartbeat within ``STARTING_POLL_SECONDS``.
         self.wake = asyncio.Event()
@@ -157,10 +155,9 @@ class StatusWatcher:
             await self._redis.srem(self._store.live_key, worker_id)
             return
         if seen.problem is not None:
-            if worker_id not in self._reported:
-                self._reported.add(worker_id)
-                log.warning("invalid heartbeat", worker_id=worker_id, problem=seen.problem)
-                self.dropped("heartbeat", 1)
+            # Judged once: the transition ends the worker, so it is not read again.
+            log.warning("invalid heartbeat", worker_id=worker_id, problem=seen.problem)
+            self.dropped("heartbeat", 1)
             await self._end(worker_id, WorkerStatus.FAILED, "heartbeat_invalid")
             return
         beat = seen.beat
