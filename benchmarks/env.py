@@ -31,9 +31,9 @@ import docker.errors
 from redis.asyncio import Redis
 
 from tests.support.redis_server import RedisServer, free_port
-from worker_manager.config import BOOTSTRAP_BASE_TAG
-from worker_manager.image_spec import packaged_images_dir
-from worker_manager.keys import Keys
+from worker_manager.core.keys import Keys
+from worker_manager.images.spec import packaged_images_dir
+from worker_manager.settings import BOOTSTRAP_BASE_TAG
 
 MANAGER_LABEL = "worker-manager.manager_id"
 #: Containers the baselines start themselves (no manager): found again by this label.

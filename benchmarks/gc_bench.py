@@ -1,4 +1,5 @@
-"""Figure 6: ``gc --dry-run`` (:meth:`worker_manager.gc.Collector.run`) over 1 000 image records.
+"""Figure 6: ``gc --dry-run`` over 1 000 image records
+(:meth:`worker_manager.images.gc_execute.Collector.run`).
 
 Records need images to be more than "forget" rows, and building 1 000 images is out of the
 question, so the run builds ONE tiny image (the base plus labels: our key prefix, so the
@@ -19,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from benchmarks.env import BenchEnv
 from benchmarks.harness import Figure, alternate
-from worker_manager.config import Settings
-from worker_manager.images import LABEL_HASH
+from worker_manager.images.spec import LABEL_HASH
+from worker_manager.settings import Settings
 
 OLD_FRACTION = 0.1
 TAG_THREADS = 8
@@ -40,7 +41,7 @@ def _unavailable(reason: str) -> Figure:
 
 
 def _build_tiny(env: BenchEnv, tag: str) -> str:
-    from worker_manager.images import LABEL_PREFIX
+    from worker_manager.images.spec import LABEL_PREFIX
 
     dockerfile = (
         f"FROM {env.base_image}\n"
@@ -55,9 +56,9 @@ def _build_tiny(env: BenchEnv, tag: str) -> str:
 
 async def gc_figure(env: BenchEnv, records: int, runs: int) -> Figure:
     try:
-        from worker_manager.gc import Collector
+        from worker_manager.images.gc_execute import Collector
     except ImportError as exc:
-        return _unavailable(f"worker_manager.gc cannot be imported: {exc}")
+        return _unavailable(f"worker_manager.images.gc_execute cannot be imported: {exc}")
     hashes = [hashlib.sha256(f"{env.token}-{i}".encode()).hexdigest() for i in range(records)]
     tags = [f"worker:{h}" for h in hashes]
     seed = f"bench-gc:{env.token}"

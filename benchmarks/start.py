@@ -4,7 +4,7 @@ The floor is the same image started with the Docker SDK directly (same hardening
 manager's containers) until its wrapper's first heartbeat: everything the manager adds (the
 command round trip, the record, the ACL user, the image lookup, noticing the heartbeat) is the
 difference. The cold floor adds ``docker build`` of the very Dockerfile and context the manager
-generates (:func:`worker_manager.images.write_build_context`), with the same build options.
+generates (:func:`worker_manager.images.build.write_build_context`), with the same build options.
 """
 
 from __future__ import annotations
@@ -23,9 +23,16 @@ from docker.types import LogConfig
 from benchmarks.env import AGENT_COMMAND, OWNER_LABEL, BenchEnv
 from benchmarks.harness import Figure, alternate
 from benchmarks.workers import create_worker, delete_worker, lifecycle_tail, wait_status
-from worker_manager.image_spec import RUNTIME, ImageSpec, Templates, packaged_images_dir
-from worker_manager.images import LABEL_HASH, write_build_context
-from worker_manager.models import AgentType
+from worker_manager.contract.kinds import AgentType
+from worker_manager.images.build import write_build_context
+from worker_manager.images.spec import (
+    LABEL_HASH,
+    RUNTIME,
+    ImageSpec,
+    Templates,
+    has_worker_user,
+    packaged_images_dir,
+)
 
 
 def _run_direct(env: BenchEnv, image: str, worker_id: str) -> str:
@@ -101,9 +108,11 @@ async def manager_start(env: BenchEnv) -> tuple[float, str]:
 
 
 def _build_direct(env: BenchEnv, tag: str) -> None:
+    base = env.docker.images.get(env.base_image)
     spec = ImageSpec(
         base_image=env.base_image,
-        base_image_id=str(env.docker.images.get(env.base_image).id),
+        base_image_id=str(base.id),
+        base_has_worker_user=has_worker_user(base.labels),
         agent_type=AgentType.CUSTOM,
         modules=(),
         templates=Templates(packaged_images_dir(), env.overlay.root),

@@ -24,9 +24,9 @@ from tests.support.docker_cleanup import (
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.keyspace import delete_prefix, session_image_hashes
 from tests.support.redis_server import RedisServer, bindable_gateway
-from worker_manager import agent_binaries
-from worker_manager.agent_binaries import AgentBinary
-from worker_manager.config import BOOTSTRAP_BASE_TAG, Settings
+from worker_manager.images import agent_binaries
+from worker_manager.images.agent_binaries import AgentBinary
+from worker_manager.settings import BOOTSTRAP_BASE_TAG, Settings
 
 
 @pytest.fixture(scope="session")

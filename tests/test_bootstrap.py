@@ -13,9 +13,9 @@ import structlog
 from structlog.testing import capture_logs
 
 from tests.support.availability import unavailable
-from worker_manager import bootstrap
-from worker_manager.bootstrap import BootstrapError, ensure_base_image
-from worker_manager.config import BOOTSTRAP_BASE_TAG, Settings
+from worker_manager.images import bootstrap
+from worker_manager.images.bootstrap import BootstrapError, ensure_base_image
+from worker_manager.settings import BOOTSTRAP_BASE_TAG, Settings
 
 LOG = structlog.get_logger()
 
@@ -74,6 +74,15 @@ def test_missing_default_base_image_is_bootstrapped(
         image = docker_client.images.get(tag)
         assert image.id == image_id
         assert image.labels.get("worker-manager.base") == "1"
+        # The worker's user is in the base, so worker images need no RUN step for it.
+        assert image.labels.get("worker-manager.worker-user") == "1000:1000"
+        owners = docker_client.containers.run(
+            tag,
+            ["sh", "-c", "id -un; stat -c %u /workspace /home/worker/.wm"],
+            remove=True,
+            user="1000:1000",
+        )
+        assert owners.split() == [b"worker", b"1000", b"1000"]
         output = docker_client.containers.run(
             tag,
             ["python3", "-c", "import ssl, sys; print(sys.version_info[0])"],

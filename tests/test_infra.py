@@ -24,7 +24,7 @@ from tests.support.docker_cleanup import (
 )
 from tests.support.keyspace import delete_prefix
 from tests.support.redis_server import RedisServer
-from worker_manager.config import Settings
+from worker_manager.settings import Settings
 
 # A worker's-eye check: authenticate and PING over a raw socket, with nothing but the stdlib.
 CONTAINER_PROBE = """

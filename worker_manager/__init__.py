@@ -5,7 +5,7 @@ container whose wrapper (:mod:`worker_base`) talks to Redis directly. See ``SPEC
 wire contract and ``README.md`` for operating the service.
 """
 
-from worker_manager.api import (
+from worker_manager.client.api import (
     BuildFailedError,
     CapacityExceededError,
     Client,
@@ -22,8 +22,9 @@ from worker_manager.api import (
     WorkerInfo,
     WorkerManagerError,
 )
-from worker_manager.config import Settings
-from worker_manager.models import AgentType, Module, Reply, WorkerStatus
+from worker_manager.contract.kinds import AgentType, Module, WorkerStatus
+from worker_manager.contract.reply import Reply
+from worker_manager.settings import Settings
 
 __version__ = "0.1.0"
 

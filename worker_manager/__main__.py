@@ -1,5 +1,5 @@
 import sys
 
-from worker_manager.cli import main
+from worker_manager.cli.main import main
 
 sys.exit(main())

@@ -10,8 +10,8 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.support.flows import Harness
-from worker_manager.config import Settings
-from worker_manager.service import Manager
+from worker_manager.service.manager import Manager
+from worker_manager.settings import Settings
 
 ManagerFactory = Callable[..., "asyncio.Future[Manager]"]
 

@@ -20,8 +20,8 @@ import docker.errors
 import pytest
 
 from tests.support.flows import Harness
-from worker_manager.models import AgentType
-from worker_manager.service import Manager
+from worker_manager.contract.kinds import AgentType
+from worker_manager.service.manager import Manager
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.support.flows import Harness
-from worker_manager.models import Reply
+from worker_manager.contract.reply import Reply
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.flows import Harness
-from worker_manager.config import Settings
+from worker_manager.settings import Settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 

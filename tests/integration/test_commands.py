@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from tests.support.flows import Harness
-from worker_manager.keys import MANAGER_GROUP
+from worker_manager.core.keys import MANAGER_GROUP
 
 pytestmark = [pytest.mark.redis]
 

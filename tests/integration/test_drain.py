@@ -22,10 +22,11 @@ import aiohttp
 import pytest
 
 from tests.support.flows import Harness
-from worker_manager.config import Settings
-from worker_manager.keys import MANAGER_GROUP
-from worker_manager.models import ListCommand, Reply
-from worker_manager.service import Manager
+from worker_manager.contract.commands import ListCommand
+from worker_manager.contract.reply import Reply
+from worker_manager.core.keys import MANAGER_GROUP
+from worker_manager.service.manager import Manager
+from worker_manager.settings import Settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.flows import Harness
-from worker_manager.keys import MANAGER_GROUP
-from worker_manager.models import REQUEST_ID_RE
+from worker_manager.contract.commands import REQUEST_ID_RE
+from worker_manager.core.keys import MANAGER_GROUP
 
 pytestmark = [pytest.mark.redis]
 

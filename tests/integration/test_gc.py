@@ -24,9 +24,10 @@ import docker.errors
 import pytest
 from redis.asyncio import Redis
 
-from worker_manager.config import Settings
-from worker_manager.gc import Collector, Row
-from worker_manager.images import LABEL_HASH, LABEL_PREFIX
+from worker_manager.images.gc_execute import Collector
+from worker_manager.images.gc_plan import Row
+from worker_manager.images.spec import LABEL_HASH, LABEL_PREFIX
+from worker_manager.settings import Settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 
@@ -299,7 +300,7 @@ async def test_one_collector_at_a_time_and_a_dead_holder_frees_the_lock(
     holder = (
         "import asyncio, sys\n"
         "from redis.asyncio import Redis\n"
-        "from worker_manager.locks import RenewedLock\n"
+        "from worker_manager.core.locks import RenewedLock\n"
         "async def main():\n"
         "    r = Redis.from_url(sys.argv[1], decode_responses=True)\n"
         "    lock = RenewedLock(r, sys.argv[2], ttl_seconds=2, owner='doomed')\n"

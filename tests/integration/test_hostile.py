@@ -18,9 +18,9 @@ import structlog
 
 from tests.support.flows import Harness
 from tests.support.records import seed_records
-from worker_manager.http import HttpServer
-from worker_manager.keys import MANAGER_GROUP
-from worker_manager.service import Manager
+from worker_manager.core.keys import MANAGER_GROUP
+from worker_manager.service.http import HttpServer
+from worker_manager.service.manager import Manager
 
 pytestmark = [pytest.mark.redis]
 
@@ -252,7 +252,7 @@ async def test_a_loop_that_keeps_failing_makes_readyz_name_it(harness: Harness) 
         raise RuntimeError("still broken")
 
     manager.evictor.judge = broken  # type: ignore[method-assign,assignment]
-    http = HttpServer(manager)
+    http = HttpServer(manager.settings, manager.settings, manager, manager.metrics)
     checks: dict[str, str] = {}
 
     async def named() -> bool:
@@ -423,9 +423,9 @@ async def test_a_slow_teardown_does_not_hold_up_other_workers(harness: Harness) 
         lambda: _status_is(harness, doomed, "FAILED"), "the doomed worker judged", timeout=30
     )
     # The teardown hangs; the watcher goes on: a new worker reaches RUNNING meanwhile.
-    assert manager.provisioner.teardowns_in_progress == 1
+    assert manager.lifecycle.teardowns_in_progress == 1
     await start_cat(harness)
-    assert not released.is_set() and manager.provisioner.teardowns_in_progress == 1
+    assert not released.is_set() and manager.lifecycle.teardowns_in_progress == 1
     released.set()
     await harness.wait_container_gone(doomed)
 
@@ -463,7 +463,7 @@ async def test_one_corrupt_record_does_not_break_list(harness: Harness) -> None:
 
 # --- 14: an open default user is called out; workers cannot take a manager's name ----------------
 async def test_an_open_default_user_is_warned_about(harness: Harness, redis_server: Any) -> None:
-    from worker_manager.acl import WRAPPER_COMMANDS
+    from worker_manager.workers.acl import WRAPPER_COMMANDS
 
     assert "+client|setname" not in WRAPPER_COMMANDS
     with structlog.testing.capture_logs() as logs:
@@ -491,8 +491,8 @@ async def test_a_registered_producer_is_the_owner_whatever_it_writes(
     from redis.asyncio import Redis
     from redis.exceptions import NoPermissionError
 
-    from worker_manager.acl import producer_rules
-    from worker_manager.client import CommandClient
+    from worker_manager.client.requests import CommandClient
+    from worker_manager.workers.acl import producer_rules
 
     await harness.start(producers=["search"])
     keys = harness.keys

@@ -15,11 +15,11 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from tests.support.redis_server import RedisServer, free_port
-from worker_manager.client import CommandClient
-from worker_manager.config import Settings
-from worker_manager.keys import MANAGER_GROUP
-from worker_manager.metrics import Metrics
-from worker_manager.service import Manager
+from worker_manager.client.requests import CommandClient
+from worker_manager.core.keys import MANAGER_GROUP
+from worker_manager.service.manager import Manager
+from worker_manager.service.metrics import Metrics
+from worker_manager.settings import Settings
 
 pytestmark = [pytest.mark.redis, pytest.mark.docker]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.flows import Harness
-from worker_manager.models import Shape
+from worker_manager.contract.kinds import Shape
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 

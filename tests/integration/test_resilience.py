@@ -20,7 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tests.support.flows import Harness
 from tests.support.redis_server import RedisServer
-from worker_manager.client import ReplyTimeout
+from worker_manager.client.requests import ReplyTimeout
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from tests.support.manager_process import env_of
-from worker_manager.config import Settings
+from worker_manager.settings import Settings
 
 
 async def run_cli(

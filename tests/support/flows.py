@@ -11,9 +11,9 @@ from typing import Any
 import docker
 from redis.asyncio import Redis
 
-from worker_manager.client import CommandClient
-from worker_manager.config import Settings
-from worker_manager.service import Manager
+from worker_manager.client.requests import CommandClient
+from worker_manager.service.manager import Manager
+from worker_manager.settings import Settings
 
 
 class Harness:

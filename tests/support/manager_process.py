@@ -11,7 +11,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from worker_manager.config import Settings
+from worker_manager.settings import Settings
 
 #: Settings the subprocess gets from the test's Settings object, as WM_* variables.
 _PASSED = (

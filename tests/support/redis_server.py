@@ -20,7 +20,7 @@ import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from worker_manager.config import docker_bridge_gateway
+from worker_manager.core.bridge import docker_bridge_gateway
 
 START_TIMEOUT_SECONDS = 15.0
 STOP_TIMEOUT_SECONDS = 15.0

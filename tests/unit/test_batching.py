@@ -9,11 +9,11 @@ import fakeredis
 import pytest
 from redis.asyncio.client import Pipeline
 
-from worker_manager.batching import PipelineBatcher
-from worker_manager.config import Settings
-from worker_manager.keys import MANAGER_GROUP
-from worker_manager.models import Reply
-from worker_manager.replies import ReplyBook
+from worker_manager.commands.batching import PipelineBatcher
+from worker_manager.commands.replies import ReplyBook
+from worker_manager.contract.reply import Reply
+from worker_manager.core.keys import MANAGER_GROUP
+from worker_manager.settings import Settings
 
 
 class CountingRedis(fakeredis.aioredis.FakeRedis):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from worker_manager.config import Settings
-from worker_manager.hostport import parse_host_port
+from worker_manager.core.hostport import parse_host_port
+from worker_manager.settings import Settings
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from worker_manager.agent_binaries import AgentBinary
-from worker_manager.image_spec import ImageSpec, Templates, packaged_images_dir
-from worker_manager.images import clean_log_line, write_build_context
-from worker_manager.models import AgentType, Module
+from worker_manager.contract.kinds import AgentType, Module
+from worker_manager.images.agent_binaries import AgentBinary
+from worker_manager.images.build import clean_log_line, write_build_context
+from worker_manager.images.spec import ImageSpec, Templates, packaged_images_dir
 
 
 def spec(
@@ -20,6 +20,7 @@ def spec(
     templates: Templates | None = None,
     build_args: tuple[tuple[str, str], ...] = (),
     binary: AgentBinary | None = None,
+    base_has_user: bool = False,
 ) -> ImageSpec:
     return ImageSpec(
         base_image="worker-manager/base:bookworm",
@@ -29,6 +30,7 @@ def spec(
         templates=templates or Templates(packaged_images_dir()),
         build_args=build_args,
         agent_binary=binary,
+        base_has_worker_user=base_has_user,
     )
 
 
@@ -45,6 +47,7 @@ def test_hash_changes_with_every_input() -> None:
     assert spec(agent=AgentType.CLAUDE).hash != base
     assert spec(base_id="sha256:other").hash != base
     assert spec(build_args=(("FACTORY_CLI_VERSION", "9"),)).hash != base
+    assert spec(base_has_user=True).hash != base
 
 
 def test_the_agent_binary_digest_and_version_are_part_of_the_hash(tmp_path: Path) -> None:
@@ -138,3 +141,18 @@ def test_build_context_carries_the_wrapper_and_vendored_packages(tmp_path: Path)
     assert (tmp_path / "worker-base" / "redis" / "asyncio" / "__init__.py").is_file()
     assert (tmp_path / "worker-base" / "async_timeout" / "__init__.py").is_file()
     assert not list(tmp_path.rglob("__pycache__"))
+
+
+def test_a_base_with_the_worker_user_costs_no_run_step() -> None:
+    """The bootstrapped base already has uid 1000 (its label says so): COPY and LABEL only."""
+    from worker_manager.images.spec import LABEL_WORKER_USER, has_worker_user
+
+    assert has_worker_user({LABEL_WORKER_USER: "1000:1000"})
+    assert not has_worker_user({LABEL_WORKER_USER: "0:0"}) and not has_worker_user(None)
+    text = spec(base_has_user=True).dockerfile({"worker-manager.hash": "h"})
+    assert [ln.split()[0] for ln in text.splitlines() if ln[:1].isupper()] == [
+        "FROM",
+        "COPY",
+        "LABEL",
+    ]
+    assert "useradd" in spec().dockerfile() and "useradd" not in text

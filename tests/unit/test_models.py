@@ -7,23 +7,22 @@ import uuid
 
 import pytest
 
-from worker_manager.config import Settings
-from worker_manager.errors import InvalidCommand
-from worker_manager.models import (
-    AgentType,
+from worker_manager.contract.commands import (
     CreateCommand,
-    Module,
-    Reply,
     StatusCommand,
     parse_command,
     reply_of_request_id,
 )
+from worker_manager.contract.kinds import AgentType, Module
+from worker_manager.contract.reply import Reply
+from worker_manager.core.errors import InvalidCommand
+from worker_manager.settings import Settings
 
 SETTINGS = Settings(_env_file=None, key_prefix="unit")  # type: ignore[call-arg]
 
 
 def parse(fields: dict[str, str]) -> object:
-    return parse_command(fields, "1700000000000-0", SETTINGS)
+    return parse_command(fields, "1700000000000-0", SETTINGS, replies=SETTINGS.keys.replies)
 
 
 def test_defaults_come_from_the_entry() -> None:
@@ -105,7 +104,7 @@ def test_invalid_commands_name_the_field(fields: dict[str, str], field: str) -> 
 def test_entry_size_limit() -> None:
     small = SETTINGS.model_copy(update={"max_entry_bytes": 100})
     with pytest.raises(InvalidCommand) as caught:
-        parse_command({"command": "list", "pad": "x" * 200}, "1-0", small)
+        parse_command({"command": "list", "pad": "x" * 200}, "1-0", small, replies="worker:replies")
     assert caught.value.field == "entry"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from worker_manager.config import Settings
+from worker_manager.settings import Settings
 
 NAMES = (
     "ANTHROPIC_API_KEY",

@@ -7,13 +7,13 @@ import re
 import fakeredis
 import pytest
 
-from worker_manager.acl import WorkerAcl
-from worker_manager.clock import iso_from_unix, unix_from_iso
-from worker_manager.config import Settings
-from worker_manager.keys import Keys
-from worker_manager.logs import redact_url
-from worker_manager.models import Reply
-from worker_manager.replies import ReplyBook
+from worker_manager.commands.replies import ReplyBook
+from worker_manager.contract.reply import Reply
+from worker_manager.core.clock import iso_from_unix, unix_from_iso
+from worker_manager.core.keys import Keys
+from worker_manager.core.logs import redact_url
+from worker_manager.settings import Settings
+from worker_manager.workers.acl import WorkerAcl
 
 
 def settings(**kw: object) -> Settings:
@@ -89,7 +89,7 @@ async def test_reply_book_claims_once_and_replays_the_reply() -> None:
 
 @pytest.mark.parametrize("reply_to", [None])
 async def test_finish_without_reply_only_acks_and_dead_letters(reply_to: str | None) -> None:
-    from worker_manager.replies import DeadLetter
+    from worker_manager.commands.replies import DeadLetter
 
     redis = fakeredis.aioredis.FakeRedis(decode_responses=True)
     s = settings(key_prefix="u")

@@ -7,10 +7,10 @@ from typing import Any, cast
 import pytest
 from pydantic import SecretStr
 
-from worker_manager.acl import WorkerAcl
-from worker_manager.config import Settings
-from worker_manager.models import CreateCommand
-from worker_manager.provisioner import Provisioner
+from worker_manager.contract.commands import CreateCommand, command_context
+from worker_manager.settings import Settings
+from worker_manager.workers.acl import WorkerAcl
+from worker_manager.workers.environment import worker_env
 
 KEYS = {"ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "FACTORY_API_KEY"}
 FIELDS = ("anthropic_api_key", "claude_code_oauth_token", "factory_api_key")
@@ -31,8 +31,8 @@ def settings(**secrets: str) -> Settings:
 
 
 def env_for(s: Settings, agent_type: str) -> dict[str, str]:
-    none = cast(Any, None)
-    provisioner = Provisioner(s, none, none, none, WorkerAcl(none, s))
+    worker_id = "3f2b8c1e-0d7a-4c55-9a51-2f0e6b1c9d42"
+    acl = WorkerAcl(cast(Any, None), s)
     command = CreateCommand.model_validate(
         {
             "command": "create",
@@ -41,9 +41,9 @@ def env_for(s: Settings, agent_type: str) -> dict[str, str]:
             "agent_type": agent_type,
             "agent_command": ["cat"] if agent_type == "CUSTOM" else None,
         },
-        context={"settings": s},
+        context=command_context(s, s.keys.replies),
     )
-    return provisioner.worker_env("3f2b8c1e-0d7a-4c55-9a51-2f0e6b1c9d42", command)
+    return worker_env(s, worker_id, command, acl.worker_url(worker_id))
 
 
 @pytest.mark.parametrize(

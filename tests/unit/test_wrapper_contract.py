@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from worker_base.config import WrapperConfig, redact_url
-from worker_manager.config import Settings
-from worker_manager.models import CreateCommand
+from worker_manager.contract.commands import CreateCommand, command_context
+from worker_manager.settings import Settings
 
 CONFIGS = [
     WrapperConfig(worker_id="w1", redis_url="redis://u:p@h:1/0", agent_command=("cat",)),
@@ -47,17 +47,13 @@ def test_to_env_round_trips(config: WrapperConfig) -> None:
 
 def test_the_managers_env_is_what_the_wrapper_reads(tmp_path: Path) -> None:
     """Build the env the way the provisioner does and read it the way the wrapper does."""
-    from worker_manager.provisioner import Provisioner
+    from worker_manager.workers.environment import worker_env, wrapper_config
 
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None, key_prefix="kp", heartbeat_interval_seconds=0.5, heartbeat_ttl_seconds=3
     )
 
-    class Acl:
-        def worker_url(self, worker_id: str) -> str:
-            return f"redis://kp-{worker_id}:pw@172.17.0.1:6379/0"
-
-    provisioner = Provisioner(settings, None, None, None, Acl())  # type: ignore[arg-type]
+    url = "redis://kp-w-1:pw@172.17.0.1:6379/0"
     command = CreateCommand.model_validate(
         {
             "command": "create",
@@ -68,11 +64,11 @@ def test_the_managers_env_is_what_the_wrapper_reads(tmp_path: Path) -> None:
             "allowed_commands": json.dumps(["echo"]),
             "max_cost_usd": "1.5",
         },
-        context={"settings": settings},
+        context=command_context(settings, settings.keys.replies),
     )
-    env = provisioner.worker_env("w-1", command)
+    env = worker_env(settings, "w-1", command, url)
     read = WrapperConfig.from_env(env)
-    assert read == provisioner.wrapper_config("w-1", command)
+    assert read == wrapper_config(settings, "w-1", command, url)
     assert read.agent_command == ("sh", "-c", "cat") and read.allowed_commands == ("echo",)
     assert read.input_timeout == settings.input_timeout_seconds and read.max_cost_usd == 1.5
     assert read.heartbeat_interval == 0.5 and read.heartbeat_ttl == 3
@@ -81,7 +77,7 @@ def test_the_managers_env_is_what_the_wrapper_reads(tmp_path: Path) -> None:
 
 
 def test_one_redaction_for_both_sides() -> None:
-    from worker_manager.logs import redact_url as managers
+    from worker_manager.core.logs import redact_url as managers
 
     assert managers is redact_url
     assert redact_url("redis://u:pw@[::1]:6379/0") == "redis://u:***@[::1]:6379/0"

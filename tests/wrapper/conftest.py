@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from tests.support.redis_server import RedisServer
-from worker_manager.config import Settings
+from worker_manager.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.wrapper.conftest import OutputTail, Worker, is_event
-from worker_manager.agent_binaries import AgentBinary
+from worker_manager.images.agent_binaries import AgentBinary
 
 pytestmark = [pytest.mark.redis, pytest.mark.docker]
 

@@ -15,7 +15,7 @@ from worker_base.agents.base import Event, Invocation
 from worker_base.config import ConfigError, WrapperConfig, redact_url
 from worker_base.runner import LineSplitter, agent_environment, exit_status
 from worker_base.streams import OutputWriter
-from worker_manager.config import Settings
+from worker_manager.settings import Settings
 
 BASE_ENV = {"WM_WORKER_ID": "w1", "WM_REDIS_URL": "redis://u:secret@localhost:1/0"}
 

@@ -1,0 +1,469 @@
+"""The Python client for orchestrators: ``from worker_manager import Client``.
+
+It speaks only the wire contract (SPEC §1–§4), so it works against any manager sharing the Redis:
+
+    async with Client.from_url("redis://localhost:6379/0") as client:
+        worker = await client.create(agent_type="CUSTOM", agent_command=["cat"])
+        await worker.wait_running()
+        result = await worker.run("hello")
+        print(result.exit_code, result.text)
+        await worker.delete()
+
+Errors are typed: a reply with ``ok=false`` raises the :class:`WorkerManagerError` subclass of its
+``error`` code (with ``.code``, ``.message`` and ``.retry_after``); a worker that ends while you
+wait for it raises :class:`WorkerEnded` with its status and reason. Streams are read with resume
+points: :meth:`Worker.events` and :meth:`Client.lifecycle` pick up after the last entry they
+yielded when the connection to Redis drops and comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from worker_manager.client.requests import CommandClient, ReplyTimeout
+from worker_manager.contract.reply import Reply
+from worker_manager.core.keys import Keys
+
+__all__ = [
+    "BuildFailedError",
+    "CapacityExceededError",
+    "Client",
+    "ConflictError",
+    "Event",
+    "InternalError",
+    "InvalidCommandError",
+    "LifecycleEvent",
+    "NotFoundError",
+    "ReplyTimeout",
+    "RunResult",
+    "Worker",
+    "WorkerEnded",
+    "WorkerInfo",
+    "WorkerManagerError",
+]
+
+_RECONNECT_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+_LIVE = ("STARTING", "RUNNING")
+
+
+# --- errors ------------------------------------------------------------------------------------
+class WorkerManagerError(Exception):
+    """A command was answered with ``ok=false``."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.code
+        self.retry_after = retry_after
+
+
+class InvalidCommandError(WorkerManagerError):
+    code = "invalid_command"
+
+
+class NotFoundError(WorkerManagerError):
+    code = "not_found"
+
+
+class CapacityExceededError(WorkerManagerError):
+    """No room now: wait ``retry_after`` seconds and try again (maybe another manager)."""
+
+    code = "capacity_exceeded"
+
+
+class BuildFailedError(WorkerManagerError):
+    code = "build_failed"
+
+
+class ConflictError(WorkerManagerError):
+    code = "conflict"
+
+
+class InternalError(WorkerManagerError):
+    code = "internal"
+
+
+_ERRORS: dict[str, type[WorkerManagerError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidCommandError,
+        NotFoundError,
+        CapacityExceededError,
+        BuildFailedError,
+        ConflictError,
+        InternalError,
+    )
+}
+
+
+class WorkerEnded(Exception):
+    """The worker is STOPPED or FAILED (while waiting for it to run, or to answer)."""
+
+    def __init__(self, info: WorkerInfo) -> None:
+        reason = f": {info.reason}" if info.reason else ""
+        super().__init__(f"worker {info.worker_id} is {info.status}{reason}")
+        self.info = info
+        self.status = info.status
+        self.reason = info.reason
+
+
+def _raise_for(reply: Reply) -> Reply:
+    if reply.ok:
+        return reply
+    code = reply.error or "internal"
+    cls = _ERRORS.get(code, WorkerManagerError)
+    raise cls(reply.message or code, code=code, retry_after=reply.retry_after)
+
+
+# --- what comes back ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A worker's record as ``status`` and ``list`` answer it (SPEC §3)."""
+
+    worker_id: str
+    status: str
+    reason: str = ""
+    exit_code: int | None = None
+    agent_type: str = ""
+    modules: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    created_at: str = ""
+    started_at: str = ""
+    stopped_at: str = ""
+    last_activity_at: str = ""
+    cost_usd: float | None = None
+    progress: str = ""
+    manager_id: str = ""
+    image: str = ""
+    ip_address: str = ""
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in _LIVE
+
+    @classmethod
+    def from_reply(cls, reply: Reply) -> WorkerInfo:
+        details = dict(reply.details or {})
+        return cls.from_fields(
+            {
+                **details,
+                "worker_id": reply.worker_id or "",
+                "status": reply.status or "",
+                "ip_address": reply.ip_address or "",
+            }
+        )
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> WorkerInfo:
+        """From a list entry (JSON values) or a status reply's details (strings)."""
+
+        def as_json(name: str, empty: Any) -> Any:
+            value = fields.get(name)
+            if isinstance(value, str):
+                try:
+                    value = json.loads(value) if value else empty
+                except ValueError:
+                    return empty
+            return value if isinstance(value, type(empty)) else empty
+
+        exit_code = fields.get("exit_code")
+        cost = fields.get("cost_usd")
+        return cls(
+            worker_id=str(fields.get("worker_id") or ""),
+            status=str(fields.get("status") or ""),
+            reason=str(fields.get("reason") or ""),
+            exit_code=int(str(exit_code)) if str(exit_code or "").lstrip("-").isdigit() else None,
+            agent_type=str(fields.get("agent_type") or ""),
+            modules=as_json("modules", []),
+            metadata=as_json("metadata", {}),
+            created_at=str(fields.get("created_at") or ""),
+            started_at=str(fields.get("started_at") or ""),
+            stopped_at=str(fields.get("stopped_at") or ""),
+            last_activity_at=str(fields.get("last_activity_at") or ""),
+            cost_usd=float(cost) if cost not in (None, "") else None,
+            progress=str(fields.get("progress") or ""),
+            manager_id=str(fields.get("manager_id") or ""),
+            image=str(fields.get("image") or ""),
+            ip_address=str(fields.get("ip_address") or ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of a worker's output stream (SPEC §4)."""
+
+    id: str
+    type: str
+    content: str
+    timestamp: str
+    input_id: str
+
+    def json(self) -> Any:
+        """``content`` parsed (``result``, ``tool_use``, ``tool_result``, ``status``)."""
+        return json.loads(self.content)
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """What one input produced, from its first event to its ``done``."""
+
+    input_id: str
+    exit_code: int
+    events: list[Event]
+
+    @property
+    def text(self) -> str:
+        """The agent's answer: its ``assistant`` messages, or its ``stdout`` lines when it
+        sent none (a CUSTOM agent), joined by newlines."""
+        said = [e.content for e in self.events if e.type == "assistant"]
+        if not said:
+            said = [e.content for e in self.events if e.type == "stdout"]
+        return "\n".join(said)
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        """The agent's ``result`` payload (CLAUDE, FACTORY), if it printed one."""
+        found = [e for e in self.events if e.type == "result"]
+        return found[-1].json() if found else None
+
+    @property
+    def errors(self) -> list[str]:
+        return [e.content for e in self.events if e.type == "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleEvent:
+    """One status change from ``<prefix>:lifecycle``."""
+
+    id: str
+    worker_id: str
+    from_status: str
+    to_status: str
+    reason: str
+    timestamp: str
+
+
+# --- the client --------------------------------------------------------------------------------
+class Client:
+    """An orchestrator's connection to the fleet; use as ``async with``."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        key_prefix: str = "worker",
+        producer: str | None = None,
+        timeout: float = 30.0,
+        owns_redis: bool = False,
+    ) -> None:
+        self.redis = redis
+        self.keys = Keys(key_prefix)
+        self.timeout = timeout
+        self._commands = CommandClient(redis, self.keys, producer=producer)
+        self._owns_redis = owns_redis
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        key_prefix: str = "worker",
+        producer: str | None = None,
+        timeout: float = 30.0,
+    ) -> Client:
+        """``producer``: send as that registered producer (see the README's trust boundaries)."""
+        redis = Redis.from_url(url, decode_responses=True, health_check_interval=30)
+        return cls(
+            redis, key_prefix=key_prefix, producer=producer, timeout=timeout, owns_redis=True
+        )
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._owns_redis:
+            await self.redis.aclose()
+
+    async def request(self, command: str, **fields: Any) -> Reply:
+        """One command, its reply checked: a typed error for ``ok=false``."""
+        reply = await self._commands.request(command, timeout=self.timeout, **fields)
+        return _raise_for(reply)
+
+    async def create(self, **fields: Any) -> Worker:
+        """A new worker (the create fields of SPEC §1 as keyword arguments: lists and dicts
+        are sent as JSON). Answered as soon as it is accepted: ``await worker.wait_running()``."""
+        reply = await self.request("create", **fields)
+        assert reply.worker_id is not None
+        return Worker(self, reply.worker_id)
+
+    def worker(self, worker_id: str) -> Worker:
+        """A handle on an existing worker (nothing is sent)."""
+        return Worker(self, worker_id)
+
+    async def list(self, *, page_size: int = 500) -> list[WorkerInfo]:
+        """Every worker, newest first, across all pages."""
+        found: list[WorkerInfo] = []
+        cursor: str | None = None
+        while True:
+            reply = await self.request("list", limit=str(page_size), cursor=cursor)
+            found += [WorkerInfo.from_fields(w) for w in reply.workers or []]
+            if not reply.next_cursor:
+                return found
+            cursor = reply.next_cursor
+
+    async def lifecycle(
+        self, *, after: str = "$", follow: bool = True
+    ) -> AsyncGenerator[LifecycleEvent, None]:
+        """Status changes of every worker; from now (``$``) by default, or after an entry id
+        (``"0"`` for all that are kept). Resumes after a lost connection."""
+        async for entry_id, fields in _read(self.redis, self.keys.lifecycle, after, follow):
+            yield LifecycleEvent(
+                entry_id,
+                fields.get("worker_id", ""),
+                fields.get("from", ""),
+                fields.get("to", ""),
+                fields.get("reason", ""),
+                fields.get("timestamp", ""),
+            )
+
+
+class Worker:
+    """One worker: its id, and what can be done with it."""
+
+    def __init__(self, client: Client, worker_id: str) -> None:
+        self.client = client
+        self.id = worker_id
+
+    def __repr__(self) -> str:
+        return f"Worker({self.id!r})"
+
+    async def status(self) -> WorkerInfo:
+        reply = await self.client.request("status", worker_id=self.id)
+        return WorkerInfo.from_reply(reply)
+
+    async def wait_running(self, timeout: float = 900.0) -> WorkerInfo:
+        """Until the worker is RUNNING (its image may be building: minutes, the first time).
+
+        Follows the lifecycle stream rather than polling; raises :class:`WorkerEnded` if it
+        ends instead, and ``TimeoutError`` after ``timeout`` seconds."""
+        redis, keys = self.client.redis, self.client.keys
+        async with asyncio.timeout(timeout):
+            newest = await redis.xrevrange(keys.lifecycle, count=1)
+            after = newest[0][0] if newest else "0"
+            info = await self.status()
+            while info.status == "STARTING":
+                async for entry_id, fields in _read(redis, keys.lifecycle, after, True):
+                    after = entry_id
+                    if fields.get("worker_id") == self.id:
+                        break
+                info = await self.status()
+            if info.status != "RUNNING":
+                raise WorkerEnded(info)
+            return info
+
+    async def send(self, prompt: str) -> str:
+        """Push one input; returns its id (the ``input_id`` of the events that answer it)."""
+        return await self.client._commands.send_input(self.id, prompt)
+
+    async def cancel(self) -> str:
+        """Stop the input being run (or the next one, if none has started)."""
+        return await self.client._commands.send_input(self.id, "", kind="cancel")
+
+    async def events(
+        self, *, after: str = "0-0", follow: bool = True
+    ) -> AsyncGenerator[Event, None]:
+        """The output stream from ``after`` (the beginning by default); with ``follow`` it
+        waits for new events, and resumes after the last one it yielded if the connection to
+        Redis drops."""
+        stream = self.client.keys.output(self.id)
+        async for entry_id, fields in _read(self.client.redis, stream, after, follow):
+            yield _event(entry_id, fields)
+
+    async def run(self, prompt: str, *, timeout: float | None = None) -> RunResult:
+        """Send ``prompt`` and collect its events until its ``done``."""
+        redis, stream = self.client.redis, self.client.keys.output(self.id)
+        newest = await redis.xrevrange(stream, count=1)
+        after = newest[0][0] if newest else "0-0"
+        input_id = await self.send(prompt)
+        collected: list[Event] = []
+        async with asyncio.timeout(timeout):
+            async for event in self.events(after=after):
+                if event.input_id != input_id:
+                    if event.type == "status" and _ended(event):
+                        raise WorkerEnded(await self.status())
+                    continue
+                collected.append(event)
+                if event.type == "done":
+                    code = int(event.content) if event.content.lstrip("-").isdigit() else -1
+                    return RunResult(input_id, code, collected)
+        raise AssertionError("unreachable: events() follows until cancelled")
+
+    async def delete(self) -> WorkerInfo:
+        reply = await self.client.request("delete", worker_id=self.id)
+        return WorkerInfo.from_reply(reply)
+
+
+def _event(entry_id: str, fields: dict[str, str]) -> Event:
+    return Event(
+        entry_id,
+        fields.get("type", ""),
+        fields.get("content", ""),
+        fields.get("timestamp", ""),
+        fields.get("input_id", ""),
+    )
+
+
+def _ended(event: Event) -> bool:
+    """A ``status`` event the manager wrote when the worker stopped or failed."""
+    try:
+        payload = event.json()
+    except ValueError:
+        return False
+    return isinstance(payload, dict) and payload.get("worker_status") in ("STOPPED", "FAILED")
+
+
+async def _read(
+    redis: Redis, stream: str, after: str, follow: bool
+) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """Entries of ``stream`` after ``after``; resumes after the last one on a lost connection.
+
+    ``$`` (only new entries) is resolved to the stream's newest id first, so a reconnect cannot
+    skip what arrived meanwhile."""
+    last = after
+    delay = 0.1
+    while True:
+        try:
+            if last == "$":
+                newest = await redis.xrevrange(stream, count=1)
+                last = newest[0][0] if newest else "0-0"
+            response = await redis.xread({stream: last}, count=500, block=1000 if follow else None)
+        except _RECONNECT_ERRORS:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        delay = 0.1
+        entries = response[0][1] if response else []
+        for entry_id, fields in entries:
+            last = entry_id
+            yield entry_id, fields
+        if not entries and not follow:
+            return

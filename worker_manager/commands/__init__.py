@@ -1,0 +1,4 @@
+"""The command path: consume the streams, validate, dispatch, handle, reply, dead-letter.
+
+May import: ``core``, ``contract``, ``settings``, ``client``, ``images``, ``workers``.
+"""

@@ -1,0 +1,184 @@
+"""What each command does (SPEC §1–§3). Reads answer from Redis alone; a create is answered as
+soon as it is accepted and provisioned in the background; a delete answers once the container is
+gone. Handlers raise :class:`CommandError` for answers with ``ok=false``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from worker_manager.commands.routing import Router
+from worker_manager.contract.commands import (
+    CreateCommand,
+    DeleteCommand,
+    ListCommand,
+    StatusCommand,
+    format_cursor,
+)
+from worker_manager.contract.kinds import Shape, WorkerStatus
+from worker_manager.contract.record import WorkerRecord
+from worker_manager.contract.reply import STATUS_DETAILS, Reply
+from worker_manager.core.errors import CommandError, ErrorCode
+from worker_manager.core.logs import get_logger
+from worker_manager.settings import Settings
+from worker_manager.workers.lifecycle import Lifecycle, Outcome
+from worker_manager.workers.pool import WarmPool
+from worker_manager.workers.provisioner import Provisioner
+from worker_manager.workers.records import WorkerStore
+
+#: worker ids the manager chooses derive from the request id, so a create delivered twice (or
+#: resumed after a crash) names the same worker instead of starting a second one.
+log = get_logger(__name__)
+
+WORKER_ID_NAMESPACE = uuid.UUID("6f1c2a4e-5b8d-4e0f-9a7c-3d2b1e0f4a59")
+
+
+class Handlers:
+    def __init__(
+        self,
+        settings: Settings,
+        store: WorkerStore,
+        provisioner: Provisioner,
+        lifecycle: Lifecycle,
+        router: Router | None = None,
+        pool: WarmPool | None = None,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._provisioner = provisioner
+        self._lifecycle = lifecycle
+        self._router = router
+        self._pool = pool
+
+    async def create(self, cmd: CreateCommand) -> Reply:
+        problem = self._provisioner.install_problem(cmd.agent_type)
+        if problem is not None:
+            raise CommandError(ErrorCode.BUILD_FAILED, problem)
+        shape = Shape(cmd.agent_type, tuple(cmd.modules))
+        # A create that names its own worker takes the ordinary path; otherwise a ready pooled
+        # worker of its shape, if this manager keeps one (the same one on a redelivery).
+        pooled = None
+        if cmd.worker_id is None and self._pool is not None:
+            pooled = await self._pool.take(shape, cmd.request_id)
+        worker_id = cmd.worker_id or pooled or str(uuid.uuid5(WORKER_ID_NAMESPACE, cmd.request_id))
+        spec = cmd.model_dump(mode="json", exclude={"prompt"})
+        owner = cmd.metadata.get("owner", "")
+        fields = {
+            "agent_type": cmd.agent_type.value,
+            "modules": json.dumps([m.value for m in cmd.modules]),
+            "metadata": json.dumps(cmd.metadata, separators=(",", ":")),
+        }
+        if pooled is not None:
+            fields["pool"] = str(shape)
+        if cmd.idle_timeout_seconds is not None:
+            # The operator's maximum caps what a caller may ask for.
+            capped = min(cmd.idle_timeout_seconds, self._settings.max_idle_timeout_seconds)
+            fields["idle_timeout_seconds"] = f"{capped:g}"
+        outcome = await self._store.create(
+            worker_id,
+            request_id=cmd.request_id,
+            fields=fields,
+            spec=spec,
+            prompt=cmd.prompt,
+            max_live=self._settings.max_workers,
+            owner=owner,
+            max_per_owner=self._settings.max_workers_per_owner,
+        )
+        if outcome.result == "capacity" and pooled is not None and self._pool is not None:
+            await self._pool.give_back(shape, pooled, cmd.request_id)
+        if outcome.result == "capacity":
+            if outcome.status == "owner":
+                message = (
+                    f"owner {owner!r} already has its maximum of "
+                    f"{self._settings.max_workers_per_owner} live workers; "
+                    "delete one or retry later"
+                )
+            else:
+                message = (
+                    f"this manager runs its maximum of {self._settings.max_workers} live workers; "
+                    "delete one or retry later"
+                )
+            raise CommandError(
+                ErrorCode.CAPACITY_EXCEEDED,
+                message,
+                retry_after=self._settings.capacity_retry_after_seconds,
+            )
+        if outcome.result == "exists" and outcome.request_id != cmd.request_id:
+            raise CommandError(
+                ErrorCode.CONFLICT,
+                f"worker {worker_id} already exists (created by another request); "
+                "choose another worker_id or omit it",
+            )
+        if outcome.status == WorkerStatus.STARTING:
+            self._provisioner.start(worker_id)
+        return Reply(
+            request_id=cmd.request_id,
+            command="create",
+            ok=True,
+            worker_id=worker_id,
+            status=outcome.status,
+        )
+
+    async def delete(self, cmd: DeleteCommand) -> Reply:
+        record = await self._store.get(cmd.worker_id)
+        if record is None:
+            raise _not_found(cmd.worker_id)
+        owner = record.manager_id or self._settings.manager_id
+        here = owner == self._settings.manager_id
+        if not here and self._router is not None:
+            # Its container lives on another manager's host: that manager must remove it.
+            answer = await self._router.forward_delete(cmd, owner)
+            if answer is not None:
+                return answer
+        if not here:
+            log.warning(
+                "owning manager is gone: worker deleted in Redis, its container is removed when "
+                "the manager returns",
+                worker_id=cmd.worker_id,
+                owner=owner,
+            )
+        await self._lifecycle.end(
+            cmd.worker_id, Outcome.stopped("deleted"), wait=True, on_this_host=here
+        )
+        record = await self._store.get(cmd.worker_id)
+        status = record.status if record is not None else None
+        return Reply(
+            request_id=cmd.request_id,
+            command="delete",
+            ok=True,
+            worker_id=cmd.worker_id,
+            status=status or WorkerStatus.STOPPED.value,
+        )
+
+    def status_of(self, cmd: StatusCommand, record: WorkerRecord | None) -> Reply:
+        """The reply for a record the dispatcher already read (status costs one round trip)."""
+        if record is None:
+            raise _not_found(cmd.worker_id)
+        return Reply(
+            request_id=cmd.request_id,
+            command="status",
+            ok=True,
+            worker_id=cmd.worker_id,
+            status=record.text("status") or None,
+            # An ended worker has no address any more (the record keeps its last one).
+            ip_address=(record.ip_address or None) if record.is_live else None,
+            details={name: record.text(name) for name in STATUS_DETAILS if record.text(name)},
+        )
+
+    async def list_workers(self, cmd: ListCommand) -> Reply:
+        records, after = await self._store.list_page(cmd.position, cmd.limit)
+        return Reply(
+            request_id=cmd.request_id,
+            command="list",
+            ok=True,
+            workers=[record.public() for record in records],
+            next_cursor=format_cursor(after) if after is not None else None,
+        )
+
+
+def _not_found(worker_id: str) -> CommandError:
+    return CommandError(
+        ErrorCode.NOT_FOUND,
+        f"no worker {worker_id}: it never existed or its record expired after it stopped",
+    )

@@ -1,0 +1,84 @@
+"""One reply entry (SPEC §2) and the record fields a status reply carries."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+#: The record fields a status reply carries besides ``status`` and ``ip_address`` (SPEC §2).
+STATUS_DETAILS = (
+    "reason",
+    "exit_code",
+    "agent_type",
+    "modules",
+    "created_at",
+    "started_at",
+    "stopped_at",
+    "last_activity_at",
+    "metadata",
+    "cost_usd",
+    "progress",
+    "manager_id",
+    "image",
+)
+
+
+class Reply(BaseModel):
+    """One reply entry (SPEC §2); ``to_fields`` gives the flat stream entry."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request_id: str
+    command: str
+    ok: bool
+    worker_id: str | None = None
+    status: str | None = None
+    ip_address: str | None = None
+    workers: list[dict[str, Any]] | None = None
+    error: str | None = None
+    message: str | None = None
+    retry_after: float | None = None
+    #: For status: the record's public fields (SPEC §2), as the record holds them.
+    details: dict[str, str] | None = None
+    #: For list: where the next page starts (absent on the last page).
+    next_cursor: str | None = None
+
+    def to_fields(self) -> dict[str, str]:
+        out: dict[str, str] = {
+            "request_id": self.request_id,
+            "command": self.command,
+            "ok": "true" if self.ok else "false",
+        }
+        for name in ("worker_id", "status", "ip_address", "error", "message", "next_cursor"):
+            value = getattr(self, name)
+            if value:
+                out[name] = str(value)
+        if self.workers is not None:
+            out["workers"] = json.dumps(self.workers, separators=(",", ":"))
+        if self.retry_after is not None:
+            out["retry_after"] = f"{self.retry_after:g}"
+        for name, value in (self.details or {}).items():
+            if value and name not in out:
+                out[name] = value
+        return out
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> Reply:
+        workers = fields.get("workers")
+        retry = fields.get("retry_after")
+        return cls(
+            request_id=fields.get("request_id", ""),
+            command=fields.get("command", ""),
+            ok=fields.get("ok") == "true",
+            worker_id=fields.get("worker_id"),
+            status=fields.get("status"),
+            ip_address=fields.get("ip_address"),
+            workers=json.loads(workers) if workers else None,
+            error=fields.get("error"),
+            message=fields.get("message"),
+            retry_after=float(retry) if retry else None,
+            next_cursor=fields.get("next_cursor") or None,
+            details={k: v for k, v in fields.items() if k in STATUS_DETAILS} or None,
+        )

@@ -1,0 +1,148 @@
+"""One ``docker build`` of a worker image: its context, the classic builder's log, its failure.
+
+The context is the generated Dockerfile, the wrapper with its vendored dependencies, the
+templates' extra files and the agent's binary. The build log's ``Step N/M`` lines are progress;
+its last lines are what a failed create's ``reason`` ends with (without terminal escapes).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from collections import deque
+from collections.abc import Callable
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+from docker import DockerClient
+
+from worker_manager.core.logs import get_logger
+from worker_manager.images import agent_binaries
+from worker_manager.images.spec import LABEL_HASH, LABEL_PREFIX, VENDORED, ImageSpec, wrapper_dir
+
+log = get_logger(__name__)
+
+_LOG_TAIL = 30
+_LINE_CHARS = 200  # a create's ``reason`` must keep the log's *last* lines within its bound
+_MESSAGE_CHARS = 3500  # the worker's ``reason`` is cut at 4000 characters
+_STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
+#: The classic builder's own count: "Step 3/9 : COPY ...".
+_STEP_LINE = re.compile(r"^Step (\d+)/(\d+) :")
+#: ``(step, steps)`` of a build in progress.
+Progress = Callable[[int, int], None]
+#: Terminal control sequences (colours, cursor moves) that build output carries: a ``reason``
+#: is read in Redis and JSON, never on a terminal.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def clean_log_line(line: str) -> str:
+    """A build-log line without terminal escapes or control characters."""
+    return _CONTROL.sub("", _ANSI.sub("", line))
+
+
+class BuildFailed(Exception):
+    """The image could not be built; ``message`` ends with the build log's last lines."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def build_image(
+    client: DockerClient,
+    spec: ImageSpec,
+    *,
+    key_prefix: str,
+    timeout: float,
+    progress: Progress = lambda _n, _m: None,
+) -> tuple[str, int]:
+    """Classic builder, intermediate containers always removed (``forcerm``), log streamed.
+
+    A failed build would leave the image of its last good step behind as a dangling
+    layer that nothing references: it is removed here.
+    """
+    tail: deque[str] = deque(maxlen=_LOG_TAIL)
+    error: str | None = None
+    last_step: str | None = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="wm-build-") as tmp:
+            context = Path(tmp)
+            labels = {LABEL_HASH: spec.hash, LABEL_PREFIX: key_prefix}
+            write_build_context(spec, context, labels)
+            stream = client.api.build(
+                path=str(context),
+                tag=spec.tag,
+                rm=True,
+                forcerm=True,
+                pull=False,
+                decode=True,
+                buildargs=dict(spec.build_args),
+                timeout=int(timeout),
+            )
+            for chunk in stream:
+                for raw in str(chunk.get("stream", "")).splitlines():
+                    line = clean_log_line(raw)
+                    if numbered := _STEP_LINE.match(line):
+                        progress(int(numbered.group(1)), int(numbered.group(2)))
+                    if line.strip():
+                        tail.append(line.rstrip()[:_LINE_CHARS])
+                        log.debug("build", tag=spec.tag, line=line.rstrip())
+                        step = _STEP_IMAGE.match(line.rstrip())
+                        if step:
+                            last_step = step.group(1)
+                if "error" in chunk:
+                    error = clean_log_line(str(chunk["error"])).strip()
+                    tail.append(error[:_LINE_CHARS])
+    except (docker.errors.DockerException, OSError) as exc:  # incl. requests' errors
+        error = f"{type(exc).__name__}: {exc}"[:_LINE_CHARS]
+    if error is not None:
+        if last_step is not None:
+            _drop_dangling(client, last_step)
+        head = f"building {spec.tag} failed: {error}\n"
+        while tail and len(head) + sum(len(line) + 1 for line in tail) > _MESSAGE_CHARS:
+            tail.popleft()  # keep the *last* lines within what a worker's reason holds
+        raise BuildFailed(head + "\n".join(tail))
+    image = client.images.get(spec.tag)
+    return str(image.id), int(image.attrs.get("Size", 0))
+
+
+def _drop_dangling(client: DockerClient, image_id: str) -> None:
+    """Remove a failed build's last layer if nothing tags or builds on it."""
+    try:
+        attrs: dict[str, Any] = client.images.get(image_id).attrs
+        if [t for t in attrs.get("RepoTags") or [] if t != "<none>:<none>"]:
+            return
+        full_id = str(attrs["Id"])
+        children = [i for i in client.api.images(all=True) if i.get("ParentId") == full_id]
+        if not children:
+            client.api.remove_image(full_id, noprune=False)
+    except docker.errors.APIError as exc:  # in use, or already gone: leave it
+        log.debug("failed build layer kept", image=image_id, error=str(exc))
+
+
+def write_build_context(
+    spec: ImageSpec, context: Path, labels: dict[str, str] | None = None
+) -> None:
+    """Dockerfile, the wrapper with its vendored dependencies, and the templates' extra files.
+
+    ``labels`` go into the Dockerfile as one ``LABEL`` step: passed to the build call instead,
+    the classic builder adds one step (one container commit) per label."""
+    (context / "Dockerfile").write_text(spec.dockerfile(labels))
+    site = context / "worker-base"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(wrapper_dir(), site / "worker_base", ignore=ignore)
+    for name in VENDORED:
+        module: Any = import_module(name)
+        shutil.copytree(Path(module.__file__).parent, site / name, ignore=ignore)
+    files = spec.templates.files_dir()
+    if files is not None:
+        shutil.copytree(files, context / "files", symlinks=False, ignore=ignore)
+    if spec.agent_binary is not None:
+        agent_binaries.place(spec.agent_binary, context)
+    (context / ".dockerignore").write_text("**/__pycache__\n")
+    (context / "spec.json").write_text(json.dumps(spec.canonical(), indent=2, sort_keys=True))

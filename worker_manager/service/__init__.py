@@ -1,0 +1,5 @@
+"""``worker-manager serve``: the wiring of every component (``manager``), its HTTP face
+(``http``, which sees the manager only as a ``HealthSource``) and its metrics.
+
+May import: every package but ``cli``.
+"""

@@ -1,0 +1,401 @@
+"""``worker-manager serve``: the consumer, the status watcher and the background loops, wired.
+
+:class:`Manager` owns every long-lived object and their order of start and stop. SIGTERM stops
+reading commands, lets in-flight ones finish within the grace period (the rest stay pending for
+another manager) and exits 0; worker containers are left running: they are not our processes.
+SIGUSR1 drains without exiting (planned maintenance): commands are left to other managers while
+creates in progress finish and this manager's workers stay watched, until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+
+from docker import DockerClient
+from redis.asyncio import Redis
+
+from worker_manager.commands.consumer import CommandConsumer, Gate
+from worker_manager.commands.dispatcher import Dispatcher
+from worker_manager.commands.handlers import Handlers
+from worker_manager.commands.replies import ReplyBook
+from worker_manager.commands.routing import Router
+from worker_manager.contract.kinds import Shape
+from worker_manager.core import docker_client
+from worker_manager.core.connections import connect
+from worker_manager.core.logs import get_logger, redact_url
+from worker_manager.core.outages import ride_out
+from worker_manager.core.supervisor import Supervisor
+from worker_manager.images.gc_execute import gc_loop
+from worker_manager.images.service import ImageService
+from worker_manager.service.http import HttpServer
+from worker_manager.service.metrics import Metrics
+from worker_manager.settings import Settings
+from worker_manager.typing import CommandObserver, Load
+from worker_manager.workers.acl import WorkerAcl
+from worker_manager.workers.containers import ContainerRuntime
+from worker_manager.workers.eviction import Evictor
+from worker_manager.workers.lifecycle import Lifecycle
+from worker_manager.workers.output_guard import OutputGuard
+from worker_manager.workers.placement import Placement
+from worker_manager.workers.pool import WarmPool
+from worker_manager.workers.presence import Presence
+from worker_manager.workers.provisioner import Provisioner
+from worker_manager.workers.reconciler import Reconciler
+from worker_manager.workers.records import WorkerStore
+from worker_manager.workers.tasks import WorkerTasks
+from worker_manager.workers.watcher import StatusWatcher
+
+log = get_logger(__name__)
+
+
+class Manager:
+    """Builds every component once, in dependency order, handing each its collaborators."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        redis: Redis | None = None,
+        docker: DockerClient | None = None,
+        observe: CommandObserver | None = None,
+        http: bool = False,
+    ) -> None:
+        self.settings = s = settings
+        # --- connections ---------------------------------------------------------------------
+        self.redis = redis or connect(s, name="main")
+        # What producers and workers wrote is read as bytes and judged before it is text.
+        self.raw_redis = connect(s, name="raw", decode=False)
+        self.docker = docker or docker_client.connect()
+        self.metrics = Metrics()
+        self.stop = asyncio.Event()
+        self.ready = asyncio.Event()
+        #: Set by SIGUSR1 (and by ``stop``): no more commands are taken; everything else runs.
+        self.draining = asyncio.Event()
+        # --- the worker lifecycle ------------------------------------------------------------
+        self.store = WorkerStore(self.redis, s)
+        self.acl = WorkerAcl(self.redis, s)
+        self.images = ImageService(s, self.redis, self.docker, self.metrics.image_build)
+        self.containers = ContainerRuntime(s, self.docker)
+        creates = WorkerTasks("provision")
+        self.lifecycle = Lifecycle(self.store, self.containers, self.acl, creates)
+        #: Set when a container has started: the watcher looks for its first heartbeat at once.
+        heartbeat_soon = asyncio.Event()
+        self.provisioner = Provisioner(
+            s,
+            self.store,
+            self.images,
+            self.containers,
+            self.acl,
+            self.lifecycle,
+            creates,
+            on_started=lambda _worker_id: heartbeat_soon.set(),
+        )
+        self.pool = WarmPool(
+            s,
+            self.redis,
+            self.images,
+            self.containers,
+            observe=self.metrics.pool,
+        )
+        self.placement = Placement(
+            s, self.redis, self.store, pooled=lambda: sum(self.pool.ready.values())
+        )
+        self.presence = Presence(s, self.redis, offer=self.placement.offer)
+        self.reconciler = Reconciler(
+            s,
+            self.store,
+            self.docker,
+            self.containers,
+            self.provisioner,
+            self.lifecycle,
+            self.acl,
+            self._ensure_groups,
+        )
+        self.watcher = StatusWatcher(
+            s,
+            self.redis,
+            self.raw_redis,
+            self.store,
+            self.docker,
+            self.lifecycle,
+            wake=heartbeat_soon,
+            on_redis_restart=self.reconciler.after_redis_restart,
+            dropped=self.metrics.dropped,
+        )
+        self.evictor = Evictor(
+            s, self.raw_redis, self.store, self.lifecycle, observe=self.metrics.eviction
+        )
+        self.output_guard = OutputGuard(
+            s, self.redis, self.store, self.lifecycle, self.metrics.dropped
+        )
+        # --- the command path ----------------------------------------------------------------
+        self.book = ReplyBook(self.redis, s)
+        self.handlers = Handlers(
+            s,
+            self.store,
+            self.provisioner,
+            self.lifecycle,
+            Router(s, self.redis),
+            pool=self.pool,
+        )
+        observer = _observers(self.metrics.observe_command, observe)
+        self._readers: list[Redis] = []
+        self.consumer = self._consumer(
+            "consumer", s.keys.commands, self.book, observer, gate=self.placement.should_take
+        )
+        # Commands routed to this manager by the others (deletes of workers on this host).
+        own_stream = s.keys.manager_commands(s.manager_id)
+        self.own_consumer = self._consumer(
+            "consumer-own",
+            own_stream,
+            ReplyBook(self.redis, s, commands_stream=own_stream),
+            observer,
+        )
+        # Registered producers: one command stream each, whose sender the manager knows.
+        self.producer_consumers = {
+            producer: self._consumer(
+                f"producer-{producer}",
+                s.keys.producer_commands(producer),
+                ReplyBook(self.redis, s, commands_stream=s.keys.producer_commands(producer)),
+                observer,
+                producer=producer,
+            )
+            for producer in s.producers
+        }
+        # --- the service's own -------------------------------------------------------------
+        self.http = HttpServer(s, s, self, self.metrics) if http else None
+        #: Every background loop but the command consumer runs under this one supervisor.
+        self.supervisor = Supervisor(self.stop, on_restart=self.metrics.loop_restart)
+        self._gc_loop = gc_loop(s, self.redis, self.docker, self.metrics.gc_removed)
+
+    def _consumer(
+        self,
+        name: str,
+        stream: str,
+        book: ReplyBook,
+        observer: CommandObserver,
+        *,
+        producer: str | None = None,
+        gate: Gate | None = None,
+    ) -> CommandConsumer:
+        """A consumer of one command stream, with a blocking Redis client of its own."""
+        reader = connect(self.settings, blocking=True, name=name, decode=False)
+        self._readers.append(reader)
+        dispatcher = Dispatcher(
+            self.settings, self.redis, book, self.handlers, observe=observer, producer=producer
+        )
+        return CommandConsumer(
+            self.settings, self.redis, reader, dispatcher, stream=stream, gate=gate
+        )
+
+    # --- HealthSource: what /readyz and /metrics see -------------------------------------------
+    def intake(self) -> str:
+        if self.stop.is_set() or self.draining.is_set():
+            return "draining: not taking commands"
+        return "ok" if self.ready.is_set() else "starting"
+
+    def loop_problems(self) -> dict[str, str]:
+        return self.supervisor.problems()
+
+    def ping_docker(self) -> object:
+        return self.docker.ping()
+
+    def load(self) -> Load:
+        return Load(
+            commands_in_flight=self.consumer.in_flight,
+            creates_in_progress=self.provisioner.in_progress,
+            draining=self.draining.is_set() or self.stop.is_set(),
+            pool_ready=dict(self.pool.ready),
+        )
+
+    def _start_loops(self) -> None:
+        """The background loops, each restarted with back-off if it fails (``/readyz`` names
+        one that keeps failing or stops finishing rounds)."""
+        s, sup = self.settings, self.supervisor
+        sup.every(
+            "heartbeats",
+            self.watcher.heartbeat_round,
+            s.watch_interval_seconds,
+            wake=self.watcher.wake,
+        )
+        sup.forever("docker-events", self.watcher.docker_events)
+        sup.every("eviction", self.evictor.sweep, s.eviction_interval_seconds)
+        sup.every("output-trim", self.output_guard.round, s.output_trim_interval_seconds)
+        sup.every(
+            "reconcile", self.reconciler.periodic, s.reconcile_interval_seconds, wait_first=True
+        )
+        sup.every("presence", self.presence.refresh, self.presence.interval, wait_first=True)
+        sup.every(
+            "consumer-upkeep", self.consumer.upkeep, self.consumer.upkeep_interval, wait_first=True
+        )
+        sup.every(
+            "own-consumer-upkeep",
+            self.own_consumer.upkeep,
+            self.own_consumer.upkeep_interval,
+            wait_first=True,
+        )
+        sup.forever("own-consumer", self._run_own_consumer)
+        for producer, consumer in self.producer_consumers.items():
+            sup.forever(f"producer-{producer}", self._taking_commands(consumer))
+            sup.every(
+                f"producer-{producer}-upkeep",
+                consumer.upkeep,
+                consumer.upkeep_interval,
+                wait_first=True,
+            )
+        sup.every("dead-letters", self.book.age_out_dead_letters, 60.0, wait_first=True)
+        sup.forever("image-gc", self._gc_loop)
+        sup.every("warm-pool", self.pool.round, s.warm_pool_interval_seconds, wake=self.pool.wake)
+
+    async def start_up(self) -> None:
+        """Checks that must pass before commands are taken, then finish interrupted creates."""
+        await self.redis.ping()
+        await self.acl.check_admin()
+        await self._ensure_groups()
+        await self.presence.beat()
+        await self.reconciler.reconcile()
+
+    async def _prebuild(self) -> None:
+        """Build ``WM_PREBUILD``'s shapes now, one after the other, so the first create of each
+        finds its image (or joins its build). Readiness has not waited for this."""
+        for text in self.settings.prebuild:
+            shape = Shape.parse(text)
+            try:
+                image = await self.images.ensure(shape.agent_type, list(shape.modules))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a build failure is logged; the next shape still goes
+                log.warning("prebuild failed", shape=text, error=str(exc)[:500])
+            else:
+                log.info("prebuilt", shape=text, tag=image.tag, built=image.built)
+
+    async def _ensure_groups(self) -> None:
+        await self.consumer.ensure_group()
+        await self.own_consumer.ensure_group()
+        for consumer in self.producer_consumers.values():
+            await consumer.ensure_group()
+
+    async def _start_up_when_possible(self) -> bool:
+        """Redis or Docker down at start: alive but not ready, retrying, until they answer
+        (True) or the manager is told to stop (False)."""
+        attempt = asyncio.create_task(
+            ride_out(self.start_up, what="start-up", max_seconds=float("inf"))
+        )
+        stopper = asyncio.create_task(self.stop.wait())
+        await asyncio.wait({attempt, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not attempt.done():
+            attempt.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await attempt
+            return False
+        attempt.result()
+        return True
+
+    def _taking_commands(
+        self, consumer: CommandConsumer
+    ) -> Callable[[asyncio.Event], Awaitable[None]]:
+        """A registered producer's stream is read like the shared one: until draining."""
+
+        async def run(_stop: asyncio.Event) -> None:
+            await consumer.run(self.draining, grace=5.0)
+            await self.stop.wait()  # drained: nothing more to take until the service stops
+
+        return run
+
+    async def _run_own_consumer(self, stop: asyncio.Event) -> None:
+        """Until the very end, also while draining: only this manager can act on its host."""
+        await self.own_consumer.run(stop, grace=5.0)
+
+    async def run(self, *, grace: float = 10.0) -> None:
+        """HTTP is up for the whole life: "alive, not ready" during start-up and the drain."""
+        if self.http is None:
+            return await self._run(grace=grace)
+        await self.http.start()
+        try:
+            await self._run(grace=grace)
+        finally:
+            await self.http.stop()
+
+    async def _run(self, *, grace: float) -> None:
+        log.info(
+            "worker-manager starting",
+            manager_id=self.settings.manager_id,
+            redis=redact_url(self.settings.redis_url),
+            key_prefix=self.settings.key_prefix,
+        )
+        if not await self._start_up_when_possible():
+            return
+        self.ready.set()
+        self._start_loops()
+        prebuild = asyncio.create_task(self._prebuild(), name="prebuild")
+        drain = asyncio.create_task(self._drain_on_stop(), name="drain-on-stop")
+        try:
+            await self.consumer.run(self.draining, grace=grace)
+            if not self.stop.is_set():
+                log.info(
+                    "drained: taking no commands; workers are still watched; SIGTERM to exit",
+                    creates_in_progress=self.provisioner.in_progress,
+                )
+                await self.stop.wait()
+        finally:
+            self.stop.set()
+            await self.provisioner.close()
+            await self.lifecycle.close()
+            await self.supervisor.close()
+            await self.pool.close()
+            drain.cancel()
+            prebuild.cancel()
+            await asyncio.gather(drain, prebuild, return_exceptions=True)
+            await self.presence.leave()
+            log.info("worker-manager stopped")
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.raw_redis.aclose()
+        for reader in self._readers:
+            await reader.aclose()
+        with contextlib.suppress(Exception):
+            self.docker.close()
+
+    async def _drain_on_stop(self) -> None:
+        await self.stop.wait()
+        self.draining.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGUSR1, self._on_drain_signal)
+
+    def _on_drain_signal(self) -> None:
+        """Planned maintenance: other managers take the commands; this one finishes its work."""
+        log.info("draining: no new commands; in-flight ones finish, workers stay watched")
+        self.draining.set()
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("stopping: no new commands; finishing those in flight", signal=sig.name)
+        self.stop.set()
+
+
+async def serve(settings: Settings, *, grace: float = 10.0) -> None:
+    manager = Manager(settings, http=True)
+    manager.install_signal_handlers()
+    try:
+        await manager.run(grace=grace)
+    finally:
+        await manager.close()
+
+
+def _observers(*observers: CommandObserver | None) -> CommandObserver:
+    """One observer that calls each given one (the metrics' and, say, a test's)."""
+    chosen = [fn for fn in observers if fn is not None]
+
+    def observe(command: str, result: str, seconds: float) -> None:
+        for fn in chosen:
+            fn(command, result, seconds)
+
+    return observe

@@ -1,0 +1,72 @@
+"""Configuration: ``WM_*`` environment variables (and a ``.env`` file), overridable per CLI option.
+
+One flat set of names (SPEC §6 lists the contract's; the others are ours, in the README), kept
+by concern: each concern is a model of its own (:class:`RedisSettings`, :class:`CommandSettings`,
+:class:`CommandLimits`, :class:`FleetSettings`, :class:`ContainerSettings`,
+:class:`ImageSettings`, :class:`HttpSettings`, :class:`AgentSettings`), and :class:`Settings` is
+all of them, read from the environment. A component that needs one concern takes that model
+(``HttpServer`` an ``HttpSettings``, command validation a ``CommandLimits``), so its signature
+says what it depends on. ``make run`` writes ``.env`` with the URL of the local Redis it starts,
+so the CLI run from the checkout finds the same Redis as the service.
+
+May import: ``core``, ``contract``.
+"""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from worker_manager.contract.limits import CommandLimits
+from worker_manager.core.secret_files import SecretFilesSource
+from worker_manager.settings.agents import AgentSettings
+from worker_manager.settings.commands import CommandSettings
+from worker_manager.settings.containers import ContainerSettings
+from worker_manager.settings.fleet import FleetSettings
+from worker_manager.settings.http import HttpSettings, LogSettings
+from worker_manager.settings.images import BOOTSTRAP_BASE_TAG, ImageSettings
+from worker_manager.settings.redis import RedisSettings
+
+__all__ = [
+    "BOOTSTRAP_BASE_TAG",
+    "AgentSettings",
+    "CommandLimits",
+    "CommandSettings",
+    "ContainerSettings",
+    "FleetSettings",
+    "HttpSettings",
+    "ImageSettings",
+    "LogSettings",
+    "RedisSettings",
+    "Settings",
+]
+
+
+class Settings(
+    BaseSettings,
+    RedisSettings,
+    CommandSettings,
+    CommandLimits,
+    FleetSettings,
+    ContainerSettings,
+    ImageSettings,
+    HttpSettings,
+    AgentSettings,
+    LogSettings,
+):
+    """Every setting, from ``WM_*`` variables, ``.env`` and secret files (in that order)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="WM_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Secret files come after the variables: a key set directly wins over its file."""
+        return (init_settings, env_settings, dotenv_settings, SecretFilesSource(settings_cls))

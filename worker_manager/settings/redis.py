@@ -1,0 +1,48 @@
+"""Where Redis is and how its keys are named: the connection, the prefix, this manager's id."""
+
+from __future__ import annotations
+
+import socket
+from functools import cached_property
+
+from pydantic import BaseModel, Field, field_validator
+
+from worker_manager.core.bridge import container_reachable_url
+from worker_manager.core.keys import Keys
+
+
+class RedisSettings(BaseModel):
+    # --- contract names (SPEC §6) ------------------------------------------------------------
+    redis_url: str = "redis://localhost:6379/0"
+    worker_redis_url: str | None = Field(
+        default=None,
+        description="How containers reach Redis; default: redis_url with a loopback host "
+        "replaced by the Docker bridge gateway.",
+    )
+    key_prefix: str = "worker"
+    manager_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
+    socket_timeout: float = Field(default=10.0, gt=0)
+    presence_ttl_seconds: int = Field(
+        default=15, ge=2, description="A manager whose presence key expired counts as dead."
+    )
+    retention_seconds: int = Field(
+        default=7 * 86_400, ge=60, description="How long a stopped worker's keys are kept."
+    )
+    lifecycle_maxlen: int = Field(default=100_000, ge=10)
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix_shape(cls, value: str) -> str:
+        if not value or any(c in value for c in " \t\r\n*?[]"):
+            raise ValueError("key prefix must be non-empty, without spaces or glob characters")
+        return value
+
+    @cached_property
+    def keys(self) -> Keys:
+        return Keys(self.key_prefix)
+
+    def resolved_worker_redis_url(self) -> str:
+        """The URL a container uses, before per-worker credentials are put into it."""
+        if self.worker_redis_url:
+            return self.worker_redis_url
+        return container_reachable_url(self.redis_url)

@@ -1,0 +1,49 @@
+"""The extension points between components, as small Protocols (the model is ``arq.typing``).
+
+A component asks for the narrowest thing it uses, so the wiring in
+:mod:`worker_manager.service.manager` is the only place that knows every concrete class, and
+tests can hand a component a stand-in without building the rest of the service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = ["CommandObserver", "HealthSource", "Load"]
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """What the service is doing right now, for ``/readyz`` and ``/metrics``."""
+
+    commands_in_flight: int
+    creates_in_progress: int
+    draining: bool
+    #: Ready warm-pool workers per shape.
+    pool_ready: Mapping[str, int] = field(default_factory=dict)
+
+
+class HealthSource(Protocol):
+    """What the HTTP server may ask the service (and nothing else): the probes' answers."""
+
+    def intake(self) -> str:
+        """``ok`` while commands are taken; otherwise why not (``starting``, ``draining: …``)."""
+        ...
+
+    def loop_problems(self) -> dict[str, str]:
+        """Background loops that keep failing, by name, with why."""
+        ...
+
+    def ping_docker(self) -> object:
+        """Ping the Docker Engine (blocking; the server runs it in a thread)."""
+        ...
+
+    def load(self) -> Load: ...
+
+
+class CommandObserver(Protocol):
+    """Told of every handled command: its name, its result and how long it took."""
+
+    def __call__(self, command: str, result: str, seconds: float) -> None: ...

@@ -1,0 +1,178 @@
+"""One Redis ACL user per worker (SPEC §4): it may read and ack only its input stream, append only
+to its output stream and set only its heartbeat key.
+
+The password is derived (HMAC-SHA256 of the worker id under ``WM_WORKER_SECRET``), so the manager
+can re-create a user after a Redis restart without ever storing a password in Redis. Without a
+configured secret a random one is drawn per process (users then cannot be re-created by another
+process; set ``WM_WORKER_SECRET`` in production).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from worker_manager.core.keys import Keys
+from worker_manager.core.logs import get_logger
+from worker_manager.settings import Settings
+
+log = get_logger(__name__)
+
+#: Commands a wrapper needs, and nothing else (connection set-up included). No CLIENT SETNAME:
+#: a worker must not be able to dress its connection up as the manager's.
+WRAPPER_COMMANDS = (
+    "+ping",
+    "+auth",
+    "+hello",
+    "+echo",
+    "+client|getname",
+    "+client|id",
+    "+xreadgroup",
+    "+xack",
+    "+xadd",
+    "+set",
+    "+xgroup|create",
+)
+#: Rules only newer servers know (CLIENT SETINFO is Redis >= 7.2); dropped where refused.
+OPTIONAL_COMMANDS = ("+client|setinfo",)
+
+
+class WorkerAcl:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._keys = settings.keys
+        self._secret = settings.worker_secret.get_secret_value().encode()
+        self._optional = list(OPTIONAL_COMMANDS)
+
+    @property
+    def enabled(self) -> bool:
+        return self._settings.worker_acl
+
+    def password(self, worker_id: str) -> str:
+        return hmac.new(self._secret, worker_id.encode(), hashlib.sha256).hexdigest()
+
+    def rules(self, worker_id: str) -> list[str]:
+        keys = self._keys
+        return [
+            "reset",
+            "on",
+            f">{self.password(worker_id)}",
+            "resetchannels",
+            "-@all",
+            *WRAPPER_COMMANDS,
+            *self._optional,
+            f"%RW~{keys.input(worker_id)}",
+            f"%W~{keys.output(worker_id)}",
+            f"%W~{keys.heartbeat(worker_id)}",
+        ]
+
+    async def create(self, worker_id: str) -> None:
+        if not self.enabled:
+            return
+        while True:
+            try:
+                await self._redis.execute_command(
+                    "ACL", "SETUSER", self._keys.acl_user(worker_id), *self.rules(worker_id)
+                )
+                return
+            except ResponseError as exc:
+                # Concurrent creates may hit the same refusal: the first one drops the rule.
+                refused = [rule for rule in OPTIONAL_COMMANDS if f"'{rule}'" in str(exc)]
+                if not refused:
+                    raise
+                if refused[0] in self._optional:
+                    self._optional.remove(refused[0])
+
+    async def delete(self, worker_id: str) -> None:
+        """Remove the user; Redis closes its open connections with it."""
+        if self.enabled:
+            await self._redis.execute_command("ACL", "DELUSER", self._keys.acl_user(worker_id))
+
+    async def exists(self, worker_id: str) -> bool:
+        try:
+            return bool(
+                await self._redis.execute_command("ACL", "GETUSER", self._keys.acl_user(worker_id))
+            )
+        except ResponseError:
+            return False
+
+    def worker_url(self, worker_id: str) -> str:
+        """The URL a worker container connects with: its own user, when ACLs are on."""
+        base = self._settings.resolved_worker_redis_url()
+        if not self.enabled:
+            return base
+        parts = urlsplit(base)
+        host = parts.hostname or "localhost"
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = (
+            f"{quote(self._keys.acl_user(worker_id), safe='')}:"
+            f"{self.password(worker_id)}@{host}" + (f":{parts.port}" if parts.port else "")
+        )
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+    async def check_admin(self) -> None:
+        """Fail loudly at start when the manager cannot manage users (and ACLs are on)."""
+        if not self.enabled:
+            log.warning(
+                "WORKER ACLs ARE OFF: every worker shares the manager's Redis credentials and "
+                "can read other workers' streams and push commands (WM_WORKER_ACL=false)"
+            )
+            return
+        await self._redis.execute_command("ACL", "WHOAMI")
+        try:
+            default = await self._redis.acl_getuser("default")
+        except ResponseError as exc:
+            raise RuntimeError(
+                "the manager's Redis user lacks the ACL admin right (+acl); grant it, or set "
+                "WM_WORKER_ACL=false to share one connection (unsafe)"
+            ) from exc
+        if default_user_is_open(default):
+            log.error(
+                "REDIS'S DEFAULT USER HAS NO PASSWORD: any worker can `AUTH default <anything>` "
+                "and read every stream, per-worker ACLs notwithstanding. Give it a password "
+                "(requirepass) or turn it off (ACL SETUSER default off) and connect the manager "
+                "as its own user"
+            )
+
+
+def default_user_is_open(user: object) -> bool:
+    """Whether ``ACL GETUSER default`` describes a user anyone can log in as."""
+    if not isinstance(user, dict):
+        return False
+    flags = [str(flag) for flag in user.get("flags") or []]
+    return "on" in flags and "nopass" in flags
+
+
+def producer_rules(keys: Keys, producer: str) -> list[str]:
+    """ACL rules for a registered producer's own Redis user: it may write only its command
+    stream and read and remove only its reply streams on the command plane. The data plane
+    (sending input, reading output) has no owner in its key names, so those rules grant it for
+    every worker: a producer can read any worker's output, not only its own."""
+    prefix = keys.prefix
+    return [
+        "resetkeys",
+        "resetchannels",
+        f"%W~{keys.producer_commands(producer)}",
+        f"%RW~{keys.producer_replies(producer)}*",
+        f"%W~{prefix}:*:input",
+        f"%R~{prefix}:*:output",
+        f"%R~{prefix}:*",
+        "-@all",
+        "+xadd",
+        "+xread",
+        "+xrange",
+        "+xrevrange",
+        "+del",
+        "+hgetall",
+        "+hget",
+        "+zrange",
+        "+ping",
+        "+hello",
+        "+auth",
+    ]

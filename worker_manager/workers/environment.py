@@ -1,0 +1,79 @@
+"""What a worker container's environment holds: the one place that writes it.
+
+The wrapper's part is a :class:`worker_base.config.WrapperConfig`, which owns how it is written
+(``to_env``) and read back inside the container (``from_env``); the agent's part is its
+endpoint settings and, only for the agent type that uses them, the API keys from the manager's
+own configuration (never from a command). A pooled container gets the agent's part only: the
+wrapper's comes with its assignment.
+"""
+
+from __future__ import annotations
+
+from pydantic import SecretStr
+
+from worker_base.config import DEFAULT_STATE_DIR, WrapperConfig
+from worker_manager.contract.commands import CreateCommand
+from worker_manager.contract.kinds import AgentType, Shape
+from worker_manager.settings import Settings
+
+
+def wrapper_config(
+    settings: Settings, worker_id: str, command: CreateCommand, redis_url: str
+) -> WrapperConfig:
+    """The wrapper's configuration for one create; ``redis_url`` carries the worker's own ACL
+    credentials."""
+    allowed = command.allowed_commands
+    return WrapperConfig(
+        worker_id=worker_id,
+        redis_url=redis_url,
+        key_prefix=settings.key_prefix,
+        agent_type=command.agent_type.value,
+        agent_command=tuple(command.agent_command or ()),
+        allowed_commands=None if allowed is None else tuple(allowed),
+        heartbeat_interval=settings.heartbeat_interval_seconds,
+        heartbeat_ttl=settings.heartbeat_ttl_seconds,
+        output_maxlen=settings.output_maxlen,
+        factory_auto=settings.factory_auto,
+        input_timeout=command.input_timeout_seconds or settings.input_timeout_seconds,
+        max_turns=command.max_turns,
+        max_cost_usd=command.max_cost_usd,
+    )
+
+
+def worker_env(
+    settings: Settings, worker_id: str, command: CreateCommand, redis_url: str
+) -> dict[str, str]:
+    """The container's whole environment: the wrapper's configuration, then the agent's."""
+    env = wrapper_config(settings, worker_id, command, redis_url).to_env()
+    env.update(agent_env(settings, command.agent_type))
+    return env
+
+
+def pool_env(settings: Settings, shape: Shape) -> dict[str, str]:
+    """A pooled container's environment: no worker yet, only what its agent type needs (the
+    rest comes with the assignment)."""
+    env = {"WM_POOLED": "1", "WM_STATE_DIR": DEFAULT_STATE_DIR}
+    env.update(agent_env(settings, shape.agent_type))
+    return env
+
+
+def agent_env(settings: Settings, agent_type: AgentType) -> dict[str, str]:
+    """What the agent itself needs: its endpoint settings and its API keys."""
+    env: dict[str, str] = {}
+    wanted: dict[str, SecretStr | None] = {}
+    if agent_type is AgentType.CLAUDE:
+        base_url = settings.workers_anthropic_base_url
+        if base_url:
+            env["ANTHROPIC_BASE_URL"] = base_url
+        if settings.anthropic_model:
+            env["ANTHROPIC_MODEL"] = settings.anthropic_model
+        if settings.claude_max_retries is not None:
+            env["CLAUDE_CODE_MAX_RETRIES"] = str(settings.claude_max_retries)
+        wanted = {
+            "ANTHROPIC_API_KEY": settings.anthropic_api_key,
+            "CLAUDE_CODE_OAUTH_TOKEN": settings.claude_code_oauth_token,
+        }
+    elif agent_type is AgentType.FACTORY:
+        wanted = {"FACTORY_API_KEY": settings.factory_api_key}
+    env.update({name: secret.get_secret_value() for name, secret in wanted.items() if secret})
+    return env

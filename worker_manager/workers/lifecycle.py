@@ -1,0 +1,156 @@
+"""How a worker ends: the one place that does it, and the one rule that reads an exit code.
+
+Ending a worker is always the same sequence, whoever decides it (a delete, the watcher, the
+evictor, the output guard, the reconciler, a failed create):
+
+1. its record changes in one Lua transition (``WorkerStore.transition``): a concurrent end wins
+   or loses cleanly, and the lifecycle stream and the worker's output say so;
+2. its create, if one is still running in this process, is cancelled;
+3. its container and its Redis ACL user are removed;
+4. the exit code the container reported is recorded.
+
+Steps 2-4 run in the background unless the caller waits for them (a delete answers once the
+container is gone): a slow ``docker stop`` must delay no other verdict. A teardown cut short (a
+crash) is finished by the reconciler, which finds the container of an ended record.
+
+:func:`outcome_of` is the rule that turns a container's exit (code, OOM-killed) into a status
+and a reason; the Docker events and the reconciler's inspection both use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from worker_manager.contract.kinds import LIVE_STATUSES, WorkerStatus
+from worker_manager.core.logs import get_logger
+from worker_manager.workers.acl import WorkerAcl
+from worker_manager.workers.containers import ContainerRuntime
+from worker_manager.workers.records import WorkerStore
+from worker_manager.workers.tasks import WorkerTasks
+
+log = get_logger(__name__)
+
+#: A worker's ``reason`` is cut here (a build log's tail must fit).
+MAX_REASON_CHARS = 4000
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a worker ended: STOPPED or FAILED, why (SPEC §3's reasons), and what it reported."""
+
+    status: WorkerStatus
+    reason: str
+    exit_code: int | None = None
+    #: Other record fields written in the same transition (the last heartbeat's facts).
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def stopped(cls, reason: str, **fields: str) -> Outcome:
+        return cls(WorkerStatus.STOPPED, reason, fields=fields)
+
+    @classmethod
+    def failed(cls, reason: str, **fields: str) -> Outcome:
+        return cls(WorkerStatus.FAILED, reason[:MAX_REASON_CHARS], fields=fields)
+
+    def record_fields(self) -> dict[str, str]:
+        written = dict(self.fields)
+        if self.exit_code is not None:
+            written["exit_code"] = str(self.exit_code)
+        return written
+
+
+def outcome_of(exit_code: int, oom: bool) -> Outcome:
+    """A container's end: OOM-killed is FAILED ``oom``, 0 is STOPPED ``exited``, anything else
+    FAILED ``exited with code N``; the exit code is recorded in every case."""
+    if oom:
+        return Outcome(WorkerStatus.FAILED, "oom", exit_code)
+    if exit_code == 0:
+        return Outcome(WorkerStatus.STOPPED, "exited", exit_code)
+    return Outcome(WorkerStatus.FAILED, f"exited with code {exit_code}", exit_code)
+
+
+class Lifecycle:
+    """The only code that ends workers (:meth:`end`) and removes what they leave
+    (:meth:`finish`)."""
+
+    def __init__(
+        self,
+        store: WorkerStore,
+        containers: ContainerRuntime,
+        acl: WorkerAcl,
+        creates: WorkerTasks,
+    ) -> None:
+        self._store = store
+        self._containers = containers
+        self._acl = acl
+        self._creates = creates
+        self._teardowns = WorkerTasks("end")
+
+    @property
+    def teardowns_in_progress(self) -> int:
+        return len(self._teardowns)
+
+    async def end(
+        self,
+        worker_id: str,
+        outcome: Outcome,
+        *,
+        allowed_from: Sequence[WorkerStatus] = LIVE_STATUSES,
+        wait: bool = False,
+        on_this_host: bool = True,
+    ) -> bool:
+        """End the worker if its status is one of ``allowed_from``; True when this call did.
+
+        ``wait``: return once the container and Redis user are gone, and tear down even when
+        the worker had already ended (a delete makes sure). ``on_this_host=False``: the
+        container is another manager's (which is gone), so only the Redis user is removed here;
+        that manager's reconciler removes the container when it returns.
+        """
+        result = await self._store.transition(
+            worker_id,
+            outcome.status,
+            outcome.reason,
+            fields=outcome.record_fields(),
+            allowed_from=allowed_from,
+        )
+        if result.changed:
+            log.info(
+                "worker ended", worker_id=worker_id, status=outcome.status, reason=outcome.reason
+            )
+        elif outcome.exit_code is not None:
+            # Already ended (a delete came first): keep the exit code the container reported.
+            await self._store.update(worker_id, {"exit_code": str(outcome.exit_code)})
+        if not on_this_host:
+            await self._acl.delete(worker_id)
+        elif wait:
+            await self.finish(worker_id)
+        elif result.changed:
+            self._teardowns.start(worker_id, lambda: self._finish_logged(worker_id))
+        return result.changed
+
+    async def finish(self, worker_id: str) -> None:
+        """Cancel the worker's create, remove its container and Redis user, and record the exit
+        code. Idempotent: also for a container whose record is gone (an orphan)."""
+        await self._creates.cancel(worker_id)
+        exit_code = await self.remove(worker_id)
+        if exit_code is not None:
+            await self._store.update(worker_id, {"exit_code": str(exit_code)})
+
+    async def remove(self, worker_id: str) -> int | None:
+        """Stop and remove the container and the Redis user; the container's exit code if any."""
+        exit_code = await self._containers.remove(worker_id)
+        await self._acl.delete(worker_id)
+        return exit_code
+
+    async def _finish_logged(self, worker_id: str) -> None:
+        try:
+            await self.finish(worker_id)
+        except Exception:
+            # Not lost: the reconciler removes the container of an ended record.
+            log.exception("removing an ended worker failed", worker_id=worker_id)
+
+    async def close(self) -> None:
+        """A teardown cut short here is finished by the reconciler at the next start: the
+        record already says STOPPED/FAILED, so the container it finds is removed."""
+        await self._teardowns.close()

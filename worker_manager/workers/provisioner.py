@@ -1,0 +1,219 @@
+"""The slow half of a create, after the reply: image, Redis user, container (or a pooled one).
+
+A create is answered as soon as its record exists (status STARTING). This module then finds or
+builds the image, creates the worker's ACL user and starts the container. Each step is idempotent
+(the image by hash, the user by name, the container by name), so a create interrupted by a crash
+is finished by running it again, without a second container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from worker_base.config import DEFAULT_STATE_DIR
+from worker_manager.contract.commands import CreateCommand, command_context
+from worker_manager.contract.kinds import AgentType, Module
+from worker_manager.core.clock import iso_from_unix, iso_now
+from worker_manager.core.logs import get_logger
+from worker_manager.core.outages import OUTAGE_ERRORS, ride_out
+from worker_manager.images.build import BuildFailed
+from worker_manager.images.service import ImageService
+from worker_manager.settings import Settings
+from worker_manager.workers.acl import WorkerAcl
+from worker_manager.workers.containers import ContainerRuntime, LaunchSpec
+from worker_manager.workers.environment import worker_env
+from worker_manager.workers.lifecycle import Lifecycle, Outcome
+from worker_manager.workers.records import WorkerStore
+from worker_manager.workers.tasks import WorkerTasks
+
+log = get_logger(__name__)
+
+
+class Provisioner:
+    def __init__(
+        self,
+        settings: Settings,
+        store: WorkerStore,
+        images: ImageService,
+        containers: ContainerRuntime,
+        acl: WorkerAcl,
+        lifecycle: Lifecycle,
+        creates: WorkerTasks,
+        *,
+        on_started: Callable[[str], None] = lambda _worker_id: None,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._images = images
+        self._containers = containers
+        self._acl = acl
+        self._lifecycle = lifecycle
+        #: Creates in flight in this process (shared with the lifecycle, which cancels them).
+        self._creates = creates
+        #: Told when a worker's container has started (the watcher then looks at once).
+        self._on_started = on_started
+
+    @property
+    def in_progress(self) -> int:
+        return len(self._creates)
+
+    def is_active(self, worker_id: str) -> bool:
+        """Whether this process is provisioning the worker right now."""
+        return worker_id in self._creates
+
+    def start(self, worker_id: str) -> None:
+        """Provision in the background (at most once at a time per worker in this process)."""
+        self._creates.start(worker_id, lambda: self._provision(worker_id))
+
+    async def close(self) -> None:
+        await self._creates.close()
+
+    async def _provision(self, worker_id: str) -> None:
+        """Every step is idempotent, so a Redis or Docker outage just means running it again."""
+        try:
+            await ride_out(
+                lambda: self._provision_once(worker_id),
+                what="provisioning",
+                max_seconds=self._settings.start_timeout_seconds,
+            )
+        except OUTAGE_ERRORS as exc:
+            # Still STARTING: the reconciler resumes it once the outage is over.
+            log.warning(
+                "provisioning interrupted by an outage", worker_id=worker_id, error=str(exc)
+            )
+
+    async def _provision_once(self, worker_id: str) -> None:
+        bound = log.bind(worker_id=worker_id)
+        try:
+            spec = await self._store.spec(worker_id)
+            if spec is None:
+                return  # deleted (or expired) before we got here
+            command = CreateCommand.model_validate(
+                spec, context=command_context(self._settings, self._settings.keys.replies)
+            )
+            if await self._store.field(worker_id, "pool") and await self._hand_over(
+                worker_id, command
+            ):
+                return
+            await self._store.progress(worker_id, "finding its image")
+            image = await self._images.ensure(
+                command.agent_type, list(command.modules), self._reporter(worker_id)
+            )
+            if not await self._store.update(
+                worker_id, {"image": image.tag, "image_hash": image.hash}
+            ):
+                return
+            await self._store.progress(worker_id, "starting its container")
+            await self._acl.create(worker_id)
+            started = await self._containers.launch(
+                LaunchSpec(
+                    worker_id=worker_id,
+                    image_tag=image.tag,
+                    image_hash=image.hash,
+                    env=self._env(worker_id, command),
+                    files={command.agent_type.instructions_file: command.instructions}
+                    if command.instructions
+                    else {},
+                    docker_socket=self._settings.docker_module_socket
+                    if Module.DOCKER in command.modules
+                    else None,
+                )
+            )
+            await self._store.update(
+                worker_id,
+                {
+                    "container_id": started.container_id,
+                    "ip_address": started.ip_address,
+                    "started_at": iso_from_unix(started.started_at)
+                    if started.started_at
+                    else iso_now(),
+                },
+            )
+            self._on_started(worker_id)
+            record = await self._store.get(worker_id)
+            if record is None or not record.is_live:
+                # Deleted while we were starting it: do not leave the container behind.
+                await self._lifecycle.finish(worker_id)
+            bound.info("worker container started", container_id=started.container_id[:12])
+        except asyncio.CancelledError:
+            raise
+        except OUTAGE_ERRORS:
+            raise  # not the worker's fault: retried by _provision
+        except BuildFailed as exc:
+            bound.warning("image build failed", error=exc.message.splitlines()[0])
+            await self._lifecycle.end(
+                worker_id, Outcome.failed(f"build_failed: {exc.message}"), wait=True
+            )
+        except Exception as exc:
+            bound.exception("provisioning failed")
+            await self._lifecycle.end(
+                worker_id, Outcome.failed(f"start failed: {type(exc).__name__}: {exc}"), wait=True
+            )
+
+    async def _hand_over(self, worker_id: str, command: CreateCommand) -> bool:
+        """Give a taken warm-pool container its worker: Redis user, instructions, then the
+        assignment its wrapper waits for. False (nothing done) when the container is gone:
+        the ordinary path then starts one under the same name."""
+        await self._acl.create(worker_id)
+        started = await self._containers.assign(
+            worker_id,
+            {command.agent_type.instructions_file: command.instructions}
+            if command.instructions
+            else {},
+            self._env(worker_id, command),
+            DEFAULT_STATE_DIR,
+        )
+        if started is None:
+            log.warning("the pooled container is gone; starting one", worker_id=worker_id)
+            await self._containers.remove(worker_id)
+            return False
+        image_hash = started.image_hash
+        await self._store.update(
+            worker_id,
+            {
+                "image": f"worker:{image_hash}",
+                "image_hash": image_hash,
+                "container_id": started.container_id,
+                "ip_address": started.ip_address,
+                # When it started as this worker (its container may be hours older): the
+                # watcher's start timeout counts from here.
+                "started_at": iso_now(),
+            },
+        )
+        self._on_started(worker_id)  # the first heartbeat is a moment away: watch closely now
+        if image_hash:
+            await self._images.touch(image_hash)
+        log.info("pooled worker handed over", worker_id=worker_id)
+        return True
+
+    def _reporter(self, worker_id: str) -> Callable[[int, int], None]:
+        """``building N/M`` on the worker's record and output, as the build goes (in order:
+        one write at a time, the latest step wins when they come faster than Redis)."""
+        latest: list[str] = []
+        writing: list[asyncio.Task[None]] = []
+
+        async def write() -> None:
+            while latest:
+                text = latest.pop()
+                latest.clear()
+                try:
+                    await self._store.progress(worker_id, text)
+                except OUTAGE_ERRORS as exc:
+                    log.debug("progress not recorded", worker_id=worker_id, error=str(exc))
+            writing.clear()
+
+        def report(step: int, steps: int) -> None:
+            latest.append(f"building {step}/{steps}")
+            if not writing:
+                writing.append(asyncio.create_task(write(), name=f"progress-{worker_id}"))
+
+        return report
+
+    def _env(self, worker_id: str, command: CreateCommand) -> dict[str, str]:
+        return worker_env(self._settings, worker_id, command, self._acl.worker_url(worker_id))
+
+    def install_problem(self, agent_type: AgentType) -> str | None:
+        """Why workers of this agent type cannot be built here at all (checked before a create
+        is accepted), or None."""
+        return self._images.agent_install_problem(agent_type)

@@ -1,0 +1,251 @@
+"""Redis and Docker brought back into agreement, at start-up and every few seconds after.
+
+The container labels (worker id, manager id, key prefix) let the manager rebuild its view from
+Docker alone. Only this manager's containers (by label) and this manager's live set are touched,
+so several managers can share one Redis. For each worker:
+
+- live record, running container: adopted (its Redis ACL user re-created if Redis lost it);
+- STARTING record whose create was cut short (no container, or one not yet recorded or started):
+  the create is finished by the provisioner, whose every step is idempotent (the container is
+  found by name, never created twice);
+- live record whose container ended while nobody watched: STOPPED/FAILED from its exit code
+  (``oom`` when Docker says it was OOM-killed);
+- live record whose container is gone: FAILED with ``reason=container_lost``;
+- terminal record whose container is still there (a crash between the transition and the
+  teardown): the container is removed;
+- container without a record (the record expired or Redis lost its data): removed as an orphan,
+  unless it is a warm-pool container nobody has taken yet (the pool repairs those).
+
+Every "gone" verdict is confirmed by name against Docker right before it is acted on, so a
+create finishing concurrently is never mistaken for a loss. The verdicts themselves are
+:func:`reconcile_steps`, a plain function of the two listings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import docker.errors
+from docker import DockerClient
+
+from worker_manager.contract.kinds import WorkerStatus
+from worker_manager.contract.record import WorkerRecord
+from worker_manager.core.logs import get_logger
+from worker_manager.core.outages import OUTAGE_ERRORS
+from worker_manager.settings import Settings
+from worker_manager.workers.acl import WorkerAcl
+from worker_manager.workers.containers import LABEL_POOL, LABEL_WORKER, ContainerRuntime
+from worker_manager.workers.lifecycle import Lifecycle, Outcome, outcome_of
+from worker_manager.workers.provisioner import Provisioner
+from worker_manager.workers.records import WorkerStore
+
+log = get_logger(__name__)
+
+EnsureGroups = Callable[[], Awaitable[None]]
+
+#: What the reconciler does for one worker:
+#: - ``adopt``: live record, running container (its Redis user is restored if Redis lost it);
+#: - ``resume``: a STARTING create cut short: the provisioner finishes it;
+#: - ``ended_unseen``: live record, container exited while nobody watched;
+#: - ``finish``: ended record whose container is still there: remove it;
+#: - ``orphan``: a container without a record: remove it;
+#: - ``resume_if_absent`` / ``lost_if_absent``: a live record without a container, acted on
+#:   only once Docker confirms that no container of that name exists.
+Step = Literal[
+    "adopt", "resume", "ended_unseen", "finish", "orphan", "resume_if_absent", "lost_if_absent"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """One of this manager's containers, as listed."""
+
+    worker_id: str
+    container_id: str
+    state: str
+    pooled: bool
+
+
+def reconcile_steps(
+    live: Collection[str],
+    found: Mapping[str, Found],
+    records: Mapping[str, WorkerRecord | None],
+    busy: Collection[str],
+) -> list[tuple[str, Step]]:
+    """What to do for each worker, from this manager's live set, its containers, their records
+    and the workers this process is provisioning (``busy``: left alone)."""
+    steps: list[tuple[str, Step]] = []
+    for worker_id, container in sorted(found.items()):
+        record = records.get(worker_id)
+        if worker_id in busy or (record is None and container.pooled):
+            continue  # being created here; or a warm-pool container nobody took (pool.py's)
+        if record is None:
+            steps.append((worker_id, "orphan"))
+        elif not record.is_live:
+            steps.append((worker_id, "finish"))
+        elif container.state in ("exited", "dead"):
+            steps.append((worker_id, "ended_unseen"))
+        elif record.status is WorkerStatus.STARTING and (
+            container.state == "created" or record.container_id != container.container_id
+        ):
+            steps.append((worker_id, "resume"))  # created, or started but not yet recorded
+        else:
+            steps.append((worker_id, "adopt"))
+    for worker_id in sorted(set(live) - set(found)):
+        record = records.get(worker_id)
+        if worker_id in busy or record is None or not record.is_live:
+            continue  # expired (the watcher drops it from the live set) or ended
+        if record.status is WorkerStatus.STARTING and not record.container_id:
+            steps.append((worker_id, "resume_if_absent"))
+        else:
+            steps.append((worker_id, "lost_if_absent"))
+    return steps
+
+
+@dataclass(slots=True)
+class Report:
+    adopted: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    ended: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # containers of terminal records
+    orphans: list[str] = field(default_factory=list)
+    users_restored: list[str] = field(default_factory=list)
+
+    def changed(self) -> bool:
+        return any(
+            (self.resumed, self.ended, self.lost, self.removed, self.orphans, self.users_restored)
+        )
+
+
+class Reconciler:
+    def __init__(
+        self,
+        settings: Settings,
+        store: WorkerStore,
+        docker: DockerClient,
+        containers: ContainerRuntime,
+        provisioner: Provisioner,
+        lifecycle: Lifecycle,
+        acl: WorkerAcl,
+        ensure_groups: EnsureGroups,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._docker = docker
+        self._containers = containers
+        self._provisioner = provisioner
+        self._lifecycle = lifecycle
+        self._acl = acl
+        self._ensure_groups = ensure_groups
+        self._lock = asyncio.Lock()
+        self.runs = 0
+
+    async def periodic(self) -> None:
+        """One periodic pass (the supervisor runs one per interval; the first pass runs in
+        ``Manager.start_up``). An outage waits for the next round; anything else is reported
+        by the supervisor."""
+        try:
+            await self.reconcile()
+        except OUTAGE_ERRORS as exc:
+            log.warning("reconciliation skipped: a dependency is unavailable", error=str(exc))
+
+    async def reconcile(self) -> Report:
+        async with self._lock:
+            report = await self._reconcile()
+        self.runs += 1
+        if report.changed():
+            log.info(
+                "reconciled Redis with Docker",
+                adopted=len(report.adopted),
+                resumed=report.resumed,
+                ended=report.ended,
+                lost=report.lost,
+                removed=report.removed,
+                orphans=report.orphans,
+                users_restored=len(report.users_restored),
+            )
+        return report
+
+    async def _reconcile(self) -> Report:
+        # Records first, containers second: a container that appears in between is one whose
+        # record already exists, never a false orphan.
+        live = set(await self._store.live_ids())
+        found: dict[str, Found] = {}
+        for c in await self._containers.find_all():
+            labels = c.get("Labels") or {}
+            worker_id = str(labels.get(LABEL_WORKER, ""))
+            if worker_id:
+                found[worker_id] = Found(
+                    worker_id, str(c.get("Id", "")), str(c.get("State", "")), LABEL_POOL in labels
+                )
+        records = await self._store.get_many(sorted(live | set(found)))
+        busy = {w for w in live | set(found) if self._provisioner.is_active(w)}
+        report = Report()
+        for worker_id, step in reconcile_steps(live, found, records, busy):
+            await self._carry_out(worker_id, step, report)
+        return report
+
+    async def _carry_out(self, worker_id: str, step: Step, report: Report) -> None:
+        if self._provisioner.is_active(worker_id):
+            return  # a create started here since the listing
+        if step in ("resume_if_absent", "lost_if_absent") and await self._inspect(worker_id):
+            return  # created since we listed: next round
+        if step in ("resume", "resume_if_absent"):
+            self._provisioner.start(worker_id)
+            report.resumed.append(worker_id)
+        elif step == "orphan":
+            await self._lifecycle.finish(worker_id)
+            report.orphans.append(worker_id)
+        elif step == "finish":
+            await self._lifecycle.finish(worker_id)
+            report.removed.append(worker_id)
+        elif step == "ended_unseen":
+            if await self._lifecycle.end(
+                worker_id, await self._ended_outcome(worker_id), wait=True
+            ):
+                report.ended.append(worker_id)
+        elif step == "lost_if_absent":
+            if await self._lifecycle.end(worker_id, Outcome.failed("container_lost"), wait=True):
+                report.lost.append(worker_id)
+        else:  # adopt
+            if self._acl.enabled and not await self._acl.exists(worker_id):
+                await self._acl.create(worker_id)
+                report.users_restored.append(worker_id)
+            report.adopted.append(worker_id)
+
+    async def _ended_outcome(self, worker_id: str) -> Outcome:
+        """The container ended while no events were read (the manager was down)."""
+        state = ((await self._inspect(worker_id)) or {}).get("State") or {}
+        return outcome_of(int(state.get("ExitCode", 0) or 0), bool(state.get("OOMKilled")))
+
+    async def _inspect(self, worker_id: str) -> dict[str, Any] | None:
+        name = self._containers.name(worker_id)
+
+        def inspect() -> dict[str, Any] | None:
+            try:
+                attrs: dict[str, Any] = self._docker.api.inspect_container(name)
+            except docker.errors.NotFound:
+                return None
+            return attrs
+
+        return await asyncio.to_thread(inspect)
+
+    async def after_redis_restart(self) -> None:
+        """Redis came back, possibly without its ACL users or consumer groups: restore them.
+
+        ACL users are not part of Redis' data files (unless an ACL file is saved), so a Redis
+        restarted with its data still loses them; the passwords derive from
+        ``WM_WORKER_SECRET``, so the users come back as they were and the wrappers' reconnects
+        succeed.
+        """
+        await self._ensure_groups()
+        restored = 0
+        for worker_id in await self._store.live_ids():
+            if self._acl.enabled and not await self._acl.exists(worker_id):
+                await self._acl.create(worker_id)
+                restored += 1
+        log.info("state restored after a Redis restart", users_restored=restored)

@@ -1,0 +1,314 @@
+"""The worker record (SPEC §3): hash, index, lifecycle stream, and the transitions between them.
+
+Every status change is one Lua script, so the record, the live set used for capacity, the
+``lifecycle`` stream and the worker's own output stream can never disagree, even when the manager
+dies halfway through. Terminal records keep their data-plane streams for ``retention_seconds``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from worker_manager.contract.kinds import LIVE_STATUSES, WorkerStatus
+from worker_manager.contract.record import WorkerRecord
+from worker_manager.core.clock import iso_now
+from worker_manager.settings import Settings
+
+_CREATE = """
+local existing = redis.call('HMGET', KEYS[1], 'status', 'request_id')
+if existing[1] then return {'exists', existing[1], existing[2] or ''} end
+local limit = tonumber(ARGV[3])
+if limit > 0 and redis.call('SCARD', KEYS[3]) >= limit then return {'capacity', 'manager', ''} end
+-- KEYS[8] counts the live workers of one metadata.owner across managers; ARGV[9] its limit.
+local owner_limit = tonumber(ARGV[9])
+if owner_limit > 0 and redis.call('SCARD', KEYS[8]) >= owner_limit then
+  return {'capacity', 'owner', ''}
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+if owner_limit >= 0 then redis.call('SADD', KEYS[8], ARGV[1]) end
+redis.call('SET', KEYS[5], ARGV[5])
+if ARGV[6] ~= '' then redis.call('SET', KEYS[6], ARGV[6]) end
+-- The wrapper's group exists from the start, so input sent while the worker starts waits for it.
+redis.pcall('XGROUP', 'CREATE', KEYS[7], 'wrapper', '0', 'MKSTREAM')
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'worker_id', ARGV[1], 'from', '',
+  'to', 'STARTING', 'reason', 'created', 'timestamp', ARGV[7])
+return {'created', 'STARTING', ARGV[8]}
+"""
+
+# KEYS: record lifecycle output prompt input spec heartbeat
+# ARGV: to reason timestamp allowed_from lifecycle_maxlen output_maxlen live_prefix retention
+#       owner_live_prefix [field value ...]
+_TRANSITION = """
+local cur = redis.call('HMGET', KEYS[1], 'status', 'manager_id', 'worker_id', 'owner')
+local from = cur[1]
+if not from then return {0, ''} end
+local to = ARGV[1]
+if from == to then return {0, from} end
+if ARGV[4] ~= '' and not string.find(' ' .. ARGV[4] .. ' ', ' ' .. from .. ' ', 1, true) then
+  return {0, from}
+end
+redis.call('HSET', KEYS[1], 'status', to)
+if from == 'STARTING' then redis.call('HDEL', KEYS[1], 'progress') end
+if #ARGV >= 10 then redis.call('HSET', KEYS[1], unpack(ARGV, 10)) end
+local terminal = (to == 'STOPPED' or to == 'FAILED')
+if terminal then
+  redis.call('HSET', KEYS[1], 'reason', ARGV[2], 'stopped_at', ARGV[3])
+  redis.call('SREM', ARGV[7] .. (cur[2] or ''), cur[3] or '')
+  if cur[4] and cur[4] ~= '' then redis.call('SREM', ARGV[9] .. cur[4], cur[3] or '') end
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'worker_id', cur[3] or '',
+  'from', from, 'to', to, 'reason', ARGV[2], 'timestamp', ARGV[3])
+-- A key the worker (or an orchestrator) writes may be poisoned: a wrong type, or a stream whose
+-- last id is the largest possible. A failed call in a script does not undo what came before it,
+-- so calls on such keys are pcall'ed: their failure costs the worker its status event or its
+-- first prompt, never a half-applied transition. DEL and EXPIRE cannot fail on a key's type;
+-- the EXPIREs come last, so a stream the XADD creates gets its expiry too.
+redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'type', 'status',
+  'content', cjson.encode({worker_status = to, reason = ARGV[2]}),
+  'timestamp', ARGV[3], 'input_id', '')
+if to == 'RUNNING' then
+  local prompt = redis.call('GET', KEYS[4])
+  if prompt then
+    local added = redis.pcall('XADD', KEYS[5], '*', 'type', 'prompt', 'content', prompt)
+    if type(added) ~= 'table' or not added.err then redis.call('DEL', KEYS[4]) end
+  end
+end
+if terminal then
+  local keep = tonumber(ARGV[8])
+  redis.call('DEL', KEYS[4], KEYS[6], KEYS[7])
+  redis.call('EXPIRE', KEYS[1], keep)
+  redis.call('EXPIRE', KEYS[3], keep)
+  redis.call('EXPIRE', KEYS[5], keep)
+end
+return {1, from}
+"""
+
+# What a STARTING worker is doing: on its record, and as a manager status event on its output.
+# KEYS: record output   ARGV: progress content output_maxlen timestamp
+_PROGRESS = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'STARTING' then return 0 end
+redis.call('HSET', KEYS[1], 'progress', ARGV[1])
+redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'type', 'status', 'content', ARGV[2],
+  'timestamp', ARGV[4], 'input_id', '')
+return 1
+"""
+
+_UPDATE_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class CreateOutcome:
+    result: str  # "created", "exists" or "capacity"
+    status: str
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    changed: bool
+    previous: str  # "" when there is no record
+
+
+class WorkerStore:
+    """Reads and writes worker records; the only code that changes a worker's status."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._keys = settings.keys
+        self._create = redis.register_script(_CREATE)
+        self._transition = redis.register_script(_TRANSITION)
+        self._update = redis.register_script(_UPDATE_IF_EXISTS)
+        self._progress = redis.register_script(_PROGRESS)
+
+    @property
+    def live_key(self) -> str:
+        return self._keys.live(self._settings.manager_id)
+
+    async def create(
+        self,
+        worker_id: str,
+        *,
+        request_id: str,
+        fields: dict[str, str],
+        spec: dict[str, Any],
+        prompt: str | None,
+        max_live: int,
+        owner: str = "",
+        max_per_owner: int | None = None,
+    ) -> CreateOutcome:
+        """Claim a capacity slot and write the record in one step, so concurrent creates never
+        overshoot ``max_live`` (this manager) or ``max_per_owner`` (one ``metadata.owner``)."""
+        now = time.time()
+        timestamp = iso_now()
+        record = {
+            "worker_id": worker_id,
+            "status": WorkerStatus.STARTING.value,
+            "created_at": timestamp,
+            "manager_id": self._settings.manager_id,
+            "request_id": request_id,
+            **({"owner": owner} if owner else {}),
+            **fields,
+        }
+        flat = [item for pair in record.items() for item in pair]
+        keys = self._keys
+        # -1: no owner to count; 0: counted without a limit; n: at most n live.
+        owner_limit = -1 if not owner else (max_per_owner or 0)
+        result = await self._create(
+            keys=[
+                keys.worker(worker_id),
+                keys.index,
+                self.live_key,
+                keys.lifecycle,
+                keys.spec(worker_id),
+                keys.prompt(worker_id),
+                keys.input(worker_id),
+                keys.owner_live(owner),
+            ],
+            args=[
+                worker_id,
+                int(now * 1000),
+                max_live,
+                self._settings.lifecycle_maxlen,
+                json.dumps(spec, separators=(",", ":")),
+                prompt or "",
+                timestamp,
+                request_id,
+                owner_limit,
+                *flat,
+            ],
+        )
+        return CreateOutcome(str(result[0]), str(result[1]), str(result[2]))
+
+    async def transition(
+        self,
+        worker_id: str,
+        to: WorkerStatus,
+        reason: str,
+        *,
+        allowed_from: Sequence[WorkerStatus] = LIVE_STATUSES,
+        fields: Mapping[str, str] | None = None,
+    ) -> Transition:
+        """Move the worker to ``to`` if its status is one of ``allowed_from``. Only
+        :class:`~worker_manager.workers.lifecycle.Lifecycle` ends workers; the watcher moves
+        STARTING to RUNNING."""
+        keys = self._keys
+        flat = [item for pair in (fields or {}).items() for item in pair]
+        result = await self._transition(
+            keys=[
+                keys.worker(worker_id),
+                keys.lifecycle,
+                keys.output(worker_id),
+                keys.prompt(worker_id),
+                keys.input(worker_id),
+                keys.spec(worker_id),
+                keys.heartbeat(worker_id),
+            ],
+            args=[
+                to.value,
+                reason,
+                iso_now(),
+                " ".join(allowed_from),
+                self._settings.lifecycle_maxlen,
+                self._settings.output_maxlen,
+                keys.live(""),
+                self._settings.retention_seconds,
+                keys.owner_live(""),
+                *flat,
+            ],
+        )
+        return Transition(bool(int(result[0])), str(result[1]))
+
+    async def update(self, worker_id: str, fields: dict[str, str]) -> bool:
+        """Set fields on an existing record; never resurrects a record that expired."""
+        if not fields:
+            return True
+        flat = [item for pair in fields.items() for item in pair]
+        return bool(await self._update(keys=[self._keys.worker(worker_id)], args=flat))
+
+    async def progress(self, worker_id: str, text: str) -> bool:
+        """Say what a STARTING worker is doing (``building 3/9``): in its record's ``progress``
+        and as a ``status`` event on its output; nothing once it is no longer STARTING."""
+        content = json.dumps({"worker_status": "STARTING", "progress": text})
+        keys = [self._keys.worker(worker_id), self._keys.output(worker_id)]
+        args = [text, content, self._settings.output_maxlen, iso_now()]
+        return bool(await self._progress(keys=keys, args=args))
+
+    async def field(self, worker_id: str, name: str) -> str | None:
+        value: str | None = await self._redis.hget(self._keys.worker(worker_id), name)
+        return value
+
+    async def get(self, worker_id: str) -> WorkerRecord | None:
+        values: dict[str, str] = await self._redis.hgetall(self._keys.worker(worker_id))
+        return WorkerRecord.from_hash(worker_id, values)
+
+    async def get_many(self, ids: list[str]) -> dict[str, WorkerRecord | None]:
+        """Several records in one round trip."""
+        if not ids:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for worker_id in ids:
+                pipe.hgetall(self._keys.worker(worker_id))
+            values: list[dict[str, str]] = await pipe.execute()
+        return {w: WorkerRecord.from_hash(w, v) for w, v in zip(ids, values, strict=True)}
+
+    async def spec(self, worker_id: str) -> dict[str, Any] | None:
+        text = await self._redis.get(self._keys.spec(worker_id))
+        return json.loads(text) if text else None
+
+    async def list_page(
+        self, cursor: tuple[int, str] | None, limit: int
+    ) -> tuple[list[WorkerRecord], tuple[int, str] | None]:
+        """Newest first: up to ``limit`` records after ``cursor`` (creation time in ms and
+        worker id of the previous page's last one), and the next page's cursor (None: this was
+        the last). Index entries whose record expired are pruned on the way."""
+        index = self._keys.index
+        found: list[tuple[str, int]] = []
+        offset = 0
+        top: int | str = "+inf" if cursor is None else cursor[0]
+        while len(found) <= limit:
+            want = limit + 1 - len(found) + 16
+            rows = await self._redis.zrevrangebyscore(
+                index, top, "-inf", start=offset, num=want, withscores=True
+            )
+            offset += len(rows)
+            for member, score in rows:
+                # Equal scores come in reverse order of id: those up to the cursor were shown.
+                if cursor is not None and int(score) == cursor[0] and member >= cursor[1]:
+                    continue
+                found.append((member, int(score)))
+            if len(rows) < want:
+                break
+        more = len(found) > limit
+        found = found[:limit]
+        if not found:
+            return [], None
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for worker_id, _score in found:
+                pipe.hgetall(self._keys.worker(worker_id))
+            records: list[dict[str, str]] = await pipe.execute()
+        gone = [wid for (wid, _s), rec in zip(found, records, strict=True) if not rec]
+        if gone:
+            await self._redis.zrem(index, *gone)
+        last_id, last_score = found[-1]
+        page = [
+            WorkerRecord.from_hash(worker_id, values)
+            for (worker_id, _score), values in zip(found, records, strict=True)
+        ]
+        return [rec for rec in page if rec is not None], (last_score, last_id) if more else None
+
+    async def live_ids(self) -> list[str]:
+        members: set[str] = await self._redis.smembers(self.live_key)
+        return sorted(members)
