@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from benchmarks.against import against_figure
 from benchmarks.control import roundtrip_figures, throughput_figures
 from benchmarks.dataplane import latency_figure, throughput_figure
 from benchmarks.env import AGENT_COMMAND, BenchEnv
@@ -21,7 +22,9 @@ from benchmarks.scale import scale_figures
 from benchmarks.start import start_figures
 from benchmarks.workers import create_worker
 
-FIGURES = ("start", "control", "throughput", "data", "scale", "gc")
+FIGURES = ("start", "control", "throughput", "data", "scale", "gc", "against")
+#: Figures run only when named with ``--only`` (they need an argument).
+ON_REQUEST = {"against"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +49,7 @@ QUICK = Plan("quick", 5, 1, 50, 5, 1.0, (1, 8, 64), 10_000, 5, 50, 5, (1, 10, 25
 FULL = Plan("full", 20, 20, 200, 20, 1.5, (1, 8, 64), 100_000, 20, 100, 20, (1, 25, 100), 1000, 20)
 
 
-async def run(plan: Plan, only: set[str]) -> list[Figure]:
+async def run(plan: Plan, only: set[str], against: str | None = None) -> list[Figure]:
     env = BenchEnv()
     figures: list[Figure] = []
     out = console()
@@ -81,6 +84,9 @@ async def run(plan: Plan, only: set[str]) -> list[Figure]:
         if "gc" in only:
             out.print("[bold]6. gc --dry-run[/bold]")
             figures.append(await gc_figure(env, plan.gc_records, plan.gc_runs))
+        if "against" in only and against:
+            out.print(f"[bold]1e. cold create against {against}[/bold] (two builds a pair)")
+            figures.append(await against_figure(env, against, max(plan.cold_runs, 3)))
     finally:
         await env.close()
     return figures
@@ -96,12 +102,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help=f"run only these figures: {', '.join(FIGURES)}",
     )
+    parser.add_argument(
+        "--against",
+        metavar="REF",
+        help="with --only against: the commit whose cold create figure 1e compares with",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
-    only = set(args.only or FIGURES)
+    only = set(args.only or set(FIGURES) - ON_REQUEST)
+    if "against" in only and not args.against:
+        parser.error("--only against needs --against REF")
     meta: dict[str, object] = {"mode": plan.name, "only": sorted(only), "machine": machine()}
     started = time.monotonic()
-    figures = asyncio.run(run(plan, only))
+    figures = asyncio.run(run(plan, only, args.against))
     meta["seconds"] = round(time.monotonic() - started, 1)
     out = console()
     out.print(table(figures, title=f"worker-manager benchmarks ({plan.name}, {meta['seconds']} s)"))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,36 +15,8 @@ from redis.asyncio import Redis
 
 from benchmarks.env import AGENT_COMMAND, BenchEnv
 from benchmarks.harness import Figure, alternate
+from benchmarks.requester import Requester
 from benchmarks.workers import create_worker, delete_worker
-
-
-class Requester:
-    """One client with its own reply stream and one request in flight at a time."""
-
-    def __init__(self, redis: Redis, reply_to: str) -> None:
-        self._redis = redis
-        self.reply_to = reply_to
-        self._last = "0-0"
-
-    async def call(
-        self, stream: str, fields: dict[str, str], *, timeout: float = 30.0
-    ) -> tuple[float, dict[str, str]]:
-        """XADD the command, read the reply: the round trip in seconds, and the reply."""
-        request_id = f"bench-{uuid.uuid4().hex}"
-        body = {**fields, "request_id": request_id, "reply_to": self.reply_to}
-        started = time.perf_counter()
-        await self._redis.xadd(stream, body)  # type: ignore[arg-type,unused-ignore]
-        deadline = started + timeout
-        while (left := deadline - time.perf_counter()) > 0:
-            response = await self._redis.xread(
-                {self.reply_to: self._last}, count=16, block=max(1, int(min(left, 1.0) * 1000))
-            )
-            for _stream, entries in response or []:
-                for entry_id, reply in entries:
-                    self._last = entry_id
-                    if reply.get("request_id") == request_id:
-                        return time.perf_counter() - started, reply
-        raise TimeoutError(f"no reply to {fields.get('command')} on {stream} within {timeout}s")
 
 
 async def roundtrip_figures(env: BenchEnv, worker_id: str, runs: int) -> list[Figure]:

@@ -30,6 +30,7 @@ import docker
 import docker.errors
 from redis.asyncio import Redis
 
+from benchmarks.requester import Requester
 from tests.support.redis_server import RedisServer, free_port
 from worker_manager.core.keys import Keys
 from worker_manager.images.spec import packaged_images_dir
@@ -171,8 +172,6 @@ class BenchEnv:
         await self._wait_answers(self.echo_stream, "echo consumer", self.echo)
 
     async def _wait_answers(self, stream: str, what: str, process: subprocess.Popen[bytes]) -> None:
-        from benchmarks.control import Requester
-
         requester = Requester(self.redis, f"{self.keys.replies}:probe:{uuid.uuid4().hex}")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -15,9 +15,9 @@ from typing import Any
 
 import docker.errors
 
-from benchmarks.control import Requester
 from benchmarks.env import AGENT_COMMAND, BenchEnv
 from benchmarks.harness import Figure, alternate
+from benchmarks.requester import Requester
 from benchmarks.workers import create_worker
 
 CREATE_CONCURRENCY = 8

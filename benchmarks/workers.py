@@ -8,6 +8,7 @@ import time
 import uuid
 
 from benchmarks.env import BenchEnv
+from benchmarks.requester import Requester
 
 TERMINAL = ("STOPPED", "FAILED")
 
@@ -32,8 +33,6 @@ async def create_worker(
 
     ``pooled``: name no worker id, so a warm pool's worker is taken when there is one (a create
     that names its worker always starts a container)."""
-    from benchmarks.control import Requester
-
     after = await lifecycle_tail(env) if wait else "0-0"
     requester = Requester(env.redis, f"{env.keys.replies}:bench:{uuid.uuid4().hex}")
     fields = {
@@ -81,8 +80,6 @@ async def wait_status(
 
 
 async def delete_worker(env: BenchEnv, worker_id: str, *, wait_gone: bool = False) -> None:
-    from benchmarks.control import Requester
-
     requester = Requester(env.redis, f"{env.keys.replies}:bench:{uuid.uuid4().hex}")
     await requester.call(env.keys.commands, {"command": "delete", "worker_id": worker_id})
     await env.redis.delete(requester.reply_to)

@@ -8,7 +8,7 @@ the whole argv against the allowed prefixes (``npm test`` allows ``npm test --wa
 ``npm install``), then either execs the real program, looked up on the original ``PATH``, or
 refuses: a sentence on stderr, a JSON line in ``<state_dir>/refusals.log`` and exit status 126
 (the shell's "found but cannot be run"). A name that is installed nowhere stays "not found"
-(127). ``refusals`` follows the log so the wrapper can report each refusal.
+(127). :mod:`worker_base.refusals` follows the log so the wrapper can report each refusal.
 
 ``sh`` and ``bash`` are always present in the shim directory as links to the real shells: an agent
 runs commands through a shell (Claude Code's Bash tool, Droid's Execute tool), and a shell whose
@@ -30,23 +30,18 @@ through ``PATH`` are checked too, so an allowed ``npm test`` whose script calls 
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import shlex
 import shutil
 import sys
-from collections import deque
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 SHIM_DIR_NAME = "bin"
 SHIM_SCRIPT_NAME = "allowlist-shim"
 REFUSAL_LOG_NAME = "refusals.log"
-_OFFSET_NAME = "refusals.offset"
 _SHELLS = ("sh", "bash")
-_POLL_SECONDS = 0.05
 
 
 class AllowlistConfig(Protocol):
@@ -348,126 +343,3 @@ def agent_env(
     if bash.exists():
         result["SHELL"] = str(bash.resolve())
     return result
-
-
-class RefusalReader:
-    """Complete records of the refusal log past the last delivered one, as sentences.
-
-    One reader per state directory and allowlist (see :func:`_reader_for`) serves both the
-    follower (:func:`refusals`) and the flush after each run (:func:`pending_refusals`), so a
-    refusal is reported exactly once whichever of the two sees it first. Where it has delivered
-    up to is kept in ``<state_dir>/refusals.offset``: nothing is lost between the moment a shim
-    writes and the moment the wrapper first reads, and a restarted wrapper does not report old
-    refusals again. Everything here is synchronous: in the wrapper's event loop a read and its
-    delivery cannot interleave with another reader call.
-    """
-
-    def __init__(self, config: AllowlistConfig) -> None:
-        self._allowed = list(config.allowed_commands or [])
-        self._log = refusal_log(config)
-        self._offset_file = config.state_dir / _OFFSET_NAME
-        self._read_to = _read_offset(self._offset_file)
-        #: Sentences read but not yet delivered, each with the offset just past its record.
-        self._queue: deque[tuple[str, int]] = deque()
-
-    def _fill(self) -> None:
-        try:
-            size = self._log.stat().st_size
-        except FileNotFoundError:
-            size = 0
-        if size < self._read_to:  # the log was replaced: start over
-            self._read_to = 0
-            self._queue.clear()
-        if size <= self._read_to:
-            return
-        with self._log.open("rb") as handle:
-            handle.seek(self._read_to)
-            chunk = handle.read(size - self._read_to)
-        complete = chunk.rfind(b"\n") + 1  # a line still being written waits
-        for raw in chunk[:complete].split(b"\n")[:-1]:
-            self._read_to += len(raw) + 1
-            sentence = _sentence_from_record(raw, self._allowed)
-            if sentence is not None:
-                self._queue.append((sentence, self._read_to))
-        if not self._queue and complete:
-            _write_offset(self._offset_file, self._read_to)  # only blank lines: skip them
-
-    def next(self) -> str | None:
-        """The next undelivered sentence, now counted as delivered; None if there is none."""
-        if not self._queue:
-            self._fill()
-        if not self._queue:
-            return None
-        sentence, offset = self._queue.popleft()
-        _write_offset(self._offset_file, offset)
-        return sentence
-
-    def drain(self) -> list[str]:
-        sentences: list[str] = []
-        while (sentence := self.next()) is not None:
-            sentences.append(sentence)
-        return sentences
-
-
-_READERS: dict[tuple[Path, tuple[str, ...]], RefusalReader] = {}
-
-
-def _reader_for(config: AllowlistConfig) -> RefusalReader:
-    key = (config.state_dir.resolve(), tuple(config.allowed_commands or ()))
-    reader = _READERS.get(key)
-    if reader is None:
-        reader = _READERS[key] = RefusalReader(config)
-    return reader
-
-
-def pending_refusals(config: AllowlistConfig) -> list[str]:
-    """Every refusal logged so far and not yet reported, at once.
-
-    The wrapper calls this after the agent has exited and before it writes ``done``: every
-    shim the run started has written its record by then, so each refusal lands before the
-    ``done`` of the input it belongs to, however fast the agent ended. Empty when unrestricted.
-    """
-    if config.allowed_commands is None:
-        return []
-    return _reader_for(config).drain()
-
-
-async def refusals(config: AllowlistConfig) -> AsyncGenerator[str, None]:
-    """Yield a sentence for each refused command, following the refusal log as it grows.
-
-    Shares its position with :func:`pending_refusals`. Yields nothing when unrestricted.
-    """
-    if config.allowed_commands is None:
-        return
-    reader = _reader_for(config)
-    while True:
-        while (sentence := reader.next()) is not None:
-            yield sentence
-        await asyncio.sleep(_POLL_SECONDS)
-
-
-def _sentence_from_record(raw: bytes, allowed: Sequence[str]) -> str | None:
-    text = raw.decode("utf-8", "replace").strip()
-    if not text:
-        return None
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError:
-        return f"refused: {text} (allowed: {describe_allowed(allowed)})"
-    argv = record.get("argv") if isinstance(record, dict) else None
-    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
-        return f"refused: {text} (allowed: {describe_allowed(allowed)})"
-    return refusal_sentence(argv, allowed)
-
-
-def _read_offset(path: Path) -> int:
-    try:
-        return max(0, int(path.read_text(encoding="utf-8").strip() or 0))
-    except (OSError, ValueError):
-        return 0
-
-
-def _write_offset(path: Path, offset: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(str(offset), encoding="utf-8")
-    os.replace(tmp, path)

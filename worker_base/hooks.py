@@ -1,22 +1,23 @@
-"""The two points where the allowed-commands enforcement (``worker_base.allowlist``) plugs in.
+"""The points where the allowed-commands enforcement plugs in: ``worker_base.allowlist`` (the
+shims) and ``worker_base.refusals`` (reporting what they refused).
 
-That module is optional for the core, so both call sites work without it:
+Those modules are optional for the core, so every call site works without them:
 
 * ``allowlist.agent_env(config: WrapperConfig, env: dict[str, str], shell_prefix_env=None)
   -> dict[str, str]`` receives the agent's complete environment for one run and returns the one
   to use (e.g. with a PATH of command shims, or a gate in ``shell_prefix_env`` for an agent that
   prefixes its shell commands). Called once per run, last, after the driver's own variables.
   Absent: the environment is used unchanged.
-* ``allowlist.refusals(config: WrapperConfig) -> AsyncIterator[str]``
+* ``refusals.refusals(config: WrapperConfig) -> AsyncIterator[str]``
   yields one human sentence per refused command; the wrapper turns each into an ``error``
   output event for the input being handled (``input_id`` empty when idle). Iterated once, for
   the wrapper's lifetime, from its own task. Absent: nothing to forward.
-* ``allowlist.pending_refusals(config: WrapperConfig) -> list[str]``
+* ``refusals.pending_refusals(config: WrapperConfig) -> list[str]``
   the refusals logged and not yet yielded by ``refusals``, taken at once. Called after each
   agent run and before its ``done``, so a refusal is never reported after the end of the input
   it belongs to (the follower polls, and a fast agent exits within one poll). Absent: none.
 
-An ImportError raised *inside* an existing allowlist module is not swallowed: that is a bug to
+An ImportError raised *inside* an existing module is not swallowed: that is a bug to
 see, not an absent feature.
 """
 
@@ -34,14 +35,15 @@ from worker_base.config import WrapperConfig
 log = logging.getLogger("worker_base")
 
 ALLOWLIST_MODULE = "worker_base.allowlist"
+REFUSALS_MODULE = "worker_base.refusals"
 
 
 @cache
-def allowlist_module() -> ModuleType | None:
+def optional_module(name: str) -> ModuleType | None:
     try:
-        return importlib.import_module(ALLOWLIST_MODULE)
+        return importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name != ALLOWLIST_MODULE:
+        if exc.name != name:
             raise
         return None
 
@@ -49,7 +51,7 @@ def allowlist_module() -> ModuleType | None:
 def agent_env(
     config: WrapperConfig, env: dict[str, str], shell_prefix_env: str | None = None
 ) -> dict[str, str]:
-    module = allowlist_module()
+    module = optional_module(ALLOWLIST_MODULE)
     hook = getattr(module, "agent_env", None)
     if hook is None:
         return env
@@ -57,7 +59,7 @@ def agent_env(
 
 
 def refusals(config: WrapperConfig) -> AsyncIterator[str] | None:
-    module = allowlist_module()
+    module = optional_module(REFUSALS_MODULE)
     hook = getattr(module, "refusals", None)
     if hook is None:
         return None
@@ -65,7 +67,7 @@ def refusals(config: WrapperConfig) -> AsyncIterator[str] | None:
 
 
 def pending_refusals(config: WrapperConfig) -> list[str]:
-    module = allowlist_module()
+    module = optional_module(REFUSALS_MODULE)
     hook = getattr(module, "pending_refusals", None)
     if hook is None:
         return []

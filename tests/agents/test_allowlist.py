@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.agents.helpers import FakeConfig
-from worker_base.allowlist import agent_env, parse_rules, refusals, resolve_program
+from worker_base.allowlist import agent_env, parse_rules, resolve_program
+from worker_base.refusals import refusals
 
 
 def run(env: dict[str, str], script: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.agents.helpers import FakeConfig
-from worker_base.allowlist import agent_env, pending_refusals, refusals
+from worker_base.allowlist import agent_env
+from worker_base.refusals import pending_refusals, refusals
 
 
 def run(env: dict[str, str], script: str, cwd: Path) -> int:

@@ -19,9 +19,7 @@ yielded when the connection to Redis drops and comes back.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -29,6 +27,18 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker_manager.client.errors import (
+    BuildFailedError,
+    CapacityExceededError,
+    ConflictError,
+    InternalError,
+    InvalidCommandError,
+    NotFoundError,
+    WorkerEnded,
+    WorkerManagerError,
+    raise_for,
+)
+from worker_manager.client.models import Event, LifecycleEvent, RunResult, WorkerInfo, ended, event
 from worker_manager.client.requests import CommandClient, ReplyTimeout
 from worker_manager.contract.reply import Reply
 from worker_manager.core.keys import Keys
@@ -52,206 +62,6 @@ __all__ = [
 ]
 
 _RECONNECT_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
-_LIVE = ("STARTING", "RUNNING")
-
-
-# --- errors ------------------------------------------------------------------------------------
-class WorkerManagerError(Exception):
-    """A command was answered with ``ok=false``."""
-
-    code = "error"
-
-    def __init__(self, message: str, *, code: str | None = None, retry_after: float | None = None):
-        super().__init__(message)
-        self.message = message
-        self.code = code or self.code
-        self.retry_after = retry_after
-
-
-class InvalidCommandError(WorkerManagerError):
-    code = "invalid_command"
-
-
-class NotFoundError(WorkerManagerError):
-    code = "not_found"
-
-
-class CapacityExceededError(WorkerManagerError):
-    """No room now: wait ``retry_after`` seconds and try again (maybe another manager)."""
-
-    code = "capacity_exceeded"
-
-
-class BuildFailedError(WorkerManagerError):
-    code = "build_failed"
-
-
-class ConflictError(WorkerManagerError):
-    code = "conflict"
-
-
-class InternalError(WorkerManagerError):
-    code = "internal"
-
-
-_ERRORS: dict[str, type[WorkerManagerError]] = {
-    cls.code: cls
-    for cls in (
-        InvalidCommandError,
-        NotFoundError,
-        CapacityExceededError,
-        BuildFailedError,
-        ConflictError,
-        InternalError,
-    )
-}
-
-
-class WorkerEnded(Exception):
-    """The worker is STOPPED or FAILED (while waiting for it to run, or to answer)."""
-
-    def __init__(self, info: WorkerInfo) -> None:
-        reason = f": {info.reason}" if info.reason else ""
-        super().__init__(f"worker {info.worker_id} is {info.status}{reason}")
-        self.info = info
-        self.status = info.status
-        self.reason = info.reason
-
-
-def _raise_for(reply: Reply) -> Reply:
-    if reply.ok:
-        return reply
-    code = reply.error or "internal"
-    cls = _ERRORS.get(code, WorkerManagerError)
-    raise cls(reply.message or code, code=code, retry_after=reply.retry_after)
-
-
-# --- what comes back ---------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class WorkerInfo:
-    """A worker's record as ``status`` and ``list`` answer it (SPEC §3)."""
-
-    worker_id: str
-    status: str
-    reason: str = ""
-    exit_code: int | None = None
-    agent_type: str = ""
-    modules: list[str] = field(default_factory=list)
-    metadata: dict[str, str] = field(default_factory=dict)
-    created_at: str = ""
-    started_at: str = ""
-    stopped_at: str = ""
-    last_activity_at: str = ""
-    cost_usd: float | None = None
-    progress: str = ""
-    manager_id: str = ""
-    image: str = ""
-    ip_address: str = ""
-
-    @property
-    def is_live(self) -> bool:
-        return self.status in _LIVE
-
-    @classmethod
-    def from_reply(cls, reply: Reply) -> WorkerInfo:
-        details = dict(reply.details or {})
-        return cls.from_fields(
-            {
-                **details,
-                "worker_id": reply.worker_id or "",
-                "status": reply.status or "",
-                "ip_address": reply.ip_address or "",
-            }
-        )
-
-    @classmethod
-    def from_fields(cls, fields: dict[str, Any]) -> WorkerInfo:
-        """From a list entry (JSON values) or a status reply's details (strings)."""
-
-        def as_json(name: str, empty: Any) -> Any:
-            value = fields.get(name)
-            if isinstance(value, str):
-                try:
-                    value = json.loads(value) if value else empty
-                except ValueError:
-                    return empty
-            return value if isinstance(value, type(empty)) else empty
-
-        exit_code = fields.get("exit_code")
-        cost = fields.get("cost_usd")
-        return cls(
-            worker_id=str(fields.get("worker_id") or ""),
-            status=str(fields.get("status") or ""),
-            reason=str(fields.get("reason") or ""),
-            exit_code=int(str(exit_code)) if str(exit_code or "").lstrip("-").isdigit() else None,
-            agent_type=str(fields.get("agent_type") or ""),
-            modules=as_json("modules", []),
-            metadata=as_json("metadata", {}),
-            created_at=str(fields.get("created_at") or ""),
-            started_at=str(fields.get("started_at") or ""),
-            stopped_at=str(fields.get("stopped_at") or ""),
-            last_activity_at=str(fields.get("last_activity_at") or ""),
-            cost_usd=float(cost) if cost not in (None, "") else None,
-            progress=str(fields.get("progress") or ""),
-            manager_id=str(fields.get("manager_id") or ""),
-            image=str(fields.get("image") or ""),
-            ip_address=str(fields.get("ip_address") or ""),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One entry of a worker's output stream (SPEC §4)."""
-
-    id: str
-    type: str
-    content: str
-    timestamp: str
-    input_id: str
-
-    def json(self) -> Any:
-        """``content`` parsed (``result``, ``tool_use``, ``tool_result``, ``status``)."""
-        return json.loads(self.content)
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    """What one input produced, from its first event to its ``done``."""
-
-    input_id: str
-    exit_code: int
-    events: list[Event]
-
-    @property
-    def text(self) -> str:
-        """The agent's answer: its ``assistant`` messages, or its ``stdout`` lines when it
-        sent none (a CUSTOM agent), joined by newlines."""
-        said = [e.content for e in self.events if e.type == "assistant"]
-        if not said:
-            said = [e.content for e in self.events if e.type == "stdout"]
-        return "\n".join(said)
-
-    @property
-    def result(self) -> dict[str, Any] | None:
-        """The agent's ``result`` payload (CLAUDE, FACTORY), if it printed one."""
-        found = [e for e in self.events if e.type == "result"]
-        return found[-1].json() if found else None
-
-    @property
-    def errors(self) -> list[str]:
-        return [e.content for e in self.events if e.type == "error"]
-
-
-@dataclass(frozen=True, slots=True)
-class LifecycleEvent:
-    """One status change from ``<prefix>:lifecycle``."""
-
-    id: str
-    worker_id: str
-    from_status: str
-    to_status: str
-    reason: str
-    timestamp: str
 
 
 # --- the client --------------------------------------------------------------------------------
@@ -306,7 +116,7 @@ class Client:
     async def request(self, command: str, **fields: Any) -> Reply:
         """One command, its reply checked: a typed error for ``ok=false``."""
         reply = await self._commands.request(command, timeout=self.timeout, **fields)
-        return _raise_for(reply)
+        return raise_for(reply)
 
     async def create(self, **fields: Any) -> Worker:
         """A new worker (the create fields of SPEC §1 as keyword arguments: lists and dicts
@@ -396,7 +206,7 @@ class Worker:
         Redis drops."""
         stream = self.client.keys.output(self.id)
         async for entry_id, fields in _read(self.client.redis, stream, after, follow):
-            yield _event(entry_id, fields)
+            yield event(entry_id, fields)
 
     async def run(self, prompt: str, *, timeout: float | None = None) -> RunResult:
         """Send ``prompt`` and collect its events until its ``done``."""
@@ -408,7 +218,7 @@ class Worker:
         async with asyncio.timeout(timeout):
             async for event in self.events(after=after):
                 if event.input_id != input_id:
-                    if event.type == "status" and _ended(event):
+                    if event.type == "status" and ended(event):
                         raise WorkerEnded(await self.status())
                     continue
                 collected.append(event)
@@ -420,25 +230,6 @@ class Worker:
     async def delete(self) -> WorkerInfo:
         reply = await self.client.request("delete", worker_id=self.id)
         return WorkerInfo.from_reply(reply)
-
-
-def _event(entry_id: str, fields: dict[str, str]) -> Event:
-    return Event(
-        entry_id,
-        fields.get("type", ""),
-        fields.get("content", ""),
-        fields.get("timestamp", ""),
-        fields.get("input_id", ""),
-    )
-
-
-def _ended(event: Event) -> bool:
-    """A ``status`` event the manager wrote when the worker stopped or failed."""
-    try:
-        payload = event.json()
-    except ValueError:
-        return False
-    return isinstance(payload, dict) and payload.get("worker_status") in ("STOPPED", "FAILED")
 
 
 async def _read(

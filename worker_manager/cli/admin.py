@@ -1,0 +1,129 @@
+"""The operator's commands: ``serve``, the base image, ``build``, ``producer-acl`` and ``gc``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+from rich.text import Text
+
+from worker_manager.cli.common import command, console, err_console
+from worker_manager.core import logs
+from worker_manager.core.connections import connect
+from worker_manager.settings import Settings
+from worker_manager.settings.commands import PRODUCER_RE
+
+
+@command("serve")
+async def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from worker_manager.service.manager import serve
+
+    await serve(settings, grace=args.grace)
+    return 0
+
+
+@command("bootstrap-base")
+async def _bootstrap(args: argparse.Namespace, settings: Settings) -> int:
+    from worker_manager.images.bootstrap import bootstrap_base_image
+
+    tag = args.tag or settings.base_image
+    image_id = await asyncio.to_thread(bootstrap_base_image, tag, log=logs.get_logger("bootstrap"))
+    console.print(f"built {tag} ({image_id[:19]})")
+    return 0
+
+
+@command("ensure-base")
+async def _ensure_base(args: argparse.Namespace, settings: Settings) -> int:
+    from worker_manager.images.bootstrap import ensure_base_image
+
+    image_id = await asyncio.to_thread(
+        ensure_base_image, settings, log=logs.get_logger("bootstrap")
+    )
+    console.print(f"base image {settings.base_image} is ready ({image_id[:19]})")
+    return 0
+
+
+@command("build")
+async def _build(args: argparse.Namespace, settings: Settings) -> int:
+    """The same build a create would run (and joins), its steps as a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from worker_manager.contract.kinds import AgentType, Module
+    from worker_manager.core import docker_client
+    from worker_manager.images.build import BuildFailed
+    from worker_manager.images.service import ImageService
+
+    shape = "+".join([args.agent_type, *sorted(set(args.modules))])
+    redis = connect(settings, name="build")
+    docker = docker_client.connect()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    try:
+        with Progress(*columns, TimeElapsedColumn(), console=err_console) as bar:
+            task = bar.add_task(f"{shape}: finding its image", total=None)
+
+            def on_progress(step: int, steps: int) -> None:
+                bar.update(task, description=f"{shape}: building", completed=step, total=steps)
+
+            ref = await ImageService(settings, redis, docker).ensure(
+                AgentType(args.agent_type), [Module(m) for m in args.modules], on_progress
+            )
+            done = bar.tasks[0].total or 1
+            bar.update(task, description=f"{shape}: ready", completed=done, total=done)
+    except BuildFailed as exc:
+        err_console.print(Text.assemble(("build failed", "red"), ": ", exc.message))
+        return 1
+    finally:
+        await redis.aclose()
+        docker.close()
+    if args.json:
+        print(json.dumps({"tag": ref.tag, "hash": ref.hash, "built": ref.built}))
+    else:
+        console.print(
+            f"{ref.tag} ({'built now' if ref.built else 'already built'})", soft_wrap=True
+        )
+    return 0
+
+
+@command("producer-acl")
+async def _producer_acl(args: argparse.Namespace, settings: Settings) -> int:
+    from worker_manager.workers.acl import producer_rules
+
+    if not PRODUCER_RE.fullmatch(args.name):
+        err_console.print("[red]a producer name is 1 to 64 of [A-Za-z0-9._-][/red]")
+        return 2
+    rules = " ".join(producer_rules(settings.keys, args.name))
+    print(f"ACL SETUSER {settings.key_prefix}-producer-{args.name} on >CHANGE-ME {rules}")
+    if args.name not in settings.producers:
+        err_console.print(
+            f"note: {args.name!r} is not in WM_PRODUCERS here; the manager reads its stream "
+            "only once it is"
+        )
+    return 0
+
+
+@command("gc")
+async def _gc(args: argparse.Namespace, settings: Settings) -> int:
+    from worker_manager.core import docker_client
+    from worker_manager.images.gc_execute import Collector
+    from worker_manager.images.gc_report import parse_duration, print_report
+
+    try:
+        max_age = parse_duration(args.max_age) if args.max_age else None
+    except ValueError as exc:
+        err_console.print(f"[red]--max-age: {exc}[/red]")
+        return 2
+    redis = connect(settings, name="gc")
+    docker = docker_client.connect()
+    try:
+        report = await Collector(settings, redis, docker).run(
+            dry_run=args.dry_run, max_age_seconds=max_age, budget_bytes=args.disk_budget_bytes
+        )
+    finally:
+        await redis.aclose()
+        docker.close()
+    if args.json:
+        print(json.dumps(report.as_json()))
+    else:
+        print_report(report, console)
+    return 1 if report.errors or report.skipped else 0

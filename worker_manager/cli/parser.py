@@ -1,0 +1,205 @@
+"""The command line's grammar: every subcommand and option, and the settings they override.
+
+Every option maps onto a ``WM_*`` setting (the environment and ``.env`` give the defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from worker_manager import __version__
+from worker_manager.settings import Settings
+
+#: CLI option → Settings field, for options shared by several commands.
+_SETTING_OPTIONS = {
+    "redis_url": "--redis-url",
+    "key_prefix": "--key-prefix",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="worker-manager",
+        description="Control plane for coding-agent workers: Redis streams in, Docker out.",
+    )
+    parser.add_argument("--version", action="version", version=f"worker-manager {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--redis-url", help="Redis to use (WM_REDIS_URL)")
+    common.add_argument("--key-prefix", help="key prefix instead of 'worker' (WM_KEY_PREFIX)")
+    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    common.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", parents=[common], help="run the service")
+    serve.add_argument("--http-addr", help="host:port for /livez /readyz /metrics")
+    serve.add_argument("--max-workers", type=int, help="live workers this manager may run")
+    serve.add_argument("--idle-timeout-seconds", type=float, help="stop workers idle this long")
+    serve.add_argument("--base-image", help="image worker images are built FROM")
+    serve.add_argument("--manager-id", help="this manager's stable id (default: hostname)")
+    serve.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        help="seconds in-flight commands get to finish after SIGTERM (exit) or SIGUSR1 (drain: "
+        "stop taking commands, keep watching workers); unfinished ones are left pending",
+    )
+
+    create = sub.add_parser("create", parents=[common], help="create a worker")
+    create.add_argument("--agent-type", required=True, choices=["CLAUDE", "FACTORY", "CUSTOM"])
+    create.add_argument("--worker-id", help="choose the worker's UUID")
+    create.add_argument("--instructions", help="text for CLAUDE.md / AGENTS.md")
+    create.add_argument("--instructions-file", type=Path, help="read the instructions from a file")
+    create.add_argument(
+        "--allowed-command",
+        action="append",
+        dest="allowed_commands",
+        help="a command (prefix) the worker may run; repeat",
+    )
+    create.add_argument(
+        "--module",
+        action="append",
+        dest="modules",
+        choices=["GIT", "GITHUB_CLI", "COPIER", "CURL", "DOCKER"],
+    )
+    create.add_argument("--prompt", help="first input, delivered once the worker runs")
+    create.add_argument("--agent-command", help="JSON argv of the agent program (CUSTOM)")
+    create.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
+    create.add_argument("--request-id", help="idempotency key")
+    create.add_argument(
+        "--input-timeout", type=float, metavar="SECONDS", help="kill a run of one input after this"
+    )
+    create.add_argument("--max-turns", type=int, help="per input: the most agent turns")
+    create.add_argument(
+        "--max-cost-usd", type=float, help="the worker's budget; it stops once spent"
+    )
+    create.add_argument(
+        "--wait",
+        action="store_true",
+        help="after the reply, wait until the worker is RUNNING (or has failed)",
+    )
+
+    for name, text in (
+        ("status", "show a worker's status"),
+        ("delete", "stop and remove a worker (or, with --all/--selector, many)"),
+    ):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("worker_id", nargs="?" if name == "delete" else None)
+        p.add_argument("--request-id", help="idempotency key")
+        if name == "delete":
+            p.add_argument(
+                "--all",
+                action="store_true",
+                dest="all_workers",
+                help="every live worker (needs --confirm)",
+            )
+            p.add_argument(
+                "--selector",
+                action="append",
+                default=[],
+                metavar="KEY=VALUE",
+                help="live workers whose metadata matches; repeat (needs --confirm)",
+            )
+            p.add_argument(
+                "--confirm",
+                type=int,
+                metavar="N",
+                help="the exact number of workers about to be deleted",
+            )
+
+    listing = sub.add_parser("list", parents=[common], help="list workers (full ids)")
+    listing.add_argument("--wide", action="store_true", help="more columns")
+    listing.add_argument(
+        "--status", action="append", default=[], help="only workers in this status; repeat"
+    )
+    listing.add_argument(
+        "--selector", action="append", default=[], metavar="KEY=VALUE", help="metadata match"
+    )
+
+    events = sub.add_parser("events", parents=[common], help="print the lifecycle stream")
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new changes")
+    events.add_argument(
+        "--from", dest="after", default="0", help="entry id to start after (default: all kept)"
+    )
+
+    top = sub.add_parser("top", parents=[common], help="the fleet, live")
+    top.add_argument("--once", action="store_true", help="print one screen and exit")
+
+    send = sub.add_parser("send", parents=[common], help="push an input to a worker")
+    send.add_argument("worker_id")
+    send.add_argument("content", help="the prompt text, or - to read standard input")
+    send.add_argument("--cancel", action="store_true", help="send a cancel instead of a prompt")
+
+    tail = sub.add_parser("tail", parents=[common], help="print a worker's output")
+    tail.add_argument("worker_id")
+    tail.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    tail.add_argument("--until-done", action="store_true", help="stop after the next `done`")
+    tail.add_argument("--from", dest="after", default="0-0", help="entry id to start after")
+
+    build = sub.add_parser(
+        "build",
+        parents=[common],
+        help="build the image of a worker shape now, with progress (run on the Docker host)",
+    )
+    build.add_argument("--agent-type", required=True, choices=["CLAUDE", "FACTORY", "CUSTOM"])
+    build.add_argument(
+        "--module",
+        action="append",
+        dest="modules",
+        default=[],
+        choices=["GIT", "GITHUB_CLI", "COPIER", "CURL", "DOCKER"],
+    )
+
+    producer = sub.add_parser(
+        "producer-acl",
+        parents=[common],
+        help="print the Redis ACL rules for a registered producer (WM_PRODUCERS)",
+    )
+    producer.add_argument("name", help="the producer's name, as listed in WM_PRODUCERS")
+
+    boot = sub.add_parser(
+        "bootstrap-base",
+        parents=[common],
+        help="build the base image from a Debian root filesystem",
+    )
+    boot.add_argument("--tag", help="tag to give it (default: WM_BASE_IMAGE)")
+    sub.add_parser(
+        "ensure-base",
+        parents=[common],
+        help="make sure WM_BASE_IMAGE exists: inspect, pull, else bootstrap",
+    )
+
+    gc = sub.add_parser(
+        "gc",
+        parents=[common],
+        help="remove worker images unused for too long (run on the Docker host)",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    gc.add_argument(
+        "--max-age",
+        help="e.g. 7d, 36h, 90m; a bare number is days (default: WM_IMAGE_MAX_AGE_DAYS)",
+    )
+    gc.add_argument(
+        "--disk-budget-bytes",
+        type=int,
+        help="also remove least recently used images above this many bytes",
+    )
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for field in (
+        "redis_url",
+        "key_prefix",
+        "http_addr",
+        "max_workers",
+        "idle_timeout_seconds",
+        "base_image",
+        "manager_id",
+    ):
+        value = getattr(args, field, None)
+        if value is not None:
+            overrides[field] = value
+    return Settings(**overrides)

@@ -1,0 +1,156 @@
+"""What the client gives back: worker records, output events, runs and lifecycle changes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker_manager.contract.kinds import LIVE_STATUSES
+from worker_manager.contract.reply import Reply
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A worker's record as ``status`` and ``list`` answer it (SPEC §3)."""
+
+    worker_id: str
+    status: str
+    reason: str = ""
+    exit_code: int | None = None
+    agent_type: str = ""
+    modules: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    created_at: str = ""
+    started_at: str = ""
+    stopped_at: str = ""
+    last_activity_at: str = ""
+    cost_usd: float | None = None
+    progress: str = ""
+    manager_id: str = ""
+    image: str = ""
+    ip_address: str = ""
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in LIVE_STATUSES
+
+    @classmethod
+    def from_reply(cls, reply: Reply) -> WorkerInfo:
+        details = dict(reply.details or {})
+        return cls.from_fields(
+            {
+                **details,
+                "worker_id": reply.worker_id or "",
+                "status": reply.status or "",
+                "ip_address": reply.ip_address or "",
+            }
+        )
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> WorkerInfo:
+        """From a list entry (JSON values) or a status reply's details (strings)."""
+
+        def as_json(name: str, empty: Any) -> Any:
+            value = fields.get(name)
+            if isinstance(value, str):
+                try:
+                    value = json.loads(value) if value else empty
+                except ValueError:
+                    return empty
+            return value if isinstance(value, type(empty)) else empty
+
+        exit_code = fields.get("exit_code")
+        cost = fields.get("cost_usd")
+        return cls(
+            worker_id=str(fields.get("worker_id") or ""),
+            status=str(fields.get("status") or ""),
+            reason=str(fields.get("reason") or ""),
+            exit_code=int(str(exit_code)) if str(exit_code or "").lstrip("-").isdigit() else None,
+            agent_type=str(fields.get("agent_type") or ""),
+            modules=as_json("modules", []),
+            metadata=as_json("metadata", {}),
+            created_at=str(fields.get("created_at") or ""),
+            started_at=str(fields.get("started_at") or ""),
+            stopped_at=str(fields.get("stopped_at") or ""),
+            last_activity_at=str(fields.get("last_activity_at") or ""),
+            cost_usd=float(cost) if cost not in (None, "") else None,
+            progress=str(fields.get("progress") or ""),
+            manager_id=str(fields.get("manager_id") or ""),
+            image=str(fields.get("image") or ""),
+            ip_address=str(fields.get("ip_address") or ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of a worker's output stream (SPEC §4)."""
+
+    id: str
+    type: str
+    content: str
+    timestamp: str
+    input_id: str
+
+    def json(self) -> Any:
+        """``content`` parsed (``result``, ``tool_use``, ``tool_result``, ``status``)."""
+        return json.loads(self.content)
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """What one input produced, from its first event to its ``done``."""
+
+    input_id: str
+    exit_code: int
+    events: list[Event]
+
+    @property
+    def text(self) -> str:
+        """The agent's answer: its ``assistant`` messages, or its ``stdout`` lines when it
+        sent none (a CUSTOM agent), joined by newlines."""
+        said = [e.content for e in self.events if e.type == "assistant"]
+        if not said:
+            said = [e.content for e in self.events if e.type == "stdout"]
+        return "\n".join(said)
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        """The agent's ``result`` payload (CLAUDE, FACTORY), if it printed one."""
+        found = [e for e in self.events if e.type == "result"]
+        return found[-1].json() if found else None
+
+    @property
+    def errors(self) -> list[str]:
+        return [e.content for e in self.events if e.type == "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleEvent:
+    """One status change from ``<prefix>:lifecycle``."""
+
+    id: str
+    worker_id: str
+    from_status: str
+    to_status: str
+    reason: str
+    timestamp: str
+
+
+def event(entry_id: str, fields: dict[str, str]) -> Event:
+    return Event(
+        entry_id,
+        fields.get("type", ""),
+        fields.get("content", ""),
+        fields.get("timestamp", ""),
+        fields.get("input_id", ""),
+    )
+
+
+def ended(event: Event) -> bool:
+    """A ``status`` event the manager wrote when the worker stopped or failed."""
+    try:
+        payload = event.json()
+    except ValueError:
+        return False
+    return isinstance(payload, dict) and payload.get("worker_status") in ("STOPPED", "FAILED")
