@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker_manager.client.requests import CommandClient
+from worker_manager.contract.kinds import LIVE_STATUSES
 from worker_manager.contract.reply import Reply
-
-LIVE_STATUSES = ("STARTING", "RUNNING")
 
 
 class SelectorError(ValueError):

@@ -22,7 +22,7 @@ import docker.errors
 from docker import DockerClient
 from redis.asyncio import Redis
 
-from worker_manager.contract.kinds import AgentType, Module
+from worker_manager.contract.kinds import AgentType, Module, Shape
 from worker_manager.core import docker_client
 from worker_manager.core.clock import iso_now
 from worker_manager.core.locks import RenewedLock
@@ -161,6 +161,20 @@ class ImageService:
         image_id, has_user = str(image.id), has_worker_user(image.labels)
         self._base = (now, image_id, has_user)
         return image_id, has_user
+
+    async def prebuild(self, shapes: list[str]) -> None:
+        """Build ``WM_PREBUILD``'s shapes, one after the other, so the first create of each
+        finds its image (or joins its build). Readiness does not wait for this."""
+        for text in shapes:
+            shape = Shape.parse(text)
+            try:
+                image = await self.ensure(shape.agent_type, list(shape.modules))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a build failure is logged; the next shape still goes
+                log.warning("prebuild failed", shape=text, error=str(exc)[:500])
+            else:
+                log.info("prebuilt", shape=text, tag=image.tag, built=image.built)
 
     async def ensure(
         self,

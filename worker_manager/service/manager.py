@@ -22,7 +22,6 @@ from worker_manager.commands.dispatcher import Dispatcher
 from worker_manager.commands.handlers import Handlers
 from worker_manager.commands.replies import ReplyBook
 from worker_manager.commands.routing import Router
-from worker_manager.contract.kinds import Shape
 from worker_manager.core import docker_client
 from worker_manager.core.connections import connect
 from worker_manager.core.logs import get_logger, redact_url
@@ -258,20 +257,6 @@ class Manager:
         await self.presence.beat()
         await self.reconciler.reconcile()
 
-    async def _prebuild(self) -> None:
-        """Build ``WM_PREBUILD``'s shapes now, one after the other, so the first create of each
-        finds its image (or joins its build). Readiness has not waited for this."""
-        for text in self.settings.prebuild:
-            shape = Shape.parse(text)
-            try:
-                image = await self.images.ensure(shape.agent_type, list(shape.modules))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a build failure is logged; the next shape still goes
-                log.warning("prebuild failed", shape=text, error=str(exc)[:500])
-            else:
-                log.info("prebuilt", shape=text, tag=image.tag, built=image.built)
-
     async def _ensure_groups(self) -> None:
         await self.consumer.ensure_group()
         await self.own_consumer.ensure_group()
@@ -331,7 +316,9 @@ class Manager:
             return
         self.ready.set()
         self._start_loops()
-        prebuild = asyncio.create_task(self._prebuild(), name="prebuild")
+        prebuild = asyncio.create_task(
+            self.images.prebuild(self.settings.prebuild), name="prebuild"
+        )
         drain = asyncio.create_task(self._drain_on_stop(), name="drain-on-stop")
         try:
             await self.consumer.run(self.draining, grace=grace)

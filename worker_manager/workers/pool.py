@@ -9,9 +9,10 @@ has no Redis user, no agent command, no instructions, and does nothing until a c
   remembers it under the create's ``request_id``, so a redelivered create takes the same one.
   The worker's id is the pooled container's (its labels, name and environment carry it from the
   start). If the create is refused (capacity), the id goes back.
-- **Hand-over** (``Provisioner.hand_over``): the worker's Redis user is created, its
-  instructions copied in, then its assignment (the create's whole wrapper environment); from
-  there it is a worker like any other: STARTING, then RUNNING at its first heartbeat.
+- **Hand-over** (the provisioner's, when the taken worker's create runs): the worker's Redis
+  user is created, its instructions copied in, then its assignment (the create's whole wrapper
+  environment); from there it is a worker like any other: STARTING, then RUNNING at its first
+  heartbeat.
 - **Refill and repair** (``round``, supervised): the pool's containers are listed from Docker
   (label ``worker-manager.pool``); running unassigned ones missing from the set are adopted (a
   restarted manager, a Redis that lost its data), dead ones are removed, and each shape is
