@@ -21,6 +21,7 @@ from pathlib import Path
 from worker_base import hooks
 from worker_base.agents.base import AgentDriver, Event, Invocation
 from worker_base.config import WrapperConfig
+from worker_base.events import EventType
 
 log = logging.getLogger("worker_base")
 
@@ -176,7 +177,7 @@ class AgentRun:
             _killpg(proc.pid, signal.SIGKILL)
 
     async def _error(self, sentence: str) -> None:
-        await self._sink([Event("error", sentence)])
+        await self._sink([Event(EventType.ERROR, sentence)])
 
     async def run(self) -> int:
         """Runs the agent to the end; returns its exit status (126/127 if it never started,
@@ -256,8 +257,8 @@ class AgentRun:
         assert proc.stdout is not None
         assert proc.stderr is not None
         pumps = [
-            _Pump(proc.stdout, self._driver.on_stdout, "stdout", self._sink),
-            _Pump(proc.stderr, self._driver.on_stderr, "stderr", self._sink),
+            _Pump(proc.stdout, self._driver.on_stdout, EventType.STDOUT, self._sink),
+            _Pump(proc.stderr, self._driver.on_stderr, EventType.STDERR, self._sink),
         ]
         returncode = await self._wait_within_deadline(proc)
         if not await _all_eof(pumps, DRAIN_GRACE):

@@ -33,6 +33,7 @@ from redis.asyncio import Redis
 from worker_base import hooks
 from worker_base.agents.base import AgentDriver, Event
 from worker_base.config import WrapperConfig
+from worker_base.events import EventType, WrapperState
 from worker_base.heartbeat import Heartbeat
 from worker_base.inputs import CANCEL, PROMPT, GroupMissingError, InputEntry, InputReader
 from worker_base.ledger import CostLedger, format_usd
@@ -120,7 +121,7 @@ class Wrapper:
         self._stop.set()
         self._wake.set()
         if self._ready:  # tell the output, and stop the agent
-            self._writer.put_nowait("status", "stopping", "")
+            self._writer.put_nowait(EventType.STATUS, WrapperState.STOPPING, "")
         job = self._current
         if job is not None and job.run is not None:
             job.run.cancel()
@@ -151,7 +152,7 @@ class Wrapper:
         """Ready: the status event, the first heartbeat, then the background tasks."""
         self._ready = True
         self._writer.start()
-        self._writer.put_nowait("status", "ready", "")
+        self._writer.put_nowait(EventType.STATUS, WrapperState.READY, "")
         self._spawn(self._first_heartbeat(), "heartbeat")
         self._spawn(self._read_inputs(), "input-reader")
         self._spawn(self._forward_refusals(), "refusals")
@@ -299,23 +300,23 @@ class Wrapper:
         try:
             if job.entry.type != PROMPT:
                 emit(
-                    "error",
+                    EventType.ERROR,
                     f"Unknown input type {job.entry.type!r}: use 'prompt' or 'cancel'.",
                     input_id,
                 )
                 code = UNKNOWN_TYPE
             elif job.cancelled_by:
                 emit(
-                    "error",
+                    EventType.ERROR,
                     f"Cancelled by input {job.cancelled_by[0]} before it started.",
                     input_id,
                 )
                 code = CANCELLED_BEFORE_START
             elif self._ledger.exhausted:
-                emit("error", self._budget_sentence("takes no more input"), input_id)
+                emit(EventType.ERROR, self._budget_sentence("takes no more input"), input_id)
                 code = BUDGET_SPENT
             else:
-                emit("status", "busy", input_id)
+                emit(EventType.STATUS, WrapperState.BUSY, input_id)
                 run = AgentRun(
                     self._config,
                     self._driver,
@@ -328,21 +329,23 @@ class Wrapper:
                     run.cancel()
                 code = await run.run()
                 for sentence in hooks.pending_refusals(self._config):
-                    emit("error", sentence, input_id)
+                    emit(EventType.ERROR, sentence, input_id)
                 if self._stop.is_set() and not job.cancelled_by:
                     emit(
-                        "error",
+                        EventType.ERROR,
                         "The worker is stopping: this run was interrupted and the input left "
                         "unacknowledged, so it runs again if the worker restarts.",
                         input_id,
                     )
                     return
                 if job.cancelled_by:
-                    emit("error", f"Cancelled by input {job.cancelled_by[0]}.", input_id)
+                    emit(EventType.ERROR, f"Cancelled by input {job.cancelled_by[0]}.", input_id)
                 if self._ledger.exhausted:
-                    emit("error", self._budget_sentence("will take no more input"), input_id)
-            emit("done", str(code), input_id)
-            emit("status", "idle", input_id)
+                    emit(
+                        EventType.ERROR, self._budget_sentence("will take no more input"), input_id
+                    )
+            emit(EventType.DONE, str(code), input_id)
+            emit(EventType.STATUS, WrapperState.IDLE, input_id)
             await self._ack(input_id, *job.cancelled_by)
         finally:
             self._current = None
@@ -370,7 +373,9 @@ class Wrapper:
         try:
             async for sentence in refusals:
                 current = self._current
-                self._writer.put_nowait("error", sentence, current.entry.id if current else "")
+                self._writer.put_nowait(
+                    EventType.ERROR, sentence, current.entry.id if current else ""
+                )
         except Exception:
             # Reporting refusals is a courtesy; the shims still refuse. Keep the worker up.
             log.exception("forwarding refused commands failed; no more will be reported")

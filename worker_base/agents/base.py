@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from worker_base.events import EventType
 from worker_base.ledger import CostLedger
 
 
@@ -47,10 +48,10 @@ class AgentDriver(ABC):
 
     def on_stdout(self, line: str) -> list[Event]:
         """Events for one line the agent printed on stdout (without its newline)."""
-        return [Event("stdout", line)]
+        return [Event(EventType.STDOUT, line)]
 
     def on_stderr(self, line: str) -> list[Event]:
-        return [Event("stderr", line)]
+        return [Event(EventType.STDERR, line)]
 
     def on_exit(self, exit_code: int) -> list[Event]:
         """Events after the process ended, before the wrapper's ``done``; e.g. a missing result."""

@@ -46,6 +46,7 @@ from worker_base.agents.stream_json import (
     parse_line,
 )
 from worker_base.allowlist import describe_allowed, resolve_program
+from worker_base.events import EventType
 from worker_base.ledger import CostLedger, format_usd
 
 #: What the CLI prints on stderr when ``--resume`` names a session it has no transcript for.
@@ -152,12 +153,12 @@ class ClaudeDriver(StreamJsonDriver):
     def on_stderr(self, line: str) -> list[Event]:
         if LOST_SESSION in line:
             self._session_missing = True
-        return [Event("stderr", line)]
+        return [Event(EventType.STDERR, line)]
 
     def on_stdout(self, line: str) -> list[Event]:
         obj = parse_line(line)
         if obj is None:
-            return [Event("stdout", line)]
+            return [Event(EventType.STDOUT, line)]
         kind = obj["type"]
         if kind == "system" and obj.get("subtype") == "init":
             self._remember_session(obj.get("session_id"))
@@ -170,7 +171,7 @@ class ClaudeDriver(StreamJsonDriver):
             return self._result(obj)
         else:
             events = None
-        return [Event("stdout", line)] if events is None else events
+        return [Event(EventType.STDOUT, line)] if events is None else events
 
     def _content(self, obj: dict[str, Any]) -> list[Any] | str | None:
         message = obj.get("message")
@@ -189,20 +190,20 @@ class ClaudeDriver(StreamJsonDriver):
             sentence = " ".join(texts) or f"the API failed ({obj.get('error') or 'unknown'})"
             if isinstance(status, int) and str(status) not in sentence:
                 sentence += f" (HTTP {status})"
-            return [Event("error", f"Claude Code could not reach the model: {sentence}")]
+            return [Event(EventType.ERROR, f"Claude Code could not reach the model: {sentence}")]
         if isinstance(content, str):
-            return [Event("assistant", content)]
+            return [Event(EventType.ASSISTANT, content)]
         events: list[Event] = []
         for block in content:
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text" and isinstance(block.get("text"), str):
-                events.append(Event("assistant", block["text"]))
+                events.append(Event(EventType.ASSISTANT, block["text"]))
             elif kind == "tool_use":
-                events.append(Event("tool_use", dumps(block)))
+                events.append(Event(EventType.TOOL_USE, dumps(block)))
             elif kind in {"thinking", "redacted_thinking"}:
                 continue  # the model's private reasoning is not part of the answer
             else:
-                events.append(Event("stdout", dumps(block)))
+                events.append(Event(EventType.STDOUT, dumps(block)))
         return events
 
     def _user(self, obj: dict[str, Any]) -> list[Event] | None:
@@ -212,7 +213,7 @@ class ClaudeDriver(StreamJsonDriver):
         if isinstance(content, str):
             return []  # the prompt echoed back: the input stream already has it
         return [
-            Event("tool_result", dumps(block))
+            Event(EventType.TOOL_RESULT, dumps(block))
             for block in content
             if isinstance(block, dict) and block.get("type") == "tool_result"
         ]
@@ -241,7 +242,9 @@ class ClaudeDriver(StreamJsonDriver):
         errors = self._refusals(obj.get("permission_denials"))
         reported = obj.get("errors")
         if isinstance(reported, list):
-            errors += [Event("error", f"Claude Code: {e}") for e in reported if isinstance(e, str)]
+            errors += [
+                Event(EventType.ERROR, f"Claude Code: {e}") for e in reported if isinstance(e, str)
+            ]
         return self._hold_result(payload, errors)
 
     def _refusals(self, denials: object) -> list[Event]:
@@ -263,7 +266,7 @@ class ClaudeDriver(StreamJsonDriver):
                 )
             else:
                 sentence = f"refused by Claude Code: the {tool or 'tool'} tool is not allowed here"
-            events.append(Event("error", sentence))
+            events.append(Event(EventType.ERROR, sentence))
         return events
 
 

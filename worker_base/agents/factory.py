@@ -33,6 +33,7 @@ from worker_base.agents.stream_json import (
     parse_line,
 )
 from worker_base.allowlist import resolve_program
+from worker_base.events import EventType
 from worker_base.ledger import CostLedger
 
 AUTONOMY_LEVELS = ("low", "medium", "high")
@@ -128,7 +129,7 @@ class FactoryDriver(StreamJsonDriver):
     def on_stdout(self, line: str) -> list[Event]:
         obj = parse_line(line)
         if obj is None:
-            return [Event("stdout", line)]
+            return [Event(EventType.STDOUT, line)]
         kind = obj["type"]
         if kind == "system" and obj.get("subtype") == "init":
             self._remember_session(obj.get("session_id"))
@@ -136,16 +137,16 @@ class FactoryDriver(StreamJsonDriver):
         if kind == "message" and isinstance(obj.get("text"), str):
             role = obj.get("role")
             if role == "assistant":
-                return [Event("assistant", obj["text"])]
+                return [Event(EventType.ASSISTANT, obj["text"])]
             if role == "user":
                 return []  # the prompt echoed back: the input stream already has it
         elif kind == "tool_call":
-            return [Event("tool_use", dumps(obj))]
+            return [Event(EventType.TOOL_USE, dumps(obj))]
         elif kind == "tool_result":
-            return [Event("tool_result", dumps(obj))]
+            return [Event(EventType.TOOL_RESULT, dumps(obj))]
         elif kind == "completion":
             return self._completion(obj)
-        return [Event("stdout", line)]
+        return [Event(EventType.STDOUT, line)]
 
     def _completion(self, obj: dict[str, Any]) -> list[Event]:
         self._remember_session(obj.get("session_id"))

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from worker_base.agents.base import AgentDriver, Event
+from worker_base.events import EventType
 from worker_base.ledger import CostLedger
 
 
@@ -125,7 +126,7 @@ class StreamJsonDriver(AgentDriver):
         if earlier is None:
             return []
         self._account(earlier)
-        return [*earlier_errors, Event("result", dumps(earlier))]
+        return [*earlier_errors, Event(EventType.RESULT, dumps(earlier))]
 
     def on_exit(self, exit_code: int) -> list[Event]:
         events: list[Event] = []
@@ -151,11 +152,11 @@ class StreamJsonDriver(AgentDriver):
                 reason += f"; session {self._resumed_from} will not be resumed again"
                 self._sessions.clear()
                 self._session_id = None
-            events.append(Event("error", reason))
+            events.append(Event(EventType.ERROR, reason))
             payload = {"is_error": True, "reason": reason, "exit_code": exit_code}
             if self._session_id is not None:
                 payload["session_id"] = self._session_id
-            events.append(Event("result", dumps(payload)))
+            events.append(Event(EventType.RESULT, dumps(payload)))
             return events
         if exit_code != 0:
             payload["exit_code"] = exit_code
@@ -166,8 +167,8 @@ class StreamJsonDriver(AgentDriver):
                     "success"
                 )
                 payload["reason"] = reason
-                events.append(Event("error", reason))
-        return [*held, Event("result", dumps(payload)), *events]
+                events.append(Event(EventType.ERROR, reason))
+        return [*held, Event(EventType.RESULT, dumps(payload)), *events]
 
     def _account(self, payload: dict[str, Any]) -> None:
         session_total = payload.pop(self.SESSION_TOTAL, None)

@@ -18,11 +18,17 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from worker_base.events import EventType
 from worker_manager.client.api import Client, Event, LifecycleEvent, WorkerInfo
 from worker_manager.core.clock import unix_or_none
 
 STATUS_STYLE = {"STARTING": "yellow", "RUNNING": "green", "STOPPED": "dim", "FAILED": "red"}
-EVENT_STYLE = {"error": "red", "done": "bold", "status": "cyan", "result": "magenta"}
+EVENT_STYLE: dict[str, str] = {
+    EventType.ERROR: "red",
+    EventType.DONE: "bold",
+    EventType.STATUS: "cyan",
+    EventType.RESULT: "magenta",
+}
 
 
 def age(iso: str, now: float | None = None) -> str:

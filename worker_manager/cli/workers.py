@@ -12,6 +12,7 @@ from dataclasses import asdict
 from redis.asyncio import Redis
 from rich.table import Table
 
+from worker_base.events import EventType
 from worker_manager.cli.common import (
     command,
     console,
@@ -258,7 +259,7 @@ async def _tail(args: argparse.Namespace, settings: Settings) -> int:
                 print(json.dumps(asdict(event)), flush=True)
             else:
                 console.print(cli_views.event_line(event), soft_wrap=True)
-            if args.until_done and event.type == "done":
+            if args.until_done and event.type == EventType.DONE:
                 return 0
         return 0
 

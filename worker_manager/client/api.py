@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker_base.events import EventType
 from worker_manager.client.errors import (
     BuildFailedError,
     CapacityExceededError,
@@ -218,11 +219,11 @@ class Worker:
         async with asyncio.timeout(timeout):
             async for event in self.events(after=after):
                 if event.input_id != input_id:
-                    if event.type == "status" and ended(event):
+                    if event.type == EventType.STATUS and ended(event):
                         raise WorkerEnded(await self.status())
                     continue
                 collected.append(event)
-                if event.type == "done":
+                if event.type == EventType.DONE:
                     code = int(event.content) if event.content.lstrip("-").isdigit() else -1
                     return RunResult(input_id, code, collected)
         raise AssertionError("unreachable: events() follows until cancelled")

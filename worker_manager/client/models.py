@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from worker_base.events import EventType
 from worker_manager.contract.kinds import LIVE_STATUSES
 from worker_manager.contract.reply import Reply
 
@@ -109,20 +110,20 @@ class RunResult:
     def text(self) -> str:
         """The agent's answer: its ``assistant`` messages, or its ``stdout`` lines when it
         sent none (a CUSTOM agent), joined by newlines."""
-        said = [e.content for e in self.events if e.type == "assistant"]
+        said = [e.content for e in self.events if e.type == EventType.ASSISTANT]
         if not said:
-            said = [e.content for e in self.events if e.type == "stdout"]
+            said = [e.content for e in self.events if e.type == EventType.STDOUT]
         return "\n".join(said)
 
     @property
     def result(self) -> dict[str, Any] | None:
         """The agent's ``result`` payload (CLAUDE, FACTORY), if it printed one."""
-        found = [e for e in self.events if e.type == "result"]
+        found = [e for e in self.events if e.type == EventType.RESULT]
         return found[-1].json() if found else None
 
     @property
     def errors(self) -> list[str]:
-        return [e.content for e in self.events if e.type == "error"]
+        return [e.content for e in self.events if e.type == EventType.ERROR]
 
 
 @dataclass(frozen=True, slots=True)
