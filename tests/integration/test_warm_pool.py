@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -143,3 +145,24 @@ async def test_concurrent_creates_on_two_managers_never_share_a_pooled_worker(
     for worker_id in ids:
         assert worker_id is not None
         assert await harness.wait_status(worker_id, "RUNNING", "FAILED") == "RUNNING"
+
+
+async def test_a_pool_member_older_than_the_start_timeout_starts_in_time(
+    harness: Harness,
+) -> None:
+    """The start timeout counts from the hand-over, not from when the pooled container was
+    started: a worker taken from a pool that has waited longer than the timeout still runs."""
+    manager = await harness.start(**FAST, start_timeout_seconds=3.0)
+    pooled = await ready_ids(harness, manager, 2)
+    started = {harness.container(w).attrs["State"]["StartedAt"] for w in pooled}
+    # Let the pool age past the start timeout (time passing is the condition itself).
+    oldest = min(datetime.fromisoformat(t[:26] + "+00:00") for t in started).timestamp()
+    while time.time() - oldest < 4.0:
+        await asyncio.sleep(0.1)
+    reply = await harness.client.create(agent_type="CUSTOM", agent_command=["cat"])
+    assert reply.ok and reply.worker_id in pooled, reply
+    assert harness.container(reply.worker_id).attrs["State"]["StartedAt"] in started
+    assert await harness.wait_status(reply.worker_id, "RUNNING", "FAILED") == "RUNNING"
+    record = await harness.redis.hgetall(harness.keys.worker(reply.worker_id))
+    assert record["status"] == "RUNNING", record
+    assert (await harness.client.request("delete", worker_id=reply.worker_id)).ok
