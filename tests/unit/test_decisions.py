@@ -111,6 +111,9 @@ def test_after_a_redis_outage_a_missing_heartbeat_is_not_yet_lost() -> None:
 
 def test_a_worker_without_a_record_is_forgotten() -> None:
     assert verdict(Observed("w", None)).forget
+    # A status no manager writes is left alone: neither forgotten nor ended.
+    odd = WorkerRecord.from_hash("w", {"status": "SOMETHING"})
+    assert verdict(Observed("w", odd)) == type(verdict(Observed("w", None)))()
 
 
 # --- eviction -----------------------------------------------------------------------------------

@@ -212,10 +212,16 @@ class Reconciler:
             if await self._lifecycle.end(worker_id, Outcome.failed("container_lost"), wait=True):
                 report.lost.append(worker_id)
         else:  # adopt
-            if self._acl.enabled and not await self._acl.exists(worker_id):
-                await self._acl.create(worker_id)
+            if await self._restore_user(worker_id):
                 report.users_restored.append(worker_id)
             report.adopted.append(worker_id)
+
+    async def _restore_user(self, worker_id: str) -> bool:
+        """Re-create the worker's Redis user if Redis lost it; True when it had to."""
+        if not self._acl.enabled or await self._acl.exists(worker_id):
+            return False
+        await self._acl.create(worker_id)
+        return True
 
     async def _ended_outcome(self, worker_id: str) -> Outcome:
         """The container ended while no events were read (the manager was down)."""
@@ -245,7 +251,5 @@ class Reconciler:
         await self._ensure_groups()
         restored = 0
         for worker_id in await self._store.live_ids():
-            if self._acl.enabled and not await self._acl.exists(worker_id):
-                await self._acl.create(worker_id)
-                restored += 1
+            restored += await self._restore_user(worker_id)
         log.info("state restored after a Redis restart", users_restored=restored)

@@ -152,7 +152,7 @@ class StatusWatcher:
         if verdict.forget:  # record expired or removed: nothing live to watch
             await self._redis.srem(self._store.live_key, worker_id)
         elif verdict.end is not None:
-            if verdict.end.reason == "heartbeat_invalid":
+            if verdict.problem is not None:
                 log.warning("invalid heartbeat", worker_id=worker_id, problem=verdict.problem)
                 self._dropped("heartbeat", 1)
             await self._lifecycle.end(worker_id, verdict.end)
@@ -315,8 +315,10 @@ def heartbeat_verdict(
     ``in_grace``: Redis restarted or was unreachable a moment ago, so a missing heartbeat is not
     yet a lost one (the wrappers are reconnecting)."""
     record = seen.record
-    if record is None or record.status is None:
+    if record is None or not record.text("status"):
         return Verdict(forget=True)
+    if record.status is None:
+        return Verdict()  # a status no manager writes: nothing here to judge it by
     if seen.problem is not None:
         return Verdict(end=Outcome.failed("heartbeat_invalid"), problem=seen.problem)
     beat = seen.beat
