@@ -7,6 +7,12 @@ takes it, the manager creates the worker's Redis user, copies the instructions i
 workspace and then writes ``<state_dir>/assignment.json`` (the create's whole wrapper
 environment, ``WrapperConfig.to_env()``) and ``<state_dir>/assignment.ready`` last. The wrapper
 reads the assignment, deletes the file (it holds the Redis password), and starts as any worker.
+
+The empty marker stays. The Engine extracts an archive entry by creating the file and only then
+setting its owner, mode and times; a wrapper that deleted the marker the moment it appeared made
+that extraction fail (``lchown …/assignment.ready: no such file or directory``) and the create
+with it. The assignment itself is safe to delete: the Engine finishes an entry before it starts
+the next one, and the marker is the last.
 """
 
 from __future__ import annotations
@@ -57,8 +63,7 @@ def wait_for_assignment(
     except (OSError, ValueError) as exc:
         raise AssignmentError(f"{path} is unreadable: {exc}") from None
     finally:
-        for name in (ASSIGNMENT, READY):  # the assignment holds the Redis password
-            (directory / name).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # it holds the Redis password; the marker stays (above)
     if not isinstance(data, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in data.items()
     ):

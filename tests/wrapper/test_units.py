@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
 from tests.wrapper.conftest import REPO
 from worker_base.agents.base import Event, Invocation
+from worker_base.assignment import ASSIGNMENT, POOLED, READY, AssignmentError, wait_for_assignment
 from worker_base.config import ConfigError, WrapperConfig, redact_url
 from worker_base.runner import LineSplitter, agent_environment, exit_status
 from worker_base.streams import OutputWriter
@@ -167,3 +170,26 @@ def test_main_exits_2_without_printing_the_password() -> None:
     )
     assert done.returncode == 2
     assert b"WM_WORKER_ID" in done.stderr
+
+
+def test_a_pooled_wrapper_takes_its_assignment_and_leaves_the_marker(tmp_path: Path) -> None:
+    """The Engine sets a file's owner and mode after creating it: the marker must outlive the
+    hand-over, or the manager's extraction fails (``lchown …: no such file``). The assignment,
+    which holds the Redis password, must not."""
+    environ = {POOLED: "1", "WM_STATE_DIR": str(tmp_path)}
+    (tmp_path / ASSIGNMENT).write_text(json.dumps({"WM_WORKER_ID": "w1"}), encoding="utf-8")
+    (tmp_path / READY).touch()
+    assert wait_for_assignment(environ, stopped=lambda: False)
+    assert environ["WM_WORKER_ID"] == "w1" and POOLED not in environ
+    assert not (tmp_path / ASSIGNMENT).exists()
+    os.chmod(tmp_path / READY, 0o600)  # what the extraction does next
+
+
+def test_a_pooled_wrapper_stops_unassigned_and_rejects_a_bad_assignment(tmp_path: Path) -> None:
+    environ = {POOLED: "1", "WM_STATE_DIR": str(tmp_path)}
+    assert not wait_for_assignment(environ, stopped=lambda: True)
+    (tmp_path / ASSIGNMENT).write_text('{"WM_WORKER_ID": 1}', encoding="utf-8")
+    (tmp_path / READY).touch()
+    with pytest.raises(AssignmentError, match="JSON object of strings"):
+        wait_for_assignment(environ)
+    assert not (tmp_path / ASSIGNMENT).exists()
