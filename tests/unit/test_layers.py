@@ -18,10 +18,16 @@ ALLOWED = {
     "settings": {"core", "contract"},
     "client": {"core", "contract"},
     "images": {"core", "contract", "settings"},
-    "workers": {"core", "contract", "settings", "images"},
-    "commands": {"core", "contract", "settings", "client", "images", "workers"},
-    "service": {"core", "contract", "settings", "client", "images", "workers", "commands"},
-    "cli": {"core", "contract", "settings", "client", "images", "workers", "commands", "service"},
+    "egress": {"core", "contract", "settings"},
+    "workers": {"core", "contract", "settings", "images", "egress"},
+    "commands": {"core", "contract", "settings", "client", "images", "egress", "workers"},
+    "service": {
+        "core", "contract", "settings", "client", "images", "egress", "workers", "commands"
+    },
+    "cli": {
+        "core", "contract", "settings", "client", "images", "egress", "workers", "commands",
+        "service",
+    },
 }
 #: Top-level modules of the package every layer may use (the public names and Protocols).
 SHARED = {"typing"}

@@ -128,5 +128,10 @@ class Keys:
     def heartbeat(self, worker_id: str) -> str:
         return worker_key(self.prefix, worker_id, "heartbeat")
 
+    def usage(self, worker_id: str) -> str:
+        """What the LLM gateway metered for one worker (hash: tokens and ``cost_usd``); written
+        by the gateway only, never reachable by the worker's own Redis user."""
+        return f"{self.prefix}:{worker_id}:usage"
+
     def acl_user(self, worker_id: str) -> str:
         return f"{self.prefix}-{worker_id}"

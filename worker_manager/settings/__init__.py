@@ -2,7 +2,7 @@
 
 One flat set of names (SPEC §6 lists the contract's; the others are ours, in the README), kept
 by concern: each concern is a model of its own (:class:`RedisSettings`, :class:`CommandSettings`,
-:class:`CommandLimits`, :class:`FleetSettings`, :class:`ContainerSettings`,
+:class:`CommandLimits`, :class:`FleetSettings`, :class:`ContainerSettings`, :class:`EgressSettings`,
 :class:`ImageSettings`, :class:`HttpSettings`, :class:`AgentSettings`), and :class:`Settings` is
 all of them, read from the environment. A component that needs one concern takes that model
 (``HttpServer`` an ``HttpSettings``, command validation a ``CommandLimits``), so its signature
@@ -21,6 +21,7 @@ from worker_manager.core.secret_files import SecretFilesSource
 from worker_manager.settings.agents import AgentSettings
 from worker_manager.settings.commands import CommandSettings
 from worker_manager.settings.containers import ContainerSettings
+from worker_manager.settings.egress import EgressSettings
 from worker_manager.settings.fleet import FleetSettings
 from worker_manager.settings.http import HttpSettings, LogSettings
 from worker_manager.settings.images import BOOTSTRAP_BASE_TAG, ImageSettings
@@ -32,6 +33,7 @@ __all__ = [
     "CommandLimits",
     "CommandSettings",
     "ContainerSettings",
+    "EgressSettings",
     "FleetSettings",
     "HttpSettings",
     "ImageSettings",
@@ -48,6 +50,7 @@ class Settings(
     CommandLimits,
     FleetSettings,
     ContainerSettings,
+    EgressSettings,
     ImageSettings,
     HttpSettings,
     AgentSettings,

@@ -44,6 +44,11 @@ class ContainerSettings(BaseModel):
     container_pids_limit: int = Field(default=512, ge=16)
     container_network: str = "bridge"
     container_user: str = "1000:1000"
+    container_runtime: str | None = Field(
+        default=None,
+        description="A Docker runtime for worker containers (e.g. runsc, gVisor, registered in "
+        "the Engine's daemon.json); unset: the Engine's default.",
+    )
     docker_module_socket: str | None = Field(
         default=None,
         description="Host Docker socket given to workers with the DOCKER module. Root-equivalent "

@@ -1,0 +1,36 @@
+"""Where a worker may go: the egress proxy, the LLM gateway and their switches (SPEC §6, §7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+
+
+class EgressSettings(BaseModel):
+    egress: Literal["on", "off"] = Field(
+        default="on",
+        description="on: workers run with --network none and reach only the egress proxy, the "
+        "LLM gateway and Redis through Unix sockets; off: today's open bridge network (unsafe).",
+    )
+    egress_default: list[str] = Field(
+        default_factory=list,
+        description="The egress grant of a create that names none (JSON list; default nothing).",
+    )
+    egress_run_dir: Path = Field(
+        default=Path("/var/lib/worker-manager/egress"),
+        description="Host directory of the egress service: its control socket and one socket "
+        "directory per worker (bind-mounted into the container, so it must be a path on the "
+        "Docker host).",
+    )
+    egress_spawn: bool = Field(
+        default=True,
+        description="serve starts the egress service (detached, so it outlives the manager) "
+        "when none answers on the run directory's control socket.",
+    )
+    egress_connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    git_credentials: SecretStr | None = Field(
+        default=None,
+        description="JSON object host -> token, added by the egress proxy for those hosts only.",
+    )
