@@ -26,7 +26,7 @@ help:
 	@echo "make bench       quick benchmarks; make bench-full for the long run"
 	@echo "make compose-up  docker-compose up: Redis and the manager as containers"
 	@echo "make compose-test  bring the compose path up, create a worker, take it all down"
-	@echo "make stop        stop the redis started by make run"
+	@echo "make stop        stop the egress service and the redis started by make run"
 	@echo "make clean       remove caches and build output"
 	@echo "make distclean   clean, stop the local redis, and remove .venv (keeps .run and .env)"
 
@@ -93,6 +93,7 @@ compose-test: venv ensure-base
 	scripts/compose-test.sh
 
 stop:
+	-$(BIN)/worker-manager egress --stop
 	scripts/local-redis.sh stop
 
 clean:

@@ -16,13 +16,16 @@ from benchmarks.against import against_figure
 from benchmarks.control import roundtrip_figures, throughput_figures
 from benchmarks.dataplane import latency_figure, throughput_figure
 from benchmarks.env import AGENT_COMMAND, BenchEnv
+from benchmarks.gateway import gateway_figures
 from benchmarks.gc_bench import gc_figure
 from benchmarks.harness import Figure, console, machine, table, write_results
 from benchmarks.scale import scale_figures
 from benchmarks.start import start_figures
 from benchmarks.workers import create_worker
 
-FIGURES = ("start", "control", "throughput", "data", "scale", "gc", "against")
+FIGURES = ("start", "control", "throughput", "data", "scale", "gc", "gateway", "against")
+#: Figures that need neither the manager nor Docker (they bring their own processes).
+STANDALONE = {"gateway"}
 #: Figures run only when named with ``--only`` (they need an argument).
 ON_REQUEST = {"against"}
 
@@ -43,16 +46,48 @@ class Plan:
     sizes: tuple[int, ...]
     gc_records: int
     gc_runs: int
+    gateway_ttfb_runs: int
+    gateway_bytes: int
+    gateway_runs: int
 
 
-QUICK = Plan("quick", 5, 1, 50, 5, 1.0, (1, 8, 64), 10_000, 5, 50, 5, (1, 10, 25), 1000, 5)
-FULL = Plan("full", 20, 20, 200, 20, 1.5, (1, 8, 64), 100_000, 20, 100, 20, (1, 25, 100), 1000, 20)
+QUICK = Plan(
+    "quick", 5, 1, 50, 5, 1.0, (1, 8, 64), 10_000, 5, 50, 5, (1, 10, 25), 1000, 5, 30, 4 << 20, 5
+)
+FULL = Plan(
+    "full",
+    20,
+    20,
+    200,
+    20,
+    1.5,
+    (1, 8, 64),
+    100_000,
+    20,
+    100,
+    20,
+    (1, 25, 100),
+    1000,
+    20,
+    200,
+    16 << 20,
+    20,
+)
 
 
 async def run(plan: Plan, only: set[str], against: str | None = None) -> list[Figure]:
-    env = BenchEnv()
     figures: list[Figure] = []
     out = console()
+    # First, so that a run of these alone needs no manager or Docker; listed last.
+    standalone: list[Figure] = []
+    if "gateway" in only:
+        out.print("[bold]7. LLM gateway[/bold] (streamed calls, through it and direct)")
+        standalone += await gateway_figures(
+            plan.gateway_ttfb_runs, plan.gateway_bytes, plan.gateway_runs
+        )
+    if not only - STANDALONE:
+        return standalone
+    env = BenchEnv()
     try:
         env.start()
         await env.start_manager()
@@ -89,7 +124,7 @@ async def run(plan: Plan, only: set[str], against: str | None = None) -> list[Fi
             figures.append(await against_figure(env, against, max(plan.cold_runs, 3)))
     finally:
         await env.close()
-    return figures
+    return figures + standalone
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ from redis.asyncio import Redis
 from benchmarks.requester import Requester
 from tests.support.redis_server import RedisServer, free_port
 from worker_manager.core.keys import Keys
+from worker_manager.egress.control import stop_service
 from worker_manager.images.spec import packaged_images_dir
 from worker_manager.settings import BOOTSTRAP_BASE_TAG
 
@@ -104,6 +105,7 @@ class BenchEnv:
         self._redis: Redis | None = None
         self._images: set[str] = set()
         self._manager_log = self.tmp / "manager.log"
+        self.egress_run_dir = self.tmp / "eg"
 
     # --- set-up ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -135,6 +137,8 @@ class BenchEnv:
             WM_OUTPUT_MAXLEN="250000",
             WM_LOG_LEVEL="warning",
             WM_LOG_FORMAT="json",
+            # The run's own egress service (spawned by the manager, stopped in close()).
+            WM_EGRESS_RUN_DIR=str(self.egress_run_dir),
         )
         env.update(extra)
         return env
@@ -219,6 +223,7 @@ class BenchEnv:
                     process.kill()
                     process.wait()
         await asyncio.to_thread(self._remove_docker_objects)
+        await asyncio.to_thread(stop_service, self.egress_run_dir)
         if self._redis is not None:
             with contextlib.suppress(Exception):
                 await self._redis.aclose()

@@ -26,6 +26,8 @@ export WM_HTTP_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("12
 export MANAGER_BASE_IMAGE="${MANAGER_BASE_IMAGE:-$(pick python:3.12-slim)}"
 export REDIS_BASE_IMAGE="${REDIS_BASE_IMAGE:-$(pick redis:7)}"
 export WM_BASE_IMAGE="${WM_BASE_IMAGE:-$(pick python:3.12-slim)}"
+# The egress service's host directory (worker sockets), the same path inside both services.
+export WM_EGRESS_RUN_DIR="$(mktemp -d /tmp/wm-ceg-XXXXXX)"
 COMPOSE=(docker-compose --ansi never)
 WHEELS="$(mktemp -d)"
 
@@ -35,7 +37,7 @@ cleanup() {
     local rc=$?
     if ((rc != 0)); then
         log "failed; the manager's log:"
-        "${COMPOSE[@]}" logs --tail 60 manager >&2 || true
+        "${COMPOSE[@]}" logs --tail 60 manager egress >&2 || true
     fi
     # Workers are the manager's containers, not compose's: remove them by their labels first.
     docker ps -aq --filter "label=worker-manager.key_prefix=$WM_KEY_PREFIX" | xargs -r docker rm -f >/dev/null
@@ -44,7 +46,7 @@ cleanup() {
     # key prefix: it goes too.
     docker images -q --filter "label=worker-manager.key_prefix=$WM_KEY_PREFIX" | sort -u |
         xargs -r docker rmi -f >/dev/null 2>&1 || true
-    rm -rf "$WHEELS" dist/wheels
+    rm -rf "$WHEELS" dist/wheels "$WM_EGRESS_RUN_DIR"
     exit "$rc"
 }
 trap cleanup EXIT
@@ -77,6 +79,10 @@ created="$(cli create --agent-type CUSTOM --agent-command '["sh", "-c", "echo co
 worker_id="$(printf '%s\n' "$created" | python3 -c 'import json, sys; print(json.loads(sys.stdin.readline())["worker_id"])')"
 status="$(printf '%s\n' "$created" | tail -n 1 | python3 -c 'import json, sys; print(json.load(sys.stdin)["status"])')"
 [[ "$status" == "RUNNING" ]] || { log "worker $worker_id is $status"; exit 1; }
+# Contained: no network of its own, only its sockets from the egress service.
+mode="$(docker inspect -f '{{.HostConfig.NetworkMode}}' \
+    "$(docker ps -q --filter "label=worker-manager.worker_id=$worker_id")")"
+[[ "$mode" == "none" ]] || { log "worker $worker_id runs on network $mode, not none"; exit 1; }
 answer="$(cli tail "$worker_id" --until-done)"
 grep -q "compose says: hello from compose" <<<"$answer" || { log "no answer: $answer"; exit 1; }
 cli delete "$worker_id" >&2
@@ -88,4 +94,4 @@ left+="$(docker ps -aq --filter "label=worker-manager.key_prefix=$WM_KEY_PREFIX"
 left+="$(docker network ls -q --filter "name=$COMPOSE_PROJECT_NAME")"
 left+="$(docker volume ls -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME")"
 [[ -z "$left" ]] || { log "left behind: $left"; exit 1; }
-echo "compose-test: passed (worker $worker_id answered through the compose network)"
+echo "compose-test: passed (worker $worker_id, contained, answered through the egress service)"

@@ -112,6 +112,11 @@ write_env_file() { # URL
     if ! grep -q '^[[:space:]]*\(export[[:space:]]\+\)\?WM_WORKER_SECRET=' "$tmp"; then
         printf 'WM_WORKER_SECRET=%s\n' "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" >>"$tmp"
     fi
+    # The egress service's directory: the packaged default (/var/lib/worker-manager/egress)
+    # needs root; a developer's service keeps it in the checkout.
+    if [[ "$(id -u)" -ne 0 ]] && ! grep -q '^[[:space:]]*\(export[[:space:]]\+\)\?WM_EGRESS_RUN_DIR=' "$tmp"; then
+        printf 'WM_EGRESS_RUN_DIR=%s\n' "$ROOT/.run/egress" >>"$tmp"
+    fi
     mv "$tmp" "$ENV_FILE"
 }
 

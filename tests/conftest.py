@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import docker
 import pytest
@@ -24,6 +27,7 @@ from tests.support.docker_cleanup import (
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.keyspace import delete_prefix, session_image_hashes
 from tests.support.redis_server import RedisServer, bindable_gateway
+from worker_manager.egress.control import stop_service
 from worker_manager.images import agent_binaries
 from worker_manager.images.agent_binaries import AgentBinary
 from worker_manager.settings import BOOTSTRAP_BASE_TAG, Settings
@@ -45,8 +49,32 @@ def base_image_name() -> str:
     return os.environ.get("WM_BASE_IMAGE") or BOOTSTRAP_BASE_TAG
 
 
+@pytest.fixture(scope="session")
+def egress_run_dir(redis_server: RedisServer) -> Iterator[Path]:
+    """One egress service for the session's managers (the first manager starts it; grants
+    carry each test's key prefix). Short path: Unix socket paths are limited to 107 bytes."""
+    run_dir = Path(tempfile.mkdtemp(prefix="wm-eg-", dir="/tmp"))
+    try:
+        yield run_dir
+    finally:
+        stop_service(run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 @pytest.fixture
-def settings(redis_server: RedisServer) -> Settings:
+def private_egress_dir() -> Iterator[Path]:
+    """An egress service of the test's own, for managers whose gateway settings (upstream,
+    keys) differ from the session's: the service reads them when it starts."""
+    run_dir = Path(tempfile.mkdtemp(prefix="wm-pe-", dir="/tmp"))
+    try:
+        yield run_dir
+    finally:
+        stop_service(run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer, egress_run_dir: Path) -> Settings:
     """Settings of one test: its own key prefix and manager ID, fast timers, no ``.env``."""
     # _env_file=None: a developer's .env (written by `make run`) must not point tests at it.
     return Settings(  # type: ignore[call-arg]  # pydantic-settings' init-only argument
@@ -61,6 +89,7 @@ def settings(redis_server: RedisServer) -> Settings:
         watch_interval_seconds=0.2,
         claim_idle_ms=1000,
         block_ms=200,
+        egress_run_dir=egress_run_dir,
     )
 
 

@@ -51,6 +51,9 @@ class WrapperConfig:
     max_turns: int | None = None
     #: The worker's total spend across inputs; once reached it refuses further input.
     max_cost_usd: float | None = None
+    #: Loopback ports the wrapper relays to Unix sockets (a contained worker's proxy and LLM
+    #: gateway, ``WM_RELAYS``: JSON object port -> socket path).
+    relays: tuple[tuple[int, str], ...] = ()
     # --- ours, not set by the manager: tuning knobs with safe defaults -----------------------
     #: Seconds between SIGTERM and SIGKILL when a run is cancelled.
     cancel_grace: float = 5.0
@@ -102,6 +105,8 @@ class WrapperConfig:
             env["WM_MAX_TURNS"] = str(self.max_turns)
         if self.max_cost_usd is not None:
             env["WM_MAX_COST_USD"] = repr(self.max_cost_usd)
+        if self.relays:
+            env["WM_RELAYS"] = relays_env(self.relays)
         return env
 
     @property
@@ -168,6 +173,7 @@ class WrapperConfig:
             input_timeout=_optional(environ, "WM_INPUT_TIMEOUT_SECONDS", minimum=0.001),
             max_turns=None if max_turns is None else int(max_turns),
             max_cost_usd=_optional(environ, "WM_MAX_COST_USD", minimum=0),
+            relays=_relays(environ),
             cancel_grace=_number(environ, "WM_CANCEL_GRACE_SECONDS", 5.0, minimum=0),
             block_ms=block_ms,
             socket_timeout=socket_timeout,
@@ -196,6 +202,29 @@ def redact_url(url: str) -> str:
         return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     except ValueError:
         return "<unparseable URL>"
+
+
+def relays_env(relays: tuple[tuple[int, str], ...]) -> str:
+    """``WM_RELAYS``'s text: also set on a pooled container, which relays before assignment."""
+    return json.dumps({str(port): path for port, path in relays}, sort_keys=True)
+
+
+def _relays(environ: Mapping[str, str]) -> tuple[tuple[int, str], ...]:
+    raw = environ.get("WM_RELAYS", "").strip()
+    if not raw:
+        return ()
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"WM_RELAYS is not valid JSON ({exc.msg}).") from None
+    if not isinstance(value, dict):
+        raise ConfigError("WM_RELAYS must be a JSON object of port -> Unix socket path.")
+    relays: list[tuple[int, str]] = []
+    for port, path in value.items():
+        if not (str(port).isdigit() and 0 < int(port) < 65536) or not isinstance(path, str):
+            raise ConfigError("WM_RELAYS must map ports (1-65535) to Unix socket paths.")
+        relays.append((int(port), path))
+    return tuple(sorted(relays))
 
 
 def _string_list(environ: Mapping[str, str], name: str) -> list[str] | None:

@@ -6,12 +6,21 @@ So at start the wrapper first re-reads its own pending entries (id ``0``), then 
 
 Only XREADGROUP, XACK and (when the group is missing) XGROUP CREATE are sent: that is all the
 worker's ACL user may run on this key.
+
+Each entry is judged here, once, against :data:`INPUT_TYPES` (SPEC §4): an entry of an unknown
+``type``, or without a field its type needs (a ``prompt`` without ``content``, say a producer's
+``{"data": …}`` envelope), carries a ``problem`` and runs nothing; the wrapper answers it with
+that sentence as an ``error`` and a non-zero ``done``, acks it and goes on. Defaulting the
+missing field instead would run an empty prompt, which costs an agent run and answers nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
 from redis.asyncio import Redis
@@ -21,17 +30,85 @@ from worker_base.config import WRAPPER_CONSUMER, WRAPPER_GROUP
 
 log = logging.getLogger("worker_base")
 
-PROMPT = "prompt"
-CANCEL = "cancel"
+#: How much of an unknown ``type`` an error quotes: the value is the producer's, of any size.
+SHOWN_TYPE_CHARS = 40
+
+
+class InputType(StrEnum):
+    """``type`` of an entry on ``worker:<id>:input`` that the wrapper answers."""
+
+    PROMPT = "prompt"
+    CANCEL = "cancel"
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    """What an input of one type must carry to be run.
+
+    ``required`` fields must be present and non-empty: an empty string carries nothing, and is
+    what a client that forgot the field most often sends.
+    """
+
+    required: tuple[str, ...] = ()
+
+
+#: Every input type and what it needs: adding a type (SPEC §8's ``diff``, ``read``, ``list``,
+#: ``write``, ``exec``) is one member of :class:`InputType` and one entry here, e.g.
+#: ``InputType.READ: InputSpec(required=("path",))``; until then those are unknown types.
+INPUT_TYPES: Mapping[InputType, InputSpec] = MappingProxyType(
+    {
+        InputType.PROMPT: InputSpec(required=("content",)),
+        InputType.CANCEL: InputSpec(),
+    }
+)
+
+PROMPT = InputType.PROMPT
+CANCEL = InputType.CANCEL
 
 
 @dataclass(frozen=True, slots=True)
 class InputEntry:
     id: str
-    type: str
-    content: str
+    #: None when the entry names no type the wrapper knows (then ``problem`` says so).
+    type: InputType | None
+    content: str = ""
+    #: All the entry's fields, for the types that need more than ``content``.
+    fields: Mapping[str, str] = field(default_factory=dict)
+    #: Why the entry runs nothing (a sentence for its ``error`` event), or None when it is valid.
+    problem: str | None = None
     #: The entry is pending in the group but was deleted from the stream (XDEL or trimming).
     missing: bool = False
+
+
+def parse_entry(entry_id: str, fields: Mapping[str, str] | None) -> InputEntry:
+    """One stream entry as the wrapper will handle it; never raises on what a producer wrote.
+
+    A missing or blank ``type`` means ``prompt`` (SPEC §4); the type is matched without regard
+    to case or surrounding spaces, as before.
+    """
+    if not fields:
+        return InputEntry(entry_id, None, missing=True)
+    raw = (fields.get("type") or "").strip().lower() or InputType.PROMPT.value
+    content = fields.get("content") or ""
+    type_ = next((t for t in INPUT_TYPES if t.value == raw), None)
+    if type_ is None:  # not a member, or a member without its entry in the table
+        shown = raw if len(raw) <= SHOWN_TYPE_CHARS else raw[:SHOWN_TYPE_CHARS] + "…"
+        problem = f"input {entry_id} has an unknown type {shown!r}: expected {_known_types()}"
+        return InputEntry(entry_id, None, content, fields, problem=problem)
+    absent = [name for name in INPUT_TYPES[type_].required if not fields.get(name)]
+    if absent:
+        needs = "one" if len(absent) == 1 else "them"
+        problem = (
+            f"input {entry_id} has no {' and no '.join(absent)}: a {type_.value} needs {needs}"
+        )
+        return InputEntry(entry_id, type_, content, fields, problem=problem)
+    return InputEntry(entry_id, type_, content, fields)
+
+
+def _known_types() -> str:
+    """``prompt or cancel``; ``prompt, cancel or diff`` once there are more."""
+    names = [t.value for t in INPUT_TYPES]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 class GroupMissingError(RuntimeError):
@@ -107,9 +184,5 @@ class InputReader:
         # RESP2 reply: [[stream, [(id, {field: value}), ...]]]
         for _stream, items in reply:
             for entry_id, fields in items:
-                if not fields:
-                    entries.append(InputEntry(entry_id, "", "", missing=True))
-                    continue
-                type_ = (fields.get("type") or PROMPT).strip().lower()
-                entries.append(InputEntry(entry_id, type_, fields.get("content") or ""))
+                entries.append(parse_entry(entry_id, fields))
         return entries

@@ -35,7 +35,8 @@ from worker_base.agents.base import AgentDriver, Event
 from worker_base.config import WrapperConfig
 from worker_base.events import EventType, WrapperState
 from worker_base.heartbeat import Heartbeat
-from worker_base.inputs import CANCEL, PROMPT, GroupMissingError, InputEntry, InputReader
+from worker_base.relays import LoopbackRelays
+from worker_base.inputs import CANCEL, GroupMissingError, InputEntry, InputReader
 from worker_base.ledger import CostLedger, format_usd
 from worker_base.redis_client import REDIS_ERRORS, Backoff, connect
 from worker_base.runner import AgentRun, Sink
@@ -45,8 +46,9 @@ log = logging.getLogger("worker_base")
 
 #: ``done`` of a prompt cancelled before its agent started (128 + SIGINT, "interrupted").
 CANCELLED_BEFORE_START = 130
-#: ``done`` of an input whose ``type`` the wrapper does not know.
-UNKNOWN_TYPE = 2
+#: ``done`` of an input that runs nothing (SPEC §4): an unknown ``type``, or a ``prompt``
+#: without ``content``. 2, like a usage error: the input, not the agent, is at fault.
+INVALID_INPUT = 2
 #: ``done`` of an input refused because the worker's ``max_cost_usd`` is spent.
 BUDGET_SPENT = 1
 #: How long shutdown may spend writing the last events once the agent is stopped.
@@ -86,6 +88,7 @@ class Wrapper:
         self._tasks: set[asyncio.Task[None]] = set()
         self._ready = False
         self._failed = False
+        self._relays = LoopbackRelays(config.relays)
 
     # --- entry point -----------------------------------------------------------------------
     async def run(self) -> int:
@@ -94,6 +97,7 @@ class Wrapper:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         try:
+            await self._relays.start()
             pending = await self._start()
             if pending is None:
                 log.info("stopped before Redis was reachable")
@@ -110,6 +114,7 @@ class Wrapper:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             await self._cancel_tasks()
+            await self._relays.close()
             await self._writer.close(0)
             with contextlib.suppress(Exception):
                 await self._redis.aclose()
@@ -298,13 +303,9 @@ class Wrapper:
         self._current = job
         self._heartbeat.busy = True
         try:
-            if job.entry.type != PROMPT:
-                emit(
-                    EventType.ERROR,
-                    f"Unknown input type {job.entry.type!r}: use 'prompt' or 'cancel'.",
-                    input_id,
-                )
-                code = UNKNOWN_TYPE
+            if job.entry.problem is not None:
+                emit(EventType.ERROR, job.entry.problem, input_id)
+                code = INVALID_INPUT
             elif job.cancelled_by:
                 emit(
                     EventType.ERROR,

@@ -42,6 +42,11 @@ class HealthSource(Protocol):
 
     def load(self) -> Load: ...
 
+    async def extra_metrics(self) -> str:
+        """Prometheus text of this host's other processes (the egress service's ``wm_``
+        families), appended to ``/metrics``; empty when there is none."""
+        ...
+
 
 class CommandObserver(Protocol):
     """Told of every handled command: its name, its result and how long it took."""

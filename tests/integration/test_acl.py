@@ -45,8 +45,16 @@ async def test_a_worker_reaches_only_its_own_keys(harness: Harness) -> None:
         a = await running_worker(harness)
         b = await running_worker(harness)
     keys = harness.keys
-    url_a = container_env(harness, a)["WM_REDIS_URL"]
-    assert url_a.startswith(f"redis://{keys.acl_user(a)}:")
+    contained_url = container_env(harness, a)["WM_REDIS_URL"]
+    # Contained: the wrapper reaches Redis through its relay socket, with its own user.
+    assert contained_url.startswith(f"unix://{keys.acl_user(a)}:")
+    assert contained_url.endswith("@/run/wm/redis.sock?db=0")
+    # The same credentials, straight at Redis (as anyone who learnt them could try).
+    parts = urlsplit(harness.settings.redis_url)
+    url_a = (
+        f"redis://{keys.acl_user(a)}:{urlsplit(contained_url).password}"
+        f"@{parts.hostname}:{parts.port}/0"
+    )
     # The password is derived, never stored: not in Redis, not in the manager's or the
     # wrapper's logs (which show the URL redacted).
     password = urlsplit(url_a).password
@@ -111,7 +119,8 @@ async def test_acl_off_shares_the_worker_url_and_says_so(harness: Harness) -> No
     assert warnings, logs
     worker_id = await running_worker(harness)
     env = container_env(harness, worker_id)
-    assert env["WM_REDIS_URL"] == harness.settings.resolved_worker_redis_url()
+    shared = urlsplit(harness.settings.resolved_worker_redis_url()).password
+    assert env["WM_REDIS_URL"] == f"unix://:{shared}@/run/wm/redis.sock?db=0"
     users = await harness.redis.execute_command("ACL", "USERS")
     assert harness.keys.acl_user(worker_id) not in users
     # And the worker works over the shared connection.

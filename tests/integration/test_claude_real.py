@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,8 +27,12 @@ API_KEY = "sk-ant-test-not-a-real-key-7f3a"
 
 
 @pytest.fixture
-async def claude(harness: Harness, fake_anthropic: FakeAnthropic) -> Harness:
+async def claude(
+    harness: Harness, fake_anthropic: FakeAnthropic, private_egress_dir: Path
+) -> Harness:
+    """Contained CLAUDE workers: the CLI reaches the fake through this test's own gateway."""
     await harness.start(
+        egress_run_dir=private_egress_dir,
         anthropic_base_url=fake_anthropic.url,
         anthropic_api_key=SecretStr(API_KEY),
         claude_max_retries=0,  # a failing API answers at once instead of after ~10 retries

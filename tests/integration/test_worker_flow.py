@@ -33,7 +33,8 @@ async def test_create_run_talk_delete(harness: Harness) -> None:
     assert await harness.wait_status(worker_id, "RUNNING", "FAILED") == "RUNNING"
     record = await harness.redis.hgetall(harness.keys.worker(worker_id))
     assert record["image"] == f"worker:{record['image_hash']}"
-    assert record["container_id"] and record["ip_address"]
+    # Contained (WM_EGRESS=on, the default): no network, so no address.
+    assert record["container_id"] and not record.get("ip_address")
     assert record["started_at"].endswith("Z") and record["created_at"].endswith("Z")
     assert json.loads(record["metadata"]) == {"owner": "tests"}
     assert await harness.redis.zscore(harness.keys.index, worker_id) is not None
@@ -49,6 +50,7 @@ async def test_create_run_talk_delete(harness: Harness) -> None:
     assert host_config["CapDrop"] == ["ALL"]
     assert "no-new-privileges:true" in host_config["SecurityOpt"]
     assert host_config["Memory"] > 0 and host_config["PidsLimit"] > 0
+    assert host_config["NetworkMode"] == "none"
     exit_code, agents_md = container.exec_run(["cat", "/workspace/AGENTS.md"])
     assert exit_code == 0 and agents_md.decode() == "Be brief."
 
@@ -61,7 +63,7 @@ async def test_create_run_talk_delete(harness: Harness) -> None:
     assert all(e["timestamp"].endswith("Z") for e in mine)
 
     status = await harness.client.request("status", worker_id=worker_id)
-    assert status.ok and status.status == "RUNNING" and status.ip_address == record["ip_address"]
+    assert status.ok and status.status == "RUNNING" and not status.ip_address
 
     deleted = await harness.client.request("delete", worker_id=worker_id)
     assert deleted.ok and deleted.status == "STOPPED"

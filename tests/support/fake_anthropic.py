@@ -13,7 +13,13 @@ as what it asks for:
   the other, each after the previous tool result), then answer with the last tool result;
 - ``FAKE status <code>`` — fail the request with that HTTP status (401, 500, …);
 - ``FAKE stall`` — start the stream and never finish it;
-- ``FAKE tokens <n>`` — report ``n`` input tokens per request, to make a run cost money.
+- ``FAKE tokens <n>`` — report ``n`` input tokens per request, to make a run cost money;
+- ``FAKE size <n> [at-once]`` — answer with ``n`` bytes of text, streamed as many small text
+  deltas, several events a write, each batch encoded just before it is written (as an API
+  produces as it goes), or with ``at-once`` all encoded before the first byte (the stream then
+  goes at the speed of the socket), for throughput measurements;
+- ``FAKE gate <name>`` — stream the answer up to its ``message_delta``, then wait until the test
+  calls :meth:`FakeAnthropic.open_gate` with ``name`` (to see what arrives before the end).
 
 A request whose conversation holds no directive (the CLI's own side requests, e.g. a title or a
 command-prefix check) is answered with a short neutral text. Every request is recorded, so a test
@@ -28,13 +34,13 @@ import itertools
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-DIRECTIVE = re.compile(r"^\s*FAKE (say|bash|status|stall|tokens)\b ?(.*)$", re.MULTILINE)
+DIRECTIVE = re.compile(r"^\s*FAKE (say|bash|status|stall|tokens|size|gate)\b ?(.*)$", re.MULTILINE)
 MODEL = "claude-sonnet-4-5-20250929"
 
 
@@ -56,6 +62,9 @@ class Script:
     status: int | None = None
     stall: bool = False
     tokens: int = 12
+    size: int | None = None
+    at_once: bool = False
+    gate: str | None = None
 
 
 def _texts(content: Any) -> list[str]:
@@ -108,6 +117,12 @@ def script_of(messages: list[dict[str, Any]]) -> tuple[Script | None, int, str]:
                 script.stall = True
             elif verb == "tokens":
                 script.tokens = int(argument)
+            elif verb == "size":
+                count, _, mode = argument.partition(" ")
+                script.size = int(count)
+                script.at_once = mode.strip() == "at-once"
+            elif verb == "gate":
+                script.gate = argument
         later = messages[index + 1 :]
         results = [r for m in later if m.get("role") == "user" for r in _tool_results(m["content"])]
         return script, len(results), results[-1] if results else ""
@@ -128,6 +143,7 @@ class FakeAnthropic:
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._lock = threading.Lock()
+        self._gates: dict[str, asyncio.Event] = {}
 
     @property
     def url(self) -> str:
@@ -136,6 +152,15 @@ class FakeAnthropic:
     def prompts_seen(self) -> list[Recorded]:
         with self._lock:
             return [r for r in self.requests if script_of(r.body.get("messages", []))[0]]
+
+    def open_gate(self, name: str) -> None:
+        """Let the streams waiting at ``FAKE gate <name>`` (now or later) finish."""
+        assert self._loop is not None, "the fake is not running"
+        self._loop.call_soon_threadsafe(lambda: self._gate(name).set())
+
+    def _gate(self, name: str) -> asyncio.Event:
+        """Only on the fake's own loop, so that no lock is needed."""
+        return self._gates.setdefault(name, asyncio.Event())
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> FakeAnthropic:
@@ -216,6 +241,8 @@ class FakeAnthropic:
                     "input": {"command": script.commands[step], "description": "scripted"},
                 },
             ]
+        elif script.size is not None:
+            blocks = [{"type": "text", "text": _filler(script.size)}]
         else:
             text = " ".join(script.says) if script.says else f"last result: {last_result}"
             blocks = [{"type": "text", "text": text}]
@@ -238,8 +265,20 @@ class FakeAnthropic:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
-        for event in _events(message, blocks, stop_reason):
-            await response.write(event)
+        events: Iterable[bytes]
+        if script is not None and script.size is not None:
+            events = _events(message, blocks, stop_reason, SIZE_DELTA)
+            for write in _batches(list(events) if script.at_once else events):
+                await response.write(write)
+        else:
+            events = list(_events(message, blocks, stop_reason, None))
+            if script is not None and script.gate is not None:
+                for event in events[:-1]:
+                    await response.write(event)
+                await self._gate(script.gate).wait()
+                events = events[-1:]
+            for event in events:
+                await response.write(event)
         if script is not None and script.stall:
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await asyncio.sleep(3600)
@@ -253,25 +292,56 @@ def _sse(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
 
 
+#: ``FAKE size``: the text of one delta (about what the API sends a delta) and of one write.
+SIZE_DELTA = 96
+SIZE_WRITE = 64 * 1024
+
+
+def _filler(size: int) -> str:
+    line = "All work and no play makes Jack a dull boy. "
+    return (line * (size // len(line) + 1))[:size]
+
+
+def _batches(events: Iterable[bytes]) -> Iterator[bytes]:
+    """Events joined up to ``SIZE_WRITE`` bytes a write: one write per event would make the
+    fake, not what is measured against it, the bottleneck of a large answer."""
+    batch: list[bytes] = []
+    size = 0
+    for event in events:
+        batch.append(event)
+        size += len(event)
+        if size >= SIZE_WRITE:
+            yield b"".join(batch)
+            batch, size = [], 0
+    if batch:
+        yield b"".join(batch)
+
+
 def _events(
-    message: dict[str, Any], blocks: list[dict[str, Any]], stop_reason: str
+    message: dict[str, Any], blocks: list[dict[str, Any]], stop_reason: str, step: int | None
 ) -> Iterator[bytes]:
+    """The stream of one answer; ``step``: split each text into deltas of that many chars."""
     yield _sse("message_start", {"type": "message_start", "message": message})
     for index, block in enumerate(blocks):
         start: dict[str, Any]
+        deltas: list[dict[str, Any]]
         if block["type"] == "text":
             start = {"type": "text", "text": ""}
-            delta = {"type": "text_delta", "text": block["text"]}
+            text = block["text"]
+            parts = [text[i : i + step] for i in range(0, len(text), step)] if step else [text]
+            deltas = [{"type": "text_delta", "text": part} for part in parts or [""]]
         else:
             start = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
-            delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
+            deltas = [{"type": "input_json_delta", "partial_json": json.dumps(block["input"])}]
         yield _sse(
             "content_block_start",
             {"type": "content_block_start", "index": index, "content_block": start},
         )
-        yield _sse(
-            "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
-        )
+        for delta in deltas:
+            yield _sse(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": index, "delta": delta},
+            )
         yield _sse("content_block_stop", {"type": "content_block_stop", "index": index})
     yield _sse(
         "message_delta",

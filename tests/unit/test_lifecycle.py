@@ -29,6 +29,9 @@ class Steps:
     async def delete(self, worker_id: str) -> None:
         self.calls.append(f"acl-delete {worker_id}")
 
+    async def release(self, worker_id: str) -> None:
+        self.calls.append(f"egress-release {worker_id}")
+
 
 async def setup(exit_code: int | None = 143) -> tuple[WorkerStore, Lifecycle, Steps, WorkerTasks]:
     redis = fakeredis.aioredis.FakeRedis(decode_responses=True)
@@ -39,7 +42,7 @@ async def setup(exit_code: int | None = 143) -> tuple[WorkerStore, Lifecycle, St
     )
     assert outcome.result == "created"
     steps, creates = Steps(exit_code), WorkerTasks("provision")
-    lifecycle = Lifecycle(store, cast(Any, steps), cast(Any, steps), creates)
+    lifecycle = Lifecycle(store, cast(Any, steps), cast(Any, steps), creates, cast(Any, steps))
     return store, lifecycle, steps, creates
 
 
@@ -69,21 +72,21 @@ async def test_end_transitions_first_then_tears_down_in_the_background() -> None
         return current is not None and current.exit_code == 143
 
     await until(torn_down)
-    assert steps.calls == ["remove w1", "acl-delete w1"]
+    assert steps.calls == ["remove w1", "acl-delete w1", "egress-release w1"]
     assert "w1" not in creates  # its create was cancelled
     assert await store.live_ids() == []
     # A second end changes nothing and tears down nothing more.
     assert not await lifecycle.end("w1", Outcome.stopped("deleted"))
     await asyncio.sleep(0.05)
-    assert steps.calls == ["remove w1", "acl-delete w1"]
+    assert steps.calls == ["remove w1", "acl-delete w1", "egress-release w1"]
 
 
 async def test_a_delete_waits_and_makes_sure_even_when_already_ended() -> None:
     _store, lifecycle, steps, _ = await setup(exit_code=None)
     assert await lifecycle.end("w1", Outcome.stopped("deleted"), wait=True)
-    assert steps.calls == ["remove w1", "acl-delete w1"]
+    assert steps.calls == ["remove w1", "acl-delete w1", "egress-release w1"]
     assert not await lifecycle.end("w1", Outcome.stopped("deleted"), wait=True)
-    assert steps.calls == ["remove w1", "acl-delete w1"] * 2
+    assert steps.calls == ["remove w1", "acl-delete w1", "egress-release w1"] * 2
 
 
 async def test_an_exit_reported_after_a_delete_keeps_its_code() -> None:
@@ -121,4 +124,4 @@ async def test_a_create_that_fails_itself_still_cleans_up() -> None:
 
     creates.start("w1", failing_create)
     await asyncio.wait_for(finished.wait(), 2)
-    assert steps.calls == ["remove w1", "acl-delete w1"]
+    assert steps.calls == ["remove w1", "acl-delete w1", "egress-release w1"]

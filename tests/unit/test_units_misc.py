@@ -44,7 +44,7 @@ def test_worker_url_replaces_loopback_and_keeps_explicit_urls() -> None:
 
 
 def test_acl_rules_grant_only_the_workers_own_keys() -> None:
-    s = settings(key_prefix="p", worker_redis_url="redis://:shared@10.0.0.1:6379/0")
+    s = settings(key_prefix="p", worker_redis_url="redis://:shared@10.0.0.1:6379/0", egress="off")
     acl = WorkerAcl(fakeredis.aioredis.FakeRedis(), s)
     rules = acl.rules("w1")
     assert rules[:2] == ["reset", "on"] and "-@all" in rules
@@ -59,8 +59,13 @@ def test_acl_rules_grant_only_the_workers_own_keys() -> None:
 
 
 def test_acl_off_shares_the_url() -> None:
-    s = settings(worker_acl=False, worker_redis_url="redis://:shared@10.0.0.1:6379/0")
+    s = settings(worker_acl=False, worker_redis_url="redis://:shared@10.0.0.1:6379/0", egress="off")
     assert WorkerAcl(fakeredis.aioredis.FakeRedis(), s).worker_url("w") == s.worker_redis_url
+    contained = s.model_copy(update={"egress": "on"})
+    assert (
+        WorkerAcl(fakeredis.aioredis.FakeRedis(), contained).worker_url("w")
+        == "unix://:shared@/run/wm/redis.sock?db=0"
+    )
 
 
 def test_redact_url_hides_the_password() -> None:

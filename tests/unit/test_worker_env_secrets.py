@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, cast
 
 import pytest
@@ -10,14 +11,16 @@ from pydantic import SecretStr
 from worker_manager.contract.commands import CreateCommand, command_context
 from worker_manager.settings import Settings
 from worker_manager.workers.acl import WorkerAcl
+from worker_manager.workers.containment import gateway_token
 from worker_manager.workers.environment import worker_env
 
 KEYS = {"ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "FACTORY_API_KEY"}
 FIELDS = ("anthropic_api_key", "claude_code_oauth_token", "factory_api_key")
 
 
-def settings(**secrets: str) -> Settings:
-    """Keys not given are passed as None, so a developer's own keys in the env do not leak in."""
+def settings(egress: str = "off", **secrets: str) -> Settings:
+    """Keys not given are passed as None, so a developer's own keys in the env do not leak in.
+    Uncontained by default (the open bridge, where keys cross); ``egress="on"`` contained."""
     given: dict[str, Any] = {
         name: SecretStr(secrets[name]) if name in secrets else None for name in FIELDS
     }
@@ -26,6 +29,7 @@ def settings(**secrets: str) -> Settings:
         redis_url="redis://manager:pw@127.0.0.1:6390/0",
         worker_redis_url="redis://172.17.0.1:6390/0",
         worker_secret=SecretStr("x" * 32),
+        egress=egress,
         **given,
     )
 
@@ -75,3 +79,30 @@ def test_worker_url_carries_its_own_user_not_the_managers() -> None:
 def test_acl_off_gives_the_shared_worker_url() -> None:
     s = settings().model_copy(update={"worker_acl": False})
     assert env_for(s, "CUSTOM")["WM_REDIS_URL"] == "redis://172.17.0.1:6390/0"
+
+
+def test_a_contained_claude_worker_holds_a_gateway_token_not_the_operators_key() -> None:
+    s = settings("on", anthropic_api_key="a", claude_code_oauth_token="o")
+    env = env_for(s, "CLAUDE")
+    assert "CLAUDE_CODE_OAUTH_TOKEN" not in env
+    assert env["ANTHROPIC_API_KEY"].startswith("wm-") and env["ANTHROPIC_API_KEY"] != "a"
+    assert env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:3129"
+    assert not any(value in {"a", "o"} for value in env.values())
+    # The token is the worker's own: another worker's differs.
+    other = settings("on", anthropic_api_key="a")
+    assert env_for(other, "CLAUDE")["ANTHROPIC_API_KEY"] == env["ANTHROPIC_API_KEY"]
+    assert gateway_token(s, "another-worker") != env["ANTHROPIC_API_KEY"]
+
+
+def test_a_contained_worker_reaches_redis_and_the_world_through_its_sockets() -> None:
+    s = settings("on")
+    env = env_for(s, "CUSTOM")
+    user = s.keys.acl_user("3f2b8c1e-0d7a-4c55-9a51-2f0e6b1c9d42")
+    assert env["WM_REDIS_URL"].startswith(f"unix://{user}:")
+    assert env["WM_REDIS_URL"].endswith("@/run/wm/redis.sock?db=0")
+    assert env["HTTP_PROXY"] == env["https_proxy"] == "http://127.0.0.1:3128"
+    assert json.loads(env["WM_RELAYS"]) == {
+        "3128": "/run/wm/proxy.sock",
+        "3129": "/run/wm/gateway.sock",
+    }
+    assert "manager:pw" not in env["WM_REDIS_URL"]

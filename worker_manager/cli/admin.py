@@ -23,6 +23,20 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@command("egress")
+async def _egress(args: argparse.Namespace, settings: Settings) -> int:
+    """The per-host egress service (proxy, LLM gateway, Redis relay) in the foreground."""
+    from worker_manager.egress.control import stop_service
+    from worker_manager.egress.service import EgressService
+
+    if args.stop:
+        stopped = await asyncio.to_thread(stop_service, settings.egress_run_dir)
+        console.print("stopped" if stopped else f"no egress service in {settings.egress_run_dir}")
+        return 0
+    await EgressService(settings).run()
+    return 0
+
+
 @command("bootstrap-base")
 async def _bootstrap(args: argparse.Namespace, settings: Settings) -> int:
     from worker_manager.images.bootstrap import bootstrap_base_image

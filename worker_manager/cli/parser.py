@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a command (prefix) the worker may run; repeat",
     )
     create.add_argument(
+        "--egress",
+        action="append",
+        dest="egress",
+        metavar="DEST",
+        help="a destination the worker may reach (host[:port], *.domain[:port], IP or "
+        "CIDR[:port], or '*' for any public one); repeat. None given: WM_EGRESS_DEFAULT",
+    )
+    create.add_argument(
         "--module",
         action="append",
         dest="modules",
@@ -168,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
         "ensure-base",
         parents=[common],
         help="make sure WM_BASE_IMAGE exists: inspect, pull, else bootstrap",
+    )
+
+    egress = sub.add_parser(
+        "egress",
+        parents=[common],
+        help="run this host's egress service (serve starts it when WM_EGRESS_SPAWN is on)",
+    )
+    egress.add_argument(
+        "--stop", action="store_true", help="stop the service of WM_EGRESS_RUN_DIR and exit"
     )
 
     gc = sub.add_parser(

@@ -44,6 +44,7 @@ async def _create(args: argparse.Namespace, settings: Settings) -> int:
         "worker_id": args.worker_id,
         "instructions": instructions,
         "allowed_commands": args.allowed_commands,
+        "egress": args.egress,
         "modules": args.modules,
         "prompt": args.prompt,
         "agent_command": json.loads(args.agent_command) if args.agent_command else None,

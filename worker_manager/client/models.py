@@ -31,6 +31,8 @@ class WorkerInfo:
     manager_id: str = ""
     image: str = ""
     ip_address: str = ""
+    #: The destinations the worker may reach (canonical); None when its record holds no grant.
+    egress: list[str] | None = None
 
     @property
     def is_live(self) -> bool:
@@ -63,6 +65,7 @@ class WorkerInfo:
 
         exit_code = fields.get("exit_code")
         cost = fields.get("cost_usd")
+        egress = as_json("egress", []) if fields.get("egress") not in (None, "") else None
         return cls(
             worker_id=str(fields.get("worker_id") or ""),
             status=str(fields.get("status") or ""),
@@ -80,6 +83,7 @@ class WorkerInfo:
             manager_id=str(fields.get("manager_id") or ""),
             image=str(fields.get("image") or ""),
             ip_address=str(fields.get("ip_address") or ""),
+            egress=[str(entry) for entry in egress] if egress is not None else None,
         )
 
 

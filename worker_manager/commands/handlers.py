@@ -63,11 +63,17 @@ class Handlers:
             pooled = await self._pool.take(shape, cmd.request_id)
         worker_id = cmd.worker_id or pooled or str(uuid.uuid5(WORKER_ID_NAMESPACE, cmd.request_id))
         spec = cmd.model_dump(mode="json", exclude={"prompt"})
+        # The grant as granted: the create's, or this deployment's default when it names none
+        # (an explicit [] grants nothing). Kept in the spec too, so the container enforces
+        # what the record shows even if another manager, with another default, starts it.
+        egress = cmd.egress if cmd.egress is not None else list(self._settings.egress_default)
+        spec["egress"] = egress
         owner = cmd.metadata.get("owner", "")
         fields = {
             "agent_type": cmd.agent_type.value,
             "modules": json.dumps([m.value for m in cmd.modules]),
             "metadata": json.dumps(cmd.metadata, separators=(",", ":")),
+            "egress": json.dumps(egress, separators=(",", ":")),
         }
         if pooled is not None:
             fields["pool"] = str(shape)

@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from worker_manager.contract.egress import EgressEntryError, canonical_egress
 from worker_manager.contract.kinds import AgentType, Module
 from worker_manager.contract.limits import CommandLimits
 from worker_manager.core.errors import InvalidCommand
@@ -143,6 +144,9 @@ class CreateCommand(_Command):
     input_timeout_seconds: float | None = Field(default=None, gt=0, le=MAX_INPUT_TIMEOUT_SECONDS)
     max_turns: int | None = Field(default=None, ge=1, le=MAX_TURNS)
     max_cost_usd: float | None = Field(default=None, gt=0, le=MAX_COST_USD)
+    #: The destinations granted, canonical (``contract.egress``); None: the deployment's
+    #: default (``WM_EGRESS_DEFAULT``), which the handler records in its place.
+    egress: list[str] | None = None
 
     @field_validator("worker_id", mode="before")
     @classmethod
@@ -197,6 +201,22 @@ class CreateCommand(_Command):
             if text not in cleaned:
                 cleaned.append(text)
         return cleaned
+
+    @field_validator("egress", mode="before")
+    @classmethod
+    def _egress_json(cls, value: Any) -> Any:
+        return _json_text(value, "a list of destinations")
+
+    @field_validator("egress")
+    @classmethod
+    def _egress(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        try:
+            return canonical_egress(value)
+        except EgressEntryError as exc:
+            # "field 'egress': entry 'x' is not a destination: …" (the field is named once).
+            raise ValueError(str(exc).removeprefix("egress ")) from None
 
     @field_validator("modules", mode="before")
     @classmethod

@@ -34,6 +34,7 @@ RECORD_FIELDS = (
     "metadata",
     "cost_usd",
     "progress",
+    "egress",
 )
 #: Ours: which manager owns the container, and which request created the worker.
 INTERNAL_FIELDS = ("manager_id", "request_id", "owner", "idle_timeout_seconds")
@@ -122,6 +123,10 @@ def public_view(record: Mapping[str, str]) -> dict[str, Any]:
         value = record.get(name, "")
         if name in ("modules", "metadata"):
             view[name] = _json_field(value, list if name == "modules" else dict)
+        elif name == "egress":
+            # null when the record holds no grant (one written before grants were kept),
+            # which is not the same as [] (granted nothing).
+            view[name] = _json_field(value, list) if value else None
         elif name == "exit_code":
             view[name] = int(value) if value.lstrip("-").isdigit() else None
         else:

@@ -22,6 +22,7 @@ STATUS_DETAILS = (
     "progress",
     "manager_id",
     "image",
+    "egress",
 )
 
 

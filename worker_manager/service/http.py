@@ -194,7 +194,8 @@ class HttpServer:
         for shape, ready in load.pool_ready.items():
             metrics.pool_ready.labels(shape).set(ready)
         await metrics.refresh(self._probe_redis, self._keys)
-        response = web.Response(body=metrics.render())
+        extra = (await self._health.extra_metrics()).encode()
+        response = web.Response(body=metrics.render() + extra)
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 

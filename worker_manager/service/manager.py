@@ -27,6 +27,7 @@ from worker_manager.core.connections import connect
 from worker_manager.core.logs import get_logger, redact_url
 from worker_manager.core.outages import ride_out
 from worker_manager.core.supervisor import Supervisor
+from worker_manager.egress.control import wm_families
 from worker_manager.images.gc_execute import gc_loop
 from worker_manager.images.service import ImageService
 from worker_manager.service.http import HttpServer
@@ -35,6 +36,7 @@ from worker_manager.settings import Settings
 from worker_manager.typing import CommandObserver, Load
 from worker_manager.workers.acl import WorkerAcl
 from worker_manager.workers.containers import ContainerRuntime
+from worker_manager.workers.containment import Containment
 from worker_manager.workers.eviction import Evictor
 from worker_manager.workers.lifecycle import Lifecycle
 from worker_manager.workers.output_guard import OutputGuard
@@ -78,8 +80,11 @@ class Manager:
         self.acl = WorkerAcl(self.redis, s)
         self.images = ImageService(s, self.redis, self.docker, self.metrics.image_build)
         self.containers = ContainerRuntime(s, self.docker)
+        self.containment = Containment(s)
         creates = WorkerTasks("provision")
-        self.lifecycle = Lifecycle(self.store, self.containers, self.acl, creates)
+        self.lifecycle = Lifecycle(
+            self.store, self.containers, self.acl, creates, self.containment
+        )
         #: Set when a container has started: the watcher looks for its first heartbeat at once.
         heartbeat_soon = asyncio.Event()
         self.provisioner = Provisioner(
@@ -90,6 +95,7 @@ class Manager:
             self.acl,
             self.lifecycle,
             creates,
+            self.containment,
             on_started=lambda _worker_id: heartbeat_soon.set(),
         )
         self.pool = WarmPool(
@@ -97,6 +103,7 @@ class Manager:
             self.redis,
             self.images,
             self.containers,
+            self.containment,
             observe=self.metrics.pool,
         )
         self.placement = Placement(
@@ -112,6 +119,7 @@ class Manager:
             self.lifecycle,
             self.acl,
             self._ensure_groups,
+            self.containment,
         )
         self.watcher = StatusWatcher(
             s,
@@ -210,6 +218,11 @@ class Manager:
             pool_ready=dict(self.pool.ready),
         )
 
+    async def extra_metrics(self) -> str:
+        if not self.containment.enabled:
+            return ""
+        return wm_families(await self.containment.client.metrics())
+
     def _start_loops(self) -> None:
         """The background loops, each restarted with back-off if it fails (``/readyz`` names
         one that keeps failing or stops finishing rounds)."""
@@ -248,14 +261,23 @@ class Manager:
         sup.every("dead-letters", self.book.age_out_dead_letters, 60.0, wait_first=True)
         sup.forever("image-gc", self._gc_loop)
         sup.every("warm-pool", self.pool.round, s.warm_pool_interval_seconds, wake=self.pool.wake)
+        if self.containment.enabled:
+            sup.every("egress-service", self._keep_egress_running, 5.0, wait_first=True)
 
     async def start_up(self) -> None:
         """Checks that must pass before commands are taken, then finish interrupted creates."""
         await self.redis.ping()
         await self.acl.check_admin()
+        if self.containment.enabled:
+            await self.containment.client.ensure_running()
         await self._ensure_groups()
         await self.presence.beat()
         await self.reconciler.reconcile()
+
+    async def _keep_egress_running(self) -> None:
+        """The egress service is supervised from here: started again if it died (its grants
+        are on disk, so it serves the same workers again)."""
+        await self.containment.client.ensure_running()
 
     async def _ensure_groups(self) -> None:
         await self.consumer.ensure_group()
@@ -341,6 +363,7 @@ class Manager:
             log.info("worker-manager stopped")
 
     async def close(self) -> None:
+        await self.containment.close()
         await self.redis.aclose()
         await self.raw_redis.aclose()
         for reader in self._readers:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, field_validator
+
+from worker_manager.contract.egress import canonical_egress
 
 
 class EgressSettings(BaseModel):
@@ -30,7 +32,10 @@ class EgressSettings(BaseModel):
         "when none answers on the run directory's control socket.",
     )
     egress_connect_timeout_seconds: float = Field(default=10.0, gt=0)
-    git_credentials: SecretStr | None = Field(
-        default=None,
-        description="JSON object host -> token, added by the egress proxy for those hosts only.",
-    )
+
+    @field_validator("egress_default")
+    @classmethod
+    def _egress_default(cls, value: list[str]) -> list[str]:
+        """Parsed at start: a bad default is the operator's configuration error (naming the
+        entry), not a surprise at the first create; kept canonical, as a create's grant is."""
+        return canonical_egress(value)

@@ -19,6 +19,7 @@ from redis.exceptions import ResponseError
 from worker_manager.core.keys import Keys
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
+from worker_manager.workers.containment import contained, contained_redis_url
 
 log = get_logger(__name__)
 
@@ -104,6 +105,15 @@ class WorkerAcl:
     def worker_url(self, worker_id: str) -> str:
         """The URL a worker container connects with: its own user, when ACLs are on."""
         base = self._settings.resolved_worker_redis_url()
+        if contained(self._settings):
+            db = urlsplit(self._settings.redis_url).path.strip("/")
+            # Without ACLs the workers share the URL's own credentials (unsafe, documented).
+            netloc = urlsplit(base).netloc.rpartition("@")[0] + "@" if "@" in base else ""
+            if self.enabled:
+                netloc = (
+                    f"{quote(self._keys.acl_user(worker_id), safe='')}:{self.password(worker_id)}@"
+                )
+            return contained_redis_url(netloc, f"db={db}" if db else "")
         if not self.enabled:
             return base
         parts = urlsplit(base)

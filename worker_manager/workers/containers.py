@@ -24,6 +24,7 @@ from docker.types import LogConfig
 from worker_base.assignment import ASSIGNMENT, READY
 from worker_manager.core import docker_client
 from worker_manager.core.logs import get_logger
+from worker_manager.egress.grants import CONTAINER_SOCKET_DIR
 from worker_manager.images.spec import LABEL_HASH, RUNTIME, WORKDIR
 from worker_manager.settings import Settings
 
@@ -48,6 +49,9 @@ class LaunchSpec:
     docker_socket: str | None = None
     #: Labels besides the standard ones (the warm pool's shape).
     extra_labels: tuple[tuple[str, str], ...] = ()
+    #: Contained (SPEC §7): the host directory of the worker's sockets, mounted read-only at
+    #: ``/run/wm``; the container then gets no network at all.
+    sockets: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +127,19 @@ class ContainerRuntime:
     def _create_sync(self, name: str, spec: LaunchSpec) -> Container:
         s = self._settings
         extra: dict[str, Any] = {}
+        volumes: dict[str, dict[str, str]] = {}
         if spec.docker_socket:
-            extra["volumes"] = {spec.docker_socket: {"bind": "/var/run/docker.sock", "mode": "rw"}}
+            volumes[spec.docker_socket] = {"bind": "/var/run/docker.sock", "mode": "rw"}
             extra["group_add"] = [str(os.stat(spec.docker_socket).st_gid)]
+        if spec.sockets:
+            volumes[spec.sockets] = {"bind": CONTAINER_SOCKET_DIR, "mode": "ro"}
+            extra["network_mode"] = "none"
+        else:
+            extra["network"] = s.container_network
+        if volumes:
+            extra["volumes"] = volumes
+        if s.container_runtime:
+            extra["runtime"] = s.container_runtime
         try:
             container = self._docker.containers.create(
                 spec.image_tag,
@@ -142,7 +156,6 @@ class ContainerRuntime:
                 memswap_limit=s.container_memory,
                 nano_cpus=int(s.container_cpus * 1e9),
                 pids_limit=s.container_pids_limit,
-                network=s.container_network,
                 # Bounded logs: a chatty agent must not fill the operator's disk.
                 log_config=LogConfig(type="json-file", config={"max-size": "10m", "max-file": "3"}),
                 detach=True,

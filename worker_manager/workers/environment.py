@@ -15,6 +15,12 @@ from worker_base.config import DEFAULT_STATE_DIR, WrapperConfig
 from worker_manager.contract.commands import CreateCommand
 from worker_manager.contract.kinds import AgentType, Shape
 from worker_manager.settings import Settings
+from worker_manager.workers.containment import (
+    contained,
+    contained_env,
+    pooled_relays_env,
+    relays,
+)
 
 
 def wrapper_config(
@@ -37,6 +43,7 @@ def wrapper_config(
         input_timeout=command.input_timeout_seconds or settings.input_timeout_seconds,
         max_turns=command.max_turns,
         max_cost_usd=command.max_cost_usd,
+        relays=relays(settings),
     )
 
 
@@ -45,30 +52,37 @@ def worker_env(
 ) -> dict[str, str]:
     """The container's whole environment: the wrapper's configuration, then the agent's."""
     env = wrapper_config(settings, worker_id, command, redis_url).to_env()
-    env.update(agent_env(settings, command.agent_type))
+    env.update(agent_env(settings, command.agent_type, worker_id))
     return env
 
 
-def pool_env(settings: Settings, shape: Shape) -> dict[str, str]:
+def pool_env(settings: Settings, shape: Shape, worker_id: str) -> dict[str, str]:
     """A pooled container's environment: no worker yet, only what its agent type needs (the
-    rest comes with the assignment)."""
+    rest comes with the assignment). Its id is the one the create that takes it adopts."""
     env = {"WM_POOLED": "1", "WM_STATE_DIR": DEFAULT_STATE_DIR}
-    env.update(agent_env(settings, shape.agent_type))
+    env.update(pooled_relays_env(settings))
+    env.update(agent_env(settings, shape.agent_type, worker_id))
     return env
 
 
-def agent_env(settings: Settings, agent_type: AgentType) -> dict[str, str]:
-    """What the agent itself needs: its endpoint settings and its API keys."""
+def agent_env(settings: Settings, agent_type: AgentType, worker_id: str) -> dict[str, str]:
+    """What the agent itself needs: its endpoint settings and its API keys; contained
+    (``WM_EGRESS=on``), the relays and the gateway instead, and no operator key at all."""
     env: dict[str, str] = {}
+    if contained(settings):
+        if agent_type is AgentType.CLAUDE:
+            env.update(_claude_settings(settings))
+        elif agent_type is AgentType.FACTORY and settings.factory_api_key:
+            # Droid has no gateway yet: its key still crosses (README, Trust boundaries).
+            env["FACTORY_API_KEY"] = settings.factory_api_key.get_secret_value()
+        env.update(contained_env(settings, agent_type, worker_id))
+        return env
     wanted: dict[str, SecretStr | None] = {}
     if agent_type is AgentType.CLAUDE:
         base_url = settings.workers_anthropic_base_url
         if base_url:
             env["ANTHROPIC_BASE_URL"] = base_url
-        if settings.anthropic_model:
-            env["ANTHROPIC_MODEL"] = settings.anthropic_model
-        if settings.claude_max_retries is not None:
-            env["CLAUDE_CODE_MAX_RETRIES"] = str(settings.claude_max_retries)
+        env.update(_claude_settings(settings))
         wanted = {
             "ANTHROPIC_API_KEY": settings.anthropic_api_key,
             "CLAUDE_CODE_OAUTH_TOKEN": settings.claude_code_oauth_token,
@@ -76,4 +90,13 @@ def agent_env(settings: Settings, agent_type: AgentType) -> dict[str, str]:
     elif agent_type is AgentType.FACTORY:
         wanted = {"FACTORY_API_KEY": settings.factory_api_key}
     env.update({name: secret.get_secret_value() for name, secret in wanted.items() if secret})
+    return env
+
+
+def _claude_settings(settings: Settings) -> dict[str, str]:
+    env: dict[str, str] = {}
+    if settings.anthropic_model:
+        env["ANTHROPIC_MODEL"] = settings.anthropic_model
+    if settings.claude_max_retries is not None:
+        env["CLAUDE_CODE_MAX_RETRIES"] = str(settings.claude_max_retries)
     return env

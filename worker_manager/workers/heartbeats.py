@@ -40,6 +40,10 @@ class Observed:
     beat: Beat | None = None
     #: Why the heartbeat is not one the wrapper would write (None: valid or absent).
     problem: str | None = None
+    #: What the LLM gateway metered (``<prefix>:<id>:usage``, which no worker can write): the
+    #: spend, authoritative over what the agent reports, and whether the budget is spent.
+    metered_cost_usd: str | None = None
+    metered_budget_exceeded: bool = False
 
     @property
     def status(self) -> WorkerStatus | None:
@@ -72,10 +76,11 @@ async def observe(raw: Redis, keys: Keys, ids: Sequence[str], now: float) -> lis
             pipe.hmget(keys.worker(worker_id), *JUDGED_FIELDS)
             pipe.getrange(keys.heartbeat(worker_id), 0, MAX_HEARTBEAT_CHARS)
             pipe.pttl(keys.heartbeat(worker_id))
+            pipe.hmget(keys.usage(worker_id), "cost_usd", "budget_exceeded")
         results = await pipe.execute(raise_on_error=False)
     observed: list[Observed] = []
     for i, worker_id in enumerate(ids):
-        fields, value, ttl_ms = results[3 * i : 3 * i + 3]
+        fields, value, ttl_ms, usage = results[4 * i : 4 * i + 4]
         values: dict[str, str] = {}
         if isinstance(fields, list):
             for name, item in zip(JUDGED_FIELDS, fields, strict=True):
@@ -83,5 +88,20 @@ async def observe(raw: Redis, keys: Keys, ids: Sequence[str], now: float) -> lis
                     values[name] = item.decode("utf-8", "replace")
         beat, problem = judge(value, ttl_ms, now)
         record = WorkerRecord.from_hash(worker_id, values)
-        observed.append(Observed(worker_id, record, beat, problem))
+        cost, exceeded = metered(usage)
+        observed.append(Observed(worker_id, record, beat, problem, cost, exceeded))
     return observed
+
+
+def metered(usage: object) -> tuple[str | None, bool]:
+    """The gateway's ``cost_usd`` (a bounded decimal string) and budget flag, if any."""
+    if not isinstance(usage, list) or len(usage) != 2:
+        return None, False
+    cost, exceeded = usage
+    text = cost.decode("ascii", "replace") if isinstance(cost, bytes) else None
+    try:
+        value = float(text) if text and len(text) <= 32 else None
+    except ValueError:
+        value = None
+    shown = None if value is None or value < 0 else f"{value:.6f}".rstrip("0").rstrip(".")
+    return shown, exceeded in (b"1", "1")

@@ -26,6 +26,7 @@ from worker_manager.contract.kinds import LIVE_STATUSES, WorkerStatus
 from worker_manager.core.logs import get_logger
 from worker_manager.workers.acl import WorkerAcl
 from worker_manager.workers.containers import ContainerRuntime
+from worker_manager.workers.containment import Containment
 from worker_manager.workers.records import WorkerStore
 from worker_manager.workers.tasks import WorkerTasks
 
@@ -80,10 +81,12 @@ class Lifecycle:
         containers: ContainerRuntime,
         acl: WorkerAcl,
         creates: WorkerTasks,
+        containment: Containment,
     ) -> None:
         self._store = store
         self._containers = containers
         self._acl = acl
+        self._containment = containment
         self._creates = creates
         self._teardowns = WorkerTasks("end")
 
@@ -123,6 +126,7 @@ class Lifecycle:
             await self._store.update(worker_id, {"exit_code": str(outcome.exit_code)})
         if not on_this_host:
             await self._acl.delete(worker_id)
+            # Its grant is at the other host's egress service (and ends with that host).
         elif wait:
             await self.finish(worker_id)
         elif result.changed:
@@ -138,9 +142,11 @@ class Lifecycle:
             await self._store.update(worker_id, {"exit_code": str(exit_code)})
 
     async def remove(self, worker_id: str) -> int | None:
-        """Stop and remove the container and the Redis user; the container's exit code if any."""
+        """Stop and remove the container, the Redis user and the egress grant; the container's
+        exit code if any."""
         exit_code = await self._containers.remove(worker_id)
         await self._acl.delete(worker_id)
+        await self._containment.release(worker_id)
         return exit_code
 
     async def _finish_logged(self, worker_id: str) -> None:

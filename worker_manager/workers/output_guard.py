@@ -2,11 +2,19 @@
 
 A worker's ACL user may ``XADD`` to its output stream, so a hostile (or broken) worker can write
 without ``MAXLEN``, as fast as Redis takes it. Every round this guard trims each live worker's
-output to ``WM_OUTPUT_MAXLEN`` (``XTRIM MAXLEN ~``, which frees whole nodes, cheaply) and counts
-what it dropped. A worker that writes more than ``WM_OUTPUT_OVERFLOW_FACTOR`` times its cap in
-one round, or whose output holds more than ``WM_OUTPUT_MAX_BYTES`` after the trim (few entries,
-each huge), is FAILED with ``reason=output_overflow``. Each worker is judged on its own: the
-round is one pipeline that does not fail as a whole.
+output to ``WM_OUTPUT_MAXLEN`` (``XTRIM MAXLEN ~ … LIMIT 0``, which frees whole nodes, cheaply)
+and counts what it dropped. ``LIMIT 0`` matters: an approximate trim otherwise removes at most
+100 × ``stream-node-max-entries`` (10 000) entries a call, so a worker writing faster than that
+kept its stream many times over the cap for as long as it went on, and the overflow verdict
+below, which reads how much one round removed, never saw more than that. Without the limit one
+round takes any stream back to the cap plus less than one node (entries sharing a node with the
+ones kept), the slack the wrapper's own ``MAXLEN ~`` leaves too; the work is one step per freed
+node, and a worker can only have made as many as Redis took from it since the last round.
+
+A worker that writes more than ``WM_OUTPUT_OVERFLOW_FACTOR`` times its cap in one round, or whose
+output holds more than ``WM_OUTPUT_MAX_BYTES`` after the trim (few entries, each huge), is FAILED
+with ``reason=output_overflow``. Each worker is judged on its own: the round is one pipeline that
+does not fail as a whole.
 """
 
 from __future__ import annotations
@@ -24,6 +32,12 @@ from worker_manager.workers.records import WorkerStore
 log = get_logger(__name__)
 
 Dropped = Callable[[str, int], None]
+
+#: ``LIMIT`` of an approximate ``XTRIM``: 0 lifts Redis's default bound of entries removed per call
+#: (see the module docstring). An exact ``MAXLEN =`` is never limited either, but it would cut
+#: into the oldest node every round, counting as dropped the entries a well-behaved wrapper's own
+#: ``MAXLEN ~`` rightly left there.
+NO_LIMIT = 0
 
 
 class OutputGuard:
@@ -56,7 +70,7 @@ class OutputGuard:
         async with self._redis.pipeline(transaction=False) as pipe:
             for worker_id in ids:
                 key = s.keys.output(worker_id)
-                pipe.xtrim(key, maxlen=s.output_maxlen, approximate=True)
+                pipe.xtrim(key, maxlen=s.output_maxlen, approximate=True, limit=NO_LIMIT)
                 pipe.memory_usage(key, samples=5)
             results = await pipe.execute(raise_on_error=False)
         for i, worker_id in enumerate(ids):

@@ -37,6 +37,7 @@ from worker_manager.core.outages import OUTAGE_ERRORS
 from worker_manager.images.service import ImageService
 from worker_manager.settings import Settings
 from worker_manager.workers.containers import LABEL_POOL, LABEL_WORKER, ContainerRuntime, LaunchSpec
+from worker_manager.workers.containment import Containment
 from worker_manager.workers.environment import pool_env
 
 log = get_logger(__name__)
@@ -79,12 +80,14 @@ class WarmPool:
         redis: Redis,
         images: ImageService,
         containers: ContainerRuntime,
+        containment: Containment,
         observe: Observe = lambda _shape, _what: None,
     ) -> None:
         self._settings = settings
         self._redis = redis
         self._images = images
         self._containers = containers
+        self._containment = containment
         self._keys = settings.keys
         self._take = redis.register_script(_TAKE)
         self._adopt = redis.register_script(_ADOPT)
@@ -160,6 +163,7 @@ class WarmPool:
             if container.get("State") != "running" or shape not in s.warm_pool:
                 log.info("removing a pooled container", worker_id=worker_id, shape=shape)
                 await self._containers.remove(worker_id)
+                await self._containment.release(worker_id)
                 await self._redis.srem(keys.pool(s.manager_id, shape), worker_id)
                 continue
             unassigned.setdefault(shape, []).append(worker_id)
@@ -196,17 +200,19 @@ class WarmPool:
         self._launching.add(worker_id)
         try:
             image = await self._images.ensure(shape.agent_type, list(shape.modules))
+            sockets = await self._containment.admit(worker_id, None)
             await self._containers.launch(
                 LaunchSpec(
                     worker_id=worker_id,
                     image_tag=image.tag,
                     image_hash=image.hash,
-                    env=pool_env(self._settings, shape),
+                    env=pool_env(self._settings, shape, worker_id),
                     files={},
                     docker_socket=self._settings.docker_module_socket
                     if Module.DOCKER in shape.modules
                     else None,
                     extra_labels=((LABEL_POOL, name),),
+                    sockets=sockets,
                 )
             )
             await self._adopt(

@@ -22,6 +22,7 @@ from worker_manager.images.service import ImageService
 from worker_manager.settings import Settings
 from worker_manager.workers.acl import WorkerAcl
 from worker_manager.workers.containers import ContainerRuntime, LaunchSpec
+from worker_manager.workers.containment import Containment
 from worker_manager.workers.environment import worker_env
 from worker_manager.workers.lifecycle import Lifecycle, Outcome
 from worker_manager.workers.records import WorkerStore
@@ -40,6 +41,7 @@ class Provisioner:
         acl: WorkerAcl,
         lifecycle: Lifecycle,
         creates: WorkerTasks,
+        containment: Containment,
         *,
         on_started: Callable[[str], None] = lambda _worker_id: None,
     ) -> None:
@@ -51,6 +53,7 @@ class Provisioner:
         self._lifecycle = lifecycle
         #: Creates in flight in this process (shared with the lifecycle, which cancels them).
         self._creates = creates
+        self._containment = containment
         #: Told when a worker's container has started (the watcher then looks at once).
         self._on_started = on_started
 
@@ -106,6 +109,7 @@ class Provisioner:
                 return
             await self._store.progress(worker_id, "starting its container")
             await self._acl.create(worker_id)
+            sockets = await self._containment.admit(worker_id, command)
             started = await self._containers.launch(
                 LaunchSpec(
                     worker_id=worker_id,
@@ -118,6 +122,7 @@ class Provisioner:
                     docker_socket=self._settings.docker_module_socket
                     if Module.DOCKER in command.modules
                     else None,
+                    sockets=sockets,
                 )
             )
             await self._store.update(
@@ -156,6 +161,7 @@ class Provisioner:
         assignment its wrapper waits for. False (nothing done) when the container is gone:
         the ordinary path then starts one under the same name."""
         await self._acl.create(worker_id)
+        await self._containment.admit(worker_id, command)  # its grant replaces the pool's
         started = await self._containers.assign(
             worker_id,
             {command.agent_type.instructions_file: command.instructions}

@@ -38,6 +38,7 @@ from worker_manager.core.outages import OUTAGE_ERRORS
 from worker_manager.settings import Settings
 from worker_manager.workers.acl import WorkerAcl
 from worker_manager.workers.containers import LABEL_POOL, LABEL_WORKER, ContainerRuntime
+from worker_manager.workers.containment import Containment
 from worker_manager.workers.lifecycle import Lifecycle, Outcome, outcome_of
 from worker_manager.workers.provisioner import Provisioner
 from worker_manager.workers.records import WorkerStore
@@ -114,10 +115,19 @@ class Report:
     removed: list[str] = field(default_factory=list)  # containers of terminal records
     orphans: list[str] = field(default_factory=list)
     users_restored: list[str] = field(default_factory=list)
+    grants_revoked: list[str] = field(default_factory=list)
 
     def changed(self) -> bool:
         return any(
-            (self.resumed, self.ended, self.lost, self.removed, self.orphans, self.users_restored)
+            (
+                self.resumed,
+                self.ended,
+                self.lost,
+                self.removed,
+                self.orphans,
+                self.users_restored,
+                self.grants_revoked,
+            )
         )
 
 
@@ -132,6 +142,7 @@ class Reconciler:
         lifecycle: Lifecycle,
         acl: WorkerAcl,
         ensure_groups: EnsureGroups,
+        containment: Containment,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -141,6 +152,7 @@ class Reconciler:
         self._lifecycle = lifecycle
         self._acl = acl
         self._ensure_groups = ensure_groups
+        self._containment = containment
         self._lock = asyncio.Lock()
         self.runs = 0
 
@@ -167,6 +179,7 @@ class Reconciler:
                 removed=report.removed,
                 orphans=report.orphans,
                 users_restored=len(report.users_restored),
+                grants_revoked=len(report.grants_revoked),
             )
         return report
 
@@ -187,7 +200,22 @@ class Reconciler:
         report = Report()
         for worker_id, step in reconcile_steps(live, found, records, busy):
             await self._carry_out(worker_id, step, report)
+        await self._sweep_grants(live | set(found), report)
         return report
+
+    async def _sweep_grants(self, known: set[str], report: Report) -> None:
+        """Revoke egress grants of this key prefix whose worker is neither live nor has a
+        container here (a teardown cut short): their sockets and gateway token go. A grant
+        younger than a minute may belong to a container being created right now."""
+        if not self._containment.enabled:
+            return
+        for grant in await self._containment.client.grants():
+            if grant.key_prefix != self._settings.key_prefix or grant.worker_id in known:
+                continue
+            if grant.age_seconds < 60 or self._provisioner.is_active(grant.worker_id):
+                continue
+            await self._containment.release(grant.worker_id)
+            report.grants_revoked.append(grant.worker_id)
 
     async def _carry_out(self, worker_id: str, step: Step, report: Report) -> None:
         if self._provisioner.is_active(worker_id):

@@ -43,7 +43,7 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'worker_id', ARGV[1], '
 return {'created', 'STARTING', ARGV[8]}
 """
 
-# KEYS: record lifecycle output prompt input spec heartbeat
+# KEYS: record lifecycle output prompt input spec heartbeat usage (the gateway's metering)
 # ARGV: to reason timestamp allowed_from lifecycle_maxlen output_maxlen live_prefix retention
 #       owner_live_prefix [field value ...]
 _TRANSITION = """
@@ -87,6 +87,7 @@ if terminal then
   redis.call('EXPIRE', KEYS[1], keep)
   redis.call('EXPIRE', KEYS[3], keep)
   redis.call('EXPIRE', KEYS[5], keep)
+  redis.call('EXPIRE', KEYS[8], keep)
 end
 return {1, from}
 """
@@ -215,6 +216,7 @@ class WorkerStore:
                 keys.input(worker_id),
                 keys.spec(worker_id),
                 keys.heartbeat(worker_id),
+                keys.usage(worker_id),
             ],
             args=[
                 to.value,

@@ -327,9 +327,11 @@ def heartbeat_verdict(
         activity = iso_from_unix(beat.activity)
         if activity != record.text("last_activity_at"):
             fields["last_activity_at"] = activity
-        if beat.cost_usd is not None and beat.cost_usd != record.cost_usd:
-            fields["cost_usd"] = beat.cost_usd
-        if beat.budget_exceeded:
+        # The gateway's metering, where there is one, is the spend: not what the agent says.
+        cost = seen.metered_cost_usd if seen.metered_cost_usd is not None else beat.cost_usd
+        if cost is not None and cost != record.cost_usd:
+            fields["cost_usd"] = cost
+        if beat.budget_exceeded or seen.metered_budget_exceeded:
             return Verdict(end=Outcome.stopped("budget_exceeded", **fields))
         if record.status is WorkerStatus.STARTING:
             return Verdict(running=True, fields=fields)

@@ -1,0 +1,501 @@
+"""The LLM gateway for real: served on a Unix socket, in front of the scripted Messages API, with
+the session's Redis holding each worker's usage.
+
+What a contained worker relies on (SPEC §7): its token works only here and is swapped for the
+operator's key; the answer streams through unchanged and without waiting for its end; the API's
+own usage becomes the worker's spend; a spent budget stops the next call before it reaches the
+API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client import REGISTRY
+from pydantic import SecretStr
+from redis.asyncio import Redis
+
+from tests.support.fake_anthropic import FakeAnthropic, Recorded
+from tests.support.redis_server import free_port
+from worker_manager.core.keys import Keys
+from worker_manager.egress.gateway import OAUTH_BETA, GatewayWorker, LlmGateway
+from worker_manager.settings import Settings
+
+pytestmark = [pytest.mark.redis]
+
+OPERATOR_KEY = "sk-ant-operator-key-not-for-workers-41c9"
+#: The fake's usage of a streamed answer (``FAKE tokens`` sets the input) and its model's price
+#: (claude-sonnet-4-5: 3 / 15 USD per million).
+STREAM_OUTPUT_TOKENS = 5
+JSON_OUTPUT_TOKENS = 5
+
+
+def cost(input_tokens: int, output_tokens: int) -> float:
+    return (input_tokens * 3 + output_tokens * 15) / 1_000_000
+
+
+@dataclass
+class Gateway:
+    """One gateway on one worker's socket, and what a test needs to talk to it."""
+
+    socket: Path
+    worker: GatewayWorker
+    fake: FakeAnthropic
+    redis: Redis
+    client: aiohttp.ClientSession
+    marker: str = field(default_factory=lambda: secrets.token_hex(6))
+
+    @property
+    def usage_key(self) -> str:
+        return Keys(self.worker.key_prefix).usage(self.worker.worker_id)
+
+    async def usage(self) -> dict[str, str]:
+        return dict(await self.redis.hgetall(self.usage_key))
+
+    async def usage_after(self, requests: int) -> dict[str, str]:
+        """The usage once ``requests`` answers are charged. A streamed answer is charged before
+        its last chunk leaves the gateway; an answer of known length may reach the client a
+        moment before its charge is written, hence the wait (bounded)."""
+        async with asyncio.timeout(10):
+            while (usage := await self.usage()).get("requests") != str(requests):
+                await asyncio.sleep(0.01)
+        return usage
+
+    def seen(self) -> list[Recorded]:
+        """The requests of this test that reached the fake API."""
+        return [r for r in list(self.fake.requests) if self.marker in r.text()]
+
+    def body(self, prompt: str, *, stream: bool = True) -> dict[str, Any]:
+        return {
+            "model": "claude-sonnet-4-5-20250929",
+            "max_tokens": 64,
+            "stream": stream,
+            "messages": [{"role": "user", "content": f"{prompt}\n(test {self.marker})"}],
+        }
+
+    def post(
+        self,
+        prompt: str,
+        *,
+        stream: bool = True,
+        token: str | None = None,
+        path: str = "/v1/messages?beta=true",
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        sent = {"anthropic-version": "2023-06-01", **(headers or {})}
+        if token is not None:
+            sent["x-api-key"] = token
+        return self.client.post(
+            f"http://worker{path}", json=self.body(prompt, stream=stream), headers=sent
+        )
+
+
+GatewayFactory = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def start_gateway(
+    settings: Settings, redis: Redis, fake_anthropic: FakeAnthropic
+) -> AsyncIterator[GatewayFactory]:
+    """``await start_gateway(max_cost_usd=..., api_key=..., ...)``: a gateway on a fresh socket."""
+    # A short directory of its own: a Unix socket's path is limited to ~107 bytes.
+    root = Path(tempfile.mkdtemp(prefix="wm-gw-"))
+    cleanups: list[Callable[[], Awaitable[None]]] = []
+
+    async def start(
+        *,
+        max_cost_usd: float | None = None,
+        api_key: SecretStr | None = SecretStr(OPERATOR_KEY),  # noqa: B008 - immutable
+        oauth_token: SecretStr | None = None,
+        upstream_url: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        served: bool = True,
+    ) -> Gateway:
+        socket = root / f"{len(cleanups)}" / "gateway.sock"
+        socket.parent.mkdir()
+        worker = GatewayWorker(
+            worker_id=f"w-{secrets.token_hex(4)}",
+            key_prefix=settings.key_prefix,
+            token=f"wm-gw-{secrets.token_urlsafe(24)}",
+            max_cost_usd=max_cost_usd,
+        )
+        workers = {str(socket): worker} if served else {}
+        gateway = LlmGateway(
+            redis=redis,
+            upstream_url=upstream_url or fake_anthropic.url,
+            api_key=api_key,
+            oauth_token=oauth_token,
+            resolve=workers.get,
+            session=session,
+        )
+        runner = web.AppRunner(gateway.app(), access_log=None)
+        await runner.setup()
+        await web.UnixSite(runner, str(socket)).start()
+        client = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(socket)))
+
+        async def stop() -> None:
+            await client.close()
+            await runner.cleanup()
+            await gateway.close()
+
+        cleanups.append(stop)
+        return Gateway(socket, worker, fake_anthropic, redis, client)
+
+    try:
+        yield start
+    finally:
+        for stop in reversed(cleanups):
+            await stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def without_ids(body: bytes) -> bytes:
+    """The fake numbers its messages; two answers to the same request differ only there."""
+    return re.sub(rb"msg_fake\d+", b"msg_fake", body)
+
+
+def counter(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+# --- the happy path ----------------------------------------------------------------------------
+async def test_a_stream_reaches_the_api_with_the_operators_key_and_returns_byte_for_byte(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway()
+    forwarded = counter("wm_gateway_requests_total", outcome="forwarded")
+    async with gw.post("FAKE say through the gateway", token=gw.worker.token) as response:
+        assert response.status == 200
+        assert response.headers["content-type"] == "text/event-stream"
+        assert response.headers["cache-control"] == "no-cache"
+        through = await response.read()
+    async with (
+        aiohttp.ClientSession() as direct,
+        direct.post(
+            f"{gw.fake.url}/v1/messages?beta=true",
+            json=gw.body("FAKE say through the gateway"),
+            headers={"anthropic-version": "2023-06-01", "x-api-key": OPERATOR_KEY},
+        ) as response,
+    ):
+        straight = await response.read()
+    assert b"through the gateway" in through and through.endswith(
+        b'event: message_stop\ndata: {"type": "message_stop"}\n\n'
+    )
+    assert without_ids(through) == without_ids(straight)
+
+    upstream, _direct = gw.seen()
+    assert upstream.path == "/v1/messages?beta=true"
+    assert upstream.headers["x-api-key"] == OPERATOR_KEY
+    assert upstream.headers["anthropic-version"] == "2023-06-01"
+    assert upstream.headers["accept-encoding"] == "identity"
+    assert "authorization" not in upstream.headers
+    assert not [v for v in upstream.headers.values() if gw.worker.token in v]
+    assert counter("wm_gateway_requests_total", outcome="forwarded") == forwarded + 1
+
+
+async def test_the_api_usage_becomes_the_workers_tokens_and_cost(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway()
+    async with gw.post("FAKE tokens 1234\nFAKE say one", token=gw.worker.token) as response:
+        await response.read()
+    async with gw.post("FAKE tokens 100\nFAKE say two", token=gw.worker.token) as response:
+        await response.read()
+    usage = await gw.usage()
+    assert float(usage.pop("cost_usd")) == pytest.approx(
+        cost(1234, STREAM_OUTPUT_TOKENS) + cost(100, STREAM_OUTPUT_TOKENS)
+    )
+    assert usage == {
+        "input_tokens": "1334",
+        "output_tokens": str(2 * STREAM_OUTPUT_TOKENS),
+        "cache_creation_input_tokens": "0",
+        "cache_read_input_tokens": "0",
+        "requests": "2",
+    }
+
+
+async def test_a_json_answer_is_metered_and_count_tokens_costs_nothing(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway()
+    async with gw.post("FAKE tokens 77\nFAKE say json", stream=False, token=gw.worker.token) as r:
+        assert r.status == 200
+        answer = await r.json()
+        assert int(r.headers["content-length"]) == len(await r.read())
+    assert answer["content"][0]["text"] == "json"
+    async with gw.post(
+        "FAKE say count", path="/v1/messages/count_tokens?beta=true", token=gw.worker.token
+    ) as r:
+        assert r.status == 200
+        assert await r.json() == {"input_tokens": 12}
+    usage = await gw.usage_after(2)
+    assert float(usage["cost_usd"]) == pytest.approx(cost(77, JSON_OUTPUT_TOKENS))
+    assert (usage["input_tokens"], usage["output_tokens"], usage["requests"]) == ("77", "5", "2")
+
+
+async def test_a_bearer_token_works_as_well_as_an_api_key(start_gateway: GatewayFactory) -> None:
+    gw = await start_gateway()
+    async with gw.post(
+        "FAKE say bearer", headers={"authorization": f"Bearer {gw.worker.token}"}
+    ) as response:
+        assert response.status == 200
+        assert b"bearer" in await response.read()
+    [upstream] = gw.seen()
+    assert upstream.headers["x-api-key"] == OPERATOR_KEY
+    assert "authorization" not in upstream.headers
+
+
+async def test_an_oauth_token_goes_as_bearer_with_the_oauth_beta_added(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway(api_key=None, oauth_token=SecretStr("sk-ant-oat01-operator"))
+    async with gw.post(
+        "FAKE say oauth",
+        token=gw.worker.token,
+        headers={"anthropic-beta": "fine-grained-tool-streaming"},
+    ) as response:
+        assert response.status == 200
+        await response.read()
+    [upstream] = gw.seen()
+    assert upstream.headers["authorization"] == "Bearer sk-ant-oat01-operator"
+    assert "x-api-key" not in upstream.headers
+    assert upstream.headers["anthropic-beta"] == f"fine-grained-tool-streaming,{OAUTH_BETA}"
+
+
+async def test_without_a_configured_credential_the_request_goes_without_one(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway(api_key=None)
+    async with gw.post("FAKE say keyless", token=gw.worker.token) as response:
+        assert response.status == 200
+        await response.read()
+    [upstream] = gw.seen()
+    assert "x-api-key" not in upstream.headers and "authorization" not in upstream.headers
+
+
+# --- streaming -----------------------------------------------------------------------------------
+async def test_the_first_bytes_reach_the_worker_before_the_stream_ends(
+    start_gateway: GatewayFactory,
+) -> None:
+    """The fake cannot finish until the test opens its gate, so a ``message_start`` that arrives
+    before then was passed on as it came, not after the answer was complete."""
+    gw = await start_gateway()
+    gate = f"first-bytes-{gw.marker}"
+    async with gw.post(f"FAKE gate {gate}\nFAKE say early", token=gw.worker.token) as response:
+        assert response.status == 200
+        received = b""
+        async with asyncio.timeout(10):
+            while b"event: content_block_stop" not in received:
+                received += await response.content.readany()
+        assert received.startswith(b"event: message_start")
+        assert b"message_delta" not in received
+        assert not response.content.at_eof()
+        gw.fake.open_gate(gate)
+        received += await response.read()
+    assert received.endswith(b'event: message_stop\ndata: {"type": "message_stop"}\n\n')
+    assert (await gw.usage())["output_tokens"] == str(STREAM_OUTPUT_TOKENS)
+
+
+async def test_a_worker_that_hangs_up_mid_stream_is_charged_for_what_the_api_reported(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway()
+    gate = f"hang-up-{gw.marker}"
+    async with gw.post(f"FAKE tokens 5000\nFAKE gate {gate}", token=gw.worker.token) as response:
+        async with asyncio.timeout(10):
+            assert b"message_start" in await response.content.readany()
+        response.close()  # the worker goes away with the answer half read
+    gw.fake.open_gate(gate)
+    usage = await gw.usage_after(1)
+    assert int(usage["input_tokens"]) == 5000
+    assert float(usage["cost_usd"]) >= cost(5000, 0)
+
+
+async def test_upstream_connections_are_pooled_across_requests(
+    start_gateway: GatewayFactory,
+) -> None:
+    created = 0
+
+    async def on_create(*_: object) -> None:
+        nonlocal created
+        created += 1
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(on_create)
+    session = aiohttp.ClientSession(trace_configs=[trace])
+    try:
+        gw = await start_gateway(session=session)
+        for n in range(3):
+            async with gw.post(f"FAKE say pooled {n}", token=gw.worker.token) as response:
+                assert response.status == 200
+                await response.read()
+            async with gw.post(f"FAKE say {n}", stream=False, token=gw.worker.token) as response:
+                await response.read()
+    finally:
+        await session.close()
+    assert created == 1
+    assert len(gw.seen()) == 6
+
+
+# --- refusals --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "credential",
+    [
+        {"x-api-key": "wm-gw-wrong-token"},
+        {"authorization": "Bearer wm-gw-wrong-token"},
+        {"x-api-key": OPERATOR_KEY},
+        {},
+    ],
+    ids=["wrong-key", "wrong-bearer", "the-operators-own-key", "none"],
+)
+async def test_a_request_without_the_workers_token_is_refused_before_the_api(
+    start_gateway: GatewayFactory, credential: dict[str, str]
+) -> None:
+    gw = await start_gateway()
+    refused = counter("wm_gateway_requests_total", outcome="unauthorized")
+    async with gw.post("FAKE say never", headers=credential) as response:
+        assert response.status == 401
+        text = await response.text()
+        body = await response.json()
+    assert body["type"] == "error" and body["error"]["type"] == "authentication_error"
+    assert all(value not in text for value in credential.values())
+    assert gw.worker.token not in text and OPERATOR_KEY not in text
+    assert gw.seen() == []
+    assert await gw.usage() == {}
+    assert counter("wm_gateway_requests_total", outcome="unauthorized") == refused + 1
+
+
+async def test_a_socket_that_serves_no_worker_is_forbidden(start_gateway: GatewayFactory) -> None:
+    gw = await start_gateway(served=False)
+    async with gw.post("FAKE say never", token=gw.worker.token) as response:
+        assert response.status == 403
+        assert (await response.json())["error"]["type"] == "permission_error"
+    assert gw.seen() == []
+
+
+async def test_a_spent_budget_refuses_the_next_call_without_reaching_the_api(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway(max_cost_usd=0.5)
+    # 190 000 input tokens of Sonnet: $0.57, past the budget in one call (allowed: the spend
+    # was $0 when it started).
+    async with gw.post("FAKE tokens 190000\nFAKE say costly", token=gw.worker.token) as r:
+        assert r.status == 200
+        await r.read()
+    spent = cost(190_000, STREAM_OUTPUT_TOKENS)
+    refused = counter("wm_gateway_requests_total", outcome="budget_exceeded")
+    async with gw.post("FAKE say one more", token=gw.worker.token) as response:
+        assert response.status == 400
+        body = await response.json()
+    assert body == {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "message": "worker-manager: this worker's budget of $0.50 is spent "
+            f"(${spent:.4f} so far); it takes no more API calls",
+        },
+    }
+    assert [r.text() for r in gw.seen() if "one more" in r.text()] == []
+    assert len(gw.seen()) == 1
+    assert float((await gw.usage())["cost_usd"]) == pytest.approx(spent)
+    assert counter("wm_gateway_requests_total", outcome="budget_exceeded") == refused + 1
+
+
+async def test_a_budget_not_yet_spent_lets_calls_through(start_gateway: GatewayFactory) -> None:
+    gw = await start_gateway(max_cost_usd=1.0)
+    for n in range(2):
+        async with gw.post(f"FAKE say cheap {n}", token=gw.worker.token) as response:
+            assert response.status == 200
+            await response.read()
+    assert len(gw.seen()) == 2
+
+
+async def test_an_unreachable_api_is_a_502_api_error(start_gateway: GatewayFactory) -> None:
+    gw = await start_gateway(upstream_url=f"http://127.0.0.1:{free_port('127.0.0.1')}")
+    failed = counter("wm_gateway_requests_total", outcome="upstream_error")
+    async with gw.post("FAKE say nowhere", token=gw.worker.token) as response:
+        assert response.status == 502
+        body = await response.json()
+    assert body["type"] == "error" and body["error"]["type"] == "api_error"
+    assert counter("wm_gateway_requests_total", outcome="upstream_error") == failed + 1
+    assert await gw.usage() == {}
+
+
+async def test_an_api_error_status_is_passed_through_as_the_api_worded_it(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway()
+    async with gw.post("FAKE status 529", token=gw.worker.token) as response:
+        assert response.status == 529
+        assert (await response.json())["error"]["message"] == "fake 529"
+    assert (await gw.usage_after(1))["input_tokens"] == "0"
+
+
+async def broken_api(head: bytes, body: bytes) -> tuple[str, asyncio.Server]:
+    """An API that sends ``head`` and the start of ``body``, then drops the connection."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(head + body)
+        await writer.drain()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return f"http://127.0.0.1:{port}", server
+
+
+async def test_a_stream_the_api_breaks_off_ends_with_an_error_event_and_is_charged(
+    start_gateway: GatewayFactory,
+) -> None:
+    start = (
+        b'event: message_start\ndata: {"type": "message_start", "message": {"model": '
+        b'"claude-sonnet-4-5", "usage": {"input_tokens": 3000, "output_tokens": 1}}}\n\n'
+    )
+    chunk = b"%x\r\n%s\r\n" % (len(start), start)
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    url, server = await broken_api(head, chunk)
+    try:
+        gw = await start_gateway(upstream_url=url)
+        failed = counter("wm_gateway_requests_total", outcome="upstream_error")
+        async with gw.post("FAKE say cut", token=gw.worker.token) as response:
+            assert response.status == 200
+            received = await response.read()
+    finally:
+        server.close()
+    assert received.startswith(start)
+    tail = received[len(start) :]
+    assert tail.startswith(b"event: error\ndata: ") and b'"api_error"' in tail
+    assert counter("wm_gateway_requests_total", outcome="upstream_error") == failed + 1
+    usage = await gw.usage()
+    assert usage["input_tokens"] == "3000"
+    assert float(usage["cost_usd"]) == pytest.approx(cost(3000, 1))
+
+
+async def test_a_json_answer_the_api_breaks_off_is_cut_short_for_the_worker_too(
+    start_gateway: GatewayFactory,
+) -> None:
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n"
+    url, server = await broken_api(head, b'{"type": "message", "usage": ')
+    try:
+        gw = await start_gateway(upstream_url=url)
+        async with gw.post("FAKE say cut", stream=False, token=gw.worker.token) as response:
+            assert response.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
+    finally:
+        server.close()
+    assert (await gw.usage())["requests"] == "1"

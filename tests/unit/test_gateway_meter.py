@@ -1,0 +1,268 @@
+"""The gateway's meter and price table, without a network: what a worker is charged for.
+
+The meter reads a stream as it passes in whatever pieces the socket delivers, so every test of
+a stream feeds it split at every possible byte (an event cut anywhere must still be counted).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from worker_manager.egress import gateway
+from worker_manager.egress.gateway import UsageMeter, usd
+from worker_manager.egress.pricing import (
+    PRICES,
+    UNKNOWN_MODEL_PRICE,
+    Price,
+    Usage,
+    price_of,
+)
+
+
+def sse(name: str, data: dict[str, Any], *, crlf: bool = False) -> bytes:
+    text = f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+    return (text.replace("\n", "\r\n") if crlf else text).encode()
+
+
+def stream(*, crlf: bool = False) -> bytes:
+    """A stream as the API sends it: usage at the start, the cumulative count at the end, and a
+    text delta that merely mentions the event names (it must not be taken for them)."""
+    start = {
+        "type": "message_start",
+        "message": {
+            "id": "msg_1",
+            "model": "claude-haiku-4-5-20251001",
+            "usage": {
+                "input_tokens": 1000,
+                "cache_creation_input_tokens": 2000,
+                "cache_read_input_tokens": 3000,
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": 1500,
+                    "ephemeral_1h_input_tokens": 500,
+                },
+                "output_tokens": 1,
+            },
+        },
+    }
+    tricky = {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "text_delta", "text": 'message_delta "usage": {"output_tokens": 999999}'},
+    }
+    delta = {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn"},
+        "usage": {"output_tokens": 400},
+    }
+    return b"".join(
+        [
+            sse("message_start", start, crlf=crlf),
+            sse("content_block_start", {"type": "content_block_start", "index": 0}, crlf=crlf),
+            sse("ping", {"type": "ping"}, crlf=crlf),
+            sse("content_block_delta", tricky, crlf=crlf),
+            sse("content_block_stop", {"type": "content_block_stop", "index": 0}, crlf=crlf),
+            sse("message_delta", delta, crlf=crlf),
+            sse("message_stop", {"type": "message_stop"}, crlf=crlf),
+        ]
+    )
+
+
+def metered(body: bytes, content_type: str, cut: int | None = None) -> Usage:
+    meter = UsageMeter(content_type)
+    if cut is None:
+        meter.feed(body)
+    else:
+        meter.feed(body[:cut])
+        meter.feed(body[cut:])
+    return meter.finish()
+
+
+def test_a_stream_is_metered_wherever_the_socket_cuts_it() -> None:
+    body = stream()
+    for cut in range(len(body) + 1):
+        usage = metered(body, "text/event-stream; charset=utf-8", cut)
+        assert (
+            usage.input_tokens,
+            usage.cache_creation_input_tokens,
+            usage.cache_read_input_tokens,
+            usage.cache_creation_1h_tokens,
+            usage.output_tokens,
+            usage.model,
+        ) == (1000, 2000, 3000, 500, 400, "claude-haiku-4-5-20251001"), cut
+
+
+def test_a_stream_in_one_byte_pieces_with_crlf_line_ends_is_metered() -> None:
+    meter = UsageMeter("text/event-stream")
+    for byte in stream(crlf=True):
+        meter.feed(bytes([byte]))
+    usage = meter.finish()
+    assert (usage.input_tokens, usage.output_tokens) == (1000, 400)
+
+
+def test_a_stream_without_its_final_newline_is_still_metered() -> None:
+    usage = metered(stream().rstrip(b"\n"), "text/event-stream")
+    assert usage.output_tokens == 400
+
+
+def test_a_later_usage_report_supersedes_the_earlier_one() -> None:
+    """Newer API versions repeat the input counts in ``message_delta``, cumulatively."""
+    delta = {"type": "message_delta", "usage": {"input_tokens": 1200, "output_tokens": 7}}
+    body = stream().replace(
+        b"event: message_stop", sse("message_delta", delta) + b"event: message_stop"
+    )
+    usage = metered(body, "text/event-stream")
+    assert (usage.input_tokens, usage.output_tokens, usage.cache_read_input_tokens) == (
+        1200,
+        7,
+        3000,
+    )
+
+
+def test_a_long_stream_is_metered_from_its_head_and_its_end_in_bounded_memory() -> None:
+    body = stream()
+    middle = body.index(b"event: content_block_stop")
+    filler = sse(
+        "content_block_delta",
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "text_delta", "text": "x" * 90},
+        },
+    )
+    body = body[:middle] + filler * 50_000 + body[middle:]  # ~7 MB
+    meter = UsageMeter("text/event-stream")
+    piece = 64 * 1024
+    for offset in range(0, len(body), piece):
+        meter.feed(body[offset : offset + piece])
+        assert sum(map(len, meter._recent)) <= gateway.SSE_WINDOW + piece
+    usage = meter.finish()
+    assert (usage.input_tokens, usage.output_tokens, usage.model) == (
+        1000,
+        400,
+        "claude-haiku-4-5-20251001",
+    )
+
+
+def test_a_stream_whose_head_holds_no_message_start_is_still_read_at_its_end() -> None:
+    """Against the protocol, but the final count must not be lost with the head."""
+    filler = sse("ping", {"type": "ping", "pad": "y" * 1000})
+    body = (
+        filler * (gateway.MAX_SSE_LINE // len(filler) + 2)
+        + stream().split(b"event: content_block_start")[1]
+    )
+    meter = UsageMeter("text/event-stream")
+    for offset in range(0, len(body), 4096):
+        meter.feed(body[offset : offset + 4096])
+    assert meter.finish().output_tokens == 400
+
+
+def test_a_json_answer_is_metered_from_its_usage() -> None:
+    body = json.dumps(
+        {
+            "type": "message",
+            "model": "claude-3-5-haiku-20241022",
+            "usage": {"input_tokens": 10, "output_tokens": 20},
+        }
+    ).encode()
+    usage = metered(body, "application/json", 7)
+    assert (usage.input_tokens, usage.output_tokens, usage.model) == (
+        10,
+        20,
+        "claude-3-5-haiku-20241022",
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"input_tokens": 12}',
+        b"not json",
+        b'{"usage": {"input_tokens": -5, "output_tokens": true}}',
+    ],
+    ids=["count_tokens", "garbage", "nonsense-counts"],
+)
+def test_what_carries_no_usage_costs_nothing(body: bytes) -> None:
+    usage = metered(body, "application/json")
+    assert usage.empty and usage.cost_usd() == 0
+
+
+def test_other_bodies_are_not_read() -> None:
+    assert metered(stream(), "text/plain").empty
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("claude-opus-4-1-20250805", Price(15, 75)),
+        ("claude-opus-4-20250514", Price(15, 75)),
+        ("claude-sonnet-4-5-20250929", Price(3, 15)),
+        ("claude-3-7-sonnet-20250219", Price(3, 15)),
+        ("claude-3-5-sonnet-20241022", Price(3, 15)),
+        ("claude-haiku-4-5-20251001", Price(1, 5)),
+        ("claude-3-5-haiku-20241022", Price(0.8, 4)),
+        ("claude-3-haiku-20240307", Price(0.25, 1.25)),
+    ],
+)
+def test_each_family_has_its_list_price(model: str, expected: Price) -> None:
+    price = price_of(model)
+    assert (price.input, price.output) == (expected.input, expected.output)
+    assert price.cache_write == pytest.approx(expected.input * 1.25)
+    assert price.cache_read == pytest.approx(expected.input * 0.1)
+
+
+@pytest.mark.parametrize("model", ["claude-mystery-9", "", None, "claude-haiku"])
+def test_an_unknown_model_is_charged_the_most_expensive_price(model: str | None) -> None:
+    assert price_of(model) == UNKNOWN_MODEL_PRICE
+    assert all(UNKNOWN_MODEL_PRICE.output >= p.output for _, p in PRICES)
+    assert all(UNKNOWN_MODEL_PRICE.input >= p.input for _, p in PRICES)
+
+
+def test_the_cost_adds_every_kind_of_token_at_its_rate() -> None:
+    usage = metered(stream(), "text/event-stream")  # haiku 4.5: 1 / 5 per million
+    expected = (1000 * 1 + 400 * 5 + 1500 * 1.25 + 500 * 2.0 + 3000 * 0.1) / 1_000_000
+    assert usage.cost_usd() == pytest.approx(expected)
+
+
+def test_a_long_context_sonnet_4_prompt_costs_the_long_context_rate() -> None:
+    short = Usage(input_tokens=200_000, output_tokens=1000, model="claude-sonnet-4-5")
+    long = Usage(
+        input_tokens=150_000,
+        cache_read_input_tokens=60_000,
+        output_tokens=1000,
+        model="claude-sonnet-4-5",
+    )
+    assert short.cost_usd() == pytest.approx((200_000 * 3 + 1000 * 15) / 1e6)
+    assert long.cost_usd() == pytest.approx((150_000 * 6 + 60_000 * 0.6 + 1000 * 22.5) / 1e6)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"), [(5, "5.00"), (0.42, "0.42"), (0.0003, "0.0003"), (1.23456, "1.2346")]
+)
+def test_dollars_read_as_dollars(value: float, text: str) -> None:
+    assert usd(value) == text
+
+
+def test_connection_headers_stay_behind_and_a_decoded_body_loses_its_encoding() -> None:
+    upstream = CIMultiDictProxy(
+        CIMultiDict(
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Encoding", "gzip"),
+                ("Content-Length", "123"),
+                ("Connection", "keep-alive, X-Private"),
+                ("X-Private", "1"),
+                ("Transfer-Encoding", "chunked"),
+                ("request-id", "req_1"),
+            ]
+        )
+    )
+    assert dict(gateway._client_headers(upstream)) == {
+        "Content-Type": "application/json",
+        "request-id": "req_1",
+    }
+    identity = CIMultiDictProxy(CIMultiDict([("Content-Length", "12"), ("Keep-Alive", "5")]))
+    assert dict(gateway._client_headers(identity)) == {"Content-Length": "12"}

@@ -1,0 +1,147 @@
+"""What the egress service knows of one worker, and where it keeps it on the host.
+
+A :class:`Grant` is written by the manager (through the control socket) when a worker's
+container is about to start, and kept by the service as ``grant.json`` in the worker's own
+directory, so a restarted service serves the same workers without asking anyone. The sockets
+the container sees live in a sub-directory of their own (``sock/``, bind-mounted read-only at
+``/run/wm``): the grant file, with the worker's gateway token, is never inside the container.
+
+Layout under ``WM_EGRESS_RUN_DIR``::
+
+    control.sock                    the manager's side (root only)
+    service.pid                     the running service
+    workers/<worker_id>/grant.json  this worker's grant (root only)
+    workers/<worker_id>/sock/redis.sock, proxy.sock, gateway.sock
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Where the socket directory is mounted in a worker container.
+CONTAINER_SOCKET_DIR = "/run/wm"
+REDIS_SOCKET = "redis.sock"
+PROXY_SOCKET = "proxy.sock"
+GATEWAY_SOCKET = "gateway.sock"
+#: The loopback ports inside the container that the wrapper relays to those sockets.
+PROXY_PORT = 3128
+GATEWAY_PORT = 3129
+
+_WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class GrantError(ValueError):
+    """A grant the service cannot serve (the message says which field)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    worker_id: str
+    key_prefix: str
+    #: Canonical destinations (``contract.egress``); empty: nothing.
+    egress: tuple[str, ...] = ()
+    #: What the worker sends the LLM gateway as its API key; empty: no gateway for it.
+    gateway_token: str = ""
+    max_cost_usd: float | None = None
+    #: Who may connect to the sockets inside the container (the wrapper's user).
+    uid: int = 1000
+    gid: int = 1000
+    output_maxlen: int = 10_000
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["egress"] = list(self.egress)
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Grant:
+        try:
+            data: Any = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise GrantError(f"a grant must be a JSON object ({exc})") from None
+        if not isinstance(data, dict):
+            raise GrantError("a grant must be a JSON object")
+        try:
+            worker_id = str(data["worker_id"])
+            key_prefix = str(data["key_prefix"])
+            egress = tuple(str(entry) for entry in data.get("egress") or ())
+            budget = data.get("max_cost_usd")
+            grant = cls(
+                worker_id=worker_id,
+                key_prefix=key_prefix,
+                egress=egress,
+                gateway_token=str(data.get("gateway_token") or ""),
+                max_cost_usd=None if budget is None else float(budget),
+                uid=int(data.get("uid", 1000)),
+                gid=int(data.get("gid", 1000)),
+                output_maxlen=int(data.get("output_maxlen", 10_000)),
+                extra={str(k): str(v) for k, v in (data.get("extra") or {}).items()},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GrantError(f"a grant is missing or has a bad field ({exc})") from None
+        if not _WORKER_ID.match(grant.worker_id):
+            raise GrantError(f"worker_id {grant.worker_id!r} is not a worker id")
+        return grant
+
+
+@dataclass(frozen=True, slots=True)
+class RunDir:
+    """The service's directory on the host (``WM_EGRESS_RUN_DIR``)."""
+
+    root: Path
+
+    @property
+    def control(self) -> Path:
+        return self.root / "control.sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "service.pid"
+
+    @property
+    def workers(self) -> Path:
+        return self.root / "workers"
+
+    def worker(self, worker_id: str) -> Path:
+        if not _WORKER_ID.match(worker_id):
+            raise GrantError(f"worker_id {worker_id!r} is not a worker id")
+        return self.workers / worker_id
+
+    def sockets(self, worker_id: str) -> Path:
+        """The directory mounted into the worker's container at ``/run/wm``."""
+        return self.worker(worker_id) / "sock"
+
+    def grant_file(self, worker_id: str) -> Path:
+        return self.worker(worker_id) / "grant.json"
+
+    def prepare(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o755)
+        self.workers.mkdir(exist_ok=True, mode=0o755)
+
+    def stored_grants(self) -> list[Grant]:
+        found: list[Grant] = []
+        if not self.workers.is_dir():
+            return found
+        for entry in sorted(self.workers.iterdir()):
+            try:
+                found.append(Grant.from_json((entry / "grant.json").read_bytes()))
+            except (OSError, GrantError):
+                continue
+        return found
+
+    def write_grant(self, grant: Grant) -> None:
+        directory = self.worker(grant.worker_id)
+        directory.mkdir(exist_ok=True, mode=0o711)
+        self.sockets(grant.worker_id).mkdir(exist_ok=True, mode=0o755)
+        target = self.grant_file(grant.worker_id)
+        temporary = target.with_suffix(".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(grant.to_json())
+        os.replace(temporary, target)

@@ -1,0 +1,351 @@
+"""``worker-manager egress``: the per-host service every contained worker reaches the world by.
+
+It is a process of its own (spawned detached by ``serve``, or run by a supervisor or as a
+docker-compose service), so a manager restart cuts no worker off: the design note's rule that
+the manager is not in the data path. It serves, per worker, three Unix sockets in
+``<run dir>/workers/<id>/sock`` (mounted read-only into the container at ``/run/wm``):
+
+* ``redis.sock`` — a byte relay to Redis for the wrapper (the worker's own ACL user still
+  authenticates at Redis; the relay only carries the bytes);
+* ``proxy.sock`` — the egress proxy (:mod:`worker_manager.egress.proxy`);
+* ``gateway.sock`` — the LLM gateway (:mod:`worker_manager.egress.gateway`), for workers whose
+  grant carries a gateway token.
+
+Each socket belongs to the worker's wrapper user with mode 0600. The manager registers and
+revokes workers over ``control.sock`` (root only); every grant is kept on disk, so a restarted
+service serves the same workers again before it answers its first request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from prometheus_client import REGISTRY, generate_latest
+from redis.asyncio import Redis
+
+from worker_manager.contract.egress import parse_egress
+from worker_manager.core.clock import iso_now
+from worker_manager.core.connections import connect
+from worker_manager.core.keys import Keys
+from worker_manager.core.logs import get_logger
+from worker_manager.egress.gateway import GatewayWorker, LlmGateway
+from worker_manager.egress.grants import (
+    GATEWAY_SOCKET,
+    PROXY_SOCKET,
+    REDIS_SOCKET,
+    Grant,
+    GrantError,
+    RunDir,
+)
+from worker_manager.egress.policy import EgressPolicy
+from worker_manager.egress.proxy import EgressProxy
+from worker_manager.egress.relay import splice
+from worker_manager.settings import Settings
+
+log = get_logger(__name__)
+
+PUBLIC_ANTHROPIC_API = "https://api.anthropic.com"
+
+
+@dataclass(slots=True)
+class _Served:
+    grant: Grant
+    policy: EgressPolicy
+    servers: list[asyncio.AbstractServer] = field(default_factory=list)
+    gateway_site: web.UnixSite | None = None
+
+
+class EgressService:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._run = RunDir(Path(settings.egress_run_dir))
+        self._redis: Redis = connect(settings, name="egress")
+        self._proxy = EgressProxy(self._policy_of, self._report)
+        self._gateway = LlmGateway(
+            redis=self._redis,
+            upstream_url=settings.anthropic_base_url or PUBLIC_ANTHROPIC_API,
+            api_key=settings.anthropic_api_key,
+            oauth_token=settings.claude_code_oauth_token,
+            resolve=self._gateway_worker,
+        )
+        self._gateway_runner = web.AppRunner(self._gateway.app(), access_log=None)
+        self._control_runner: web.AppRunner | None = None
+        self._served: dict[str, _Served] = {}
+        self._lock = asyncio.Lock()
+        self._stopped = asyncio.Event()
+
+    # --- lookups used by the proxy and the gateway -------------------------------------------
+    def _policy_of(self, worker_id: str) -> EgressPolicy | None:
+        served = self._served.get(worker_id)
+        return served.policy if served else None
+
+    def _gateway_worker(self, sockname: str) -> GatewayWorker | None:
+        try:
+            worker_id = Path(sockname).parent.parent.name
+        except (TypeError, ValueError):
+            return None
+        served = self._served.get(worker_id)
+        if served is None or not served.grant.gateway_token:
+            return None
+        if Path(sockname) != self._run.sockets(worker_id) / GATEWAY_SOCKET:
+            return None
+        grant = served.grant
+        return GatewayWorker(
+            worker_id=grant.worker_id,
+            key_prefix=grant.key_prefix,
+            token=grant.gateway_token,
+            max_cost_usd=grant.max_cost_usd,
+        )
+
+    async def _report(self, worker_id: str, target: str, reason: str) -> None:
+        served = self._served.get(worker_id)
+        if served is None:
+            return
+        keys = Keys(served.grant.key_prefix)
+        await self._redis.xadd(
+            keys.output(worker_id),
+            {"type": "error", "content": f"egress denied: {target}", "timestamp": iso_now()},
+            maxlen=served.grant.output_maxlen,
+            approximate=True,
+        )
+
+    # --- serving one worker -------------------------------------------------------------------
+    async def serve(self, grant: Grant) -> Path:
+        """Serve (or re-serve, with a new grant) one worker; returns its socket directory."""
+        policy = EgressPolicy(parse_egress(grant.egress))
+        async with self._lock:
+            current = self._served.get(grant.worker_id)
+            self._run.write_grant(grant)
+            if current is not None and (current.grant.uid, current.grant.gid) == (
+                grant.uid,
+                grant.gid,
+            ):
+                current.grant, current.policy = grant, policy
+                await self._sync_gateway(current)
+                return self._run.sockets(grant.worker_id)
+            if current is not None:
+                await self._close(current)
+            served = _Served(grant, policy)
+            self._served[grant.worker_id] = served
+            directory = self._run.sockets(grant.worker_id)
+            worker_id = grant.worker_id
+            served.servers.append(
+                await self._listen(directory / REDIS_SOCKET, grant, self._relay_redis)
+            )
+
+            async def proxied(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                await self._proxy.serve_worker_connection(worker_id, reader, writer)
+
+            served.servers.append(await self._listen(directory / PROXY_SOCKET, grant, proxied))
+            await self._sync_gateway(served)
+            log.info("serving a worker", worker_id=worker_id, egress=list(grant.egress))
+            return directory
+
+    async def revoke(self, worker_id: str) -> bool:
+        async with self._lock:
+            served = self._served.pop(worker_id, None)
+            if served is not None:
+                await self._close(served)
+            directory = self._run.worker(worker_id)
+            existed = directory.exists()
+            for path in sorted(directory.rglob("*"), reverse=True) if existed else []:
+                with contextlib.suppress(OSError):
+                    path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+            if served is not None or existed:
+                log.info("no longer serving a worker", worker_id=worker_id)
+            return served is not None or existed
+
+    async def _sync_gateway(self, served: _Served) -> None:
+        path = self._run.sockets(served.grant.worker_id) / GATEWAY_SOCKET
+        if served.grant.gateway_token and served.gateway_site is None:
+            _unlink(path)
+            site = web.UnixSite(self._gateway_runner, str(path))
+            await site.start()
+            _own(path, served.grant)
+            served.gateway_site = site
+        elif not served.grant.gateway_token and served.gateway_site is not None:
+            await served.gateway_site.stop()
+            served.gateway_site = None
+            _unlink(path)
+
+    async def _listen(self, path: Path, grant: Grant, handler: Any) -> asyncio.AbstractServer:
+        _unlink(path)
+        server = await asyncio.start_unix_server(handler, path=str(path))
+        _own(path, grant)
+        return server
+
+    async def _close(self, served: _Served) -> None:
+        for server in served.servers:
+            server.close()
+        if served.gateway_site is not None:
+            await served.gateway_site.stop()
+        served.servers.clear()
+        served.gateway_site = None
+
+    async def _relay_redis(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            upstream = await asyncio.wait_for(
+                _open_redis(self._settings.redis_url),
+                self._settings.egress_connect_timeout_seconds,
+            )
+        except (OSError, TimeoutError) as exc:
+            log.warning("redis relay: cannot reach Redis", error=str(exc))
+            writer.close()
+            return
+        await splice((reader, writer), upstream)
+
+    # --- the control socket --------------------------------------------------------------------
+    def _control_app(self) -> web.Application:
+        app = web.Application(client_max_size=1024 * 1024)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/workers", self._list)
+        app.router.add_put("/workers/{worker_id}", self._put)
+        app.router.add_delete("/workers/{worker_id}", self._delete)
+        return app
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "pid": os.getpid(), "workers": len(self._served)})
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(REGISTRY), content_type="text/plain")
+
+    async def _list(self, _request: web.Request) -> web.Response:
+        now = time.time()
+        listed = []
+        for worker_id, served in sorted(self._served.items()):
+            try:
+                age = now - self._run.grant_file(worker_id).stat().st_mtime
+            except OSError:
+                age = 0.0
+            listed.append(
+                {"worker_id": worker_id, "key_prefix": served.grant.key_prefix, "age": age}
+            )
+        return web.json_response(listed)
+
+    async def _put(self, request: web.Request) -> web.Response:
+        try:
+            grant = Grant.from_json(await request.read())
+            if grant.worker_id != request.match_info["worker_id"]:
+                raise GrantError("the path and the grant name different workers")
+            directory = await self.serve(grant)
+        except (GrantError, ValueError) as exc:
+            return web.json_response({"ok": False, "error": str(exc)}, status=400)
+        return web.json_response({"ok": True, "sockets": str(directory)})
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        try:
+            found = await self.revoke(request.match_info["worker_id"])
+        except GrantError as exc:
+            return web.json_response({"ok": False, "error": str(exc)}, status=400)
+        return web.json_response({"ok": True, "found": found})
+
+    # --- the process ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        self._run.prepare()
+        # Held for the life of the process (closed with it): one service per run directory.
+        lock = os.open(self._run.root / "service.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("an egress service already runs here", run_dir=str(self._run.root))
+            os.close(lock)
+            await self._redis.aclose()
+            return
+        await self._proxy.start()
+        await self._gateway_runner.setup()
+        for grant in self._run.stored_grants():
+            try:
+                await self.serve(grant)
+            except (GrantError, ValueError, OSError) as exc:
+                log.warning(
+                    "a stored grant is not served", worker_id=grant.worker_id, error=str(exc)
+                )
+        self._control_runner = web.AppRunner(self._control_app(), access_log=None)
+        await self._control_runner.setup()
+        _unlink(self._run.control)
+        site = web.UnixSite(self._control_runner, str(self._run.control))
+        await site.start()
+        os.chmod(self._run.control, 0o600)
+        self._run.pid_file.write_text(f"{os.getpid()}\n")
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopped.set)
+        log.info(
+            "egress service ready",
+            run_dir=str(self._run.root),
+            workers=len(self._served),
+            pid=os.getpid(),
+        )
+        try:
+            await self._stopped.wait()
+        finally:
+            await self.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    async def close(self) -> None:
+        for served in list(self._served.values()):
+            await self._close(served)
+        self._served.clear()
+        if self._control_runner is not None:
+            await self._control_runner.cleanup()
+        await self._gateway_runner.cleanup()
+        await self._gateway.close()
+        await self._proxy.close()
+        await self._redis.aclose()
+        with contextlib.suppress(OSError):
+            if self._run.pid_file.read_text().strip() == str(os.getpid()):
+                self._run.pid_file.unlink()
+
+
+async def _open_redis(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection to the Redis the manager uses (TCP, or its Unix socket)."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return await asyncio.open_unix_connection(parts.path)
+    return await asyncio.open_connection(parts.hostname or "localhost", parts.port or 6379)
+
+
+def _own(path: Path, grant: Grant) -> None:
+    """Only the worker's wrapper user may connect (a socket is connected by writing to it).
+
+    Giving a socket to another user takes root; a service run by an unprivileged developer
+    (``make run`` without root) whose uid is not the container's leaves it open to all
+    instead, and says so: run the service as root in production."""
+    try:
+        os.chown(path, grant.uid, grant.gid)
+    except PermissionError:
+        if os.getuid() != grant.uid:
+            log.warning(
+                "not root: the worker's sockets are open to every user of the host",
+                worker_id=grant.worker_id,
+            )
+            os.chmod(path, 0o666)
+            return
+    os.chmod(path, 0o600)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def run_service(settings: Settings) -> int:
+    asyncio.run(EgressService(settings).run())
+    return 0

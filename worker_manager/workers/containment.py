@@ -1,0 +1,124 @@
+"""How a worker is contained (SPEC §7): its grant at the egress service, its sockets, its env.
+
+With ``WM_EGRESS=on`` a worker's container has no network (``--network none``); before it
+starts, this registers the worker with the host's egress service (:mod:`worker_manager.egress`),
+which creates its socket directory, and the container gets that directory at ``/run/wm`` and
+an environment that names only loopback relays: the proxy variables, the LLM gateway as
+``ANTHROPIC_BASE_URL`` and a per-worker token as ``ANTHROPIC_API_KEY``. When the worker ends
+its grant is revoked (its sockets disappear and its token stops working). ``WM_EGRESS=off``
+keeps the open bridge network of earlier versions (unsafe, documented so).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from pathlib import Path
+
+from worker_base.config import relays_env
+from worker_manager.contract.commands import CreateCommand
+from worker_manager.contract.kinds import AgentType
+from worker_manager.core.logs import get_logger
+from worker_manager.egress.control import EgressClient
+from worker_manager.egress.grants import (
+    CONTAINER_SOCKET_DIR,
+    GATEWAY_PORT,
+    GATEWAY_SOCKET,
+    PROXY_PORT,
+    PROXY_SOCKET,
+    REDIS_SOCKET,
+    Grant,
+)
+from worker_manager.settings import Settings
+
+log = get_logger(__name__)
+
+RELAYS = (
+    (PROXY_PORT, f"{CONTAINER_SOCKET_DIR}/{PROXY_SOCKET}"),
+    (GATEWAY_PORT, f"{CONTAINER_SOCKET_DIR}/{GATEWAY_SOCKET}"),
+)
+PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
+GATEWAY_URL = f"http://127.0.0.1:{GATEWAY_PORT}"
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+
+
+class Containment:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.client = EgressClient(settings)
+
+    @property
+    def enabled(self) -> bool:
+        return contained(self._settings)
+
+    def gateway_token(self, worker_id: str) -> str:
+        return gateway_token(self._settings, worker_id)
+
+    async def admit(self, worker_id: str, command: CreateCommand | None) -> str | None:
+        """Register the worker (a pooled one before its create: ``command`` None, nothing
+        granted); the host directory to mount at ``/run/wm``, or None when not contained."""
+        if not self.enabled:
+            return None
+        uid, _, gid = self._settings.container_user.partition(":")
+        agent = command.agent_type if command is not None else None
+        grant = Grant(
+            worker_id=worker_id,
+            key_prefix=self._settings.key_prefix,
+            egress=tuple(self.egress_of(command)) if command is not None else (),
+            gateway_token=self.gateway_token(worker_id) if agent is AgentType.CLAUDE else "",
+            max_cost_usd=command.max_cost_usd if command is not None else None,
+            uid=int(uid or 1000),
+            gid=int(gid or uid or 1000),
+            output_maxlen=self._settings.output_maxlen,
+        )
+        path: Path = await self.client.grant(grant)
+        return str(path)
+
+    def egress_of(self, command: CreateCommand) -> list[str]:
+        granted = getattr(command, "egress", None)
+        return list(granted) if granted is not None else list(self._settings.egress_default)
+
+    async def release(self, worker_id: str) -> None:
+        if self.enabled:
+            await self.client.revoke(worker_id)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def contained(settings: Settings) -> bool:
+    return settings.egress == "on"
+
+
+def gateway_token(settings: Settings, worker_id: str) -> str:
+    """The worker's LLM gateway key: derived, so any manager can re-register the worker after
+    a restart; useless anywhere but at the gateway, and only while the worker is granted."""
+    secret = settings.worker_secret.get_secret_value().encode()
+    return "wm-" + hmac.new(secret, f"gateway:{worker_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def contained_redis_url(netloc: str, query: str) -> str:
+    """The wrapper's Redis URL inside a contained container: the relay's socket."""
+    path = f"{CONTAINER_SOCKET_DIR}/{REDIS_SOCKET}"
+    return f"unix://{netloc}{path}" + (f"?{query}" if query else "")
+
+
+def relays(settings: Settings) -> tuple[tuple[int, str], ...]:
+    """The loopback relays the wrapper opens (``WrapperConfig.relays``): none uncontained."""
+    return RELAYS if contained(settings) else ()
+
+
+def pooled_relays_env(settings: Settings) -> dict[str, str]:
+    """A pooled wrapper relays before it has an assignment (its agent may start at once)."""
+    return {"WM_RELAYS": relays_env(RELAYS)} if contained(settings) else {}
+
+
+def contained_env(settings: Settings, agent_type: AgentType, worker_id: str) -> dict[str, str]:
+    """What a contained container's environment says for the agent: its proxy and, for
+    CLAUDE, the LLM gateway and the worker's token in place of the operator's key."""
+    env = {name: PROXY_URL for name in PROXY_VARIABLES}
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    if agent_type is AgentType.CLAUDE:
+        env["ANTHROPIC_BASE_URL"] = GATEWAY_URL
+        env["ANTHROPIC_API_KEY"] = gateway_token(settings, worker_id)
+    return env
