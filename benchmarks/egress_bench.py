@@ -56,9 +56,7 @@ class Blob:
             self._server.close()
 
 
-async def _get(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> float:
+async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> float:
     """Send one request; seconds until the whole body is read."""
     start = time.perf_counter()
     writer.write(request)

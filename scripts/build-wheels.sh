@@ -23,7 +23,24 @@ with open(sys.argv[1], "rb") as handle:
     print("\n".join(tomllib.load(handle)["project"]["dependencies"]))
 print("pip")  # so the image can fetch the Claude Code wheel at run time, as the host does
 PY
-"$PYTHON" -m pip download --quiet --only-binary=:all: --dest "$OUT" \
+# Some dependencies publish no wheel at all (mitmproxy's pyperclip is an sdist only), and a
+# download for another platform takes wheels only: build those here first (they are pure Python,
+# or they would ship wheels), so the download below finds them in $OUT (--find-links).
+"$PYTHON" -m pip install --quiet --dry-run --ignore-installed --report "$OUT/resolved.json" \
+    -r "$OUT/requirements.txt"
+"$PYTHON" - "$OUT/resolved.json" > "$OUT/sdist-only.txt" <<'PY'
+import json, sys
+with open(sys.argv[1], encoding="utf-8") as handle:
+    report = json.load(handle)
+for item in report["install"]:
+    if not item["download_info"]["url"].endswith(".whl"):
+        print(f'{item["metadata"]["name"]}=={item["metadata"]["version"]}')
+PY
+if [[ -s "$OUT/sdist-only.txt" ]]; then
+    "$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$OUT" -r "$OUT/sdist-only.txt"
+fi
+rm -f "$OUT/resolved.json" "$OUT/sdist-only.txt"
+"$PYTHON" -m pip download --quiet --only-binary=:all: --find-links "$OUT" --dest "$OUT" \
     --python-version "$PYVER" --implementation cp \
     --platform "manylinux_2_17_$MACHINE" --platform "manylinux2014_$MACHINE" \
     --platform "manylinux_2_28_$MACHINE" --platform "manylinux_2_5_$MACHINE" \

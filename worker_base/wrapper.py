@@ -35,10 +35,10 @@ from worker_base.agents.base import AgentDriver, Event
 from worker_base.config import WrapperConfig
 from worker_base.events import EventType, WrapperState
 from worker_base.heartbeat import Heartbeat
-from worker_base.relays import LoopbackRelays
 from worker_base.inputs import CANCEL, GroupMissingError, InputEntry, InputReader
 from worker_base.ledger import CostLedger, format_usd
 from worker_base.redis_client import REDIS_ERRORS, Backoff, connect
+from worker_base.relays import LoopbackRelays
 from worker_base.runner import AgentRun, Sink
 from worker_base.streams import OutputWriter
 

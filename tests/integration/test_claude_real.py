@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.flows import Harness
+from worker_manager.egress.pricing import Usage
 from worker_manager.settings import Settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
@@ -80,6 +81,39 @@ def assert_in_order(events: list[dict[str, str]], *wanted: str) -> None:
     assert not missing, f"{wanted} not in order in {kinds(events)}"
 
 
+def metered_cost(fake: FakeAnthropic, since: int) -> float:
+    """What the gateway must have charged for the answers the fake gave since ``since``."""
+    return sum(
+        Usage(a.input_tokens, a.output_tokens, model=a.model).cost_usd()
+        for a in fake.answered[since:]
+    )
+
+
+async def wait_for_cost(harness: Harness, worker_id: str, expected: float) -> Any:
+    """The status reply once the record's ``cost_usd`` is ``expected`` (within 30 s)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:
+        reply = await harness.client.request("status", worker_id=worker_id)
+        cost = float((reply.details or {}).get("cost_usd", "0"))
+        if cost == pytest.approx(expected, abs=1e-6):
+            return reply
+        if loop.time() > deadline:
+            raise AssertionError(f"cost_usd never reached {expected}: {reply}")
+        await asyncio.sleep(0.2)
+
+
+def done_or_stopped(input_id: str) -> Callable[[dict[str, str]], bool]:
+    """The end of one input, or the worker stopped before its end (its status event)."""
+
+    def matches(event: dict[str, str]) -> bool:
+        if event.get("type") == "done":
+            return event.get("input_id") == input_id
+        return event.get("type") == "status" and '"worker_status":"STOPPED"' in event["content"]
+
+    return matches
+
+
 def done_code(events: list[dict[str, str]]) -> int:
     assert events[-1]["type"] == "done", kinds(events)
     return int(events[-1]["content"])
@@ -99,6 +133,7 @@ def requests_with(fake: FakeAnthropic, text: str) -> list[str]:
 async def test_tool_call_resume_lost_session_and_cost(
     claude: Harness, fake_anthropic: FakeAnthropic, settings: Settings
 ) -> None:
+    answered_before = len(fake_anthropic.answered)
     worker_id = await start_worker(claude, instructions="Answer like a pirate, marker-9c1e.")
     version = exec_in(claude, worker_id, "claude --version")
     assert "Claude Code" in version
@@ -150,17 +185,11 @@ async def test_tool_call_resume_lost_session_and_cost(
     assert done_code(fourth) == 0 and not of(fourth, "error")
     assert result_of(fourth)["session_id"] == recovered["session_id"]
 
-    # The worker's total spend reaches its record and the status reply from the heartbeat.
-    total = result_of(fourth)["total_cost_usd"]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while loop.time() < deadline:
-        reply = await claude.client.request("status", worker_id=worker_id)
-        if reply.details and float(reply.details.get("cost_usd", "0")) == pytest.approx(total):
-            break
-        await asyncio.sleep(0.2)
-    else:
-        raise AssertionError(f"cost_usd never reached {total}: {reply}")
+    # The worker's spend in its record is the gateway's metering of what the API reported (the
+    # agent's own figure is not believed), priced from every answer this worker was given.
+    expected = metered_cost(fake_anthropic, answered_before)
+    reply = await wait_for_cost(claude, worker_id, expected)
+    assert reply.details is not None
     record = await claude.redis.hgetall(claude.keys.worker(worker_id))
     assert API_KEY not in json.dumps(record)
 
@@ -253,17 +282,26 @@ async def test_allowed_commands_hold_in_both_layers(
     assert not [r for r in fake_anthropic.requests if "side-effect-curl" in r.path]
 
 
-async def test_budget_stops_the_worker(claude: Harness) -> None:
+async def test_budget_stops_the_worker(claude: Harness, fake_anthropic: FakeAnthropic) -> None:
+    answered_before = len(fake_anthropic.answered)
     worker_id = await start_worker(claude, max_cost_usd=0.5)
-    first = await run_input(claude, worker_id, "FAKE tokens 100000\nFAKE say pricey")
+    first = await run_input(claude, worker_id, "FAKE tokens 20000\nFAKE say pricey")
     assert done_code(first) == 0
-    cost = result_of(first)["cost_usd"]
-    assert 0 < cost < 0.5, "the fake's price per run must fit the test's budget once"
-    second = await run_input(claude, worker_id, "FAKE tokens 100000\nFAKE say over")
-    result = result_of(second)
-    assert result["is_error"] is True and result["total_cost_usd"] >= 0.5
-    assert any("budget" in e for e in of(second, "error")), second
+    spent = metered_cost(fake_anthropic, answered_before)
+    assert 0 < spent < 0.5, "the fake's price per run must fit the test's budget once"
+    # The gateway lets calls through while the budget is not spent and meters each: once past
+    # it, the worker is stopped, whatever the agent says it spent.
+    for _ in range(20):
+        input_id = await claude.client.send_input(worker_id, "FAKE tokens 20000\nFAKE say more")
+        await claude.events_until(
+            worker_id, done_or_stopped(input_id), timeout=90, what="done or STOPPED"
+        )
+        record = await claude.redis.hgetall(claude.keys.worker(worker_id))
+        if record["status"] != "RUNNING":
+            break
     status = await claude.wait_status(worker_id, "STOPPED", "FAILED", timeout=30)
     record = await claude.redis.hgetall(claude.keys.worker(worker_id))
     assert status == "STOPPED" and record["reason"] == "budget_exceeded", record
-    assert float(record["cost_usd"]) == pytest.approx(result["total_cost_usd"])
+    spent = metered_cost(fake_anthropic, answered_before)
+    assert spent >= 0.5
+    assert float(record["cost_usd"]) == pytest.approx(spent, abs=1e-6)

@@ -394,6 +394,8 @@ async def test_a_spent_budget_refuses_the_next_call_without_reaching_the_api(
         assert r.status == 200
         await r.read()
     spent = cost(190_000, STREAM_OUTPUT_TOKENS)
+    # Flagged where the manager's watcher reads it (and stops the worker, budget_exceeded).
+    assert (await gw.usage()).get("budget_exceeded") == "1"
     refused = counter("wm_gateway_requests_total", outcome="budget_exceeded")
     async with gw.post("FAKE say one more", token=gw.worker.token) as response:
         assert response.status == 400
@@ -419,6 +421,7 @@ async def test_a_budget_not_yet_spent_lets_calls_through(start_gateway: GatewayF
             assert response.status == 200
             await response.read()
     assert len(gw.seen()) == 2
+    assert "budget_exceeded" not in await gw.usage()
 
 
 async def test_an_unreachable_api_is_a_502_api_error(start_gateway: GatewayFactory) -> None:

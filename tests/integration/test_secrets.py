@@ -25,18 +25,64 @@ def env_of(container: Any) -> dict[str, str]:
     return {name: value for name, _, value in pairs}
 
 
-def found_inside(container: Any, value: str) -> str:
-    """What ``docker exec`` as root finds of ``value`` in any process's environment or any
-    file of the container (``/proc``, ``/sys`` and ``/dev`` aside): empty when nothing."""
-    script = (
-        'for f in /proc/[0-9]*/environ; do tr "\\0" "\\n" < "$f" 2>/dev/null; done '
-        '| grep -F -- "$V" >/dev/null && echo "in a process environment"; '
-        'grep -rlsF --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev -- "$V" / '
-        "| head -5; true"
-    )
-    code, out = container.exec_run(["sh", "-c", script], user="0", environment={"V": value})
-    assert code == 0, out
-    return str(out.decode("utf-8", "replace").strip())
+#: Run inside a container: where ``bytes.fromhex(argv[1])`` occurs in any process's environment
+#: (its own process aside, which holds nothing but its argv) or in any file outside ``/proc``,
+#: ``/sys`` and ``/dev``; also how many process environments it could not read. The value
+#: travels in argv, hex-encoded, so the search itself puts it into no environment and no file.
+SCANNER = r"""
+import json, os, sys
+needle = bytes.fromhex(sys.argv[1])
+found, unreadable = [], []
+for pid in os.listdir("/proc"):
+    if not pid.isdigit() or int(pid) == os.getpid():
+        continue
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            if needle in handle.read():
+                found.append(f"the environment of process {pid}")
+    except PermissionError:
+        unreadable.append(int(pid))
+    except OSError:
+        pass
+for root, dirs, files in os.walk("/", onerror=lambda _e: None):
+    if root == "/":
+        dirs[:] = [d for d in dirs if d not in ("proc", "sys", "dev")]
+    for name in files:
+        path = os.path.join(root, name)
+        try:
+            if os.path.islink(path) or not os.path.isfile(path):
+                continue
+            with open(path, "rb") as handle:
+                tail = b""
+                while chunk := handle.read(1 << 20):
+                    if needle in tail + chunk:
+                        found.append(path)
+                        break
+                    tail = chunk[-len(needle):]
+        except OSError:
+            pass
+print(json.dumps({"found": found, "unreadable": unreadable}))
+"""
+
+
+def found_inside(container: Any, value: str) -> list[str]:
+    """Where ``docker exec`` finds ``value`` in any process's environment or any file of the
+    container (``/proc``, ``/sys`` and ``/dev`` aside), looking as root and as the agent's user
+    (root in a worker holds no capability to read another user's files or processes, so each
+    sees its own): empty when nowhere. Every process must have been readable by one of them."""
+    found: list[str] = []
+    unreadable: list[set[int]] = []
+    for user in ("0", "1000"):
+        code, out = container.exec_run(["python3", "-c", SCANNER, value.encode().hex()], user=user)
+        assert code == 0, out
+        report = json.loads(out.decode().strip().splitlines()[-1])
+        found += report["found"]
+        unreadable.append(set(report["unreadable"]))
+    # A process that appeared for one scan only (a scan of the other user) is not a gap.
+    listed = container.exec_run(["ls", "/proc"]).output.decode().split()
+    live = {int(p) for p in listed if p.isdigit()}
+    assert not (unreadable[0] & unreadable[1] & live), unreadable
+    return sorted(set(found))
 
 
 async def test_no_operator_key_inside_a_contained_claude_worker(
@@ -46,6 +92,7 @@ async def test_no_operator_key_inside_a_contained_claude_worker(
     oauth = f"oauth-test-{secrets.token_hex(16)}"
     factory_key = f"fk-test-{secrets.token_hex(16)}"
     values = (api_key, oauth, factory_key)
+    seen_before = len(fake_anthropic.requests)  # the fake serves the whole session
     with structlog.testing.capture_logs() as logs:
         await harness.start(
             anthropic_base_url=fake_anthropic.url,
@@ -91,14 +138,15 @@ async def test_no_operator_key_inside_a_contained_claude_worker(
         assert events[-1]["type"] == "done" and events[-1]["content"] == "0"
         # The API saw the operator's key, added by the gateway (a contained container has no
         # route to the API at all), and never the worker's token.
-        assert fake_anthropic.requests
-        assert all(r.headers.get("x-api-key") == api_key for r in fake_anthropic.requests)
-        assert not [r for r in fake_anthropic.requests if token in json.dumps(r.headers)]
+        mine = fake_anthropic.requests[seen_before:]
+        assert mine
+        assert all(r.headers.get("x-api-key") == api_key for r in mine)
+        assert not [r for r in mine if token in json.dumps(r.headers)]
 
         # docker exec as root finds no key of the operator's anywhere in either container.
         for container in (claude_container, harness.container(custom.worker_id)):
             for value in values:
-                assert found_inside(container, value) == "", container.name
+                assert found_inside(container, value) == [], container.name
 
         container_logs = claude_container.logs().decode("utf-8", "replace")
         for worker_id in (claude.worker_id, custom.worker_id):

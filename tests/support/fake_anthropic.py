@@ -55,6 +55,15 @@ class Recorded:
         return json.dumps(self.body, ensure_ascii=False)
 
 
+@dataclass(frozen=True)
+class Answered:
+    """The usage one complete answer reported (what a gateway that meters it must count)."""
+
+    model: str
+    input_tokens: int
+    output_tokens: int
+
+
 @dataclass
 class Script:
     says: list[str] = field(default_factory=list)
@@ -136,6 +145,8 @@ class FakeAnthropic:
         self.host = host
         self.port = port
         self.requests: list[Recorded] = []
+        #: One per answer that reached its end (``message_stop`` or a whole JSON body).
+        self.answered: list[Answered] = []
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -257,9 +268,12 @@ class FakeAnthropic:
             "stop_sequence": None,
             "usage": {"input_tokens": tokens, "output_tokens": 1},
         }
+        answered = Answered(str(message["model"]), tokens, 5)
         if not body.get("stream"):
             message.update(content=blocks, stop_reason=stop_reason)
             message["usage"] = {"input_tokens": tokens, "output_tokens": 5}
+            with self._lock:
+                self.answered.append(answered)
             return web.json_response(message)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -285,6 +299,8 @@ class FakeAnthropic:
             return response
         await response.write(_sse("message_stop", {"type": "message_stop"}))
         await response.write_eof()
+        with self._lock:
+            self.answered.append(answered)
         return response
 
 

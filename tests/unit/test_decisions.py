@@ -18,7 +18,7 @@ from worker_manager.workers.eviction import eviction_reason
 from worker_manager.workers.heartbeats import Observed
 from worker_manager.workers.lifecycle import Outcome, outcome_of
 from worker_manager.workers.reconciler import Found, reconcile_steps
-from worker_manager.workers.watcher import heartbeat_verdict
+from worker_manager.workers.watcher import heartbeat_verdict, silent
 
 NOW = 1_800_000_000.0
 DAY = 86_400.0
@@ -107,6 +107,16 @@ def test_a_worker_that_never_becomes_ready_fails_after_the_start_timeout() -> No
 
 def test_after_a_redis_outage_a_missing_heartbeat_is_not_yet_lost() -> None:
     assert verdict(Observed("w", record("RUNNING")), in_grace=True).end is None
+
+
+def test_only_a_running_worker_without_a_heartbeat_is_silent() -> None:
+    """Silent workers are the ones a data-path outage could explain (the watcher then asks the
+    egress service before it fails them)."""
+    assert silent(Observed("w", record()))
+    assert not silent(Observed("w", record(), beat()))
+    assert not silent(Observed("w", record(), problem="garbage"))
+    assert not silent(Observed("w", record("STARTING")))
+    assert not silent(Observed("w", None))
 
 
 def test_a_worker_without_a_record_is_forgotten() -> None:

@@ -22,10 +22,24 @@ ALLOWED = {
     "workers": {"core", "contract", "settings", "images", "egress"},
     "commands": {"core", "contract", "settings", "client", "images", "egress", "workers"},
     "service": {
-        "core", "contract", "settings", "client", "images", "egress", "workers", "commands"
+        "core",
+        "contract",
+        "settings",
+        "client",
+        "images",
+        "egress",
+        "workers",
+        "commands",
     },
     "cli": {
-        "core", "contract", "settings", "client", "images", "egress", "workers", "commands",
+        "core",
+        "contract",
+        "settings",
+        "client",
+        "images",
+        "egress",
+        "workers",
+        "commands",
         "service",
     },
 }

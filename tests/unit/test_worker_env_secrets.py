@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import pytest
 from pydantic import SecretStr
@@ -18,7 +18,7 @@ KEYS = {"ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "FACTORY_API_KEY"}
 FIELDS = ("anthropic_api_key", "claude_code_oauth_token", "factory_api_key")
 
 
-def settings(egress: str = "off", **secrets: str) -> Settings:
+def settings(egress: Literal["on", "off"] = "off", **secrets: str) -> Settings:
     """Keys not given are passed as None, so a developer's own keys in the env do not leak in.
     Uncontained by default (the open bridge, where keys cross); ``egress="on"`` contained."""
     given: dict[str, Any] = {

@@ -113,6 +113,15 @@ class EgressClient:
     async def workers(self) -> list[str]:
         return [served.worker_id for served in await self.grants()]
 
+    async def started_at(self) -> float | None:
+        """When the service became ready (Unix time); None when it does not answer."""
+        try:
+            data = await self._call("GET", "/healthz")
+        except (EgressUnavailable, EgressRefused):
+            return None
+        started = data.get("started") if isinstance(data, dict) else None
+        return float(started) if isinstance(started, int | float) else None
+
     async def healthy(self) -> bool:
         try:
             await self._call("GET", "/healthz")

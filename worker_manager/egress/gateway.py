@@ -38,6 +38,7 @@ what it reported before the cut (its ``message_delta`` carries the output count)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 from collections import deque
@@ -374,6 +375,8 @@ class LlmGateway:
                 )
             if spent >= worker.max_cost_usd:
                 GATEWAY_REQUESTS.labels("budget_exceeded").inc()
+                with contextlib.suppress(RedisError, OSError):
+                    await self._spent_all(worker)
                 return anthropic_error(
                     400,
                     "invalid_request_error",
@@ -510,6 +513,12 @@ class LlmGateway:
             out["anthropic-beta"] = beta
         return out
 
+    async def _spent_all(self, worker: GatewayWorker) -> None:
+        """Flag the worker's budget as spent where its manager's watcher reads it (the usage
+        hash, which no worker can write): the watcher stops it (``budget_exceeded``)."""
+        key = Keys(worker.key_prefix).usage(worker.worker_id)
+        await self._redis.hset(key, "budget_exceeded", "1")
+
     async def _record(self, worker: GatewayWorker, usage: Usage) -> None:
         """Add one response's usage and cost to the worker's hash, in one ``MULTI``."""
         key = Keys(worker.key_prefix).usage(worker.worker_id)
@@ -521,10 +530,11 @@ class LlmGateway:
                 pipe.hincrby(key, "cache_creation_input_tokens", usage.cache_creation_input_tokens)
                 pipe.hincrby(key, "cache_read_input_tokens", usage.cache_read_input_tokens)
                 pipe.hincrby(key, "requests", 1)
-                if cost:
-                    pipe.hincrbyfloat(key, "cost_usd", cost)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
+                pipe.hincrbyfloat(key, "cost_usd", cost)
+                total = float((await pipe.execute())[-1])
+            if worker.max_cost_usd is not None and total >= worker.max_cost_usd:
+                await self._spent_all(worker)
+        except (RedisError, OSError, ValueError) as exc:
             log.error(
                 "gateway could not record a worker's usage",
                 worker_id=worker.worker_id,

@@ -83,6 +83,8 @@ class EgressService:
         self._served: dict[str, _Served] = {}
         self._lock = asyncio.Lock()
         self._stopped = asyncio.Event()
+        #: When the service started serving (Unix time), as /healthz reports it.
+        self._started = time.time()
 
     # --- lookups used by the proxy and the gateway -------------------------------------------
     def _policy_of(self, worker_id: str) -> EgressPolicy | None:
@@ -219,7 +221,15 @@ class EgressService:
         return app
 
     async def _healthz(self, _request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "pid": os.getpid(), "workers": len(self._served)})
+        return web.json_response(
+            {
+                "ok": True,
+                "pid": os.getpid(),
+                "workers": len(self._served),
+                # Watchers excuse lost heartbeats for a while after this (the relays were down).
+                "started": self._started,
+            }
+        )
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(REGISTRY), content_type="text/plain")
@@ -281,6 +291,7 @@ class EgressService:
         site = web.UnixSite(self._control_runner, str(self._run.control))
         await site.start()
         os.chmod(self._run.control, 0o600)
+        self._started = time.time()
         self._run.pid_file.write_text(f"{os.getpid()}\n")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -336,7 +347,7 @@ def _own(path: Path, grant: Grant) -> None:
                 "not root: the worker's sockets are open to every user of the host",
                 worker_id=grant.worker_id,
             )
-            os.chmod(path, 0o666)
+            os.chmod(path, 0o666)  # noqa: S103 - said so in the log, for non-root only
             return
     os.chmod(path, 0o600)
 

@@ -82,9 +82,7 @@ class Manager:
         self.containers = ContainerRuntime(s, self.docker)
         self.containment = Containment(s)
         creates = WorkerTasks("provision")
-        self.lifecycle = Lifecycle(
-            self.store, self.containers, self.acl, creates, self.containment
-        )
+        self.lifecycle = Lifecycle(self.store, self.containers, self.acl, creates, self.containment)
         #: Set when a container has started: the watcher looks for its first heartbeat at once.
         heartbeat_soon = asyncio.Event()
         self.provisioner = Provisioner(
@@ -131,6 +129,9 @@ class Manager:
             wake=heartbeat_soon,
             on_redis_restart=self.reconciler.after_redis_restart,
             dropped=self.metrics.dropped,
+            data_path_started=self.containment.client.started_at
+            if self.containment.enabled
+            else None,
         )
         self.evictor = Evictor(
             s, self.raw_redis, self.store, self.lifecycle, observe=self.metrics.eviction

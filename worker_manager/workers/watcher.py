@@ -15,6 +15,10 @@
 - After a Redis restart (its ``run_id`` changes) or an outage, lost heartbeats are not judged for
   one heartbeat TTL: the wrappers need that long to reconnect (and their ACL users to be
   re-created by ``on_redis_restart``).
+- The same for contained workers when their own data path was down: before failing a worker
+  for a lost heartbeat, the watcher asks when the host's egress service (their only way to
+  Redis) last started; while it is down, or until one TTL after it came back, a silence may be
+  the service's doing, not the worker's, and is not judged.
 One pipeline per tick covers every live worker; one events stream covers every container.
 """
 
@@ -47,6 +51,9 @@ log = get_logger(__name__)
 #: How often heartbeats are read while a started worker has not yet sent its first one.
 STARTING_POLL_SECONDS = 0.025
 RedisRestarted = Callable[[], Awaitable[None]]
+#: When the workers' data path (the egress service) last started, as Unix time; None while it
+#: does not answer.
+DataPathStarted = Callable[[], Awaitable[float | None]]
 #: Counts refused worker writes by kind (the manager passes its metrics' counter).
 Dropped = Callable[[str, int], None]
 
@@ -64,6 +71,7 @@ class StatusWatcher:
         wake: asyncio.Event,
         on_redis_restart: RedisRestarted | None = None,
         dropped: Dropped = lambda _kind, _count: None,
+        data_path_started: DataPathStarted | None = None,
     ) -> None:
         self._settings = settings
         self._redis = redis
@@ -73,6 +81,7 @@ class StatusWatcher:
         self._lifecycle = lifecycle
         self._dropped = dropped
         self._on_redis_restart = on_redis_restart
+        self._data_path_started = data_path_started
         #: Set when a container has just started (the provisioner sets it): the next round
         #: comes at once, and its fast polling catches the first heartbeat within
         #: ``STARTING_POLL_SECONDS``.
@@ -101,6 +110,23 @@ class StatusWatcher:
         interval = self._settings.watch_interval_seconds
         return min(interval, STARTING_POLL_SECONDS) if soon else interval
 
+    @property
+    def _settle_seconds(self) -> float:
+        """How long reconnecting wrappers may take to beat again."""
+        return self._settings.heartbeat_ttl_seconds + 2 * self._settings.heartbeat_interval_seconds
+
+    async def _data_path_was_down(self, now: float) -> bool:
+        """Whether the contained workers' data path is down or came back within the settle
+        time (then a lost heartbeat may be its fault); asked only when a heartbeat is lost."""
+        if self._data_path_started is None:
+            return False
+        try:
+            started = await self._data_path_started()
+        except Exception as exc:  # asking must never stop the round
+            log.warning("the egress service's start time is unknown", error=str(exc))
+            return True
+        return started is None or now - started < self._settle_seconds
+
     async def _notice_redis_restart(self) -> None:
         # Once per watch interval is enough to notice a restart; the 25 ms ticks while a worker
         # starts need not each send an INFO.
@@ -112,10 +138,7 @@ class StatusWatcher:
         run_id = str(info.get("run_id", ""))
         restarted = self._run_id is not None and run_id != self._run_id
         if restarted or self._outage:
-            settle = (
-                self._settings.heartbeat_ttl_seconds + 2 * self._settings.heartbeat_interval_seconds
-            )
-            self._grace_until = time.monotonic() + settle
+            self._grace_until = time.monotonic() + self._settle_seconds
         self._run_id, self._outage = run_id, False
         if restarted:
             self.redis_restarts += 1
@@ -132,7 +155,10 @@ class StatusWatcher:
         now = time.time()
         in_grace = time.monotonic() < self._grace_until
         awaiting = False
-        for seen in await observe(self._raw, self._settings.keys, ids, now):
+        observed = await observe(self._raw, self._settings.keys, ids, now)
+        if not in_grace and any(silent(seen) for seen in observed):
+            in_grace = await self._data_path_was_down(now)
+        for seen in observed:
             verdict = heartbeat_verdict(
                 seen, now, start_timeout=self._settings.start_timeout_seconds, in_grace=in_grace
             )
@@ -305,6 +331,11 @@ class Verdict:
     problem: str | None = None
     #: Started, no heartbeat yet: the watcher polls fast until it comes.
     awaiting_first_beat: bool = False
+
+
+def silent(seen: Observed) -> bool:
+    """A RUNNING worker without a heartbeat: about to be judged ``heartbeat_lost``."""
+    return seen.status is WorkerStatus.RUNNING and seen.beat is None and seen.problem is None
 
 
 def heartbeat_verdict(
