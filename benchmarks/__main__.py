@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from benchmarks.against import against_figure
 from benchmarks.control import roundtrip_figures, throughput_figures
 from benchmarks.dataplane import latency_figure, throughput_figure
+from benchmarks.egress_bench import egress_figures
 from benchmarks.env import AGENT_COMMAND, BenchEnv
 from benchmarks.gateway import gateway_figures
 from benchmarks.gc_bench import gc_figure
@@ -23,7 +24,17 @@ from benchmarks.scale import scale_figures
 from benchmarks.start import start_figures
 from benchmarks.workers import create_worker
 
-FIGURES = ("start", "control", "throughput", "data", "scale", "gc", "gateway", "against")
+FIGURES = (
+    "start",
+    "control",
+    "throughput",
+    "data",
+    "scale",
+    "gc",
+    "egress",
+    "gateway",
+    "against",
+)
 #: Figures that need neither the manager nor Docker (they bring their own processes).
 STANDALONE = {"gateway"}
 #: Figures run only when named with ``--only`` (they need an argument).
@@ -49,10 +60,28 @@ class Plan:
     gateway_ttfb_runs: int
     gateway_bytes: int
     gateway_runs: int
+    egress_runs: int
 
 
 QUICK = Plan(
-    "quick", 5, 1, 50, 5, 1.0, (1, 8, 64), 10_000, 5, 50, 5, (1, 10, 25), 1000, 5, 30, 4 << 20, 5
+    "quick",
+    5,
+    1,
+    50,
+    5,
+    1.0,
+    (1, 8, 64),
+    10_000,
+    5,
+    50,
+    5,
+    (1, 10, 25),
+    1000,
+    5,
+    30,
+    4 << 20,
+    5,
+    10,
 )
 FULL = Plan(
     "full",
@@ -72,6 +101,7 @@ FULL = Plan(
     200,
     16 << 20,
     20,
+    40,
 )
 
 
@@ -81,7 +111,7 @@ async def run(plan: Plan, only: set[str], against: str | None = None) -> list[Fi
     # First, so that a run of these alone needs no manager or Docker; listed last.
     standalone: list[Figure] = []
     if "gateway" in only:
-        out.print("[bold]7. LLM gateway[/bold] (streamed calls, through it and direct)")
+        out.print("[bold]8. LLM gateway[/bold] (streamed calls, through it and direct)")
         standalone += await gateway_figures(
             plan.gateway_ttfb_runs, plan.gateway_bytes, plan.gateway_runs
         )
@@ -119,9 +149,14 @@ async def run(plan: Plan, only: set[str], against: str | None = None) -> list[Fi
         if "gc" in only:
             out.print("[bold]6. gc --dry-run[/bold]")
             figures.append(await gc_figure(env, plan.gc_records, plan.gc_runs))
+        if "egress" in only:
+            out.print("[bold]7. egress proxy[/bold] (a GET through it and direct)")
+            figures += await egress_figures(env, plan.egress_runs)
         if "against" in only and against:
             out.print(f"[bold]1e. cold create against {against}[/bold] (two builds a pair)")
-            figures.append(await against_figure(env, against, max(plan.cold_runs, 3)))
+            figures += await against_figure(
+                env, against, max(plan.cold_runs, 3), max(plan.warm_runs, 5)
+            )
     finally:
         await env.close()
     return figures + standalone

@@ -1,4 +1,4 @@
-"""Figure 7: a streamed Messages call through the LLM gateway against the same call made direct.
+"""Figure 8: a streamed Messages call through the LLM gateway against the same call made direct.
 
 Three processes, as in production: the scripted Messages API (``python -m
 tests.support.fake_anthropic``), the gateway (``python -m benchmarks.gateway SOCKET UPSTREAM``,
@@ -7,14 +7,14 @@ the real :class:`~worker_manager.egress.gateway.LlmGateway` on a Unix socket, wi
 and this process, the client, which talks to the API either through the gateway's socket or
 straight over TCP, alternately, each over its own kept-alive connection.
 
-- 7. time to first byte: request sent → first body byte of a short streamed answer, with a
+- 8. time to first byte: request sent → first body byte of a short streamed answer, with a
   request body of about the size the CLI sends (~100 KB: system prompt and tools). The goal is
   on the difference, gateway − direct, per pair: at most 5 ms (median).
-- 7b. bytes/s of a call with a large streamed answer (several MB of ~100-byte text deltas, the
+- 8b. bytes/s of a call with a large streamed answer (several MB of ~100-byte text deltas, the
   shape the API streams in), request sent → last byte, the fake encoding each 64 KiB batch of
   events just before writing it, as an API produces as it goes (only far faster: the fake
   produces tens of MB/s where the API produces kB/s). Goal: ratio ≥ 0.9.
-- 7c. the relay's capacity, reported without a goal: the same answer encoded whole before its
+- 8c. the relay's capacity, reported without a goal: the same answer encoded whole before its
   first byte (``FAKE size N at-once``), first byte → last byte, so that the direct client reads
   at the speed of the socket and the gateway, a Python process copying every byte between two
   sockets, is the bottleneck by construction.
@@ -186,7 +186,7 @@ async def gateway_figures(ttfb_runs: int, answer_bytes: int, bytes_runs: int) ->
     added = [g - d for d, g in zip(direct_ms, gateway_ms, strict=True)]
     ttfb = Figure(
         name="gateway.ttfb",
-        title="7. gateway: time to first byte, streamed call (~100 KB request)",
+        title="8. gateway: time to first byte, streamed call (~100 KB request)",
         unit="ms",
         ours_label="added by the gateway (gateway − direct, per pair)",
         baseline_label="direct",
@@ -202,7 +202,7 @@ async def gateway_figures(ttfb_runs: int, answer_bytes: int, bytes_runs: int) ->
     )
     throughput = Figure(
         name="gateway.bytes_per_second",
-        title=f"7b. gateway: streamed answer of {answer_bytes / 2**20:.0f} MiB text, bytes/s",
+        title=f"8b. gateway: streamed answer of {answer_bytes / 2**20:.0f} MiB text, bytes/s",
         unit="B/s",
         ours_label="through the gateway",
         baseline_label="direct",
@@ -215,7 +215,7 @@ async def gateway_figures(ttfb_runs: int, answer_bytes: int, bytes_runs: int) ->
     )
     capacity = Figure(
         name="gateway.capacity",
-        title="7c. gateway: relay capacity (answer sent at socket speed), bytes/s",
+        title="8c. gateway: relay capacity (answer sent at socket speed), bytes/s",
         unit="B/s",
         ours_label="through the gateway, first → last byte",
         baseline_label="direct",

@@ -22,6 +22,7 @@ from tests.support.docker_cleanup import (
     SESSION_MANAGER_PREFIX,
     remove_new_worker_images,
     remove_test_containers,
+    remove_test_volumes,
     worker_image_ids,
 )
 from tests.support.fake_anthropic import FakeAnthropic
@@ -120,6 +121,7 @@ def docker_client(redis_server: RedisServer) -> Iterator[docker.DockerClient]:
     finally:
         try:
             remove_test_containers(client)
+            remove_test_volumes(client)
             remove_new_worker_images(client, images_before, session_image_hashes(redis_server))
         finally:
             client.close()

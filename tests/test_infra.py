@@ -20,6 +20,7 @@ from tests.support.docker_cleanup import (
     MANAGER_LABEL,
     remove_new_worker_images,
     remove_test_containers,
+    remove_test_volumes,
     worker_image_ids,
 )
 from tests.support.keyspace import delete_prefix
@@ -173,6 +174,24 @@ def test_docker_sweep_removes_only_test_managers_containers(
     )
     try:
         assert ours.id in remove_test_containers(docker_client)
+        with pytest.raises(docker.errors.NotFound):
+            ours.reload()
+        theirs.reload()
+    finally:
+        theirs.remove(force=True)
+
+
+def test_docker_sweep_removes_only_test_managers_volumes(
+    docker_client: docker.DockerClient, settings: Settings
+) -> None:
+    ours = docker_client.volumes.create(
+        f"wm-test-{secrets.token_hex(4)}", labels={MANAGER_LABEL: settings.manager_id}
+    )
+    theirs = docker_client.volumes.create(
+        f"wm-test-{secrets.token_hex(4)}", labels={MANAGER_LABEL: f"prod-{secrets.token_hex(4)}"}
+    )
+    try:
+        assert ours.name in remove_test_volumes(docker_client)
         with pytest.raises(docker.errors.NotFound):
             ours.reload()
         theirs.reload()

@@ -17,6 +17,7 @@ from worker_base import __version__
 from worker_base.agents.registry import DriverUnavailableError, driver_for
 from worker_base.assignment import AssignmentError, wait_for_assignment
 from worker_base.config import ConfigError, WrapperConfig
+from worker_base.identity import AgentIdentity, prepare
 from worker_base.wrapper import Wrapper
 
 log = logging.getLogger("worker_base")
@@ -44,16 +45,23 @@ def main() -> int:
         log.error("cannot start: %s", exc)
         return 2
     logging.getLogger().setLevel(config.log_level if config.log_level in _LEVELS else "INFO")
+    identity = AgentIdentity.of(config)
+    try:
+        prepare(config, identity)
+    except OSError as exc:
+        log.error("cannot start: the wrapper's or the agent's directories: %s", exc)
+        return 2
     try:
         driver = driver_for(config)
     except DriverUnavailableError as exc:
         log.error("cannot start: %s", exc)
         return 2
     log.info(
-        "worker_base %s starting: worker %s, agent %s, redis %s",
+        "worker_base %s starting: worker %s, agent %s (%s), redis %s",
         __version__,
         config.worker_id,
         config.agent_type,
+        f"uid {identity.uid}" if identity.separate else "the wrapper's user",
         config.safe_redis_url,
     )
     try:

@@ -10,6 +10,10 @@ refuses: a sentence on stderr, a JSON line in ``<state_dir>/refusals.log`` and e
 (the shell's "found but cannot be run"). A name that is installed nowhere stays "not found"
 (127). :mod:`worker_base.refusals` follows the log so the wrapper can report each refusal.
 
+The shims, the script and the gate live in the wrapper's directory (``worker_base.identity``):
+the agent runs them and cannot change them. The refusal log is in the agent's state directory,
+since the shims write it as the agent.
+
 ``sh`` and ``bash`` are always present in the shim directory as links to the real shells: an agent
 runs commands through a shell (Claude Code's Bash tool, Droid's Execute tool), and a shell whose
 own ``PATH`` is the shim directory resolves every command it runs to a shim.
@@ -53,9 +57,15 @@ class AllowlistConfig(Protocol):
     @property
     def state_dir(self) -> Path: ...
 
+    @property
+    def wrapper_dir(self) -> Path: ...
+
+    @property
+    def agent_user(self) -> tuple[int, int] | None: ...
+
 
 def shim_dir(config: AllowlistConfig) -> Path:
-    return config.state_dir / SHIM_DIR_NAME
+    return config.wrapper_dir / SHIM_DIR_NAME
 
 
 def refusal_log(config: AllowlistConfig) -> Path:
@@ -86,6 +96,8 @@ def describe_allowed(allowed: Sequence[str]) -> str:
 
 def refusal_sentence(argv: Sequence[str], allowed: Sequence[str]) -> str:
     command = shlex.join(argv) if argv else "(empty command)"
+    if len(command) > 500:  # as the shim cuts it; a forged log line is bounded the same
+        command = command[:500] + "..."
     return f"refused: `{command}` is not an allowed command (allowed: {describe_allowed(allowed)})"
 
 
@@ -185,7 +197,9 @@ sentence = "refused: `" + shown + "` is not an allowed command (allowed: " + ALL
 sys.stderr.write("worker-manager: " + sentence + "\\n")
 record = {{"argv": [a[:1000] for a in argv[:64]], "cwd": os.getcwd(), "time": time.time()}}
 try:
-    fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.makedirs(os.path.dirname(LOG), exist_ok=True)
+    # Readable by the wrapper, which reports each line (it holds no right to read 0600 files).
+    fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (json.dumps(record) + "\\n").encode())
     finally:
@@ -256,7 +270,7 @@ def build_shims(config: AllowlistConfig, env: dict[str, str]) -> Path:
         raise RuntimeError(f"cannot write shims: interpreter path {sys.executable!r} has a space")
     search_path = _search_path(env, directory)
     rules = parse_rules(allowed)
-    script = config.state_dir / SHIM_SCRIPT_NAME
+    script = config.wrapper_dir / SHIM_SCRIPT_NAME
     source = _SHIM_TEMPLATE.format(
         python=sys.executable,
         rules=rules,
@@ -307,11 +321,12 @@ def _gate_prologue(directory: Path) -> str:
 
 
 def build_shell_gate(config: AllowlistConfig, directory: Path) -> Path | None:
-    """Write ``<state_dir>/agent-shell`` in front of the shim ``directory``; None without bash."""
+    """Write ``<wrapper_dir>/agent-shell`` in front of the shim ``directory``; None without
+    bash."""
     bash = shutil.which("bash", path=os.defpath + os.pathsep + "/usr/bin:/bin")
     if bash is None:
         return None
-    gate = config.state_dir / GATE_NAME
+    gate = config.wrapper_dir / GATE_NAME
     source = _GATE_TEMPLATE.format(
         bash=bash, prologue=shlex.quote(_gate_prologue(directory)), name=GATE_NAME
     )

@@ -4,9 +4,11 @@ A warm pool keeps containers started ahead of any create (``WM_POOLED=1``). Such
 no Redis credentials (its ACL user does not exist yet), no agent command, no allowed commands,
 no instructions: it waits here, before it connects anywhere or starts any agent. When a create
 takes it, the manager creates the worker's Redis user, copies the instructions into the
-workspace and then writes ``<state_dir>/assignment.json`` (the create's whole wrapper
-environment, ``WrapperConfig.to_env()``) and ``<state_dir>/assignment.ready`` last. The wrapper
-reads the assignment, deletes the file (it holds the Redis password), and starts as any worker.
+workspace and then writes ``assignment.json`` (the create's whole wrapper environment,
+``WrapperConfig.to_env()``) and ``assignment.ready`` last into the wrapper's private directory
+(``<WM_WRAPPER_DIR>/private``, root's, mode 0700: no agent could read it even if one ran). The
+wrapper reads the assignment, deletes the file (it holds the Redis password), and starts as any
+worker.
 
 The empty marker stays. The Engine extracts an archive entry by creating the file and only then
 setting its owner, mode and times; a wrapper that deleted the marker the moment it appeared made
@@ -24,6 +26,7 @@ from collections.abc import Callable, MutableMapping
 from pathlib import Path
 
 from worker_base.config import DEFAULT_STATE_DIR
+from worker_base.identity import PRIVATE
 
 log = logging.getLogger("worker_base")
 
@@ -37,8 +40,13 @@ class AssignmentError(ValueError):
     """The assignment file is not a JSON object of strings."""
 
 
-def state_dir(environ: MutableMapping[str, str]) -> Path:
-    return Path(environ.get("WM_STATE_DIR") or DEFAULT_STATE_DIR)
+def handover_dir(environ: MutableMapping[str, str]) -> Path:
+    """Where the assignment lands: the wrapper's private directory (``WrapperConfig``'s
+    default when ``WM_WRAPPER_DIR`` is unset)."""
+    wrapper = environ.get("WM_WRAPPER_DIR") or str(
+        Path(environ.get("WM_STATE_DIR") or DEFAULT_STATE_DIR) / "wrapper"
+    )
+    return Path(wrapper) / PRIVATE
 
 
 def wait_for_assignment(
@@ -51,7 +59,8 @@ def wait_for_assignment(
     ``environ``. True when assigned (or not pooled at all), False when ``stopped`` first."""
     if environ.get(POOLED) != "1":
         return True
-    directory = state_dir(environ)
+    directory = handover_dir(environ)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     log.info("pooled: waiting to be assigned a worker")
     while not (directory / READY).exists():
         if stopped():

@@ -40,7 +40,13 @@ class WrapperConfig:
     #: ``None`` means unrestricted (``WM_ALLOWED_COMMANDS`` absent).
     allowed_commands: tuple[str, ...] | None = None
     workdir: Path = Path("/workspace")
+    #: The agent's own state (its CLI's configuration and sessions): the agent's files.
     state_dir: Path = Path(DEFAULT_STATE_DIR)
+    #: The wrapper's own files (``worker_base.identity``); unset: ``<state_dir>/wrapper``.
+    wrapper_dir_override: Path | None = None
+    #: The agent's ``(uid, gid)``, when it runs as a user other than the wrapper's
+    #: (``WM_AGENT_USER``); None: the wrapper's own user.
+    agent_user: tuple[int, int] | None = None
     heartbeat_interval: float = 2.0
     heartbeat_ttl: int = 10
     output_maxlen: int = 10_000
@@ -61,6 +67,10 @@ class WrapperConfig:
     block_ms: int = 2_000
     socket_timeout: float = 10.0
     log_level: str = "INFO"
+
+    @property
+    def wrapper_dir(self) -> Path:
+        return self.wrapper_dir_override or self.state_dir / "wrapper"
 
     @property
     def input_key(self) -> str:
@@ -107,6 +117,10 @@ class WrapperConfig:
             env["WM_MAX_COST_USD"] = repr(self.max_cost_usd)
         if self.relays:
             env["WM_RELAYS"] = relays_env(self.relays)
+        if self.wrapper_dir_override is not None:
+            env["WM_WRAPPER_DIR"] = str(self.wrapper_dir_override)
+        if self.agent_user is not None:
+            env["WM_AGENT_USER"] = f"{self.agent_user[0]}:{self.agent_user[1]}"
         return env
 
     @property
@@ -166,6 +180,8 @@ class WrapperConfig:
             allowed_commands=None if allowed is None else tuple(allowed),
             workdir=Path(text("WM_WORKDIR", "/workspace") or "/workspace"),
             state_dir=Path(text("WM_STATE_DIR") or DEFAULT_STATE_DIR),
+            wrapper_dir_override=Path(wrapper) if (wrapper := text("WM_WRAPPER_DIR")) else None,
+            agent_user=parse_user(text("WM_AGENT_USER")),
             heartbeat_interval=interval,
             heartbeat_ttl=ttl,
             output_maxlen=int(_number(environ, "WM_OUTPUT_MAXLEN", 10_000, minimum=1)),
@@ -202,6 +218,16 @@ def redact_url(url: str) -> str:
         return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     except ValueError:
         return "<unparseable URL>"
+
+
+def parse_user(text: str | None) -> tuple[int, int] | None:
+    """``WM_AGENT_USER``: ``uid`` or ``uid:gid`` (numbers: the image may not name the user)."""
+    if text is None:
+        return None
+    uid, _, gid = text.partition(":")
+    if not uid.isdigit() or (gid and not gid.isdigit()):
+        raise ConfigError(f"WM_AGENT_USER must be uid or uid:gid in numbers, not {text!r}.")
+    return int(uid), int(gid or uid)
 
 
 def relays_env(relays: tuple[tuple[int, str], ...]) -> str:

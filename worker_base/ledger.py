@@ -3,8 +3,9 @@
 Agents report money in different shapes. Claude Code's ``total_cost_usd`` is the running total of
 its *session*, so a resumed session reports earlier inputs again; a new session (a lost
 transcript, a fresh worker) starts from zero. The ledger turns whatever a driver saw into this
-input's cost and the worker's total, and keeps both in ``<state_dir>/cost.json`` so a restarted
-wrapper neither forgets the spend nor counts it twice.
+input's cost and the worker's total, and keeps both in ``cost.json`` among the wrapper's private
+files (out of the agent's reach) so a restarted wrapper neither forgets the spend nor counts it
+twice.
 
 The total leaves the container only through the heartbeat's value (``heartbeat_value``), which
 the manager already reads: it copies ``cost_usd`` into the record and stops a worker whose budget
@@ -16,9 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from worker_base.identity import write_atomic
 
 log = logging.getLogger("worker_base")
 
@@ -36,8 +38,8 @@ class Charge:
 
 
 class CostLedger:
-    def __init__(self, state_dir: Path, max_cost_usd: float | None = None) -> None:
-        self._path = state_dir / LEDGER_NAME
+    def __init__(self, directory: Path, max_cost_usd: float | None = None) -> None:
+        self._path = directory / LEDGER_NAME
         self.max_cost_usd = max_cost_usd
         self.total_usd = 0.0
         #: session id -> the session total the agent last reported.
@@ -100,12 +102,8 @@ class CostLedger:
             self._sessions = {str(k): float(v) for k, v in sessions.items() if _money(v)}
 
     def _save(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_name(f".{self._path.name}.tmp")
-        tmp.write_text(
-            json.dumps({"total_usd": self.total_usd, "sessions": self._sessions}), encoding="utf-8"
-        )
-        os.replace(tmp, self._path)
+        data = json.dumps({"total_usd": self.total_usd, "sessions": self._sessions})
+        write_atomic(self._path, data.encode("utf-8"))
 
 
 def _money(value: object) -> bool:

@@ -15,9 +15,12 @@ from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 
 from worker_base.allowlist import AllowlistConfig, describe_allowed, refusal_log, refusal_sentence
+from worker_base.identity import AgentIdentity, private_dir, write_atomic
 
 _OFFSET_NAME = "refusals.offset"
 _POLL_SECONDS = 0.05
+#: At most this much of the log is read at once (the agent writes it and could make it huge).
+_MAX_READ = 1 << 20
 
 
 class RefusalReader:
@@ -26,34 +29,46 @@ class RefusalReader:
     One reader per state directory and allowlist (see :func:`_reader_for`) serves both the
     follower (:func:`refusals`) and the flush after each run (:func:`pending_refusals`), so a
     refusal is reported exactly once whichever of the two sees it first. Where it has delivered
-    up to is kept in ``<state_dir>/refusals.offset``: nothing is lost between the moment a shim
-    writes and the moment the wrapper first reads, and a restarted wrapper does not report old
-    refusals again. Everything here is synchronous: in the wrapper's event loop a read and its
-    delivery cannot interleave with another reader call.
+    up to is kept in ``refusals.offset`` among the wrapper's private files: nothing is lost
+    between the moment a shim writes and the moment the wrapper first reads, and a restarted
+    wrapper does not report old refusals again. Everything here is synchronous: in the
+    wrapper's event loop a read and its delivery cannot interleave with another reader call.
     """
 
     def __init__(self, config: AllowlistConfig) -> None:
         self._allowed = list(config.allowed_commands or [])
         self._log = refusal_log(config)
-        self._offset_file = config.state_dir / _OFFSET_NAME
+        self._offset_file = private_dir(config) / _OFFSET_NAME
+        #: The log is the agent's file: it is read with the agent's rights (it could be a
+        #: symlink to a file only the wrapper may read).
+        self._identity = AgentIdentity.of(config)
         self._read_to = _read_offset(self._offset_file)
         #: Sentences read but not yet delivered, each with the offset just past its record.
         self._queue: deque[tuple[str, int]] = deque()
 
-    def _fill(self) -> None:
+    def _read_log(self) -> bytes:
+        """What the log holds past ``_read_to`` (starting over if it shrank: replaced)."""
         try:
-            size = self._log.stat().st_size
-        except FileNotFoundError:
-            size = 0
-        if size < self._read_to:  # the log was replaced: start over
-            self._read_to = 0
-            self._queue.clear()
-        if size <= self._read_to:
+            with self._log.open("rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size < self._read_to:
+                    self._read_to = 0
+                    self._queue.clear()
+                if size <= self._read_to:
+                    return b""
+                handle.seek(self._read_to)
+                return handle.read(min(size - self._read_to, _MAX_READ))
+        except OSError:
+            return b""
+
+    def _fill(self) -> None:
+        with self._identity.acting_as_agent():
+            chunk = self._read_log()
+        if not chunk:
             return
-        with self._log.open("rb") as handle:
-            handle.seek(self._read_to)
-            chunk = handle.read(size - self._read_to)
         complete = chunk.rfind(b"\n") + 1  # a line still being written waits
+        if not complete and len(chunk) >= _MAX_READ:
+            chunk, complete = chunk + b"\n", len(chunk) + 1  # no shim writes such a line
         for raw in chunk[:complete].split(b"\n")[:-1]:
             self._read_to += len(raw) + 1
             sentence = _sentence_from_record(raw, self._allowed)
@@ -123,10 +138,12 @@ def _sentence_from_record(raw: bytes, allowed: Sequence[str]) -> str | None:
     try:
         record = json.loads(text)
     except json.JSONDecodeError:
-        return f"refused: {text} (allowed: {describe_allowed(allowed)})"
+        shown = text if len(text) <= 500 else text[:500] + "..."
+        return f"refused: {shown} (allowed: {describe_allowed(allowed)})"
     argv = record.get("argv") if isinstance(record, dict) else None
     if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
-        return f"refused: {text} (allowed: {describe_allowed(allowed)})"
+        shown = text if len(text) <= 500 else text[:500] + "..."
+        return f"refused: {shown} (allowed: {describe_allowed(allowed)})"
     return refusal_sentence(argv, allowed)
 
 
@@ -138,6 +155,4 @@ def _read_offset(path: Path) -> int:
 
 
 def _write_offset(path: Path, offset: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(str(offset), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, str(offset).encode("ascii"))

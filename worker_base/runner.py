@@ -1,8 +1,9 @@
 """Running the agent for one input, streaming what it prints as it prints it.
 
-The agent runs in its own process group (a new session) so that a cancel reaches everything it
-started: SIGTERM to the group, SIGKILL after a grace period. Its stdout and stderr are read in
-large chunks and cut into lines here (one syscall per 64 KiB rather than per line); a line
+The agent runs as its own user (``worker_base.identity``) in its own process group (a new
+session) so that a cancel reaches everything it started: SIGTERM to the group, SIGKILL after a
+grace period. Its stdout and stderr are read in large chunks and cut into lines here (one
+syscall per 64 KiB rather than per line); a line
 longer than ``MAX_LINE`` bytes is emitted in pieces, cut on a UTF-8 character boundary, so a
 runaway line cannot exhaust memory or stall the stream. Reading waits while the output buffer is
 full, which leaves the agent blocked on its pipe: backpressure instead of unbounded memory.
@@ -22,6 +23,7 @@ from worker_base import hooks
 from worker_base.agents.base import AgentDriver, Event, Invocation
 from worker_base.config import WrapperConfig
 from worker_base.events import EventType
+from worker_base.identity import AgentIdentity
 
 log = logging.getLogger("worker_base")
 
@@ -151,6 +153,7 @@ class AgentRun:
         self._input_id = input_id
         self._prompt = prompt
         self._sink = sink
+        self._identity = AgentIdentity.of(config)
         self._proc: asyncio.subprocess.Process | None = None
         self._terminator: asyncio.Task[None] | None = None
         self._deadline: float | None = None
@@ -223,6 +226,8 @@ class AgentRun:
                 cwd=workdir,
                 env=env,
                 start_new_session=True,
+                # As the agent's own user (worker_base.identity): not the wrapper's.
+                **self._identity.spawn_options(),
             )
         except FileNotFoundError:
             await self._error(

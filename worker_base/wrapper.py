@@ -35,6 +35,7 @@ from worker_base.agents.base import AgentDriver, Event
 from worker_base.config import WrapperConfig
 from worker_base.events import EventType, WrapperState
 from worker_base.heartbeat import Heartbeat
+from worker_base.identity import private_dir
 from worker_base.inputs import CANCEL, GroupMissingError, InputEntry, InputReader
 from worker_base.ledger import CostLedger, format_usd
 from worker_base.redis_client import REDIS_ERRORS, Backoff, connect
@@ -73,7 +74,7 @@ class Wrapper:
         self._inputs = InputReader(self._redis, config.input_key, block_ms=config.block_ms)
         self._writer = OutputWriter(self._redis, config.output_key, config.output_maxlen)
         #: One ledger per worker: the driver's when its agent reports cost.
-        self._ledger = driver.ledger or CostLedger(config.state_dir, config.max_cost_usd)
+        self._ledger = driver.ledger or CostLedger(private_dir(config), config.max_cost_usd)
         self._heartbeat = Heartbeat(
             self._redis,
             config.heartbeat_key,

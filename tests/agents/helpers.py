@@ -21,6 +21,12 @@ class FakeConfig:
     factory_auto: str = "low"
     max_turns: int | None = None
     max_cost_usd: float | None = None
+    #: None: the agent runs as the wrapper's own user (as in these host-side tests).
+    agent_user: tuple[int, int] | None = None
+
+    @property
+    def wrapper_dir(self) -> Path:
+        return self.state_dir / "wrapper"
 
 
 def run_driver(driver: AgentDriver, config: FakeConfig, prompt: str) -> tuple[int, list[Event]]:

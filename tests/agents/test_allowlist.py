@@ -52,8 +52,8 @@ async def test_unrestricted_yields_no_refusals(tmp_path: Path) -> None:
 
 def test_restricted_path_is_the_shim_dir(config: FakeConfig) -> None:
     env = agent_env(config, dict(os.environ))
-    assert env["PATH"] == str(config.state_dir / "bin")
-    assert (config.state_dir / "bin" / "bash").resolve() == Path(
+    assert env["PATH"] == str(config.wrapper_dir / "bin")
+    assert (config.wrapper_dir / "bin" / "bash").resolve() == Path(
         shutil.which("bash") or ""
     ).resolve()
     assert env["HOME"] == os.environ["HOME"]
@@ -135,10 +135,10 @@ def test_rebuilding_is_idempotent_and_drops_stale_names(tmp_path: Path) -> None:
     (tools / "old-tool").chmod(0o755)
     cfg = FakeConfig(tmp_path / "state", tmp_path, allowed_commands=["echo"])
     agent_env(cfg, {"PATH": f"{tools}{os.pathsep}/usr/bin:/bin"})
-    assert (tmp_path / "state" / "bin" / "old-tool").is_symlink()
+    assert (tmp_path / "state" / "wrapper" / "bin" / "old-tool").is_symlink()
     # A second call with its own output as input must not make shims resolve to themselves.
     env = agent_env(cfg, {"PATH": f"{tmp_path / 'state' / 'bin'}{os.pathsep}/usr/bin:/bin"})
-    assert not (tmp_path / "state" / "bin" / "old-tool").exists()
+    assert not (tmp_path / "state" / "wrapper" / "bin" / "old-tool").exists()
     done = run(env, "command echo still-works", tmp_path)
     assert (done.returncode, done.stdout) == (0, "still-works\n")
 

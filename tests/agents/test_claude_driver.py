@@ -258,7 +258,7 @@ def test_session_survives_a_restart(config: FakeConfig) -> None:
     first.on_stdout(INIT)
     first.on_stdout(result_line())
     first.on_exit(0)
-    assert (config.state_dir / "claude" / "session_id").read_text() == SESSION
+    assert (config.wrapper_dir / "private" / "claude-session").read_text() == SESSION
     again = ClaudeDriver(config, executable="claude")  # a new wrapper process
     argv = again.invocation("two").argv
     assert argv[argv.index("--resume") + 1] == SESSION

@@ -106,9 +106,9 @@ def test_invocation(config: FakeConfig, tmp_path: Path) -> None:
         "--cwd",
         str(config.workdir),
         "-f",
-        str(config.state_dir / "factory" / "prompt.md"),
+        str(config.wrapper_dir / "factory-prompt.md"),
     ]
-    assert (config.state_dir / "factory" / "prompt.md").read_text() == "hello -- --auto high"
+    assert (config.wrapper_dir / "factory-prompt.md").read_text() == "hello -- --auto high"
     assert inv.stdin == b""
     assert inv.env == {"HOME": str(tmp_path / "home")}
     assert not (tmp_path / "home" / ".factory" / "settings.json").exists()  # unrestricted

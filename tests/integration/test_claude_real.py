@@ -253,15 +253,9 @@ async def test_allowed_commands_hold_in_both_layers(
 ) -> None:
     worker_id = await start_worker(claude, allowed_commands=["echo"])
     exec_in(claude, worker_id, "mkdir -p victim && echo keep > victim/f")
-    # A stand-in git that logs how it was called (the base image has none): the CLI's own
-    # helpers may call it, the agent's `git status` must not reach it.
-    exec_in(
-        claude,
-        worker_id,
-        "printf '#!/bin/sh\\necho \"$*\" >> /tmp/git-calls\\n' > /usr/local/bin/git"
-        " && chmod 755 /usr/local/bin/git",
-        user="0",
-    )
+    # Every run of git is logged (git's own trace2, from the agent's global config): the CLI's
+    # own helpers may call it, the agent's `git status` must not reach it.
+    exec_in(claude, worker_id, "git config --global trace2.normalTarget /tmp/git-calls")
 
     allowed = await run_input(claude, worker_id, "FAKE bash echo allowed-ran")
     assert done_code(allowed) == 0, allowed
@@ -277,8 +271,8 @@ async def test_allowed_commands_hold_in_both_layers(
         assert "victim/f:keep" not in results, (name, results)
     # Nothing forbidden ran: the files are there, no git status, no request from curl.
     assert exec_in(claude, worker_id, "cat victim/f").strip() == "keep"
-    calls = exec_in(claude, worker_id, "cat /tmp/git-calls 2>/dev/null || true")
-    assert "status" not in calls.split(), calls
+    calls = exec_in(claude, worker_id, "grep -h ' start ' /tmp/git-calls 2>/dev/null || true")
+    assert not [line for line in calls.splitlines() if "git status" in line], calls
     assert not [r for r in fake_anthropic.requests if "side-effect-curl" in r.path]
 
 

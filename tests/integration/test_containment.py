@@ -9,6 +9,7 @@ stream, the Docker Engine's view of the container, and the servers on the host.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -206,3 +207,72 @@ async def test_workers_stay_connected_through_manager_and_service_restarts(
     finally:
         await client.close()
     assert wanted in await _run(harness, worker_id, plan)
+
+
+#: What a prompt-injected agent tries against its own wrapper; one JSON line of findings.
+AGAINST_THE_WRAPPER = r"""
+import json, os, signal, socket
+found = {"uid": os.getuid(), "gid": os.getgid(), "groups": sorted(os.getgroups())}
+found["caps"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0]
+found["redis_url_in_env"] = "WM_REDIS_URL" in os.environ
+wrapper = [p for p in os.listdir("/proc") if p.isdigit()
+           and open(f"/proc/{p}/cmdline", "rb").read().endswith(b"-m\0worker_base\0")]
+found["wrapper_found"] = bool(wrapper)
+def attempt(name, action):
+    try:
+        action()
+        found[name] = "done"
+    except OSError as exc:
+        found[name] = exc.errno
+for pid in wrapper:
+    attempt("read_environ", lambda: open(f"/proc/{pid}/environ", "rb").read())
+    attempt("stop_wrapper", lambda: os.kill(int(pid), signal.SIGSTOP))
+    attempt("kill_wrapper", lambda: os.kill(int(pid), signal.SIGKILL))
+attempt("redis_socket", lambda: socket.socket(socket.AF_UNIX).connect("/run/wm/redis.sock"))
+attempt("private_files", lambda: os.listdir("/home/.worker-manager/private"))
+attempt("own_private_dir", lambda: os.mkdir("/home/.worker-manager/mine"))
+attempt("root_fs", lambda: open("/usr/local/bin/planted", "w").write("x"))
+attempt("workspace", lambda: open("/workspace/note", "w").write("x"))
+attempt("home", lambda: open(os.path.expanduser("~/note"), "w").write("x"))
+attempt("tmp", lambda: open("/tmp/note", "w").write("x"))
+print(json.dumps(found))
+"""
+
+
+async def test_the_agent_cannot_read_signal_or_speak_for_its_wrapper(harness: Harness) -> None:
+    await harness.start()
+    reply = await harness.client.request(
+        "create",
+        agent_type="CUSTOM",
+        agent_command=json.dumps(["python3", "-c", AGAINST_THE_WRAPPER]),
+    )
+    assert reply.ok, reply
+    worker_id = str(reply.worker_id)
+    assert await harness.wait_status(worker_id, "RUNNING", "FAILED") == "RUNNING"
+    container = harness.container(worker_id)
+    assert container.attrs["HostConfig"]["ReadonlyRootfs"] is True
+    assert container.attrs["HostConfig"]["CapAdd"] == ["SETUID", "SETGID", "KILL"]
+    assert {m["Destination"]: m["Type"] for m in container.attrs["Mounts"]} == {
+        "/home": "volume",
+        "/workspace": "volume",
+        "/run/wm": "bind",
+    }
+
+    [line] = await _run(harness, worker_id, {})
+    found = json.loads(line)
+    # The agent is a user of its own, with no capability and no Redis credentials.
+    assert (found["uid"], found["gid"]) == (1000, 1000), found
+    assert set(found["groups"]) <= {1000}, found  # none of root's groups
+    assert int(found["caps"], 16) == 0 and found["redis_url_in_env"] is False
+    # Its wrapper's environment, signals, Redis relay and private files are out of reach.
+    assert found["wrapper_found"]
+    for attempt in ("read_environ", "stop_wrapper", "kill_wrapper", "redis_socket"):
+        assert found[attempt] in (errno.EACCES, errno.EPERM), (attempt, found)
+    assert found["private_files"] == errno.EACCES and found["own_private_dir"] == errno.EACCES
+    # It writes only its workspace, its home and /tmp.
+    assert found["root_fs"] == errno.EROFS
+    assert found["workspace"] == found["home"] == found["tmp"] == "done", found
+    # The wrapper is unharmed: it still answers.
+    assert await _run(harness, worker_id, {}) != []
+    record = await harness.redis.hgetall(harness.keys.worker(worker_id))
+    assert record["status"] == "RUNNING", record

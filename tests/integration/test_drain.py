@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import sys
 import uuid
@@ -22,6 +21,7 @@ import aiohttp
 import pytest
 
 from tests.support.flows import Harness
+from tests.support.manager_process import env_of
 from worker_manager.contract.commands import ListCommand
 from worker_manager.contract.reply import Reply
 from worker_manager.core.keys import MANAGER_GROUP
@@ -68,23 +68,11 @@ class ServeProcess:
 
 
 def serve_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WM_")}
-    env.update(
-        WM_REDIS_URL=settings.redis_url,
+    return env_of(
+        settings,
         WM_WORKER_REDIS_URL=settings.resolved_worker_redis_url(),
-        WM_KEY_PREFIX=settings.key_prefix,
-        WM_MANAGER_ID=settings.manager_id,
-        WM_BASE_IMAGE=settings.base_image,
-        WM_WORKER_SECRET=settings.worker_secret.get_secret_value(),
-        WM_HTTP_ADDR="127.0.0.1:0",
-        WM_HEARTBEAT_INTERVAL_SECONDS=str(settings.heartbeat_interval_seconds),
-        WM_HEARTBEAT_TTL_SECONDS=str(settings.heartbeat_ttl_seconds),
-        WM_WATCH_INTERVAL_SECONDS=str(settings.watch_interval_seconds),
-        WM_CLAIM_IDLE_MS=str(settings.claim_idle_ms),
         WM_BLOCK_MS=str(settings.block_ms),
-        WM_LOG_FORMAT="json",
     )
-    return env
 
 
 @contextlib.asynccontextmanager

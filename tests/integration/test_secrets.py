@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.flows import Harness
+from tests.support.inside import found_inside
 from tests.support.redis_dump import every_value
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
@@ -23,66 +24,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.redis]
 def env_of(container: Any) -> dict[str, str]:
     pairs = (item.partition("=") for item in container.attrs["Config"]["Env"])
     return {name: value for name, _, value in pairs}
-
-
-#: Run inside a container: where ``bytes.fromhex(argv[1])`` occurs in any process's environment
-#: (its own process aside, which holds nothing but its argv) or in any file outside ``/proc``,
-#: ``/sys`` and ``/dev``; also how many process environments it could not read. The value
-#: travels in argv, hex-encoded, so the search itself puts it into no environment and no file.
-SCANNER = r"""
-import json, os, sys
-needle = bytes.fromhex(sys.argv[1])
-found, unreadable = [], []
-for pid in os.listdir("/proc"):
-    if not pid.isdigit() or int(pid) == os.getpid():
-        continue
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as handle:
-            if needle in handle.read():
-                found.append(f"the environment of process {pid}")
-    except PermissionError:
-        unreadable.append(int(pid))
-    except OSError:
-        pass
-for root, dirs, files in os.walk("/", onerror=lambda _e: None):
-    if root == "/":
-        dirs[:] = [d for d in dirs if d not in ("proc", "sys", "dev")]
-    for name in files:
-        path = os.path.join(root, name)
-        try:
-            if os.path.islink(path) or not os.path.isfile(path):
-                continue
-            with open(path, "rb") as handle:
-                tail = b""
-                while chunk := handle.read(1 << 20):
-                    if needle in tail + chunk:
-                        found.append(path)
-                        break
-                    tail = chunk[-len(needle):]
-        except OSError:
-            pass
-print(json.dumps({"found": found, "unreadable": unreadable}))
-"""
-
-
-def found_inside(container: Any, value: str) -> list[str]:
-    """Where ``docker exec`` finds ``value`` in any process's environment or any file of the
-    container (``/proc``, ``/sys`` and ``/dev`` aside), looking as root and as the agent's user
-    (root in a worker holds no capability to read another user's files or processes, so each
-    sees its own): empty when nowhere. Every process must have been readable by one of them."""
-    found: list[str] = []
-    unreadable: list[set[int]] = []
-    for user in ("0", "1000"):
-        code, out = container.exec_run(["python3", "-c", SCANNER, value.encode().hex()], user=user)
-        assert code == 0, out
-        report = json.loads(out.decode().strip().splitlines()[-1])
-        found += report["found"]
-        unreadable.append(set(report["unreadable"]))
-    # A process that appeared for one scan only (a scan of the other user) is not a gap.
-    listed = container.exec_run(["ls", "/proc"]).output.decode().split()
-    live = {int(p) for p in listed if p.isdigit()}
-    assert not (unreadable[0] & unreadable[1] & live), unreadable
-    return sorted(set(found))
 
 
 async def test_no_operator_key_inside_a_contained_claude_worker(

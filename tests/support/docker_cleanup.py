@@ -42,6 +42,21 @@ def remove_test_containers(client: docker.DockerClient) -> list[str]:
     return removed
 
 
+def remove_test_volumes(client: docker.DockerClient) -> list[str]:
+    """Force-remove every worker volume this session's managers created (after their
+    containers: a volume in use is not removed)."""
+    removed: list[str] = []
+    listed = client.api.volumes(filters={"label": MANAGER_LABEL}).get("Volumes") or []
+    for volume in listed:
+        labels = volume.get("Labels") or {}
+        if not str(labels.get(MANAGER_LABEL, "")).startswith(SESSION_MANAGER_PREFIX):
+            continue
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            client.api.remove_volume(volume["Name"], force=True)
+            removed.append(str(volume["Name"]))
+    return removed
+
+
 def remove_new_worker_images(
     client: docker.DockerClient, before: set[str], hashes: set[str]
 ) -> list[str]:

@@ -30,6 +30,9 @@ _PASSED = (
     "build_lock_ttl_seconds",
     "images_overlay",
     "container_memory",
+    # The session's egress service: a subprocess must not start one in the host's default
+    # directory, which would outlive the tests and serve the next session's workers.
+    "egress_run_dir",
 )
 
 

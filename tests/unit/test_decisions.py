@@ -3,17 +3,22 @@ container's exit reads, the heartbeat verdict, eviction, the reconciler's diff, 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from worker_base.heartbeat import Beat
 from worker_manager.contract.kinds import WorkerStatus
+from worker_manager.contract.limits import parse_size
 from worker_manager.contract.record import WorkerRecord
 from worker_manager.core.clock import iso_from_unix
 from worker_manager.images.gc_plan import Engine, plan_rows
 from worker_manager.images.spec import LABEL_HASH, LABEL_PREFIX
 from worker_manager.settings import FleetSettings
+from worker_manager.workers.containers import LABEL_PREFIX as WORKER_PREFIX_LABEL
+from worker_manager.workers.containers import LABEL_WORKER
+from worker_manager.workers.disk_guard import over_entries, over_limit, usage_by_worker, walk_size
 from worker_manager.workers.eviction import eviction_reason
 from worker_manager.workers.heartbeats import Observed
 from worker_manager.workers.lifecycle import Outcome, outcome_of
@@ -274,3 +279,46 @@ def test_gc_removes_dangling_images_unless_in_use() -> None:
     )
     actions = {k: v[0] for k, v in plan({}, eng).items()}
     assert actions == {"h-d1": "remove", "h-d2": "keep"}
+
+
+def test_disk_usage_is_summed_per_worker_of_this_deployment() -> None:
+    rows: list[dict[str, Any]] = [
+        {"Labels": {LABEL_WORKER: "a", WORKER_PREFIX_LABEL: "p"}, "UsageData": {"Size": 10}},
+        {"Labels": {LABEL_WORKER: "a", WORKER_PREFIX_LABEL: "p"}, "UsageData": {"Size": 5}},
+        {"Labels": {LABEL_WORKER: "b", WORKER_PREFIX_LABEL: "p"}, "UsageData": {"Size": -1}},
+        {"Labels": {LABEL_WORKER: "c", WORKER_PREFIX_LABEL: "other"}, "UsageData": {"Size": 9}},
+        {"Labels": None, "UsageData": None},
+    ]
+    used = usage_by_worker(rows, "p")
+    assert used == {"a": 15, "b": 0}
+    assert over_limit({"a", "b", "gone"}, used, 14) == ["a"]
+    assert over_limit({"a"}, used, 15) == []  # at the limit is within it
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("10g", 10 * 1024**3), ("512m", 512 * 1024**2), ("1.5k", 1536), ("7", 7), ("3B", 3)],
+)
+def test_sizes_read_as_docker_writes_them(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "g", "ten", "-1m", "1x", "nan"])
+def test_a_size_that_is_not_one_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="not a size"):
+        parse_size(text)
+
+
+def test_a_walk_counts_blocks_without_following_links(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"x" * 100_000)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "b").write_bytes(b"y" * 10_000)
+    (tmp_path / "up").symlink_to("/")  # followed, it would count the whole host
+    used, entries = walk_size(str(tmp_path))
+    assert 110_000 <= used < 200_000
+    assert entries == 4
+    # Past the bound the walk stops counting: a flood of empty files is not walked to its end.
+    for i in range(50):
+        (tmp_path / f"e{i}").touch()
+    assert walk_size(str(tmp_path), max_entries=10)[1] <= 11 + 1
+    assert over_entries({"w", "v"}, {"w": 11, "v": 10}, 10) == ["w"]

@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from worker_manager.contract.commands import CreateCommand, command_context
 from worker_manager.settings import Settings
 from worker_manager.workers.acl import WorkerAcl
-from worker_manager.workers.containment import gateway_token
+from worker_manager.workers.containment import factory_token, gateway_token
 from worker_manager.workers.environment import worker_env
 
 KEYS = {"ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "FACTORY_API_KEY"}
@@ -106,3 +106,20 @@ def test_a_contained_worker_reaches_redis_and_the_world_through_its_sockets() ->
         "3129": "/run/wm/gateway.sock",
     }
     assert "manager:pw" not in env["WM_REDIS_URL"]
+
+
+def test_a_contained_factory_worker_holds_a_placeholder_not_the_operators_key() -> None:
+    s = settings("on", factory_api_key="f")
+    env = env_for(s, "FACTORY")
+    assert env["FACTORY_API_KEY"] == factory_token(s, "3f2b8c1e-0d7a-4c55-9a51-2f0e6b1c9d42")
+    assert env["FACTORY_API_KEY"] != "f" and "f" not in env.values()
+    assert factory_token(s, "another-worker") != env["FACTORY_API_KEY"]
+    # The key is the egress service's, which may run apart: the placeholder is there anyway.
+    assert env_for(settings("on"), "FACTORY")["FACTORY_API_KEY"] == env["FACTORY_API_KEY"]
+
+
+def test_a_contained_worker_trusts_the_public_roots_and_the_egress_ca() -> None:
+    env = env_for(settings("on"), "CUSTOM")
+    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO"):
+        assert env[name] == "/run/wm/ca-bundle.pem"
+    assert env["NODE_EXTRA_CA_CERTS"] == "/run/wm/ca.pem"

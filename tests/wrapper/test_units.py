@@ -176,20 +176,24 @@ def test_a_pooled_wrapper_takes_its_assignment_and_leaves_the_marker(tmp_path: P
     """The Engine sets a file's owner and mode after creating it: the marker must outlive the
     hand-over, or the manager's extraction fails (``lchown …: no such file``). The assignment,
     which holds the Redis password, must not."""
-    environ = {POOLED: "1", "WM_STATE_DIR": str(tmp_path)}
-    (tmp_path / ASSIGNMENT).write_text(json.dumps({"WM_WORKER_ID": "w1"}), encoding="utf-8")
-    (tmp_path / READY).touch()
+    environ = {POOLED: "1", "WM_WRAPPER_DIR": str(tmp_path)}
+    private = tmp_path / "private"  # the wrapper's own (root's, 0700, in a container)
+    private.mkdir()
+    (private / ASSIGNMENT).write_text(json.dumps({"WM_WORKER_ID": "w1"}), encoding="utf-8")
+    (private / READY).touch()
     assert wait_for_assignment(environ, stopped=lambda: False)
     assert environ["WM_WORKER_ID"] == "w1" and POOLED not in environ
-    assert not (tmp_path / ASSIGNMENT).exists()
-    os.chmod(tmp_path / READY, 0o600)  # what the extraction does next
+    assert not (private / ASSIGNMENT).exists()
+    os.chmod(private / READY, 0o600)  # what the extraction does next
 
 
 def test_a_pooled_wrapper_stops_unassigned_and_rejects_a_bad_assignment(tmp_path: Path) -> None:
     environ = {POOLED: "1", "WM_STATE_DIR": str(tmp_path)}
     assert not wait_for_assignment(environ, stopped=lambda: True)
-    (tmp_path / ASSIGNMENT).write_text('{"WM_WORKER_ID": 1}', encoding="utf-8")
-    (tmp_path / READY).touch()
+    private = tmp_path / "wrapper" / "private"  # without WM_WRAPPER_DIR: under the state dir
+    assert private.is_dir() and private.stat().st_mode & 0o777 == 0o700
+    (private / ASSIGNMENT).write_text('{"WM_WORKER_ID": 1}', encoding="utf-8")
+    (private / READY).touch()
     with pytest.raises(AssignmentError, match="JSON object of strings"):
         wait_for_assignment(environ)
-    assert not (tmp_path / ASSIGNMENT).exists()
+    assert not (private / ASSIGNMENT).exists()

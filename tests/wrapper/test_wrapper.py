@@ -290,7 +290,9 @@ async def test_survives_a_redis_restart(tmp_path: Path) -> None:
 async def test_a_spent_budget_refuses_input_and_says_so_in_the_heartbeat(worker: Worker) -> None:
     # The spend survives restarts in the state directory; this worker has spent 2 of 1.
     worker.state_dir.mkdir(parents=True, exist_ok=True)
-    (worker.state_dir / "cost.json").write_text('{"total_usd": 2.0, "sessions": {}}')
+    private = worker.state_dir / "wrapper" / "private"  # the wrapper's own files
+    private.mkdir(parents=True)
+    (private / "cost.json").write_text('{"total_usd": 2.0, "sessions": {}}')
     tail = worker.tail()
     await worker.start(["sh", "-c", "touch ran"], WM_MAX_COST_USD="1")
     await ready(worker, tail)

@@ -2,9 +2,10 @@
 
 One process per input, the prompt on stdin (no argv length limit, no option injection). Later
 inputs continue the conversation with ``--resume <session_id>``; the id comes from the ``system``
-``init`` line and from the final ``result`` line, and is kept in ``<state_dir>/claude/session_id``
-so a restarted wrapper resumes it too. ``CLAUDE_CONFIG_DIR`` points at
-``<state_dir>/claude/config``, which lives as long as the worker, so the sessions it stores do.
+``init`` line and from the final ``result`` line, and is kept among the wrapper's private files
+(``worker_base.identity``) so a restarted wrapper resumes it too. ``CLAUDE_CONFIG_DIR`` points
+at ``<state_dir>/claude/config`` (the agent's own), which lives as long as the worker's home
+volume, so the sessions it stores do.
 When the transcript behind the session is gone, the CLI says ``No conversation found with
 session ID`` and fails; the driver then forgets the session and the input runs once more in a
 new one (``take_retry``).
@@ -47,6 +48,7 @@ from worker_base.agents.stream_json import (
 )
 from worker_base.allowlist import describe_allowed, resolve_program
 from worker_base.events import EventType
+from worker_base.identity import AgentIdentity, IdentityConfig, private_dir
 from worker_base.ledger import CostLedger, format_usd
 
 #: What the CLI prints on stderr when ``--resume`` names a session it has no transcript for.
@@ -64,14 +66,11 @@ QUIET_ENV = {
 SHELL_PREFIX_ENV = "CLAUDE_CODE_SHELL_PREFIX"
 
 
-class ClaudeConfig(Protocol):
+class ClaudeConfig(IdentityConfig, Protocol):
     """The fields of the wrapper's configuration this driver reads."""
 
     @property
     def allowed_commands(self) -> Sequence[str] | None: ...
-
-    @property
-    def state_dir(self) -> Path: ...
 
     @property
     def max_turns(self) -> int | None: ...
@@ -106,19 +105,20 @@ class ClaudeDriver(StreamJsonDriver):
     def __init__(self, config: ClaudeConfig, executable: str = "claude") -> None:
         self._config = config
         self._executable = executable
-        self._home = config.state_dir / "claude"
+        self._identity = AgentIdentity.of(config)
         super().__init__(
-            SessionStore(self._home / "session_id"),
-            CostLedger(config.state_dir, config.max_cost_usd),
+            SessionStore(private_dir(config) / "claude-session"),
+            CostLedger(private_dir(config), config.max_cost_usd),
         )
 
     @property
     def config_dir(self) -> Path:
-        return self._home / "config"
+        return self._config.state_dir / "claude" / "config"
 
     def invocation(self, prompt: str) -> Invocation:
         resume = self._start_run()
-        self.config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self._identity.acting_as_agent():
+            self.config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         argv = [
             *resolve_program(self._executable, os.environ.get("PATH")),
             "-p",

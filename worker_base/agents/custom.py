@@ -11,11 +11,9 @@ The wrapper adds ``WM_INPUT_ID`` for every driver. Output lines are passed throu
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from worker_base.agents.base import AgentDriver, Invocation
 from worker_base.config import WrapperConfig
+from worker_base.identity import write_atomic
 
 PROMPT_ENV_LIMIT = 64 * 1024
 
@@ -25,27 +23,14 @@ class CustomDriver(AgentDriver):
         if not config.agent_command:
             raise ValueError("a CUSTOM worker needs WM_AGENT_COMMAND")
         self._argv = list(config.agent_command)
-        # One file, rewritten per input: inputs run one at a time.
-        self._prompt_file = config.state_dir / "prompt"
+        # One file, rewritten per input (inputs run one at a time): the agent may read it,
+        # only the wrapper write it.
+        self._prompt_file = config.wrapper_dir / "prompt"
 
     def invocation(self, prompt: str) -> Invocation:
         data = prompt.encode("utf-8", "replace")
-        _write_private(self._prompt_file, data)
+        write_atomic(self._prompt_file, data, 0o644)
         env = {"WM_PROMPT_FILE": str(self._prompt_file)}
         if len(data) <= PROMPT_ENV_LIMIT and "\x00" not in prompt:
             env["WM_PROMPT"] = prompt
         return Invocation(argv=list(self._argv), stdin=data, env=env)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Atomically, readable by the worker's user only (the prompt may be confidential)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    scratch = path.with_name(f".{path.name}.tmp")
-    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-    except BaseException:
-        scratch.unlink(missing_ok=True)
-        raise
-    os.replace(scratch, path)

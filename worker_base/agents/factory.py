@@ -5,7 +5,8 @@ Flags as documented for ``droid exec`` (docs/cli/droid-exec/overview.mdx in Fact
 session to continue, requires a prompt"), ``-f/--file <path>`` ("read prompt from file"),
 ``--cwd <path>``. The prompt goes through ``-f``: a file has no argv length limit (a 256 KiB
 prompt does not fit in one Linux argv string) and cannot be mistaken for an option. It is
-written to ``<state_dir>/factory/prompt.md``, outside the workspace the agent edits.
+written to ``<wrapper_dir>/factory-prompt.md`` (readable by the agent, not writable), outside
+the workspace the agent edits.
 
 The stream-json lines are ``system``/``init`` (``session_id``), ``message`` (``role``, ``text``),
 ``tool_call``, ``tool_result`` and a final ``completion`` (``finalText``, ``numTurns``,
@@ -34,19 +35,17 @@ from worker_base.agents.stream_json import (
 )
 from worker_base.allowlist import resolve_program
 from worker_base.events import EventType
+from worker_base.identity import AgentIdentity, IdentityConfig, private_dir, write_atomic
 from worker_base.ledger import CostLedger
 
 AUTONOMY_LEVELS = ("low", "medium", "high")
 
 
-class FactoryConfig(Protocol):
+class FactoryConfig(IdentityConfig, Protocol):
     """The fields of the wrapper's configuration this driver reads."""
 
     @property
     def allowed_commands(self) -> Sequence[str] | None: ...
-
-    @property
-    def state_dir(self) -> Path: ...
 
     @property
     def workdir(self) -> Path: ...
@@ -85,31 +84,30 @@ class FactoryDriver(StreamJsonDriver):
         self._config = config
         self._executable = executable
         self._home = home if home is not None else Path(os.environ.get("HOME") or Path.home())
-        self._dir = config.state_dir / "factory"
+        self._identity = AgentIdentity.of(config)
         self._settings_written = False
         level = (config.factory_auto or "low").strip().lower()
         if level not in AUTONOMY_LEVELS:
             raise ValueError(f"factory_auto must be one of {', '.join(AUTONOMY_LEVELS)}: {level!r}")
         self._level = level
         super().__init__(
-            SessionStore(self._dir / "session_id"),
-            CostLedger(config.state_dir, config.max_cost_usd),
+            SessionStore(private_dir(config) / "factory-session"),
+            CostLedger(private_dir(config), config.max_cost_usd),
         )
 
     @property
     def prompt_file(self) -> Path:
-        return self._dir / "prompt.md"
+        return self._config.wrapper_dir / "factory-prompt.md"
 
     def invocation(self, prompt: str) -> Invocation:
         resume = self._start_run()
         allowed = self._config.allowed_commands
         if allowed is not None and not self._settings_written:
-            write_settings(self._home, allowed)
+            with self._identity.acting_as_agent():  # the agent's home, the agent's file
+                write_settings(self._home, allowed)
             self._settings_written = True
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.prompt_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(prompt)
+        # The agent reads it; only the wrapper may write it.
+        write_atomic(self.prompt_file, prompt.encode("utf-8"), 0o644)
         argv = [
             *resolve_program(self._executable, os.environ.get("PATH")),
             "exec",

@@ -3,8 +3,8 @@
 Both CLIs print one JSON object per line and end with one final "result" line. Two rules hold
 for both, and live here so they cannot drift apart:
 
-- the session id is kept in a file under ``state_dir``, so a restarted wrapper resumes the same
-  conversation for the rest of the worker's life;
+- the session id is kept in a file among the wrapper's private files, so a restarted wrapper
+  resumes the same conversation for the rest of the worker's life;
 - a run is never reported as a success when the agent said ``is_error`` or exited non-zero: the
   result line is held until the process has exited, then emitted with ``is_error`` corrected (and
   an ``error`` event), and a run that printed no result gets a synthesised error result;
@@ -18,12 +18,12 @@ for both, and live here so they cannot drift apart:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from worker_base.agents.base import AgentDriver, Event
 from worker_base.events import EventType
+from worker_base.identity import write_atomic
 from worker_base.ledger import CostLedger
 
 
@@ -41,10 +41,7 @@ class SessionStore:
         return value or None
 
     def save(self, session_id: str) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_name(f".{self._path.name}.tmp")
-        tmp.write_text(session_id, encoding="utf-8")
-        os.replace(tmp, self._path)
+        write_atomic(self._path, session_id.encode("utf-8"))
 
     def clear(self) -> None:
         self._path.unlink(missing_ok=True)

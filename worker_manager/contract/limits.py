@@ -10,6 +10,21 @@ from pydantic import BaseModel
 
 KIB = 1024
 MIB = 1024 * KIB
+_UNITS = {"": 1, "b": 1, "k": KIB, "m": MIB, "g": 1024 * MIB, "t": 1024 * 1024 * MIB}
+
+
+def parse_size(text: str) -> int:
+    """A size as Docker writes one (``512m``, ``10g``, ``1.5g``; binary units) in bytes."""
+    value = text.strip().lower()
+    unit = value[-1] if value and value[-1] in _UNITS else ""
+    number = value[: len(value) - len(unit)]
+    try:
+        amount = float(number)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size such as 512m or 10g") from None
+    if not amount >= 0 or amount == float("inf"):
+        raise ValueError(f"{text!r} is not a size such as 512m or 10g")
+    return int(amount * _UNITS[unit])
 
 
 class CommandLimits(BaseModel):

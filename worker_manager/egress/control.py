@@ -21,6 +21,7 @@ import aiohttp
 
 from worker_manager.core.logs import get_logger
 from worker_manager.egress.grants import Grant, RunDir
+from worker_manager.egress.version import service_version
 from worker_manager.settings import Settings
 
 log = get_logger(__name__)
@@ -33,6 +34,10 @@ _PASSED_ON = (
     ("anthropic_base_url", "WM_ANTHROPIC_BASE_URL"),
     ("anthropic_api_key", "WM_ANTHROPIC_API_KEY"),
     ("claude_code_oauth_token", "WM_CLAUDE_CODE_OAUTH_TOKEN"),
+    ("factory_api_key", "WM_FACTORY_API_KEY"),
+    ("factory_api_host", "WM_FACTORY_API_HOST"),
+    ("git_credentials", "WM_GIT_CREDENTIALS"),
+    ("egress_upstream_ca", "WM_EGRESS_UPSTREAM_CA"),
     ("egress_connect_timeout_seconds", "WM_EGRESS_CONNECT_TIMEOUT_SECONDS"),
     ("log_level", "WM_LOG_LEVEL"),
 )
@@ -59,6 +64,7 @@ class EgressClient:
         self._run = RunDir(Path(settings.egress_run_dir))
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._warned_version: object = service_version()
 
     @property
     def run_dir(self) -> RunDir:
@@ -144,7 +150,20 @@ class EgressClient:
 
     async def ensure_running(self, *, wait_seconds: float = 30.0) -> None:
         """Start the service if nothing answers, and wait until it does."""
-        if await self.healthy():
+        try:
+            health = await self._call("GET", "/healthz")
+        except (EgressUnavailable, EgressRefused):
+            health = None
+        if isinstance(health, dict):
+            version = health.get("version")
+            if version != service_version() and version != self._warned_version:
+                self._warned_version = version
+                log.warning(
+                    "the egress service runs another version: restart it "
+                    "(`worker-manager egress --stop`; serve starts this one)",
+                    service_version=version,
+                    manager_version=service_version(),
+                )
             return
         if not self._settings.egress_spawn:
             raise EgressUnavailable(

@@ -10,8 +10,12 @@ Layout under ``WM_EGRESS_RUN_DIR``::
 
     control.sock                    the manager's side (root only)
     service.pid                     the running service
+    ca/                             the proxy's CA, key included (root only; mitmproxy's confdir)
+    ca.pem, ca-bundle.pem           its certificate, alone and after the public roots
+    upstream-bundle.pem             the roots the proxy checks upstreams against, when the
+                                    operator adds some (WM_EGRESS_UPSTREAM_CA)
     workers/<worker_id>/grant.json  this worker's grant (root only)
-    workers/<worker_id>/sock/redis.sock, proxy.sock, gateway.sock
+    workers/<worker_id>/sock/redis.sock, proxy.sock, gateway.sock, ca.pem, ca-bundle.pem
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,9 @@ CONTAINER_SOCKET_DIR = "/run/wm"
 REDIS_SOCKET = "redis.sock"
 PROXY_SOCKET = "proxy.sock"
 GATEWAY_SOCKET = "gateway.sock"
+#: The service's CA, and the public roots plus it, as the container sees them.
+CA_FILE = "ca.pem"
+CA_BUNDLE_FILE = "ca-bundle.pem"
 #: The loopback ports inside the container that the wrapper relays to those sockets.
 PROXY_PORT = 3128
 GATEWAY_PORT = 3129
@@ -47,7 +55,15 @@ class Grant:
     egress: tuple[str, ...] = ()
     #: What the worker sends the LLM gateway as its API key; empty: no gateway for it.
     gateway_token: str = ""
+    #: What a FACTORY worker holds as its ``FACTORY_API_KEY``, swapped for the operator's key in
+    #: its requests to Factory's API (``egress.credentials``); empty: none.
+    factory_token: str = ""
     max_cost_usd: float | None = None
+    #: Where the worker's Redis relay connects: the registering manager's Redis, credentials
+    #: stripped (the worker's own ACL user authenticates through the relay). Empty: the
+    #: service's own ``WM_REDIS_URL``. Per grant, so that managers of different Redis servers
+    #: may share one host's service.
+    redis_url: str = ""
     #: Who may connect to the sockets inside the container (the wrapper's user).
     uid: int = 1000
     gid: int = 1000
@@ -77,7 +93,9 @@ class Grant:
                 key_prefix=key_prefix,
                 egress=egress,
                 gateway_token=str(data.get("gateway_token") or ""),
+                factory_token=str(data.get("factory_token") or ""),
                 max_cost_usd=None if budget is None else float(budget),
+                redis_url=str(data.get("redis_url") or ""),
                 uid=int(data.get("uid", 1000)),
                 gid=int(data.get("gid", 1000)),
                 output_maxlen=int(data.get("output_maxlen", 10_000)),
@@ -108,6 +126,22 @@ class RunDir:
     def workers(self) -> Path:
         return self.root / "workers"
 
+    @property
+    def ca_dir(self) -> Path:
+        return self.root / "ca"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.root / CA_FILE
+
+    @property
+    def ca_bundle(self) -> Path:
+        return self.root / CA_BUNDLE_FILE
+
+    @property
+    def upstream_bundle(self) -> Path:
+        return self.root / "upstream-bundle.pem"
+
     def worker(self, worker_id: str) -> Path:
         if not _WORKER_ID.match(worker_id):
             raise GrantError(f"worker_id {worker_id!r} is not a worker id")
@@ -123,6 +157,20 @@ class RunDir:
     def prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o755)
         self.workers.mkdir(exist_ok=True, mode=0o755)
+        self.ca_dir.mkdir(exist_ok=True, mode=0o700)
+
+    def publish_ca(self, worker_id: str) -> None:
+        """The CA files, in the worker's socket directory (linked: one copy on the disk)."""
+        for source in (self.ca_cert, self.ca_bundle):
+            if not source.exists():
+                continue
+            target = self.sockets(worker_id) / source.name
+            target.unlink(missing_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copyfile(source, target)
+                os.chmod(target, 0o644)
 
     def stored_grants(self) -> list[Grant]:
         found: list[Grant] = []

@@ -9,7 +9,12 @@ the manager is not in the data path. It serves, per worker, three Unix sockets i
   authenticates at Redis; the relay only carries the bytes);
 * ``proxy.sock`` — the egress proxy (:mod:`worker_manager.egress.proxy`);
 * ``gateway.sock`` — the LLM gateway (:mod:`worker_manager.egress.gateway`), for workers whose
-  grant carries a gateway token.
+  grant carries a gateway token;
+
+and two files: ``ca.pem``, the service's own CA (with which the proxy opens TLS to the hosts it
+adds an operator's credential for: :mod:`worker_manager.egress.credentials`), and
+``ca-bundle.pem``, the public roots (``certifi``) plus that CA, which the container's TLS
+clients are pointed at (``SSL_CERT_FILE`` and the like).
 
 Each socket belongs to the worker's wrapper user with mode 0600. The manager registers and
 revokes workers over ``control.sock`` (root only); every grant is kept on disk, so a restarted
@@ -29,15 +34,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import certifi
 from aiohttp import web
 from prometheus_client import REGISTRY, generate_latest
 from redis.asyncio import Redis
 
+from worker_manager.contract.credentials import parse_git_credentials
 from worker_manager.contract.egress import parse_egress
 from worker_manager.core.clock import iso_now
 from worker_manager.core.connections import connect
 from worker_manager.core.keys import Keys
 from worker_manager.core.logs import get_logger
+from worker_manager.egress.credentials import Credentials
 from worker_manager.egress.gateway import GatewayWorker, LlmGateway
 from worker_manager.egress.grants import (
     GATEWAY_SOCKET,
@@ -48,13 +56,16 @@ from worker_manager.egress.grants import (
     RunDir,
 )
 from worker_manager.egress.policy import EgressPolicy
-from worker_manager.egress.proxy import EgressProxy
+from worker_manager.egress.proxy import EgressProxy, ProxyWorker
 from worker_manager.egress.relay import splice
+from worker_manager.egress.version import service_version
 from worker_manager.settings import Settings
 
 log = get_logger(__name__)
 
 PUBLIC_ANTHROPIC_API = "https://api.anthropic.com"
+#: The certificate of mitmproxy's CA in its confdir (the key is beside it, never published).
+MITM_CA_CERT = "mitmproxy-ca-cert.pem"
 
 
 @dataclass(slots=True)
@@ -70,7 +81,23 @@ class EgressService:
         self._settings = settings
         self._run = RunDir(Path(settings.egress_run_dir))
         self._redis: Redis = connect(settings, name="egress")
-        self._proxy = EgressProxy(self._policy_of, self._report)
+        self._proxy = EgressProxy(
+            self._worker_of,
+            self._report,
+            credentials=Credentials(
+                git=parse_git_credentials(
+                    settings.git_credentials.get_secret_value()
+                    if settings.git_credentials
+                    else None
+                ),
+                factory_host=settings.factory_api_host,
+                factory_key=settings.factory_api_key.get_secret_value()
+                if settings.factory_api_key
+                else None,
+            ),
+            confdir=str(self._run.ca_dir),
+            upstream_ca=str(self._run.upstream_bundle) if settings.egress_upstream_ca else None,
+        )
         self._gateway = LlmGateway(
             redis=self._redis,
             upstream_url=settings.anthropic_base_url or PUBLIC_ANTHROPIC_API,
@@ -87,9 +114,11 @@ class EgressService:
         self._started = time.time()
 
     # --- lookups used by the proxy and the gateway -------------------------------------------
-    def _policy_of(self, worker_id: str) -> EgressPolicy | None:
+    def _worker_of(self, worker_id: str) -> ProxyWorker | None:
         served = self._served.get(worker_id)
-        return served.policy if served else None
+        if served is None:
+            return None
+        return ProxyWorker(served.policy, served.grant.factory_token)
 
     def _gateway_worker(self, sockname: str) -> GatewayWorker | None:
         try:
@@ -128,6 +157,7 @@ class EgressService:
         async with self._lock:
             current = self._served.get(grant.worker_id)
             self._run.write_grant(grant)
+            self._run.publish_ca(grant.worker_id)
             if current is not None and (current.grant.uid, current.grant.gid) == (
                 grant.uid,
                 grant.gid,
@@ -141,9 +171,11 @@ class EgressService:
             self._served[grant.worker_id] = served
             directory = self._run.sockets(grant.worker_id)
             worker_id = grant.worker_id
-            served.servers.append(
-                await self._listen(directory / REDIS_SOCKET, grant, self._relay_redis)
-            )
+
+            async def relayed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                await self._relay_redis(worker_id, reader, writer)
+
+            served.servers.append(await self._listen(directory / REDIS_SOCKET, grant, relayed))
 
             async def proxied(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
                 await self._proxy.serve_worker_connection(worker_id, reader, writer)
@@ -197,12 +229,13 @@ class EgressService:
         served.gateway_site = None
 
     async def _relay_redis(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, worker_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        served = self._served.get(worker_id)
+        url = (served.grant.redis_url if served else "") or self._settings.redis_url
         try:
             upstream = await asyncio.wait_for(
-                _open_redis(self._settings.redis_url),
-                self._settings.egress_connect_timeout_seconds,
+                _open_redis(url), self._settings.egress_connect_timeout_seconds
             )
         except (OSError, TimeoutError) as exc:
             log.warning("redis relay: cannot reach Redis", error=str(exc))
@@ -226,6 +259,7 @@ class EgressService:
                 "ok": True,
                 "pid": os.getpid(),
                 "workers": len(self._served),
+                "version": service_version(),
                 # Watchers excuse lost heartbeats for a while after this (the relays were down).
                 "started": self._started,
             }
@@ -276,7 +310,16 @@ class EgressService:
             os.close(lock)
             await self._redis.aclose()
             return
+        if self._settings.egress_upstream_ca is not None:
+            _write_bundle(
+                self._run.upstream_bundle,
+                certifi.where(),
+                str(self._settings.egress_upstream_ca),
+            )
         await self._proxy.start()
+        # mitmproxy made its CA (or found it) in ca/: what containers must trust.
+        _write_bundle(self._run.ca_cert, str(self._run.ca_dir / MITM_CA_CERT))
+        _write_bundle(self._run.ca_bundle, certifi.where(), str(self._run.ca_cert))
         await self._gateway_runner.setup()
         for grant in self._run.stored_grants():
             try:
@@ -331,6 +374,17 @@ async def _open_redis(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWri
     if parts.scheme == "unix":
         return await asyncio.open_unix_connection(parts.path)
     return await asyncio.open_connection(parts.hostname or "localhost", parts.port or 6379)
+
+
+def _write_bundle(target: Path, *sources: str) -> None:
+    """``target`` (world-readable: certificates only) as the PEM files ``sources`` in turn."""
+    text = "".join(
+        Path(source).read_text(encoding="ascii").rstrip("\n") + "\n" for source in sources
+    )
+    scratch = target.with_name(f".{target.name}.tmp")
+    scratch.write_text(text, encoding="ascii")
+    os.chmod(scratch, 0o644)
+    os.replace(scratch, target)
 
 
 def _own(path: Path, grant: Grant) -> None:

@@ -39,11 +39,20 @@ IMPORT_TIMEOUT_SECONDS = 900
 #: debootstrap downloads and unpacks ~100 packages; ~45 s with a close mirror.
 DEBOOTSTRAP_TIMEOUT_SECONDS = 1800
 
+#: What the bootstrapped base holds besides a minimal Debian: the wrapper's interpreter, TLS
+#: roots, and git (a worker's repository is checked out, and its work read, with it).
+BASE_PACKAGES = ("python3", "ca-certificates", "git")
+#: Bumped when :data:`BASE_PACKAGES` or the user layout change: a local base without this label
+#: value is bootstrapped again by ``ensure-base`` (the tag is local, so nothing else owns it).
+BASE_LAYOUT = "2"
+LABEL_BASE_LAYOUT = "worker-manager.base-layout"
+
 #: Docker gives an imported image no environment at all; these make it behave like an image
 #: built ``FROM debian``: a PATH for ``docker exec`` and RUN lines, and UTF-8 text for Python.
 IMAGE_CHANGES = (
     'CMD ["python3"]',
     "LABEL worker-manager.base=1",
+    f'LABEL {LABEL_BASE_LAYOUT}="{BASE_LAYOUT}"',
     # The worker's user is made here once, so no worker image spends a build step on it.
     f'LABEL {LABEL_WORKER_USER}="{WORKER_UID}:{WORKER_UID}"',
     "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -81,6 +90,9 @@ def ensure_base_image(settings: Settings, *, log: FilteringBoundLogger) -> str:
     client = docker.from_env(timeout=PULL_TIMEOUT_SECONDS)
     try:
         image_id = _local_image_id(client, name)
+        if image_id is not None and name == BOOTSTRAP_BASE_TAG and not _current(client, name):
+            log.info("base_image.outdated", image=name, action="bootstrap", layout=BASE_LAYOUT)
+            return bootstrap_base_image(name, log=log)
         if image_id is not None:
             log.debug("base_image.present", image=name, image_id=image_id)
             return image_id
@@ -125,7 +137,7 @@ def bootstrap_base_image(
             [
                 debootstrap,
                 "--variant=minbase",
-                "--include=python3,ca-certificates",
+                f"--include={','.join(BASE_PACKAGES)}",
                 suite,
                 str(rootfs),
                 mirror,
@@ -156,6 +168,12 @@ def bootstrap_base_image(
         seconds=round(time.monotonic() - started, 1),
     )
     return image_id
+
+
+def _current(client: docker.DockerClient, name: str) -> bool:
+    """Whether the local bootstrapped base is of this version's layout."""
+    labels = client.images.get(name).labels or {}
+    return labels.get(LABEL_BASE_LAYOUT) == BASE_LAYOUT
 
 
 def _local_image_id(client: docker.DockerClient, name: str) -> str | None:

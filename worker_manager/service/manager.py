@@ -37,6 +37,7 @@ from worker_manager.typing import CommandObserver, Load
 from worker_manager.workers.acl import WorkerAcl
 from worker_manager.workers.containers import ContainerRuntime
 from worker_manager.workers.containment import Containment
+from worker_manager.workers.disk_guard import DiskGuard
 from worker_manager.workers.eviction import Evictor
 from worker_manager.workers.lifecycle import Lifecycle
 from worker_manager.workers.output_guard import OutputGuard
@@ -139,6 +140,7 @@ class Manager:
         self.output_guard = OutputGuard(
             s, self.redis, self.store, self.lifecycle, self.metrics.dropped
         )
+        self.disk_guard = DiskGuard(s, self.docker, self.containers, self.store, self.lifecycle)
         # --- the command path ----------------------------------------------------------------
         self.book = ReplyBook(self.redis, s)
         self.handlers = Handlers(
@@ -237,6 +239,7 @@ class Manager:
         sup.forever("docker-events", self.watcher.docker_events)
         sup.every("eviction", self.evictor.sweep, s.eviction_interval_seconds)
         sup.every("output-trim", self.output_guard.round, s.output_trim_interval_seconds)
+        sup.every("disk", self.disk_guard.round, s.disk_check_interval_seconds, wait_first=True)
         sup.every(
             "reconcile", self.reconciler.periodic, s.reconcile_interval_seconds, wait_first=True
         )

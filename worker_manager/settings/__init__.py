@@ -58,8 +58,14 @@ class Settings(
 ):
     """Every setting, from ``WM_*`` variables, ``.env`` and secret files (in that order)."""
 
+    # hide_input_in_errors: a setting's error never repeats its value, which may be a secret
+    # (WM_GIT_CREDENTIALS is checked at start); the message names the variable and the rule.
     model_config = SettingsConfigDict(
-        env_prefix="WM_", env_file=".env", extra="ignore", populate_by_name=True
+        env_prefix="WM_",
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        hide_input_in_errors=True,
     )
 
     @classmethod

@@ -6,7 +6,7 @@ import secrets
 
 from pydantic import BaseModel, Field, SecretStr
 
-from worker_manager.contract.limits import MIB
+from worker_manager.contract.limits import MIB, parse_size
 
 
 class ContainerSettings(BaseModel):
@@ -43,7 +43,28 @@ class ContainerSettings(BaseModel):
     container_cpus: float = Field(default=1.0, gt=0)
     container_pids_limit: int = Field(default=512, ge=16)
     container_network: str = "bridge"
-    container_user: str = "1000:1000"
+    container_user: str = Field(
+        default="1000:1000",
+        pattern=r"^[1-9][0-9]{0,9}(:[0-9]{1,10})?$",
+        description="The agent's user in a worker container (uid:gid, not root). The wrapper "
+        "runs as root with only SETUID, SETGID and KILL, and starts the agent as this user.",
+    )
+    container_disk: str = Field(
+        default="10g",
+        pattern=r"^[0-9]+(\.[0-9]+)?[bkmgtBKMGT]?$",
+        description="What a worker may keep in its volumes (its home and workspace), e.g. 10g; "
+        "past it the worker is FAILED disk_exceeded (measured every disk_check_interval).",
+    )
+    disk_check_interval_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often the manager measures its workers' volumes (one Docker df call).",
+    )
+    container_tmp_size: str = Field(
+        default="512m",
+        pattern=r"^[0-9]+[kmgKMG]?$",
+        description="The size of a worker's /tmp (a tmpfs, counted against its memory limit).",
+    )
     container_runtime: str | None = Field(
         default=None,
         description="A Docker runtime for worker containers (e.g. runsc, gVisor, registered in "
@@ -54,3 +75,7 @@ class ContainerSettings(BaseModel):
         description="Host Docker socket given to workers with the DOCKER module. Root-equivalent "
         "on the host: unset by default, so DOCKER workers get a CLI and no daemon.",
     )
+
+    @property
+    def container_disk_bytes(self) -> int:
+        return parse_size(self.container_disk)

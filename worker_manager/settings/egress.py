@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 
+from worker_manager.contract.credentials import parse_git_credentials
 from worker_manager.contract.egress import canonical_egress
 
 
@@ -32,6 +33,29 @@ class EgressSettings(BaseModel):
         "when none answers on the run directory's control socket.",
     )
     egress_connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    egress_upstream_ca: Path | None = Field(
+        default=None,
+        description="PEM file of CAs the egress proxy trusts, besides the public roots, for "
+        "the upstreams it opens TLS to (an operator's own git server with a private CA).",
+    )
+    factory_api_host: str = Field(
+        default="api.factory.ai",
+        pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$",
+        description="Factory's API (host or host:port): a contained FACTORY worker reaches it "
+        "with a placeholder key that the egress proxy swaps for WM_FACTORY_API_KEY.",
+    )
+    # A secret (JSON host -> token, or the same in a file: WM_GIT_CREDENTIALS_FILE): added by
+    # the egress proxy to requests to those hosts, never given to a worker.
+    git_credentials: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("WM_GIT_CREDENTIALS", "GIT_CREDENTIALS")
+    )
+
+    @field_validator("git_credentials")
+    @classmethod
+    def _git_credentials(cls, value: SecretStr | None) -> SecretStr | None:
+        """Checked at start (the message names the host, never a token)."""
+        parse_git_credentials(value.get_secret_value() if value is not None else None)
+        return value
 
     @field_validator("egress_default")
     @classmethod

@@ -4,6 +4,16 @@ Instructions are written into the created container's working directory before i
 ``CLAUDE.md`` or ``AGENTS.md``), so they never reach an image, an env var or Redis' command log
 twice. Every operation is idempotent, because a create may be resumed after a crash: a container
 that already exists under the worker's name is reused, never duplicated.
+
+What a container may write (SPEC §7): its root filesystem is read-only; a worker writes only
+its two volumes, ``<name>-home`` at ``/home`` (the agent's home and, root's, the wrapper's own
+files: ``worker_base.identity``) and ``<name>-workspace`` at ``/workspace``, and a ``/tmp``
+tmpfs bounded by ``WM_CONTAINER_TMP_SIZE`` (counted against its memory). The volumes are the
+worker's own, labelled like its container, removed with it; their size is measured against
+``WM_CONTAINER_DISK`` by :mod:`worker_manager.workers.disk_guard`. The container runs as root
+with only the capabilities the wrapper needs to start its agent as another user
+(``WRAPPER_CAPABILITIES``) and ``no-new-privileges``: the agent, as ``WM_CONTAINER_USER``, holds
+none.
 """
 
 from __future__ import annotations
@@ -19,9 +29,10 @@ from typing import Any
 import docker.errors
 from docker import DockerClient
 from docker.models.containers import Container
-from docker.types import LogConfig
+from docker.types import LogConfig, Mount
 
 from worker_base.assignment import ASSIGNMENT, READY
+from worker_base.identity import CONTAINER_WRAPPER_DIR, PRIVATE
 from worker_manager.core import docker_client
 from worker_manager.core.logs import get_logger
 from worker_manager.egress.grants import CONTAINER_SOCKET_DIR
@@ -35,7 +46,16 @@ LABEL_MANAGER = "worker-manager.manager_id"
 LABEL_PREFIX = "worker-manager.key_prefix"
 #: On a warm-pool container: the shape it was started for (it keeps it after it is taken).
 LABEL_POOL = "worker-manager.pool"
+#: On a worker's volume: which one it is (``home`` or ``workspace``).
+LABEL_VOLUME = "worker-manager.volume"
 WORKER_UID = 1000
+#: The wrapper's user in a worker container, and all it may do beyond file permissions: start
+#: its agent as another user (SETUID, SETGID) and signal that agent's processes (KILL).
+WRAPPER_USER = "0:0"
+WRAPPER_CAPABILITIES = ("SETUID", "SETGID", "KILL")
+HOME_MOUNT = "/home"
+#: A worker's volumes: suffix of the volume's name -> where it is mounted.
+VOLUMES = (("home", HOME_MOUNT), ("workspace", WORKDIR))
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,23 +83,51 @@ class Started:
     image_hash: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class TarEntry:
+    """One entry of an archive copied into a container: a file, or a directory (``text`` None)."""
+
+    name: str
+    text: str | None
+    mode: int
+    uid: int = WORKER_UID
+
+
 def _tar_of(files: dict[str, str], mode: int = 0o644) -> bytes:
-    return _tar_entries([(name, text, mode) for name, text in files.items()])
+    """The agent's files (the instructions), owned by the agent's user."""
+    return _tar_entries([TarEntry(name, text, mode) for name, text in files.items()])
 
 
-def _tar_entries(entries: list[tuple[str, str, int]]) -> bytes:
-    """Files owned by the worker's user, extracted in this order."""
+def _tar_entries(entries: list[TarEntry]) -> bytes:
+    """Extracted in this order, each with its owner and mode."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, text, mode in entries:
-            data = text.encode("utf-8")
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = mode
-            info.uid = info.gid = WORKER_UID
+        for entry in entries:
+            info = tarfile.TarInfo(entry.name)
+            info.mode = entry.mode
+            info.uid = info.gid = entry.uid
             info.mtime = int(time.time())
+            if entry.text is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+                continue
+            data = entry.text.encode("utf-8")
+            info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+def handover_entries(assignment: dict[str, str]) -> list[TarEntry]:
+    """The pooled hand-over, relative to ``/home``: the wrapper's directories (root's), the
+    assignment (root only: it holds the worker's Redis password) and, last, the marker."""
+    top = CONTAINER_WRAPPER_DIR.removeprefix(f"{HOME_MOUNT}/")
+    private = f"{top}/{PRIVATE}"
+    return [
+        TarEntry(f"{top}/", None, 0o755, 0),
+        TarEntry(f"{private}/", None, 0o700, 0),
+        TarEntry(f"{private}/{ASSIGNMENT}", json.dumps(assignment), 0o600, 0),
+        TarEntry(f"{private}/{READY}", "", 0o600, 0),
+    ]
 
 
 def ip_of(attrs: dict[str, Any]) -> str:
@@ -107,6 +155,27 @@ class ContainerRuntime:
             LABEL_HASH: image_hash,
             LABEL_PREFIX: self._settings.key_prefix,
         }
+
+    def volume_names(self, worker_id: str) -> list[str]:
+        return [f"{self.name(worker_id)}-{suffix}" for suffix, _ in VOLUMES]
+
+    def _mounts(self, worker_id: str) -> list[Mount]:
+        """The worker's volumes; the Engine creates them (labelled) with the container and
+        fills each from the image's directory at its mount point."""
+        base = {
+            LABEL_WORKER: worker_id,
+            LABEL_MANAGER: self._settings.manager_id,
+            LABEL_PREFIX: self._settings.key_prefix,
+        }
+        return [
+            Mount(
+                target=target,
+                source=f"{self.name(worker_id)}-{suffix}",
+                type="volume",
+                labels={**base, LABEL_VOLUME: suffix},
+            )
+            for suffix, target in VOLUMES
+        ]
 
     async def launch(self, spec: LaunchSpec) -> Started:
         return await docker_client.call(self._launch_sync, spec)
@@ -148,10 +217,14 @@ class ContainerRuntime:
                 environment={**dict(RUNTIME.environment), **spec.env},
                 entrypoint=list(RUNTIME.entrypoint),
                 working_dir=RUNTIME.working_dir,
-                user=s.container_user,
+                user=WRAPPER_USER,
                 init=True,
                 security_opt=["no-new-privileges:true"],
                 cap_drop=["ALL"],
+                cap_add=list(WRAPPER_CAPABILITIES),
+                read_only=True,
+                mounts=self._mounts(spec.worker_id),
+                tmpfs={"/tmp": f"rw,nosuid,nodev,size={s.container_tmp_size},mode=1777"},
                 mem_limit=s.container_memory,
                 memswap_limit=s.container_memory,
                 nano_cpus=int(s.container_cpus * 1e9),
@@ -170,31 +243,26 @@ class ContainerRuntime:
         return container
 
     async def assign(
-        self, worker_id: str, files: dict[str, str], assignment: dict[str, str], state_dir: str
+        self, worker_id: str, files: dict[str, str], assignment: dict[str, str]
     ) -> Started | None:
         """Hand a running warm-pool container its worker: the instructions into the working
         directory, then the assignment (readable by the worker's user only) and, last, the
         marker its wrapper waits for. None when the container is no longer running."""
-        return await docker_client.call(self._assign_sync, worker_id, files, assignment, state_dir)
+        return await docker_client.call(self._assign_sync, worker_id, files, assignment)
 
     def _assign_sync(
-        self, worker_id: str, files: dict[str, str], assignment: dict[str, str], state_dir: str
+        self, worker_id: str, files: dict[str, str], assignment: dict[str, str]
     ) -> Started | None:
         try:
             container = self._docker.containers.get(self.name(worker_id))
             if container.status != "running":
                 return None
-            # One archive, extracted in order: the instructions, the assignment, and last the
-            # marker the wrapper waits for (so it never reads a half-written assignment).
-            home = state_dir.strip("/")
-            entries = [
-                (f"{WORKDIR.strip('/')}/{name}", text, 0o644) for name, text in files.items()
-            ]
-            entries += [
-                (f"{home}/{ASSIGNMENT}", json.dumps(assignment), 0o600),
-                (f"{home}/{READY}", "", 0o600),
-            ]
-            container.put_archive("/", _tar_entries(entries))
+            # The instructions first, then one archive extracted in order: the assignment and,
+            # last, the marker the wrapper waits for (so it never reads a half-written one).
+            # Two archives, since the root filesystem is read-only: each goes to its volume.
+            if files:
+                container.put_archive(WORKDIR, _tar_of(files))
+            container.put_archive(HOME_MOUNT, _tar_entries(handover_entries(assignment)))
         except docker.errors.NotFound:
             return None
         started = (container.attrs.get("State") or {}).get("StartedAt", "")
@@ -221,10 +289,28 @@ class ContainerRuntime:
         return found
 
     async def remove(self, worker_id: str) -> int | None:
-        """Stop (SIGTERM, then SIGKILL after the timeout) and remove; the exit code if known."""
+        """Stop (SIGTERM, then SIGKILL after the timeout) and remove, with its volumes; the
+        exit code if known."""
         return await docker_client.call(self._remove_sync, worker_id)
 
     def _remove_sync(self, worker_id: str) -> int | None:
+        exit_code = self._remove_container_sync(worker_id)
+        self._remove_volumes_sync(worker_id)
+        return exit_code
+
+    def _remove_volumes_sync(self, worker_id: str) -> None:
+        for name in self.volume_names(worker_id):
+            try:
+                self._docker.api.remove_volume(name, force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:
+                    raise
+                # Still in use (a container removal under way): the reconciler removes it.
+                log.warning("a worker's volume is still in use", volume=name, error=str(exc))
+
+    def _remove_container_sync(self, worker_id: str) -> int | None:
         try:
             container = self._docker.containers.get(self.name(worker_id))
         except docker.errors.NotFound:
@@ -246,6 +332,24 @@ class ContainerRuntime:
     async def find_all(self) -> list[dict[str, Any]]:
         """This manager's worker containers (all states), as Docker reports them."""
         return await docker_client.call(self._find_all_sync)
+
+    async def volumes(self) -> list[dict[str, Any]]:
+        """This manager's worker volumes, as Docker lists them."""
+        return await docker_client.call(self._volumes_sync)
+
+    def _volumes_sync(self) -> list[dict[str, Any]]:
+        filters = {
+            "label": [
+                LABEL_VOLUME,
+                f"{LABEL_MANAGER}={self._settings.manager_id}",
+                f"{LABEL_PREFIX}={self._settings.key_prefix}",
+            ]
+        }
+        found: list[dict[str, Any]] = self._docker.api.volumes(filters=filters).get("Volumes") or []
+        return found
+
+    async def remove_volumes(self, worker_id: str) -> None:
+        await docker_client.call(self._remove_volumes_sync, worker_id)
 
     def _find_all_sync(self) -> list[dict[str, Any]]:
         filters = {

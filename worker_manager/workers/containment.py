@@ -14,13 +14,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from worker_base.config import relays_env
 from worker_manager.contract.commands import CreateCommand
 from worker_manager.contract.kinds import AgentType
 from worker_manager.core.logs import get_logger
 from worker_manager.egress.control import EgressClient
+from worker_manager.egress.credentials import factory_grant
 from worker_manager.egress.grants import (
+    CA_BUNDLE_FILE,
+    CA_FILE,
     CONTAINER_SOCKET_DIR,
     GATEWAY_PORT,
     GATEWAY_SOCKET,
@@ -30,9 +34,11 @@ from worker_manager.egress.grants import (
     Grant,
 )
 from worker_manager.settings import Settings
+from worker_manager.workers.containers import WRAPPER_USER
 
 log = get_logger(__name__)
 
+WRAPPER_UID = int(WRAPPER_USER.partition(":")[0])
 RELAYS = (
     (PROXY_PORT, f"{CONTAINER_SOCKET_DIR}/{PROXY_SOCKET}"),
     (GATEWAY_PORT, f"{CONTAINER_SOCKET_DIR}/{GATEWAY_SOCKET}"),
@@ -40,6 +46,10 @@ RELAYS = (
 PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
 GATEWAY_URL = f"http://127.0.0.1:{GATEWAY_PORT}"
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+CA_PATH = f"{CONTAINER_SOCKET_DIR}/{CA_FILE}"
+CA_BUNDLE_PATH = f"{CONTAINER_SOCKET_DIR}/{CA_BUNDLE_FILE}"
+#: Where OpenSSL (Python, curl), requests, curl and git look for the roots they trust.
+CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO")
 
 
 class Containment:
@@ -59,17 +69,26 @@ class Containment:
         granted); the host directory to mount at ``/run/wm``, or None when not contained."""
         if not self.enabled:
             return None
-        uid, _, gid = self._settings.container_user.partition(":")
         agent = command.agent_type if command is not None else None
+        # The key is the egress service's (which may run apart, in compose): a FACTORY worker
+        # always gets a placeholder, swapped for the key where the service holds one.
+        factory = agent is AgentType.FACTORY
+        egress = self.egress_of(command) if command is not None else []
+        if factory:  # Factory's API, with the placeholder the proxy swaps for the key
+            egress += factory_grant(self._settings.factory_api_host)
         grant = Grant(
             worker_id=worker_id,
             key_prefix=self._settings.key_prefix,
-            egress=tuple(self.egress_of(command)) if command is not None else (),
+            egress=tuple(egress),
             gateway_token=self.gateway_token(worker_id) if agent is AgentType.CLAUDE else "",
+            factory_token=factory_token(self._settings, worker_id) if factory else "",
             max_cost_usd=command.max_cost_usd if command is not None else None,
-            uid=int(uid or 1000),
-            gid=int(gid or uid or 1000),
+            # Only the wrapper may connect: the agent runs as another user (WM_CONTAINER_USER)
+            # and reaches the proxy and the gateway through the wrapper's loopback relays.
+            uid=WRAPPER_UID,
+            gid=WRAPPER_UID,
             output_maxlen=self._settings.output_maxlen,
+            redis_url=without_credentials(self._settings.redis_url),
         )
         path: Path = await self.client.grant(grant)
         return str(path)
@@ -86,6 +105,16 @@ class Containment:
         await self.client.close()
 
 
+def without_credentials(url: str) -> str:
+    """``url`` without its user and password: where to connect, not who connects."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port is not None else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
 def contained(settings: Settings) -> bool:
     return settings.egress == "on"
 
@@ -93,8 +122,18 @@ def contained(settings: Settings) -> bool:
 def gateway_token(settings: Settings, worker_id: str) -> str:
     """The worker's LLM gateway key: derived, so any manager can re-register the worker after
     a restart; useless anywhere but at the gateway, and only while the worker is granted."""
+    return _derived(settings, f"gateway:{worker_id}")
+
+
+def factory_token(settings: Settings, worker_id: str) -> str:
+    """A FACTORY worker's ``FACTORY_API_KEY``: a placeholder the egress proxy swaps for the
+    operator's key in this worker's requests to Factory's API, and nowhere else."""
+    return _derived(settings, f"factory:{worker_id}")
+
+
+def _derived(settings: Settings, purpose: str) -> str:
     secret = settings.worker_secret.get_secret_value().encode()
-    return "wm-" + hmac.new(secret, f"gateway:{worker_id}".encode(), hashlib.sha256).hexdigest()
+    return "wm-" + hmac.new(secret, purpose.encode(), hashlib.sha256).hexdigest()
 
 
 def contained_redis_url(netloc: str, query: str) -> str:
@@ -114,11 +153,17 @@ def pooled_relays_env(settings: Settings) -> dict[str, str]:
 
 
 def contained_env(settings: Settings, agent_type: AgentType, worker_id: str) -> dict[str, str]:
-    """What a contained container's environment says for the agent: its proxy and, for
-    CLAUDE, the LLM gateway and the worker's token in place of the operator's key."""
+    """What a contained container's environment says for the agent: its proxy, the roots its
+    TLS clients trust (the public ones plus the egress service's CA, with which the proxy opens
+    the tunnels it adds an operator's credential to) and, for CLAUDE, the LLM gateway and the
+    worker's token in place of the operator's key; for FACTORY, a placeholder key."""
     env = {name: PROXY_URL for name in PROXY_VARIABLES}
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    env.update({name: CA_BUNDLE_PATH for name in CA_BUNDLE_VARIABLES})
+    env["NODE_EXTRA_CA_CERTS"] = CA_PATH  # Node adds to its own roots
     if agent_type is AgentType.CLAUDE:
         env["ANTHROPIC_BASE_URL"] = GATEWAY_URL
         env["ANTHROPIC_API_KEY"] = gateway_token(settings, worker_id)
+    elif agent_type is AgentType.FACTORY:
+        env["FACTORY_API_KEY"] = factory_token(settings, worker_id)
     return env

@@ -9,9 +9,12 @@ wrapper's comes with its assignment.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import SecretStr
 
-from worker_base.config import DEFAULT_STATE_DIR, WrapperConfig
+from worker_base.config import DEFAULT_STATE_DIR, WrapperConfig, parse_user
+from worker_base.identity import CONTAINER_WRAPPER_DIR
 from worker_manager.contract.commands import CreateCommand
 from worker_manager.contract.kinds import AgentType, Shape
 from worker_manager.settings import Settings
@@ -44,6 +47,8 @@ def wrapper_config(
         max_turns=command.max_turns,
         max_cost_usd=command.max_cost_usd,
         relays=relays(settings),
+        wrapper_dir_override=Path(CONTAINER_WRAPPER_DIR),
+        agent_user=parse_user(settings.container_user),
     )
 
 
@@ -59,7 +64,12 @@ def worker_env(
 def pool_env(settings: Settings, shape: Shape, worker_id: str) -> dict[str, str]:
     """A pooled container's environment: no worker yet, only what its agent type needs (the
     rest comes with the assignment). Its id is the one the create that takes it adopts."""
-    env = {"WM_POOLED": "1", "WM_STATE_DIR": DEFAULT_STATE_DIR}
+    env = {
+        "WM_POOLED": "1",
+        "WM_STATE_DIR": DEFAULT_STATE_DIR,
+        # Where its hand-over lands (the wrapper's private directory: root's, 0700).
+        "WM_WRAPPER_DIR": CONTAINER_WRAPPER_DIR,
+    }
     env.update(pooled_relays_env(settings))
     env.update(agent_env(settings, shape.agent_type, worker_id))
     return env
@@ -72,9 +82,6 @@ def agent_env(settings: Settings, agent_type: AgentType, worker_id: str) -> dict
     if contained(settings):
         if agent_type is AgentType.CLAUDE:
             env.update(_claude_settings(settings))
-        elif agent_type is AgentType.FACTORY and settings.factory_api_key:
-            # Droid has no gateway yet: its key still crosses (README, Trust boundaries).
-            env["FACTORY_API_KEY"] = settings.factory_api_key.get_secret_value()
         env.update(contained_env(settings, agent_type, worker_id))
         return env
     wanted: dict[str, SecretStr | None] = {}

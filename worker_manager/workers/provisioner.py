@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from worker_base.config import DEFAULT_STATE_DIR
 from worker_manager.contract.commands import CreateCommand, command_context
 from worker_manager.contract.kinds import AgentType, Module
 from worker_manager.core.clock import iso_from_unix, iso_now
@@ -168,7 +167,6 @@ class Provisioner:
             if command.instructions
             else {},
             self._env(worker_id, command),
-            DEFAULT_STATE_DIR,
         )
         if started is None:
             log.warning("the pooled container is gone; starting one", worker_id=worker_id)

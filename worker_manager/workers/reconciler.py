@@ -24,6 +24,7 @@ create finishing concurrently is never mistaken for a loss. The verdicts themsel
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -33,6 +34,7 @@ from docker import DockerClient
 
 from worker_manager.contract.kinds import WorkerStatus
 from worker_manager.contract.record import WorkerRecord
+from worker_manager.core.clock import unix_or_none
 from worker_manager.core.logs import get_logger
 from worker_manager.core.outages import OUTAGE_ERRORS
 from worker_manager.settings import Settings
@@ -116,6 +118,7 @@ class Report:
     orphans: list[str] = field(default_factory=list)
     users_restored: list[str] = field(default_factory=list)
     grants_revoked: list[str] = field(default_factory=list)
+    volumes_removed: list[str] = field(default_factory=list)
 
     def changed(self) -> bool:
         return any(
@@ -127,6 +130,7 @@ class Report:
                 self.orphans,
                 self.users_restored,
                 self.grants_revoked,
+                self.volumes_removed,
             )
         )
 
@@ -180,6 +184,7 @@ class Reconciler:
                 orphans=report.orphans,
                 users_restored=len(report.users_restored),
                 grants_revoked=len(report.grants_revoked),
+                volumes_removed=report.volumes_removed,
             )
         return report
 
@@ -201,7 +206,24 @@ class Reconciler:
         for worker_id, step in reconcile_steps(live, found, records, busy):
             await self._carry_out(worker_id, step, report)
         await self._sweep_grants(live | set(found), report)
+        await self._sweep_volumes(live | set(found), report)
         return report
+
+    async def _sweep_volumes(self, known: set[str], report: Report) -> None:
+        """Remove this manager's worker volumes whose worker is neither live nor has a
+        container here (a teardown cut short). A volume younger than a minute may belong to a
+        container being created right now."""
+        now = time.time()
+        for volume in await self._containers.volumes():
+            worker_id = str((volume.get("Labels") or {}).get(LABEL_WORKER, ""))
+            if not worker_id or worker_id in known or self._provisioner.is_active(worker_id):
+                continue
+            created = unix_or_none(str(volume.get("CreatedAt", "")))
+            if created is None or now - created < 60:
+                continue
+            await self._containers.remove_volumes(worker_id)
+            if worker_id not in report.volumes_removed:
+                report.volumes_removed.append(worker_id)
 
     async def _sweep_grants(self, known: set[str], report: Report) -> None:
         """Revoke egress grants of this key prefix whose worker is neither live nor has a
