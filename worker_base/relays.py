@@ -19,7 +19,9 @@ log = logging.getLogger("worker_base")
 CHUNK = 64 * 1024
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy ``reader`` into ``writer`` until EOF, then half-close it; backpressure through
+    ``drain``. Understands nothing it carries (the egress service's relays use it too)."""
     try:
         while data := await reader.read(CHUNK):
             writer.write(data)
@@ -28,6 +30,19 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.write_eof()
     except (ConnectionError, OSError):
         pass
+
+
+async def splice(
+    a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+) -> None:
+    """Both directions at once; closes both ends when both are done."""
+    try:
+        await asyncio.gather(pipe(a[0], b[1]), pipe(b[0], a[1]))
+    finally:
+        for _, writer in (a, b):
+            # Not awaited: the handler's task may be collected once both ends are gone.
+            writer.close()
 
 
 class LoopbackRelays:
@@ -50,12 +65,7 @@ class LoopbackRelays:
                 log.warning("relay to %s failed: %s", path, exc)
                 writer.close()
                 return
-            try:
-                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-            finally:
-                for end in (writer, up_writer):
-                    # Not awaited: the handler's task may be collected once both ends are gone.
-                    end.close()
+            await splice((reader, writer), (up_reader, up_writer))
 
         return handle
 

@@ -8,7 +8,7 @@ reports each refusal on its output) and ``gateway.sock`` (the LLM gateway, which
 worker's token for the operator's key and meters usage from the API's own answers).
 
 Owns: the egress decision (``policy``), the grants on disk (``grants``), the proxy addon
-(``proxy``), the relays (``relay``), the gateway (``gateway``, ``pricing``) and the service
+(``proxy``), the gateway (``gateway``, ``pricing``) and the service
 (``service``, ``control``).
 May import: ``core``, ``contract``, ``settings``.
 """

@@ -39,6 +39,7 @@ from aiohttp import web
 from prometheus_client import REGISTRY, generate_latest
 from redis.asyncio import Redis
 
+from worker_base.relays import splice
 from worker_manager.contract.credentials import parse_git_credentials
 from worker_manager.contract.egress import parse_egress
 from worker_manager.core.clock import iso_now
@@ -57,7 +58,6 @@ from worker_manager.egress.grants import (
 )
 from worker_manager.egress.policy import EgressPolicy
 from worker_manager.egress.proxy import EgressProxy, ProxyWorker
-from worker_manager.egress.relay import splice
 from worker_manager.egress.version import service_version
 from worker_manager.settings import Settings
 
