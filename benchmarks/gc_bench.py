@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from benchmarks.env import BenchEnv
 from benchmarks.harness import Figure, alternate
-from worker_manager.images.spec import LABEL_HASH
+from worker_manager.contract.labels import LABEL_HASH
 from worker_manager.settings import Settings
 
 OLD_FRACTION = 0.1
@@ -41,7 +41,7 @@ def _unavailable(reason: str) -> Figure:
 
 
 def _build_tiny(env: BenchEnv, tag: str) -> str:
-    from worker_manager.images.spec import LABEL_PREFIX
+    from worker_manager.contract.labels import LABEL_PREFIX
 
     dockerfile = (
         f"FROM {env.base_image}\n"

@@ -24,9 +24,9 @@ from benchmarks.env import AGENT_COMMAND, OWNER_LABEL, BenchEnv
 from benchmarks.harness import Figure, alternate
 from benchmarks.workers import create_worker, delete_worker, lifecycle_tail, wait_status
 from worker_manager.contract.kinds import AgentType
+from worker_manager.contract.labels import LABEL_HASH
 from worker_manager.images.build import write_build_context
 from worker_manager.images.spec import (
-    LABEL_HASH,
     RUNTIME,
     ImageSpec,
     Templates,

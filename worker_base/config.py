@@ -47,6 +47,11 @@ class WrapperConfig:
     #: The agent's ``(uid, gid)``, when it runs as a user other than the wrapper's
     #: (``WM_AGENT_USER``); None: the wrapper's own user.
     agent_user: tuple[int, int] | None = None
+    #: The commit the workspace was checked out at (``WM_WORKSPACE_BASE``): what ``diff``
+    #: compares with; empty: HEAD.
+    workspace_base: str = ""
+    #: The most a read, write or diff through the wrapper carries (``WM_WORKSPACE_MAX_BYTES``).
+    workspace_max_bytes: int = 8 * 1024 * 1024
     heartbeat_interval: float = 2.0
     heartbeat_ttl: int = 10
     output_maxlen: int = 10_000
@@ -83,6 +88,11 @@ class WrapperConfig:
     @property
     def heartbeat_key(self) -> str:
         return worker_key(self.key_prefix, self.worker_id, "heartbeat")
+
+    @property
+    def workspace_key(self) -> str:
+        """The last workspace summary (SPEC §8), which the manager copies into the record."""
+        return worker_key(self.key_prefix, self.worker_id, "workspace")
 
     def to_env(self) -> dict[str, str]:
         """The environment for which :meth:`from_env` returns this configuration.
@@ -121,6 +131,9 @@ class WrapperConfig:
             env["WM_WRAPPER_DIR"] = str(self.wrapper_dir_override)
         if self.agent_user is not None:
             env["WM_AGENT_USER"] = f"{self.agent_user[0]}:{self.agent_user[1]}"
+        if self.workspace_base:
+            env["WM_WORKSPACE_BASE"] = self.workspace_base
+        env["WM_WORKSPACE_MAX_BYTES"] = str(self.workspace_max_bytes)
         return env
 
     @property
@@ -182,6 +195,10 @@ class WrapperConfig:
             state_dir=Path(text("WM_STATE_DIR") or DEFAULT_STATE_DIR),
             wrapper_dir_override=Path(wrapper) if (wrapper := text("WM_WRAPPER_DIR")) else None,
             agent_user=parse_user(text("WM_AGENT_USER")),
+            workspace_base=text("WM_WORKSPACE_BASE") or "",
+            workspace_max_bytes=int(
+                _number(environ, "WM_WORKSPACE_MAX_BYTES", 8 * 1024 * 1024, minimum=1024)
+            ),
             heartbeat_interval=interval,
             heartbeat_ttl=ttl,
             output_maxlen=int(_number(environ, "WM_OUTPUT_MAXLEN", 10_000, minimum=1)),
@@ -189,7 +206,7 @@ class WrapperConfig:
             input_timeout=_optional(environ, "WM_INPUT_TIMEOUT_SECONDS", minimum=0.001),
             max_turns=None if max_turns is None else int(max_turns),
             max_cost_usd=_optional(environ, "WM_MAX_COST_USD", minimum=0),
-            relays=_relays(environ),
+            relays=relays_from_env(environ),
             cancel_grace=_number(environ, "WM_CANCEL_GRACE_SECONDS", 5.0, minimum=0),
             block_ms=block_ms,
             socket_timeout=socket_timeout,
@@ -235,7 +252,8 @@ def relays_env(relays: tuple[tuple[int, str], ...]) -> str:
     return json.dumps({str(port): path for port, path in relays}, sort_keys=True)
 
 
-def _relays(environ: Mapping[str, str]) -> tuple[tuple[int, str], ...]:
+def relays_from_env(environ: Mapping[str, str]) -> tuple[tuple[int, str], ...]:
+    """``WM_RELAYS`` read (also by the checkout, which runs no wrapper)."""
     raw = environ.get("WM_RELAYS", "").strip()
     if not raw:
         return ()

@@ -21,6 +21,11 @@ class EventType(StrEnum):
     STATUS = "status"
     ERROR = "error"
     DONE = "done"
+    #: SPEC §8: the workspace summary after each input, and the answers to workspace requests.
+    WORKSPACE = "workspace"
+    DIFF = "diff"
+    FILE = "file"
+    LISTING = "listing"
 
 
 class WrapperState(StrEnum):

@@ -7,13 +7,16 @@ busy worker refreshes the time on every beat and never looks idle, however long 
 
 The value is the activity time, optionally followed by space-separated ``name=value`` facts the
 manager reads without touching the data plane: ``2026-11-25T10:00:00.123Z cost=0.42`` (the
-worker's total spend) and ``budget=exceeded`` once its ``max_cost_usd`` is spent.
+worker's total spend), ``budget=exceeded`` once its ``max_cost_usd`` is spent, and ``ws=<digest>``
+of the workspace summary last published in ``worker:<id>:workspace`` (the manager fetches that
+only when the digest changes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,6 +81,7 @@ MAX_HEARTBEAT_CHARS = 256
 #: The most a heartbeat may claim a worker spent: beyond it the value is not believed.
 MAX_COST_USD = 1e9
 BUDGET_EXCEEDED = "budget=exceeded"
+_HEX = re.compile(r"[0-9a-f]{1,16}")
 
 
 class HeartbeatInvalid(ValueError):
@@ -93,6 +97,8 @@ class Beat:
     #: The worker's total spend as a plain decimal string, when reported.
     cost_usd: str | None = None
     budget_exceeded: bool = False
+    #: The digest of the workspace summary the wrapper last published (``ws=``), when any.
+    workspace: str | None = None
 
 
 def parse_heartbeat(raw: object, now: float) -> Beat:
@@ -121,6 +127,7 @@ def parse_heartbeat(raw: object, now: float) -> Beat:
         raise HeartbeatInvalid("its time has no time zone")
     cost: str | None = None
     exceeded = False
+    workspace: str | None = None
     for word in words[1:]:
         name, _, value = word.partition("=")
         if name == "cost":
@@ -133,5 +140,7 @@ def parse_heartbeat(raw: object, now: float) -> Beat:
             cost = format_usd(amount)
         elif word == BUDGET_EXCEEDED:
             exceeded = True
+        elif name == "ws" and _HEX.fullmatch(value):
+            workspace = value
         # Unknown facts are ignored: a newer wrapper may say more than this manager reads.
-    return Beat(min(moment.timestamp(), now), cost, exceeded)
+    return Beat(min(moment.timestamp(), now), cost, exceeded, workspace)

@@ -84,8 +84,8 @@ class AgentIdentity:
 
         Synchronous on purpose: nothing may be awaited inside, so no other task of the wrapper
         ever runs with these ids."""
-        if self.uid is None or self.gid is None:
-            yield
+        if self.uid is None or self.gid is None or os.geteuid() == self.uid:
+            yield  # no one else to be, or already the agent (a nested bracket)
             return
         os.setegid(self.gid)
         os.seteuid(self.uid)

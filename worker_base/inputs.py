@@ -39,6 +39,12 @@ class InputType(StrEnum):
 
     PROMPT = "prompt"
     CANCEL = "cancel"
+    #: SPEC §8's workspace requests, answered by the wrapper itself.
+    DIFF = "diff"
+    READ = "read"
+    LIST = "list"
+    WRITE = "write"
+    EXEC = "exec"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,15 +58,21 @@ class InputSpec:
     required: tuple[str, ...] = ()
 
 
-#: Every input type and what it needs: adding a type (SPEC §8's ``diff``, ``read``, ``list``,
-#: ``write``, ``exec``) is one member of :class:`InputType` and one entry here, e.g.
-#: ``InputType.READ: InputSpec(required=("path",))``; until then those are unknown types.
+#: Every input type and what it needs: adding a type is one member of :class:`InputType` and one
+#: entry here. A ``write``'s ``content`` (base64) may be empty: an empty file.
 INPUT_TYPES: Mapping[InputType, InputSpec] = MappingProxyType(
     {
         InputType.PROMPT: InputSpec(required=("content",)),
         InputType.CANCEL: InputSpec(),
+        InputType.DIFF: InputSpec(),
+        InputType.READ: InputSpec(required=("path",)),
+        InputType.LIST: InputSpec(),
+        InputType.WRITE: InputSpec(required=("path",)),
+        InputType.EXEC: InputSpec(required=("argv",)),
     }
 )
+#: Answered at once, even while a prompt runs (they change nothing); the others wait their turn.
+IMMEDIATE = frozenset({InputType.DIFF, InputType.READ, InputType.LIST})
 
 PROMPT = InputType.PROMPT
 CANCEL = InputType.CANCEL
@@ -98,8 +110,10 @@ def parse_entry(entry_id: str, fields: Mapping[str, str] | None) -> InputEntry:
     absent = [name for name in INPUT_TYPES[type_].required if not fields.get(name)]
     if absent:
         needs = "one" if len(absent) == 1 else "them"
+        article = "an" if type_.value[0] in "aeiou" else "a"
         problem = (
-            f"input {entry_id} has no {' and no '.join(absent)}: a {type_.value} needs {needs}"
+            f"input {entry_id} has no {' and no '.join(absent)}: "
+            f"{article} {type_.value} needs {needs}"
         )
         return InputEntry(entry_id, type_, content, fields, problem=problem)
     return InputEntry(entry_id, type_, content, fields)

@@ -62,6 +62,8 @@ def agent_environment(
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(invocation.env)
     env["WM_INPUT_ID"] = input_id
+    if not invocation.confined:
+        return env
     return hooks.agent_env(config, env, invocation.shell_prefix_env)
 
 

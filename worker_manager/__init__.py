@@ -10,7 +10,9 @@ from worker_manager.client.api import (
     CapacityExceededError,
     Client,
     ConflictError,
+    Diff,
     Event,
+    FileEntry,
     InternalError,
     InvalidCommandError,
     LifecycleEvent,
@@ -21,6 +23,7 @@ from worker_manager.client.api import (
     WorkerEnded,
     WorkerInfo,
     WorkerManagerError,
+    WorkspaceRequestError,
 )
 from worker_manager.contract.kinds import AgentType, Module, WorkerStatus
 from worker_manager.contract.reply import Reply
@@ -34,7 +37,9 @@ __all__ = [
     "CapacityExceededError",
     "Client",
     "ConflictError",
+    "Diff",
     "Event",
+    "FileEntry",
     "InternalError",
     "InvalidCommandError",
     "LifecycleEvent",
@@ -49,4 +54,5 @@ __all__ = [
     "WorkerInfo",
     "WorkerManagerError",
     "WorkerStatus",
+    "WorkspaceRequestError",
 ]

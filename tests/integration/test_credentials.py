@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from tests.integration.test_agents_docker import OVERLAY
 from tests.support.flows import Harness
-from tests.support.git_server import GitServer, TestCA
+from tests.support.git_server import GitServer, LocalCA
 from tests.support.inside import found_inside
 from tests.support.redis_dump import every_value
 from worker_manager.core.bridge import docker_bridge_gateway
@@ -31,7 +31,7 @@ SHELL_AGENT = ["sh", "-c", 'cd /workspace && eval "$(cat)"']
 @pytest.fixture
 async def https_git(tmp_path: Path) -> AsyncIterator[GitServer]:
     host = docker_bridge_gateway()
-    ca = TestCA(tmp_path / "ca", host)
+    ca = LocalCA(tmp_path / "ca", host)
     root = tmp_path / "repos"
     root.mkdir()
     server = await GitServer(root, host=host, token=f"tok-{secrets.token_hex(12)}", ca=ca).start()
@@ -109,7 +109,7 @@ async def test_a_git_push_over_https_carries_a_token_no_worker_holds(
 class FakeFactoryApi:
     """Factory's API as far as this test needs: HTTPS, and it records what key it was sent."""
 
-    def __init__(self, ca: TestCA) -> None:
+    def __init__(self, ca: LocalCA) -> None:
         self.ca = ca
         self.seen: list[str] = []
         self.port = 0
@@ -140,7 +140,7 @@ async def test_a_factory_worker_spends_the_key_only_through_the_proxy(
     harness: Harness, tmp_path: Path, private_egress_dir: Path
 ) -> None:
     host = docker_bridge_gateway()
-    ca = TestCA(tmp_path / "ca", host)
+    ca = LocalCA(tmp_path / "ca", host)
     api = await FakeFactoryApi(ca).start()
     key = f"fk-{secrets.token_hex(16)}"
     try:

@@ -24,9 +24,9 @@ import docker.errors
 import pytest
 from redis.asyncio import Redis
 
+from worker_manager.contract.labels import LABEL_HASH, LABEL_PREFIX
 from worker_manager.images.gc_execute import Collector
 from worker_manager.images.gc_plan import Row
-from worker_manager.images.spec import LABEL_HASH, LABEL_PREFIX
 from worker_manager.settings import Settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]

@@ -20,8 +20,8 @@ from redis.asyncio import Redis
 from tests.support.flows import Harness
 from tests.support.manager_process import ManagerProcess
 from worker_manager.client.requests import CommandClient
+from worker_manager.contract.labels import LABEL_WORKER
 from worker_manager.settings import Settings
-from worker_manager.workers.containers import LABEL_WORKER
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from tests.support.flows import Harness
+from worker_manager.contract.labels import LABEL_POOL, LABEL_WORKER
 from worker_manager.service.manager import Manager
-from worker_manager.workers.containers import LABEL_POOL, LABEL_WORKER
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 

@@ -8,8 +8,7 @@ import uuid
 import pytest
 
 from tests.support.flows import Harness
-from worker_manager.images.spec import LABEL_HASH
-from worker_manager.workers.containers import LABEL_MANAGER, LABEL_WORKER
+from worker_manager.contract.labels import LABEL_HASH, LABEL_MANAGER, LABEL_WORKER
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 

@@ -48,7 +48,7 @@ def backend_path() -> str:
 
 
 @dataclass
-class TestCA:
+class LocalCA:
     """A CA of the test's own and one server certificate it signed, as PEM files."""
 
     directory: Path
@@ -117,7 +117,7 @@ class GitServer:
         *,
         host: str,
         token: str | None = None,
-        ca: TestCA | None = None,
+        ca: LocalCA | None = None,
     ) -> None:
         self.root = root
         self.host = host
@@ -126,6 +126,8 @@ class GitServer:
         self.port = 0
         #: (method, path, the Authorization header or "") of every request, in order.
         self.requests: list[tuple[str, str, str]] = []
+        #: The bytes of each answer, in the same order.
+        self.answered: list[int] = []
         self._runner: web.AppRunner | None = None
         self._backend = backend_path()
 
@@ -182,6 +184,7 @@ class GitServer:
         authorization = request.headers.get("Authorization", "")
         self.requests.append((request.method, request.path, authorization))
         if self.token is not None and not _carries(authorization, self.token):
+            self.answered.append(0)
             return web.Response(
                 status=401,
                 headers={"WWW-Authenticate": 'Basic realm="test"'},
@@ -223,6 +226,7 @@ class GitServer:
                 status = int(value.strip().split()[0])
             elif name:
                 headers[name.strip()] = value.strip()
+        self.answered.append(len(payload))
         return web.Response(status=status, headers=headers, body=payload)
 
 

@@ -10,14 +10,13 @@ import pytest
 
 from worker_base.heartbeat import Beat
 from worker_manager.contract.kinds import WorkerStatus
+from worker_manager.contract.labels import LABEL_HASH, LABEL_PREFIX, LABEL_WORKER
+from worker_manager.contract.labels import LABEL_PREFIX as WORKER_PREFIX_LABEL
 from worker_manager.contract.limits import parse_size
 from worker_manager.contract.record import WorkerRecord
 from worker_manager.core.clock import iso_from_unix
 from worker_manager.images.gc_plan import Engine, plan_rows
-from worker_manager.images.spec import LABEL_HASH, LABEL_PREFIX
 from worker_manager.settings import FleetSettings
-from worker_manager.workers.containers import LABEL_PREFIX as WORKER_PREFIX_LABEL
-from worker_manager.workers.containers import LABEL_WORKER
 from worker_manager.workers.disk_guard import over_entries, over_limit, usage_by_worker, walk_size
 from worker_manager.workers.eviction import eviction_reason
 from worker_manager.workers.heartbeats import Observed

@@ -24,6 +24,7 @@ from worker_base.inputs import (
 from worker_base.wrapper import INVALID_INPUT
 from worker_manager.settings import Settings
 
+KNOWN = "prompt, cancel, diff, read, list, write or exec"
 ID = "1700000000000-0"
 
 
@@ -42,13 +43,35 @@ def test_an_empty_content_counts_as_none(fields: dict[str, str]) -> None:
 def test_an_unknown_type_is_refused_naming_it_and_the_known_ones() -> None:
     entry = parse_entry(ID, {"type": "bogus", "content": "x"})
     assert entry.type is None
-    assert entry.problem == f"input {ID} has an unknown type 'bogus': expected prompt or cancel"
+    assert entry.problem == f"input {ID} has an unknown type 'bogus': expected {KNOWN}"
 
 
-@pytest.mark.parametrize("type_", ["diff", "read", "list", "write", "exec"])
-def test_workspace_requests_are_unknown_until_they_are_in_the_table(type_: str) -> None:
-    entry = parse_entry(ID, {"type": type_, "path": "."})
-    assert entry.type is None and entry.problem is not None and repr(type_) in entry.problem
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"type": "read"}, "has no path: a read needs one"),
+        ({"type": "write", "content": "eA=="}, "has no path: a write needs one"),
+        ({"type": "exec"}, "has no argv: an exec needs one"),
+    ],
+)
+def test_workspace_requests_need_their_fields(fields: dict[str, str], problem: str) -> None:
+    entry = parse_entry(ID, fields)
+    assert entry.problem == f"input {ID} {problem}"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"type": "diff"},
+        {"type": "list"},
+        {"type": "read", "path": "a"},
+        {"type": "write", "path": "a", "content": ""},
+        {"type": "exec", "argv": '["true"]'},
+    ],
+)
+def test_workspace_requests_are_known(fields: dict[str, str]) -> None:
+    entry = parse_entry(ID, fields)
+    assert entry.problem is None and entry.type == fields["type"]
 
 
 def test_a_huge_unknown_type_is_quoted_cut_short() -> None:
@@ -127,7 +150,7 @@ async def test_bad_inputs_are_answered_acked_and_the_next_prompt_runs(worker: Wo
         ("status", "idle"),
     ]
     assert answers(events, unknown) == [
-        ("error", f"input {unknown} has an unknown type 'bogus': expected prompt or cancel"),
+        ("error", f"input {unknown} has an unknown type 'bogus': expected {KNOWN}"),
         ("done", code),
         ("status", "idle"),
     ]

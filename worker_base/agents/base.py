@@ -33,6 +33,9 @@ class Invocation:
     #: commands the agent runs through that shell, not on the agent process's own ``PATH``, so
     #: the CLI's own helpers are never refused.
     shell_prefix_env: str | None = None
+    #: Whether ``allowed_commands`` applies: the agent's runs, yes; an ``exec`` the orchestrator
+    #: asked for (SPEC §8), no: it runs what it names, as the agent's user.
+    confined: bool = True
 
 
 class AgentDriver(ABC):

@@ -83,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-cost-usd", type=float, help="the worker's budget; it stops once spent"
     )
     create.add_argument(
+        "--repository", metavar="URL", help="check this repository out into the workspace first"
+    )
+    create.add_argument("--ref", default="", help="with --repository: a branch, tag or commit")
+    create.add_argument("--branch", default="", help="with --repository: a new branch for the work")
+    create.add_argument("--depth", type=int, help="with --repository: a shallow checkout")
+    create.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="for the agent; repeat"
+    )
+    create.add_argument(
         "--wait",
         action="store_true",
         help="after the reply, wait until the worker is RUNNING (or has failed)",
@@ -144,6 +153,28 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     tail.add_argument("--until-done", action="store_true", help="stop after the next `done`")
     tail.add_argument("--from", dest="after", default="0-0", help="entry id to start after")
+
+    diff = sub.add_parser("diff", parents=[common], help="a worker's patch (SPEC §8)")
+    diff.add_argument("worker_id")
+    cp = sub.add_parser(
+        "cp", parents=[common], help="copy a file out of or into a workspace (ID:PATH, or -)"
+    )
+    cp.add_argument("source")
+    cp.add_argument("target")
+    ls = sub.add_parser("ls", parents=[common], help="list a directory of a workspace")
+    ls.add_argument("worker_id")
+    ls.add_argument("path", nargs="?", default=".")
+    run = sub.add_parser(
+        "exec", parents=[common], help="run a command in a workspace: exec ID -- ARGV..."
+    )
+    run.add_argument("worker_id")
+    run.add_argument(
+        "--exec-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="stop it after this (default: the worker's input timeout)",
+    )
+    run.add_argument("argv", nargs=argparse.REMAINDER)
 
     build = sub.add_parser(
         "build",

@@ -32,6 +32,18 @@ async def _create(args: argparse.Namespace, settings: Settings) -> int:
     instructions = args.instructions
     if args.instructions_file is not None:
         instructions = args.instructions_file.read_text()
+    env: dict[str, str] = {}
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep:
+            err_console.print(f"[red]--env wants NAME=VALUE, got {item!r}[/red]")
+            return 2
+        env[name] = value
+    repository: dict[str, object] | None = None
+    if args.repository:
+        repository = {"url": args.repository, "ref": args.ref, "branch": args.branch}
+        if args.depth:
+            repository["depth"] = args.depth
     metadata: dict[str, str] = {}
     for item in args.metadata:
         key, sep, value = item.partition("=")
@@ -53,6 +65,8 @@ async def _create(args: argparse.Namespace, settings: Settings) -> int:
         "input_timeout_seconds": args.input_timeout,
         "max_turns": args.max_turns,
         "max_cost_usd": args.max_cost_usd,
+        "repository": repository,
+        "env": env or None,
     }
 
     async def body(client: CommandClient, redis: Redis) -> int:

@@ -19,7 +19,9 @@ yielded when the connection to Redis drops and comes back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+import base64
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -37,9 +39,19 @@ from worker_manager.client.errors import (
     NotFoundError,
     WorkerEnded,
     WorkerManagerError,
+    WorkspaceRequestError,
     raise_for,
 )
-from worker_manager.client.models import Event, LifecycleEvent, RunResult, WorkerInfo, ended, event
+from worker_manager.client.models import (
+    Diff,
+    Event,
+    FileEntry,
+    LifecycleEvent,
+    RunResult,
+    WorkerInfo,
+    ended,
+    event,
+)
 from worker_manager.client.requests import CommandClient, ReplyTimeout
 from worker_manager.contract.reply import Reply
 from worker_manager.core.keys import Keys
@@ -49,7 +61,9 @@ __all__ = [
     "CapacityExceededError",
     "Client",
     "ConflictError",
+    "Diff",
     "Event",
+    "FileEntry",
     "InternalError",
     "InvalidCommandError",
     "LifecycleEvent",
@@ -60,6 +74,7 @@ __all__ = [
     "WorkerEnded",
     "WorkerInfo",
     "WorkerManagerError",
+    "WorkspaceRequestError",
 ]
 
 _RECONNECT_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -216,10 +231,16 @@ class Worker:
 
     async def run(self, prompt: str, *, timeout: float | None = None) -> RunResult:
         """Send ``prompt`` and collect its events until its ``done``."""
+        return await self._ask("prompt", prompt, timeout=timeout)
+
+    async def _ask(
+        self, kind: str, content: str = "", *, timeout: float | None = None, **fields: str
+    ) -> RunResult:
+        """Push one input and collect its events until its ``done``."""
         redis, stream = self.client.redis, self.client.keys.output(self.id)
         newest = await redis.xrevrange(stream, count=1)
         after = newest[0][0] if newest else "0-0"
-        input_id = await self.send(prompt)
+        input_id = await self.client._commands.send_input(self.id, content, kind, **fields)
         collected: list[Event] = []
         async with asyncio.timeout(timeout):
             async for event in self.events(after=after):
@@ -232,6 +253,47 @@ class Worker:
                     code = int(event.content) if event.content.lstrip("-").isdigit() else -1
                     return RunResult(input_id, code, collected)
         raise AssertionError("unreachable: events() follows until cancelled")
+
+    async def _answer(
+        self, kind: str, answer: str, content: str = "", *, timeout: float | None, **fields: str
+    ) -> Any:
+        """A workspace request's one answer (its JSON); WorkspaceRequestError when refused."""
+        result = await self._ask(kind, content, timeout=timeout, **fields)
+        found = [e for e in result.events if e.type == answer]
+        if result.exit_code != 0 or not found:
+            raise WorkspaceRequestError("; ".join(result.errors) or f"{kind} failed")
+        return found[-1].json()
+
+    # --- the workspace (SPEC §8): answered by the wrapper, never by the agent ---------------
+    async def diff(self, *, timeout: float | None = 60.0) -> Diff:
+        """The patch of the workspace against where its repository was checked out."""
+        return Diff.from_json(await self._answer("diff", EventType.DIFF, timeout=timeout))
+
+    async def read(self, path: str, *, timeout: float | None = 60.0) -> bytes:
+        """One file of the workspace (``path`` relative to it)."""
+        answer = await self._answer("read", EventType.FILE, timeout=timeout, path=path)
+        return base64.b64decode(str(answer.get("content", "")))
+
+    async def list(self, path: str = ".", *, timeout: float | None = 60.0) -> list[FileEntry]:
+        """A directory of the workspace: ``name``, ``type``, ``size`` of each entry."""
+        answer = await self._answer("list", EventType.LISTING, timeout=timeout, path=path)
+        return [FileEntry.from_json(item) for item in answer if isinstance(item, dict)]
+
+    async def write(self, path: str, data: bytes, *, timeout: float | None = 60.0) -> None:
+        """Write one file of the workspace (its directories made); waits its turn."""
+        content = base64.b64encode(data).decode("ascii")
+        await self._answer("write", EventType.FILE, content, timeout=timeout, path=path)
+
+    async def exec(
+        self, argv: Sequence[str], *, timeout_seconds: float | None = None,
+        timeout: float | None = None,
+    ) -> RunResult:  # fmt: skip
+        """Run ``argv`` in the workspace as the agent's user (not the agent): its output lines
+        and its exit code (``RunResult.exit_code``)."""
+        fields = {"argv": json.dumps(list(argv))}
+        if timeout_seconds is not None:
+            fields["timeout_seconds"] = str(timeout_seconds)
+        return await self._ask("exec", timeout=timeout, **fields)
 
     async def delete(self) -> WorkerInfo:
         reply = await self.client.request("delete", worker_id=self.id)

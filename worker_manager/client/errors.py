@@ -73,6 +73,11 @@ class WorkerEnded(Exception):
         self.reason = info.reason
 
 
+class WorkspaceRequestError(Exception):
+    """A workspace request (SPEC §8: read, write, list, diff) was refused or failed; the
+    message is the worker's ``error`` event."""
+
+
 def raise_for(reply: Reply) -> Reply:
     if reply.ok:
         return reply

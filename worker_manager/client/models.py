@@ -33,6 +33,10 @@ class WorkerInfo:
     ip_address: str = ""
     #: The destinations the worker may reach (canonical); None when its record holds no grant.
     egress: list[str] | None = None
+    #: The last workspace summary (SPEC §8: ``head``, ``branch``, ``changed``, ``untracked``,
+    #: ``conflicts``); None before the first one.
+    workspace: dict[str, Any] | None = None
+    suspended_at: str = ""
 
     @property
     def is_live(self) -> bool:
@@ -66,6 +70,7 @@ class WorkerInfo:
         exit_code = fields.get("exit_code")
         cost = fields.get("cost_usd")
         egress = as_json("egress", []) if fields.get("egress") not in (None, "") else None
+        workspace = as_json("workspace", {}) if fields.get("workspace") not in (None, "") else None
         return cls(
             worker_id=str(fields.get("worker_id") or ""),
             status=str(fields.get("status") or ""),
@@ -84,6 +89,8 @@ class WorkerInfo:
             image=str(fields.get("image") or ""),
             ip_address=str(fields.get("ip_address") or ""),
             egress=[str(entry) for entry in egress] if egress is not None else None,
+            workspace=workspace,
+            suspended_at=str(fields.get("suspended_at") or ""),
         )
 
 
@@ -100,6 +107,40 @@ class Event:
     def json(self) -> Any:
         """``content`` parsed (``result``, ``tool_use``, ``tool_result``, ``status``)."""
         return json.loads(self.content)
+
+
+@dataclass(frozen=True, slots=True)
+class Diff:
+    """A worker's ``diff`` answer (SPEC §8): the patch against the commit it started from."""
+
+    base: str
+    patch: str
+    truncated: bool
+    size: int
+
+    @classmethod
+    def from_json(cls, data: Any) -> Diff:
+        data = data if isinstance(data, dict) else {}
+        return cls(
+            base=str(data.get("base", "")),
+            patch=str(data.get("patch", "")),
+            truncated=bool(data.get("truncated")),
+            size=int(data.get("size") or 0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One entry of a ``list`` answer: its name, ``file``, ``directory``, ``symlink`` or
+    ``other``, and its size in bytes."""
+
+    name: str
+    type: str
+    size: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FileEntry:
+        return cls(str(data.get("name", "")), str(data.get("type", "")), int(data.get("size") or 0))
 
 
 @dataclass(frozen=True, slots=True)

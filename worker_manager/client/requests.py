@@ -90,8 +90,12 @@ class CommandClient:
     async def create(self, *, timeout: float = 30.0, **fields: Any) -> Reply:
         return await self.request("create", timeout=timeout, **fields)
 
-    async def send_input(self, worker_id: str, content: str, kind: str = "prompt") -> str:
-        entry_id: str = await self._redis.xadd(
-            self._keys.input(worker_id), {"type": kind, "content": content}
-        )
+    async def send_input(
+        self, worker_id: str, content: str, kind: str = "prompt", **fields: str
+    ) -> str:
+        """Push one input entry (``fields``: what a workspace request carries besides)."""
+        entry: dict[str, str] = {"type": kind, "content": content, **fields}
+        if kind != "prompt" and not content:
+            del entry["content"]
+        entry_id: str = await self._redis.xadd(self._keys.input(worker_id), entry)
         return entry_id

@@ -27,6 +27,7 @@ from pydantic import (
 from worker_manager.contract.egress import EgressEntryError, canonical_egress
 from worker_manager.contract.kinds import AgentType, Module
 from worker_manager.contract.limits import CommandLimits
+from worker_manager.contract.workspace import Repository, SourceError, check_env, checkout_grant
 from worker_manager.core.errors import InvalidCommand
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -147,6 +148,10 @@ class CreateCommand(_Command):
     #: The destinations granted, canonical (``contract.egress``); None: the deployment's
     #: default (``WM_EGRESS_DEFAULT``), which the handler records in its place.
     egress: list[str] | None = None
+    #: Checked out into the workspace before the worker runs (SPEC §8).
+    repository: Repository | None = None
+    #: Variables for the agent (``contract.workspace.check_env``).
+    env: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("worker_id", mode="before")
     @classmethod
@@ -217,6 +222,32 @@ class CreateCommand(_Command):
         except EgressEntryError as exc:
             # "field 'egress': entry 'x' is not a destination: …" (the field is named once).
             raise ValueError(str(exc).removeprefix("egress ")) from None
+
+    @field_validator("repository", mode="before")
+    @classmethod
+    def _repository_json(cls, value: Any) -> Any:
+        value = _json_text(value, "an object with url and optionally ref, branch, depth")
+        if value is not None and not isinstance(value, dict):
+            raise ValueError("must be an object with url and optionally ref, branch, depth")
+        return value
+
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, value: Repository | None, info: ValidationInfo) -> Repository | None:
+        if value is not None:
+            try:
+                checkout_grant(value.url, _context(info)[0].sources)
+            except SourceError as exc:
+                raise ValueError(f"url: {exc}") from None
+        return value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_json(cls, value: Any) -> Any:
+        value = _json_text(value, "an object of variable name to value")
+        if not isinstance(value, dict):
+            raise ValueError("must be an object of variable name to value")
+        return check_env(value)
 
     @field_validator("modules", mode="before")
     @classmethod
@@ -389,7 +420,8 @@ def _describe(exc: ValidationError) -> tuple[str, str | None]:
     if field is None and ":" in message:
         field = message.split(":", 1)[0]
         return f"field {field!r}{message[len(field) + 1 :]}".replace("' ", "': ", 1), field
-    return f"field {field!r}: {message[:1].lower()}{message[1:]}" if field else message, field
+    shown = ".".join(loc) if len(loc) > 1 else field  # repository.depth, say
+    return f"field {shown!r}: {message[:1].lower()}{message[1:]}" if field else message, field
 
 
 def reply_of_request_id(fields: dict[str, str], entry_id: str) -> str:

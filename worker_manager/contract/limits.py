@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, field_validator
+
+from worker_manager.contract.workspace import DEFAULT_SOURCES, Source, parse_sources
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -35,3 +37,19 @@ class CommandLimits(BaseModel):
     max_allowed_command_chars: int = 256
     max_metadata_pairs: int = 64
     max_modules: int = 16
+    workspace_sources: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_SOURCES),
+        description="The repositories a create may name (scheme://destination, the "
+        "destination as in an egress grant): by default https, http and ssh to public hosts.",
+    )
+
+    @field_validator("workspace_sources")
+    @classmethod
+    def _workspace_sources(cls, value: list[str]) -> list[str]:
+        """Checked at start, kept canonical (the message names the source)."""
+        return [str(source) for source in parse_sources(value)]
+
+    @property
+    def sources(self) -> tuple[Source, ...]:
+        # Not cached: a settings copy with other sources (model_copy) must not see these.
+        return parse_sources(self.workspace_sources)

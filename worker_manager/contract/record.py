@@ -35,9 +35,23 @@ RECORD_FIELDS = (
     "cost_usd",
     "progress",
     "egress",
+    "workspace",
+    "suspended_at",
 )
 #: Ours: which manager owns the container, and which request created the worker.
-INTERNAL_FIELDS = ("manager_id", "request_id", "owner", "idle_timeout_seconds")
+INTERNAL_FIELDS = (
+    "manager_id",
+    "request_id",
+    "owner",
+    "idle_timeout_seconds",
+    # The commit the repository was checked out at, and the mirror volume the workspace
+    # borrows objects from (``workspaces.checkout``): a resumed worker needs both again.
+    "workspace_base",
+    "mirror",
+    "repository_url",
+    # The digest of the summary in ``workspace`` (the heartbeat's ``ws=``).
+    "workspace_digest",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +137,8 @@ def public_view(record: Mapping[str, str]) -> dict[str, Any]:
         value = record.get(name, "")
         if name in ("modules", "metadata"):
             view[name] = _json_field(value, list if name == "modules" else dict)
+        elif name == "workspace":
+            view[name] = _json_field(value, dict) if value else None
         elif name == "egress":
             # null when the record holds no grant (one written before grants were kept),
             # which is not the same as [] (granted nothing).

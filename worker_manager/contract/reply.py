@@ -23,6 +23,8 @@ STATUS_DETAILS = (
     "manager_id",
     "image",
     "egress",
+    "workspace",
+    "suspended_at",
 )
 
 

@@ -128,6 +128,10 @@ class Keys:
     def heartbeat(self, worker_id: str) -> str:
         return worker_key(self.prefix, worker_id, "heartbeat")
 
+    def workspace(self, worker_id: str) -> str:
+        """The worker's last workspace summary (SPEC §8), set by its wrapper."""
+        return worker_key(self.prefix, worker_id, "workspace")
+
     def usage(self, worker_id: str) -> str:
         """What the LLM gateway metered for one worker (hash: tokens and ``cost_usd``); written
         by the gateway only, never reachable by the worker's own Redis user."""

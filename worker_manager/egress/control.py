@@ -48,6 +48,8 @@ class Served:
     worker_id: str
     key_prefix: str
     age_seconds: float
+    #: The worker the grant belongs to (a checkout's grant acts for its worker).
+    owner: str = ""
 
 
 class EgressUnavailable(ConnectionError):
@@ -112,6 +114,7 @@ class EgressClient:
                         str(item.get("worker_id", "")),
                         str(item.get("key_prefix", "")),
                         float(item.get("age", 0.0)),
+                        str(item.get("owner") or item.get("worker_id", "")),
                     )
                 )
         return found

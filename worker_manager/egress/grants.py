@@ -39,6 +39,29 @@ CA_BUNDLE_FILE = "ca-bundle.pem"
 #: The loopback ports inside the container that the wrapper relays to those sockets.
 PROXY_PORT = 3128
 GATEWAY_PORT = 3129
+RELAYS = (
+    (PROXY_PORT, f"{CONTAINER_SOCKET_DIR}/{PROXY_SOCKET}"),
+    (GATEWAY_PORT, f"{CONTAINER_SOCKET_DIR}/{GATEWAY_SOCKET}"),
+)
+PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
+GATEWAY_URL = f"http://127.0.0.1:{GATEWAY_PORT}"
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+CA_PATH = f"{CONTAINER_SOCKET_DIR}/{CA_FILE}"
+CA_BUNDLE_PATH = f"{CONTAINER_SOCKET_DIR}/{CA_BUNDLE_FILE}"
+#: Where OpenSSL (Python, curl), requests, curl and git look for the roots they trust.
+CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO")
+
+
+def proxy_env() -> dict[str, str]:
+    """What a contained container's environment says for its way out: the proxy (through the
+    loopback relay its wrapper runs) and the roots its TLS clients trust, the public ones plus
+    the service's CA (with which the proxy opens the tunnels it adds a credential to)."""
+    env = {name: PROXY_URL for name in PROXY_VARIABLES}
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    env.update({name: CA_BUNDLE_PATH for name in CA_BUNDLE_VARIABLES})
+    env["NODE_EXTRA_CA_CERTS"] = CA_PATH  # Node adds to its own roots
+    return env
+
 
 _WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -64,6 +87,9 @@ class Grant:
     #: service's own ``WM_REDIS_URL``. Per grant, so that managers of different Redis servers
     #: may share one host's service.
     redis_url: str = ""
+    #: The worker this grant acts for when it is not ``worker_id`` itself (a checkout's grant,
+    #: ``checkout.<id>``): refusals go to that worker's output, and the grant lives with it.
+    reports_to: str = ""
     #: Who may connect to the sockets inside the container (the wrapper's user).
     uid: int = 1000
     gid: int = 1000
@@ -96,6 +122,7 @@ class Grant:
                 factory_token=str(data.get("factory_token") or ""),
                 max_cost_usd=None if budget is None else float(budget),
                 redis_url=str(data.get("redis_url") or ""),
+                reports_to=str(data.get("reports_to") or ""),
                 uid=int(data.get("uid", 1000)),
                 gid=int(data.get("gid", 1000)),
                 output_maxlen=int(data.get("output_maxlen", 10_000)),
@@ -103,9 +130,15 @@ class Grant:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise GrantError(f"a grant is missing or has a bad field ({exc})") from None
-        if not _WORKER_ID.match(grant.worker_id):
-            raise GrantError(f"worker_id {grant.worker_id!r} is not a worker id")
+        for name in (grant.worker_id, grant.reports_to or grant.worker_id):
+            if not _WORKER_ID.match(name):
+                raise GrantError(f"worker_id {name!r} is not a worker id")
         return grant
+
+    @property
+    def owner(self) -> str:
+        """The worker this grant belongs to (its own id, or the one it acts for)."""
+        return self.reports_to or self.worker_id
 
 
 @dataclass(frozen=True, slots=True)

@@ -144,7 +144,7 @@ class EgressService:
             return
         keys = Keys(served.grant.key_prefix)
         await self._redis.xadd(
-            keys.output(worker_id),
+            keys.output(served.grant.owner),
             {"type": "error", "content": f"egress denied: {target}", "timestamp": iso_now()},
             maxlen=served.grant.output_maxlen,
             approximate=True,
@@ -277,7 +277,12 @@ class EgressService:
             except OSError:
                 age = 0.0
             listed.append(
-                {"worker_id": worker_id, "key_prefix": served.grant.key_prefix, "age": age}
+                {
+                    "worker_id": worker_id,
+                    "key_prefix": served.grant.key_prefix,
+                    "age": age,
+                    "owner": served.grant.owner,
+                }
             )
         return web.json_response(listed)
 

@@ -44,7 +44,7 @@ DEBOOTSTRAP_TIMEOUT_SECONDS = 1800
 BASE_PACKAGES = ("python3", "ca-certificates", "git")
 #: Bumped when :data:`BASE_PACKAGES` or the user layout change: a local base without this label
 #: value is bootstrapped again by ``ensure-base`` (the tag is local, so nothing else owns it).
-BASE_LAYOUT = "2"
+BASE_LAYOUT = "3"
 LABEL_BASE_LAYOUT = "worker-manager.base-layout"
 
 #: Docker gives an imported image no environment at all; these make it behave like an image

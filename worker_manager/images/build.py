@@ -20,9 +20,10 @@ from typing import Any
 import docker.errors
 from docker import DockerClient
 
+from worker_manager.contract.labels import LABEL_HASH, LABEL_PREFIX
 from worker_manager.core.logs import get_logger
 from worker_manager.images import agent_binaries
-from worker_manager.images.spec import LABEL_HASH, LABEL_PREFIX, VENDORED, ImageSpec, wrapper_dir
+from worker_manager.images.spec import VENDORED, ImageSpec, wrapper_dir
 
 log = get_logger(__name__)
 

@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 from docker import DockerClient
 
+from worker_manager.contract.labels import LABEL_HASH, LABEL_PREFIX
 from worker_manager.core.clock import iso_from_unix, iso_now
-from worker_manager.images.spec import LABEL_HASH, LABEL_PREFIX
 
 DEFAULT_PREFIX = "worker"
 Action = Literal["keep", "remove", "untag", "forget"]

@@ -24,12 +24,13 @@ from worker_manager.images.agent_binaries import AgentBinary
 SCHEMA = 3
 #: Every worker image carries its hash (SPEC §5) and the key prefix of the deployment that built
 #: it: that deployment's collector is the one that may remove it.
-LABEL_HASH = "worker-manager.hash"
-LABEL_PREFIX = "worker-manager.key_prefix"
 
 #: Where the wrapper and its vendored packages are copied in the image.
 WRAPPER_DIR = "/opt/worker-base"
 WORKDIR = "/workspace"
+#: Where a repository's mirror is mounted (worker_base.checkout): the worker's user owns the
+#: directory in the image, so a new mirror volume (filled from it) is the checkout's to write.
+MIRROR_DIR = "/var/lib/wm-mirror"
 #: A base image labelled with this already has the worker's user, home and working directory
 #: (:data:`WORKER_USER_SCRIPT` ran in it): the worker image then needs no RUN step for them.
 #: The bootstrapped base is made that way (``worker_manager.images.bootstrap``).
@@ -41,8 +42,8 @@ WORKER_USER_SCRIPT = (
     f"(getent group {WORKER_UID} >/dev/null || groupadd --gid {WORKER_UID} worker)"
     f" && (getent passwd {WORKER_UID} >/dev/null || useradd --uid {WORKER_UID}"
     f" --gid {WORKER_UID} --create-home --home-dir /home/worker --shell /bin/sh worker)"
-    f" && mkdir -p {WORKDIR} /home/worker/.wm"
-    f" && chown -R {WORKER_UID}:{WORKER_UID} {WORKDIR} /home/worker"
+    f" && mkdir -p {WORKDIR} /home/worker/.wm {MIRROR_DIR}"
+    f" && chown -R {WORKER_UID}:{WORKER_UID} {WORKDIR} /home/worker {MIRROR_DIR}"
 )
 
 

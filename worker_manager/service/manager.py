@@ -47,8 +47,10 @@ from worker_manager.workers.presence import Presence
 from worker_manager.workers.provisioner import Provisioner
 from worker_manager.workers.reconciler import Reconciler
 from worker_manager.workers.records import WorkerStore
+from worker_manager.workers.summaries import Summaries
 from worker_manager.workers.tasks import WorkerTasks
 from worker_manager.workers.watcher import StatusWatcher
+from worker_manager.workspaces.checkout import Checkout
 
 log = get_logger(__name__)
 
@@ -95,6 +97,13 @@ class Manager:
             self.lifecycle,
             creates,
             self.containment,
+            Checkout(
+                s,
+                self.docker,
+                self.redis,
+                self.containers.volumes,
+                self.containment.client if self.containment.enabled else None,
+            ),
             on_started=lambda _worker_id: heartbeat_soon.set(),
         )
         self.pool = WarmPool(
@@ -133,6 +142,7 @@ class Manager:
             data_path_started=self.containment.client.started_at
             if self.containment.enabled
             else None,
+            summaries=Summaries(s, self.redis, self.raw_redis, self.store),
         )
         self.evictor = Evictor(
             s, self.raw_redis, self.store, self.lifecycle, observe=self.metrics.eviction

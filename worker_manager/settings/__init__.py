@@ -2,12 +2,13 @@
 
 One flat set of names (SPEC §6 lists the contract's; the others are ours, in the README), kept
 by concern: each concern is a model of its own (:class:`RedisSettings`, :class:`CommandSettings`,
-:class:`CommandLimits`, :class:`FleetSettings`, :class:`ContainerSettings`, :class:`EgressSettings`,
-:class:`ImageSettings`, :class:`HttpSettings`, :class:`AgentSettings`), and :class:`Settings` is
-all of them, read from the environment. A component that needs one concern takes that model
-(``HttpServer`` an ``HttpSettings``, command validation a ``CommandLimits``), so its signature
-says what it depends on. ``make run`` writes ``.env`` with the URL of the local Redis it starts,
-so the CLI run from the checkout finds the same Redis as the service.
+:class:`CommandLimits`, :class:`FleetSettings`, :class:`ContainerSettings`,
+:class:`EgressSettings`, :class:`WorkspaceSettings`, :class:`ImageSettings`,
+:class:`HttpSettings`, :class:`AgentSettings`), and :class:`Settings` is all of them, read from
+the environment. A component that needs one concern takes that model (``HttpServer`` an
+``HttpSettings``, command validation a ``CommandLimits``), so its signature says what it depends
+on. ``make run`` writes ``.env`` with the URL of the local Redis it starts, so the CLI run from
+the checkout finds the same Redis as the service.
 
 May import: ``core``, ``contract``.
 """
@@ -26,6 +27,7 @@ from worker_manager.settings.fleet import FleetSettings
 from worker_manager.settings.http import HttpSettings, LogSettings
 from worker_manager.settings.images import BOOTSTRAP_BASE_TAG, ImageSettings
 from worker_manager.settings.redis import RedisSettings
+from worker_manager.settings.workspaces import WorkspaceSettings
 
 __all__ = [
     "BOOTSTRAP_BASE_TAG",
@@ -40,6 +42,7 @@ __all__ = [
     "LogSettings",
     "RedisSettings",
     "Settings",
+    "WorkspaceSettings",
 ]
 
 
@@ -51,6 +54,7 @@ class Settings(
     FleetSettings,
     ContainerSettings,
     EgressSettings,
+    WorkspaceSettings,
     ImageSettings,
     HttpSettings,
     AgentSettings,

@@ -70,6 +70,7 @@ class WorkerAcl:
             f"%RW~{keys.input(worker_id)}",
             f"%W~{keys.output(worker_id)}",
             f"%W~{keys.heartbeat(worker_id)}",
+            f"%W~{keys.workspace(worker_id)}",
         ]
 
     async def create(self, worker_id: str) -> None:

@@ -29,33 +29,31 @@ from typing import Any
 import docker.errors
 from docker import DockerClient
 from docker.models.containers import Container
-from docker.types import LogConfig, Mount
+from docker.types import LogConfig
 
 from worker_base.assignment import ASSIGNMENT, READY
 from worker_base.identity import CONTAINER_WRAPPER_DIR, PRIVATE
+from worker_manager.contract.labels import (
+    LABEL_HASH,
+    LABEL_MANAGER,
+    LABEL_POOL,
+    LABEL_PREFIX,
+    LABEL_WORKER,
+)
 from worker_manager.core import docker_client
 from worker_manager.core.logs import get_logger
 from worker_manager.egress.grants import CONTAINER_SOCKET_DIR
-from worker_manager.images.spec import LABEL_HASH, RUNTIME, WORKDIR
+from worker_manager.images.spec import RUNTIME, WORKDIR
 from worker_manager.settings import Settings
+from worker_manager.workspaces.volumes import HOME_MOUNT, WorkerVolumes
 
 log = get_logger(__name__)
 
-LABEL_WORKER = "worker-manager.worker_id"
-LABEL_MANAGER = "worker-manager.manager_id"
-LABEL_PREFIX = "worker-manager.key_prefix"
-#: On a warm-pool container: the shape it was started for (it keeps it after it is taken).
-LABEL_POOL = "worker-manager.pool"
-#: On a worker's volume: which one it is (``home`` or ``workspace``).
-LABEL_VOLUME = "worker-manager.volume"
 WORKER_UID = 1000
 #: The wrapper's user in a worker container, and all it may do beyond file permissions: start
 #: its agent as another user (SETUID, SETGID) and signal that agent's processes (KILL).
 WRAPPER_USER = "0:0"
 WRAPPER_CAPABILITIES = ("SETUID", "SETGID", "KILL")
-HOME_MOUNT = "/home"
-#: A worker's volumes: suffix of the volume's name -> where it is mounted.
-VOLUMES = (("home", HOME_MOUNT), ("workspace", WORKDIR))
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +70,8 @@ class LaunchSpec:
     #: Contained (SPEC §7): the host directory of the worker's sockets, mounted read-only at
     #: ``/run/wm``; the container then gets no network at all.
     sockets: str | None = None
+    #: The mirror volume its workspace borrows objects from (a repository's), read-only.
+    mirror: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +144,7 @@ class ContainerRuntime:
     def __init__(self, settings: Settings, docker: DockerClient) -> None:
         self._settings = settings
         self._docker = docker
+        self.volumes = WorkerVolumes(settings, docker)
 
     def name(self, worker_id: str) -> str:
         return self._settings.keys.acl_user(worker_id)  # "<prefix>-<id>", e.g. worker-<uuid>
@@ -157,25 +158,7 @@ class ContainerRuntime:
         }
 
     def volume_names(self, worker_id: str) -> list[str]:
-        return [f"{self.name(worker_id)}-{suffix}" for suffix, _ in VOLUMES]
-
-    def _mounts(self, worker_id: str) -> list[Mount]:
-        """The worker's volumes; the Engine creates them (labelled) with the container and
-        fills each from the image's directory at its mount point."""
-        base = {
-            LABEL_WORKER: worker_id,
-            LABEL_MANAGER: self._settings.manager_id,
-            LABEL_PREFIX: self._settings.key_prefix,
-        }
-        return [
-            Mount(
-                target=target,
-                source=f"{self.name(worker_id)}-{suffix}",
-                type="volume",
-                labels={**base, LABEL_VOLUME: suffix},
-            )
-            for suffix, target in VOLUMES
-        ]
+        return self.volumes.names(worker_id)
 
     async def launch(self, spec: LaunchSpec) -> Started:
         return await docker_client.call(self._launch_sync, spec)
@@ -223,7 +206,7 @@ class ContainerRuntime:
                 cap_drop=["ALL"],
                 cap_add=list(WRAPPER_CAPABILITIES),
                 read_only=True,
-                mounts=self._mounts(spec.worker_id),
+                mounts=self.volumes.mounts(spec.worker_id, spec.mirror),
                 tmpfs={"/tmp": f"rw,nosuid,nodev,size={s.container_tmp_size},mode=1777"},
                 mem_limit=s.container_memory,
                 memswap_limit=s.container_memory,
@@ -273,6 +256,19 @@ class ContainerRuntime:
             image_hash=str(container.labels.get(LABEL_HASH, "")),
         )
 
+    async def image_of(self, worker_id: str) -> str | None:
+        """The image a running container of the worker runs (by ID); None when there is none."""
+        return await docker_client.call(self._image_of_sync, worker_id)
+
+    def _image_of_sync(self, worker_id: str) -> str | None:
+        try:
+            container = self._docker.containers.get(self.name(worker_id))
+        except docker.errors.NotFound:
+            return None
+        if container.status != "running":
+            return None
+        return str(container.attrs.get("Image") or "") or None
+
     async def pooled(self) -> list[dict[str, Any]]:
         """This manager's warm-pool containers (all states, taken or not)."""
         return await docker_client.call(self._pooled_sync)
@@ -295,20 +291,8 @@ class ContainerRuntime:
 
     def _remove_sync(self, worker_id: str) -> int | None:
         exit_code = self._remove_container_sync(worker_id)
-        self._remove_volumes_sync(worker_id)
+        self.volumes.remove(worker_id)
         return exit_code
-
-    def _remove_volumes_sync(self, worker_id: str) -> None:
-        for name in self.volume_names(worker_id):
-            try:
-                self._docker.api.remove_volume(name, force=True)
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.APIError as exc:
-                if exc.status_code != 409:
-                    raise
-                # Still in use (a container removal under way): the reconciler removes it.
-                log.warning("a worker's volume is still in use", volume=name, error=str(exc))
 
     def _remove_container_sync(self, worker_id: str) -> int | None:
         try:
@@ -333,23 +317,12 @@ class ContainerRuntime:
         """This manager's worker containers (all states), as Docker reports them."""
         return await docker_client.call(self._find_all_sync)
 
-    async def volumes(self) -> list[dict[str, Any]]:
+    async def listed_volumes(self) -> list[dict[str, Any]]:
         """This manager's worker volumes, as Docker lists them."""
-        return await docker_client.call(self._volumes_sync)
-
-    def _volumes_sync(self) -> list[dict[str, Any]]:
-        filters = {
-            "label": [
-                LABEL_VOLUME,
-                f"{LABEL_MANAGER}={self._settings.manager_id}",
-                f"{LABEL_PREFIX}={self._settings.key_prefix}",
-            ]
-        }
-        found: list[dict[str, Any]] = self._docker.api.volumes(filters=filters).get("Volumes") or []
-        return found
+        return await docker_client.call(self.volumes.listed)
 
     async def remove_volumes(self, worker_id: str) -> None:
-        await docker_client.call(self._remove_volumes_sync, worker_id)
+        await docker_client.call(self.volumes.remove, worker_id)
 
     def _find_all_sync(self) -> list[dict[str, Any]]:
         filters = {

@@ -23,15 +23,12 @@ from worker_manager.core.logs import get_logger
 from worker_manager.egress.control import EgressClient
 from worker_manager.egress.credentials import factory_grant
 from worker_manager.egress.grants import (
-    CA_BUNDLE_FILE,
-    CA_FILE,
     CONTAINER_SOCKET_DIR,
-    GATEWAY_PORT,
-    GATEWAY_SOCKET,
-    PROXY_PORT,
-    PROXY_SOCKET,
+    GATEWAY_URL,
     REDIS_SOCKET,
+    RELAYS,
     Grant,
+    proxy_env,
 )
 from worker_manager.settings import Settings
 from worker_manager.workers.containers import WRAPPER_USER
@@ -39,17 +36,6 @@ from worker_manager.workers.containers import WRAPPER_USER
 log = get_logger(__name__)
 
 WRAPPER_UID = int(WRAPPER_USER.partition(":")[0])
-RELAYS = (
-    (PROXY_PORT, f"{CONTAINER_SOCKET_DIR}/{PROXY_SOCKET}"),
-    (GATEWAY_PORT, f"{CONTAINER_SOCKET_DIR}/{GATEWAY_SOCKET}"),
-)
-PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
-GATEWAY_URL = f"http://127.0.0.1:{GATEWAY_PORT}"
-PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
-CA_PATH = f"{CONTAINER_SOCKET_DIR}/{CA_FILE}"
-CA_BUNDLE_PATH = f"{CONTAINER_SOCKET_DIR}/{CA_BUNDLE_FILE}"
-#: Where OpenSSL (Python, curl), requests, curl and git look for the roots they trust.
-CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO")
 
 
 class Containment:
@@ -157,10 +143,7 @@ def contained_env(settings: Settings, agent_type: AgentType, worker_id: str) -> 
     TLS clients trust (the public ones plus the egress service's CA, with which the proxy opens
     the tunnels it adds an operator's credential to) and, for CLAUDE, the LLM gateway and the
     worker's token in place of the operator's key; for FACTORY, a placeholder key."""
-    env = {name: PROXY_URL for name in PROXY_VARIABLES}
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-    env.update({name: CA_BUNDLE_PATH for name in CA_BUNDLE_VARIABLES})
-    env["NODE_EXTRA_CA_CERTS"] = CA_PATH  # Node adds to its own roots
+    env = proxy_env()
     if agent_type is AgentType.CLAUDE:
         env["ANTHROPIC_BASE_URL"] = GATEWAY_URL
         env["ANTHROPIC_API_KEY"] = gateway_token(settings, worker_id)

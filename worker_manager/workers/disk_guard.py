@@ -29,10 +29,11 @@ import docker.errors
 from docker import DockerClient
 from redis.exceptions import RedisError
 
+from worker_manager.contract.labels import LABEL_PREFIX, LABEL_WORKER
 from worker_manager.core import docker_client
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
-from worker_manager.workers.containers import LABEL_PREFIX, LABEL_WORKER, ContainerRuntime
+from worker_manager.workers.containers import ContainerRuntime
 from worker_manager.workers.lifecycle import Lifecycle, Outcome
 from worker_manager.workers.records import WorkerStore
 

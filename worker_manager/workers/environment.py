@@ -27,10 +27,14 @@ from worker_manager.workers.containment import (
 
 
 def wrapper_config(
-    settings: Settings, worker_id: str, command: CreateCommand, redis_url: str
+    settings: Settings,
+    worker_id: str,
+    command: CreateCommand,
+    redis_url: str,
+    workspace_base: str = "",
 ) -> WrapperConfig:
     """The wrapper's configuration for one create; ``redis_url`` carries the worker's own ACL
-    credentials."""
+    credentials, ``workspace_base`` the commit its repository was checked out at."""
     allowed = command.allowed_commands
     return WrapperConfig(
         worker_id=worker_id,
@@ -49,14 +53,23 @@ def wrapper_config(
         relays=relays(settings),
         wrapper_dir_override=Path(CONTAINER_WRAPPER_DIR),
         agent_user=parse_user(settings.container_user),
+        workspace_base=workspace_base,
+        workspace_max_bytes=settings.workspace_max_file_bytes,
     )
 
 
 def worker_env(
-    settings: Settings, worker_id: str, command: CreateCommand, redis_url: str
+    settings: Settings,
+    worker_id: str,
+    command: CreateCommand,
+    redis_url: str,
+    workspace_base: str = "",
 ) -> dict[str, str]:
-    """The container's whole environment: the wrapper's configuration, then the agent's."""
-    env = wrapper_config(settings, worker_id, command, redis_url).to_env()
+    """The container's whole environment: the create's ``env`` for the agent first (its names
+    cannot be the deployment's: ``contract.workspace.check_env``), then the wrapper's
+    configuration and the agent's settings, which win."""
+    env = dict(command.env)
+    env.update(wrapper_config(settings, worker_id, command, redis_url, workspace_base).to_env())
     env.update(agent_env(settings, command.agent_type, worker_id))
     return env
 

@@ -28,6 +28,10 @@ JUDGED_FIELDS = (
     "last_activity_at",
     "cost_usd",
     "idle_timeout_seconds",
+    # Whether the workspace summary in the record is the one the heartbeat announces, and the
+    # repository its conflicts are counted within (``workers.summaries``).
+    "workspace_digest",
+    "repository_url",
 )
 
 

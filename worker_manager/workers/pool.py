@@ -32,11 +32,12 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 
 from worker_manager.contract.kinds import Module, Shape
+from worker_manager.contract.labels import LABEL_POOL, LABEL_WORKER
 from worker_manager.core.logs import get_logger
 from worker_manager.core.outages import OUTAGE_ERRORS
 from worker_manager.images.service import ImageService
 from worker_manager.settings import Settings
-from worker_manager.workers.containers import LABEL_POOL, LABEL_WORKER, ContainerRuntime, LaunchSpec
+from worker_manager.workers.containers import ContainerRuntime, LaunchSpec
 from worker_manager.workers.containment import Containment
 from worker_manager.workers.environment import pool_env
 

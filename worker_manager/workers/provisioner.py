@@ -1,9 +1,11 @@
-"""The slow half of a create, after the reply: image, Redis user, container (or a pooled one).
+"""The slow half of a create, after the reply: image, repository, Redis user, container.
 
 A create is answered as soon as its record exists (status STARTING). This module then finds or
-builds the image, creates the worker's ACL user and starts the container. Each step is idempotent
-(the image by hash, the user by name, the container by name), so a create interrupted by a crash
-is finished by running it again, without a second container.
+builds the image, checks the create's ``repository`` out into the worker's workspace
+(``progress``: ``cloning``; ``workspaces.checkout``), creates the worker's ACL user and starts
+the container (or hands a pooled one over). Each step is idempotent (the image by hash, the
+checkout by its recorded commit, the user by name, the container by name), so a create
+interrupted by a crash is finished by running it again, without a second container.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from worker_manager.workers.environment import worker_env
 from worker_manager.workers.lifecycle import Lifecycle, Outcome
 from worker_manager.workers.records import WorkerStore
 from worker_manager.workers.tasks import WorkerTasks
+from worker_manager.workspaces.checkout import CheckedOut, Checkout, WorkspaceFailed
 
 log = get_logger(__name__)
 
@@ -41,6 +44,7 @@ class Provisioner:
         lifecycle: Lifecycle,
         creates: WorkerTasks,
         containment: Containment,
+        checkout: Checkout,
         *,
         on_started: Callable[[str], None] = lambda _worker_id: None,
     ) -> None:
@@ -53,6 +57,7 @@ class Provisioner:
         #: Creates in flight in this process (shared with the lifecycle, which cancels them).
         self._creates = creates
         self._containment = containment
+        self._checkout = checkout
         #: Told when a worker's container has started (the watcher then looks at once).
         self._on_started = on_started
 
@@ -106,6 +111,9 @@ class Provisioner:
                 worker_id, {"image": image.tag, "image_hash": image.hash}
             ):
                 return
+            workspace = await self._check_out(worker_id, image.tag, command, shared=True)
+            if workspace is None:
+                return  # failed (the worker ended), or deleted meanwhile
             await self._store.progress(worker_id, "starting its container")
             await self._acl.create(worker_id)
             sockets = await self._containment.admit(worker_id, command)
@@ -114,7 +122,8 @@ class Provisioner:
                     worker_id=worker_id,
                     image_tag=image.tag,
                     image_hash=image.hash,
-                    env=self._env(worker_id, command),
+                    env=self._env(worker_id, command, workspace.commit),
+                    mirror=workspace.mirror,
                     files={command.agent_type.instructions_file: command.instructions}
                     if command.instructions
                     else {},
@@ -155,10 +164,51 @@ class Provisioner:
                 worker_id, Outcome.failed(f"start failed: {type(exc).__name__}: {exc}"), wait=True
             )
 
+    async def _check_out(
+        self, worker_id: str, image: str, command: CreateCommand, *, shared: bool
+    ) -> CheckedOut | None:
+        """The create's repository in the worker's workspace (done once: the commit is kept in
+        the record); an empty checkout without one. None when it failed (the worker is FAILED
+        ``workspace_failed: <git's message>``) or the worker is gone."""
+        if command.repository is None:
+            return CheckedOut(commit="", branch=None, mirror=None)
+        done = await self._store.get(worker_id)
+        if done is None or not done.is_live:
+            return None
+        if done.text("workspace_base"):
+            return CheckedOut(done.text("workspace_base"), None, done.text("mirror") or None)
+        await self._store.progress(worker_id, "cloning")
+        try:
+            checked = await self._checkout.run(worker_id, image, command.repository, shared=shared)
+        except WorkspaceFailed as exc:
+            log.warning("checkout failed", worker_id=worker_id, error=str(exc).splitlines()[-1:])
+            await self._lifecycle.end(
+                worker_id, Outcome.failed(f"workspace_failed: {exc}"), wait=True
+            )
+            return None
+        await self._store.update(
+            worker_id,
+            {
+                "workspace_base": checked.commit,
+                "mirror": checked.mirror or "",
+                "repository_url": command.repository.url,
+            },
+        )
+        return checked
+
     async def _hand_over(self, worker_id: str, command: CreateCommand) -> bool:
-        """Give a taken warm-pool container its worker: Redis user, instructions, then the
-        assignment its wrapper waits for. False (nothing done) when the container is gone:
-        the ordinary path then starts one under the same name."""
+        """Give a taken warm-pool container its worker: Redis user, its repository, its
+        instructions, then the assignment its wrapper waits for. False (nothing done) when the
+        container is gone: the ordinary path then starts one under the same name."""
+        image = await self._containers.image_of(worker_id)
+        if image is None:
+            log.warning("the pooled container is gone; starting one", worker_id=worker_id)
+            await self._containers.remove(worker_id)
+            return False
+        # Its own copy of the objects: the pooled container has no mirror mounted.
+        workspace = await self._check_out(worker_id, image, command, shared=False)
+        if workspace is None:
+            return True  # the worker ended (workspace_failed) or was deleted: nothing to do
         await self._acl.create(worker_id)
         await self._containment.admit(worker_id, command)  # its grant replaces the pool's
         started = await self._containers.assign(
@@ -166,7 +216,7 @@ class Provisioner:
             {command.agent_type.instructions_file: command.instructions}
             if command.instructions
             else {},
-            self._env(worker_id, command),
+            self._env(worker_id, command, workspace.commit),
         )
         if started is None:
             log.warning("the pooled container is gone; starting one", worker_id=worker_id)
@@ -214,8 +264,8 @@ class Provisioner:
 
         return report
 
-    def _env(self, worker_id: str, command: CreateCommand) -> dict[str, str]:
-        return worker_env(self._settings, worker_id, command, self._acl.worker_url(worker_id))
+    def _env(self, worker_id: str, command: CreateCommand, base: str = "") -> dict[str, str]:
+        return worker_env(self._settings, worker_id, command, self._acl.worker_url(worker_id), base)
 
     def install_problem(self, agent_type: AgentType) -> str | None:
         """Why workers of this agent type cannot be built here at all (checked before a create

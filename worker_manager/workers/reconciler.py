@@ -33,13 +33,14 @@ import docker.errors
 from docker import DockerClient
 
 from worker_manager.contract.kinds import WorkerStatus
+from worker_manager.contract.labels import LABEL_POOL, LABEL_WORKER
 from worker_manager.contract.record import WorkerRecord
 from worker_manager.core.clock import unix_or_none
 from worker_manager.core.logs import get_logger
 from worker_manager.core.outages import OUTAGE_ERRORS
 from worker_manager.settings import Settings
 from worker_manager.workers.acl import WorkerAcl
-from worker_manager.workers.containers import LABEL_POOL, LABEL_WORKER, ContainerRuntime
+from worker_manager.workers.containers import ContainerRuntime
 from worker_manager.workers.containment import Containment
 from worker_manager.workers.lifecycle import Lifecycle, Outcome, outcome_of
 from worker_manager.workers.provisioner import Provisioner
@@ -214,7 +215,7 @@ class Reconciler:
         container here (a teardown cut short). A volume younger than a minute may belong to a
         container being created right now."""
         now = time.time()
-        for volume in await self._containers.volumes():
+        for volume in await self._containers.listed_volumes():
             worker_id = str((volume.get("Labels") or {}).get(LABEL_WORKER, ""))
             if not worker_id or worker_id in known or self._provisioner.is_active(worker_id):
                 continue
@@ -232,9 +233,10 @@ class Reconciler:
         if not self._containment.enabled:
             return
         for grant in await self._containment.client.grants():
-            if grant.key_prefix != self._settings.key_prefix or grant.worker_id in known:
+            owner = grant.owner or grant.worker_id
+            if grant.key_prefix != self._settings.key_prefix or owner in known:
                 continue
-            if grant.age_seconds < 60 or self._provisioner.is_active(grant.worker_id):
+            if grant.age_seconds < 60 or self._provisioner.is_active(owner):
                 continue
             await self._containment.release(grant.worker_id)
             report.grants_revoked.append(grant.worker_id)

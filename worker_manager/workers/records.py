@@ -44,6 +44,7 @@ return {'created', 'STARTING', ARGV[8]}
 """
 
 # KEYS: record lifecycle output prompt input spec heartbeat usage (the gateway's metering)
+#       workspace (the wrapper's last summary)
 # ARGV: to reason timestamp allowed_from lifecycle_maxlen output_maxlen live_prefix retention
 #       owner_live_prefix [field value ...]
 _TRANSITION = """
@@ -83,7 +84,7 @@ if to == 'RUNNING' then
 end
 if terminal then
   local keep = tonumber(ARGV[8])
-  redis.call('DEL', KEYS[4], KEYS[6], KEYS[7])
+  redis.call('DEL', KEYS[4], KEYS[6], KEYS[7], KEYS[9])
   redis.call('EXPIRE', KEYS[1], keep)
   redis.call('EXPIRE', KEYS[3], keep)
   redis.call('EXPIRE', KEYS[5], keep)
@@ -217,6 +218,7 @@ class WorkerStore:
                 keys.spec(worker_id),
                 keys.heartbeat(worker_id),
                 keys.usage(worker_id),
+                keys.workspace(worker_id),
             ],
             args=[
                 to.value,

@@ -38,13 +38,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from worker_manager.contract.kinds import WorkerStatus
+from worker_manager.contract.labels import LABEL_MANAGER, LABEL_PREFIX, LABEL_WORKER
 from worker_manager.core.clock import iso_from_unix
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
-from worker_manager.workers.containers import LABEL_MANAGER, LABEL_PREFIX, LABEL_WORKER
 from worker_manager.workers.heartbeats import Observed, observe
 from worker_manager.workers.lifecycle import Lifecycle, Outcome, outcome_of
 from worker_manager.workers.records import WorkerStore
+from worker_manager.workers.summaries import Summaries
 
 log = get_logger(__name__)
 
@@ -72,6 +73,7 @@ class StatusWatcher:
         on_redis_restart: RedisRestarted | None = None,
         dropped: Dropped = lambda _kind, _count: None,
         data_path_started: DataPathStarted | None = None,
+        summaries: Summaries | None = None,
     ) -> None:
         self._settings = settings
         self._redis = redis
@@ -82,6 +84,7 @@ class StatusWatcher:
         self._dropped = dropped
         self._on_redis_restart = on_redis_restart
         self._data_path_started = data_path_started
+        self._summaries = summaries
         #: Set when a container has just started (the provisioner sets it): the next round
         #: comes at once, and its fast polling catches the first heartbeat within
         #: ``STARTING_POLL_SECONDS``.
@@ -172,6 +175,13 @@ class StatusWatcher:
                     worker_id=seen.worker_id,
                 )
             awaiting = awaiting or verdict.awaiting_first_beat
+        if self._summaries is not None:
+            try:
+                await self._summaries.refresh(observed)
+            except (RedisError, OSError):
+                raise
+            except Exception:
+                log.exception("copying workspace summaries failed; tried again next round")
         return awaiting
 
     async def _apply(self, worker_id: str, verdict: Verdict) -> None:
