@@ -23,6 +23,7 @@ from benchmarks.harness import Figure, console, machine, table, write_results
 from benchmarks.scale import scale_figures
 from benchmarks.start import start_figures
 from benchmarks.workers import create_worker
+from benchmarks.workspace_bench import workspace_figures
 
 FIGURES = (
     "start",
@@ -33,6 +34,7 @@ FIGURES = (
     "gc",
     "egress",
     "gateway",
+    "workspace",
     "against",
 )
 #: Figures that need neither the manager nor Docker (they bring their own processes).
@@ -61,6 +63,8 @@ class Plan:
     gateway_bytes: int
     gateway_runs: int
     egress_runs: int
+    workspace_runs: int
+    tenth_runs: int
 
 
 QUICK = Plan(
@@ -82,6 +86,8 @@ QUICK = Plan(
     4 << 20,
     5,
     10,
+    3,
+    1,
 )
 FULL = Plan(
     "full",
@@ -102,6 +108,8 @@ FULL = Plan(
     16 << 20,
     20,
     40,
+    10,
+    3,
 )
 
 
@@ -149,6 +157,9 @@ async def run(plan: Plan, only: set[str], against: str | None = None) -> list[Fi
         if "gc" in only:
             out.print("[bold]6. gc --dry-run[/bold]")
             figures.append(await gc_figure(env, plan.gc_records, plan.gc_runs))
+        if "workspace" in only:
+            out.print("[bold]9. workspaces[/bold] (checkouts of a 50 MB repository, resumes)")
+            figures += await workspace_figures(env, plan.workspace_runs, plan.tenth_runs)
         if "egress" in only:
             out.print("[bold]7. egress proxy[/bold] (a GET through it and direct)")
             figures += await egress_figures(env, plan.egress_runs)

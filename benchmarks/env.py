@@ -238,3 +238,9 @@ class BenchEnv:
         for tag in list(self._images):
             with contextlib.suppress(docker.errors.APIError):
                 self.remove_image(tag)
+        # The workers' volumes and the repositories' mirrors of this run's manager.
+        for volume in self.docker.volumes.list(
+            filters={"label": f"{MANAGER_LABEL}={self.manager_id}"}
+        ):
+            with contextlib.suppress(docker.errors.APIError):
+                volume.remove(force=True)

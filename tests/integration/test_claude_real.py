@@ -299,3 +299,20 @@ async def test_budget_stops_the_worker(claude: Harness, fake_anthropic: FakeAnth
     spent = metered_cost(fake_anthropic, answered_before)
     assert spent >= 0.5
     assert float(record["cost_usd"]) == pytest.approx(spent, abs=1e-6)
+
+
+async def test_a_session_survives_a_suspend(claude: Harness, fake_anthropic: FakeAnthropic) -> None:
+    """The transcript is on the worker's home volume and the session id among the wrapper's
+    files there: a worker woken by an input resumes the same conversation."""
+    worker_id = await start_worker(claude)
+    first = await run_input(claude, worker_id, "FAKE say before-the-sleep")
+    session = result_of(first)["session_id"]
+    reply = await claude.client.request("suspend", worker_id=worker_id)
+    assert reply.ok and reply.status == "SUSPENDED", reply
+    await claude.wait_container_gone(worker_id)
+
+    woken = await run_input(claude, worker_id, "FAKE say after-the-sleep", timeout=180)
+    assert done_code(woken) == 0 and not of(woken, "error"), woken
+    assert result_of(woken)["session_id"] == session
+    resumed = requests_with(fake_anthropic, "after-the-sleep")
+    assert resumed and "before-the-sleep" in resumed[-1]

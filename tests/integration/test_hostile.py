@@ -412,10 +412,10 @@ async def test_a_slow_teardown_does_not_hold_up_other_workers(harness: Harness) 
     released = asyncio.Event()
     original = manager.containers.remove
 
-    async def slow_remove(worker_id: str) -> int | None:
+    async def slow_remove(worker_id: str, *, keep_volumes: bool = False) -> int | None:
         if worker_id == doomed:
             await released.wait()  # a `docker stop` that takes as long as the test wants
-        return await original(worker_id)
+        return await original(worker_id, keep_volumes=keep_volumes)
 
     manager.containers.remove = slow_remove  # type: ignore[method-assign]
     await harness.redis.set(harness.keys.heartbeat(doomed), "not a time", ex=60)

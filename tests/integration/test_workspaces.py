@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+import docker.errors
 import pytest
 
 from tests.support.cli import run_cli
@@ -362,3 +363,65 @@ async def test_the_readme_workspace_example_runs_as_written(
     assert "Hello World!\nhello from the agent" in text
     assert "['todo.md']" in text
     assert "exit 0 [' M README', '?? notes/']" in text
+
+
+async def test_a_pooled_worker_gets_its_repository_at_hand_over(
+    harness: Harness, http_git: GitServer
+) -> None:
+    commit = http_git.create("pooled", {"README.md": "from the pool\n"})
+    manager = await harness.start(
+        workspace_sources=[source_of(http_git)],
+        warm_pool={"CUSTOM": 1},
+        warm_pool_interval_seconds=0.3,
+    )
+    key = harness.keys.pool(manager.settings.manager_id, "CUSTOM")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 120
+    while not (pooled := await harness.redis.smembers(key)):
+        assert loop.time() < deadline, "the pool never filled"
+        await asyncio.sleep(0.1)
+    client = Client(harness.redis, key_prefix=harness.settings.key_prefix)
+    worker = await client.create(
+        agent_type="CUSTOM",
+        agent_command=SHELL_AGENT,
+        repository={"url": http_git.url("pooled")},
+        env={"WHO": "pooled"},
+    )
+    assert worker.id in pooled  # taken from the pool
+    await worker.wait_running(timeout=120)
+    result = await worker.run("git rev-parse HEAD; cat README.md; echo $WHO")
+    assert result.text.splitlines() == [commit, "from the pool", "pooled"]
+    # Its own copy of the objects: the pooled container has no mirror mounted.
+    assert (await worker.exec(["test", "-e", ".git/objects/info/alternates"])).exit_code == 1
+
+
+async def test_a_mirror_goes_once_no_worker_needs_it(harness: Harness, http_git: GitServer) -> None:
+    http_git.create("gone", {"f": "x\n"})
+    manager = await harness.start(
+        workspace_sources=[source_of(http_git)], reconcile_interval_seconds=0.5
+    )
+    client = Client(harness.redis, key_prefix=harness.settings.key_prefix)
+    worker = await client.create(
+        agent_type="CUSTOM", agent_command=SHELL_AGENT, repository={"url": http_git.url("gone")}
+    )
+    await worker.wait_running(timeout=180)
+    mirror = manager.containers.volumes.mirror_name(http_git.url("gone"))
+    # Its last use long past (the key expires after WM_WORKSPACE_RETENTION_DAYS): while a
+    # worker refers to it, it stays.
+    await harness.redis.delete(harness.keys.mirror_used(mirror))
+    runs = manager.reconciler.runs
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while manager.reconciler.runs < runs + 2:
+        assert loop.time() < deadline
+        await asyncio.sleep(0.1)
+    harness.docker.volumes.get(mirror)
+    await worker.delete()
+    deadline = loop.time() + 30
+    while True:
+        try:
+            harness.docker.volumes.get(mirror)
+        except docker.errors.NotFound:
+            break
+        assert loop.time() < deadline, "the unused mirror stayed"
+        await asyncio.sleep(0.2)

@@ -22,6 +22,7 @@ from worker_manager.workers.eviction import eviction_reason
 from worker_manager.workers.heartbeats import Observed
 from worker_manager.workers.lifecycle import Outcome, outcome_of
 from worker_manager.workers.reconciler import Found, reconcile_steps
+from worker_manager.workers.sleep import expired, wants_waking
 from worker_manager.workers.watcher import heartbeat_verdict, silent
 
 NOW = 1_800_000_000.0
@@ -173,6 +174,7 @@ def test_reconcile_steps_cover_every_case() -> None:
         "created": record("STARTING"),
         "unrecorded": record("STARTING", container_id="other"),
         "ended": record("STOPPED"),
+        "asleep": record("SUSPENDED"),
         "orphan": None,
         "pooled": None,
         "busy": record("STARTING"),
@@ -187,6 +189,7 @@ def test_reconcile_steps_cover_every_case() -> None:
         "created": found("created", "created"),
         "unrecorded": found("unrecorded"),
         "ended": found("ended", "exited"),
+        "asleep": found("asleep", "running"),
         "orphan": found("orphan"),
         "pooled": found("pooled", pooled=True),
         "busy": found("busy", "created"),
@@ -203,6 +206,7 @@ def test_reconcile_steps_cover_every_case() -> None:
         "created": "resume",
         "unrecorded": "resume",
         "ended": "finish",
+        "asleep": "sleep",  # its container goes, its volumes stay
         "orphan": "orphan",
         "no-container-starting": "resume_if_absent",
         "no-container-running": "lost_if_absent",
@@ -278,6 +282,16 @@ def test_gc_removes_dangling_images_unless_in_use() -> None:
     )
     actions = {k: v[0] for k, v in plan({}, eng).items()}
     assert actions == {"h-d1": "remove", "h-d2": "keep"}
+
+
+def test_a_suspended_worker_wakes_for_an_input_its_wrapper_was_not_given() -> None:
+    assert wants_waking("1700-5", "1700-4") and wants_waking("1701-0", "1700-9")
+    assert not wants_waking("1700-4", "1700-4") and not wants_waking("", "1700-4")
+    assert wants_waking("1-0", "")  # no group yet: the input waits
+    day = 86_400
+    assert expired(iso_from_unix(NOW - 8 * day), NOW, 7)
+    assert not expired(iso_from_unix(NOW - 6 * day), NOW, 7)
+    assert not expired("garbage", NOW, 7)
 
 
 def test_disk_usage_is_summed_per_worker_of_this_deployment() -> None:

@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("status", "show a worker's status"),
         ("delete", "stop and remove a worker (or, with --all/--selector, many)"),
+        ("suspend", "stop a worker's container, keeping its workspace and session"),
+        ("resume", "start a suspended worker again"),
     ):
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("worker_id", nargs="?" if name == "delete" else None)

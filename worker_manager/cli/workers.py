@@ -134,6 +134,16 @@ async def _delete(args: argparse.Namespace, settings: Settings) -> int:
     return await _simple(args, settings, "delete")
 
 
+@command("suspend")
+async def _suspend(args: argparse.Namespace, settings: Settings) -> int:
+    return await _simple(args, settings, "suspend")
+
+
+@command("resume")
+async def _resume(args: argparse.Namespace, settings: Settings) -> int:
+    return await _simple(args, settings, "resume")
+
+
 async def _delete_many(args: argparse.Namespace, settings: Settings) -> int:
     from worker_manager.client import bulk
 

@@ -299,6 +299,17 @@ class Worker:
         reply = await self.client.request("delete", worker_id=self.id)
         return WorkerInfo.from_reply(reply)
 
+    async def suspend(self) -> WorkerInfo:
+        """Stop its container, keeping its workspace and agent session (SUSPENDED)."""
+        reply = await self.client.request("suspend", worker_id=self.id)
+        return WorkerInfo.from_reply(reply)
+
+    async def resume(self) -> WorkerInfo:
+        """Start it again (STARTING, then RUNNING): same workspace, same session. Any input
+        sent to a suspended worker resumes it too."""
+        reply = await self.client.request("resume", worker_id=self.id)
+        return WorkerInfo.from_reply(reply)
+
 
 async def _read(
     redis: Redis, stream: str, after: str, follow: bool

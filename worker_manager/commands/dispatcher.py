@@ -19,10 +19,13 @@ from worker_manager.commands.handlers import Handlers
 from worker_manager.commands.replies import DeadLetter, ReplyBook
 from worker_manager.contract.commands import (
     REPLY_TO_RE,
+    AnyCommand,
     CreateCommand,
     DeleteCommand,
     ListCommand,
+    ResumeCommand,
     StatusCommand,
+    SuspendCommand,
     parse_command,
     reply_of_request_id,
 )
@@ -187,9 +190,7 @@ class Dispatcher:
         await self._book.finish(delivery.entry_id, reply, cmd.reply_to)
         return result
 
-    def _identity_problem(
-        self, cmd: CreateCommand | DeleteCommand | StatusCommand | ListCommand
-    ) -> str | None:
+    def _identity_problem(self, cmd: AnyCommand) -> str | None:
         """With registered producers: a reply goes only under the sender's own reply prefix,
         and no one claims a registered producer's name as owner from the shared stream."""
         if self._producer is not None:
@@ -205,9 +206,7 @@ class Dispatcher:
         return None
 
     @staticmethod
-    def _error_reply(
-        cmd: CreateCommand | DeleteCommand | StatusCommand | ListCommand, exc: CommandError
-    ) -> Reply:
+    def _error_reply(cmd: AnyCommand, exc: CommandError) -> Reply:
         return Reply(
             request_id=cmd.request_id,
             command=cmd.command,
@@ -218,7 +217,9 @@ class Dispatcher:
             retry_after=exc.retry_after,
         )
 
-    async def _handle(self, cmd: CreateCommand | DeleteCommand) -> Reply:
+    async def _handle(
+        self, cmd: CreateCommand | DeleteCommand | SuspendCommand | ResumeCommand
+    ) -> Reply:
         if isinstance(cmd, CreateCommand):
             return await self._handlers.create(cmd)
         if self._producer is not None:
@@ -228,6 +229,10 @@ class Dispatcher:
                 raise CommandError(
                     ErrorCode.CONFLICT,
                     f"worker {cmd.worker_id} was not created by producer {self._producer!r}; "
-                    "a producer deletes only the workers it created",
+                    f"a producer {cmd.command}s only the workers it created",
                 )
+        if isinstance(cmd, SuspendCommand):
+            return await self._handlers.suspend(cmd)
+        if isinstance(cmd, ResumeCommand):
+            return await self._handlers.resume(cmd)
         return await self._handlers.delete(cmd)

@@ -13,10 +13,12 @@ from worker_manager.contract.commands import (
     CreateCommand,
     DeleteCommand,
     ListCommand,
+    ResumeCommand,
     StatusCommand,
+    SuspendCommand,
     format_cursor,
 )
-from worker_manager.contract.kinds import Shape, WorkerStatus
+from worker_manager.contract.kinds import ENDABLE_STATUSES, Shape, WorkerStatus
 from worker_manager.contract.record import WorkerRecord
 from worker_manager.contract.reply import STATUS_DETAILS, Reply
 from worker_manager.core.errors import CommandError, ErrorCode
@@ -26,6 +28,7 @@ from worker_manager.workers.lifecycle import Lifecycle, Outcome
 from worker_manager.workers.pool import WarmPool
 from worker_manager.workers.provisioner import Provisioner
 from worker_manager.workers.records import WorkerStore
+from worker_manager.workers.sleep import Sleep
 
 #: worker ids the manager chooses derive from the request id, so a create delivered twice (or
 #: resumed after a crash) names the same worker instead of starting a second one.
@@ -43,6 +46,7 @@ class Handlers:
         lifecycle: Lifecycle,
         router: Router | None = None,
         pool: WarmPool | None = None,
+        sleep: Sleep | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -50,6 +54,7 @@ class Handlers:
         self._lifecycle = lifecycle
         self._router = router
         self._pool = pool
+        self._sleep = sleep
 
     async def create(self, cmd: CreateCommand) -> Reply:
         problem = self._provisioner.install_problem(cmd.agent_type)
@@ -134,7 +139,7 @@ class Handlers:
         here = owner == self._settings.manager_id
         if not here and self._router is not None:
             # Its container lives on another manager's host: that manager must remove it.
-            answer = await self._router.forward_delete(cmd, owner)
+            answer = await self._router.forward(cmd, owner)
             if answer is not None:
                 return answer
         if not here:
@@ -145,7 +150,11 @@ class Handlers:
                 owner=owner,
             )
         await self._lifecycle.end(
-            cmd.worker_id, Outcome.stopped("deleted"), wait=True, on_this_host=here
+            cmd.worker_id,
+            Outcome.stopped("deleted"),
+            allowed_from=ENDABLE_STATUSES,
+            wait=True,
+            on_this_host=here,
         )
         record = await self._store.get(cmd.worker_id)
         status = record.status if record is not None else None
@@ -155,6 +164,42 @@ class Handlers:
             ok=True,
             worker_id=cmd.worker_id,
             status=status or WorkerStatus.STOPPED.value,
+        )
+
+    async def suspend(self, cmd: SuspendCommand) -> Reply:
+        return await self._sleep_command(cmd)
+
+    async def resume(self, cmd: ResumeCommand) -> Reply:
+        return await self._sleep_command(cmd)
+
+    async def _sleep_command(self, cmd: SuspendCommand | ResumeCommand) -> Reply:
+        """Suspend or resume, by the manager whose host holds the worker's container and
+        volumes (forwarded there from any other)."""
+        record = await self._store.get(cmd.worker_id)
+        if record is None:
+            raise _not_found(cmd.worker_id)
+        owner = record.manager_id or self._settings.manager_id
+        if owner != self._settings.manager_id:
+            answer = await self._router.forward(cmd, owner) if self._router else None
+            if answer is not None:
+                return answer
+            raise CommandError(
+                ErrorCode.CONFLICT,
+                f"worker {cmd.worker_id} belongs to manager {owner}, which is gone: its "
+                "volumes are on that manager's host",
+            )
+        assert self._sleep is not None, "the manager wires its sleep"
+        if isinstance(cmd, SuspendCommand):
+            await self._sleep.suspend_or_refuse(cmd.worker_id)
+        else:
+            await self._sleep.resume_or_refuse(cmd.worker_id)
+        record = await self._store.get(cmd.worker_id)
+        return Reply(
+            request_id=cmd.request_id,
+            command=cmd.command,
+            ok=True,
+            worker_id=cmd.worker_id,
+            status=record.text("status") if record is not None else None,
         )
 
     def status_of(self, cmd: StatusCommand, record: WorkerRecord | None) -> Reply:

@@ -1,12 +1,13 @@
-"""Several managers on one Redis: who is alive, and getting a delete to the host that can do it.
+"""Several managers on one Redis: who is alive, and getting a command to the host that can do it.
 
-Commands are spread over the managers by the shared consumer group, so a ``delete`` may reach a
-manager whose Docker Engine does not hold the worker's container. Such a delete is forwarded to
-the owning manager's own stream (``<prefix>:commands:<manager_id>``, which only that manager
-reads) and its reply is relayed as the answer. When the owner is gone (its presence key
-expired), the record is ended in Redis alone and the owner's reconciler removes the container
-when it comes back. ``status`` and ``list`` are answered from Redis by any manager; a ``create``
-is run by whichever manager takes it.
+Commands are spread over the managers by the shared consumer group, so a ``delete`` (or a
+``suspend``, or a ``resume``) may reach a manager whose Docker Engine does not hold the worker's
+container or volumes. Such a command is forwarded to the owning manager's own stream
+(``<prefix>:commands:<manager_id>``, which only that manager reads) and its reply is relayed as
+the answer. When the owner is gone (its presence key expired), a delete ends the record in Redis
+alone and the owner's reconciler removes the container when it comes back (a suspend or resume
+is refused: the volumes are on that host). ``status`` and ``list`` are answered from Redis by any
+manager; a ``create`` is run by whichever manager takes it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from worker_manager.client.requests import CommandClient, ReplyTimeout
-from worker_manager.contract.commands import DeleteCommand
+from worker_manager.contract.commands import DeleteCommand, ResumeCommand, SuspendCommand
 from worker_manager.contract.reply import Reply
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
@@ -41,7 +42,9 @@ class Router:
     async def is_alive(self, manager_id: str) -> bool:
         return bool(await self._redis.exists(self._keys.manager(manager_id)))
 
-    async def forward_delete(self, cmd: DeleteCommand, owner: str) -> Reply | None:
+    async def forward(
+        self, cmd: DeleteCommand | SuspendCommand | ResumeCommand, owner: str
+    ) -> Reply | None:
         """The owning manager's answer to ``cmd``; None when that manager is gone (before or
         while we waited), so the caller ends the worker in Redis alone."""
         if not await self.is_alive(owner):
@@ -54,13 +57,18 @@ class Router:
         await self._redis.xadd(
             self._keys.manager_commands(owner),
             {
-                "command": "delete",
+                "command": cmd.command,
                 "worker_id": cmd.worker_id,
                 "request_id": request_id,
                 "reply_to": reply_to,
             },
         )
-        log.info("delete forwarded to the owning manager", worker_id=cmd.worker_id, owner=owner)
+        log.info(
+            "command forwarded to the owning manager",
+            command=cmd.command,
+            worker_id=cmd.worker_id,
+            owner=owner,
+        )
         try:
             answer = await self._client.wait_reply(
                 reply_to, request_id, timeout=self._settings.forward_timeout_seconds
@@ -69,9 +77,9 @@ class Router:
             if not await self.is_alive(owner):
                 return None
             raise ForwardTimeout(
-                f"manager {owner} did not answer a forwarded delete of {cmd.worker_id}"
+                f"manager {owner} did not answer a forwarded {cmd.command} of {cmd.worker_id}"
             ) from exc
         finally:
             with contextlib.suppress(RedisError):
                 await self._redis.delete(reply_to)
-        return answer.model_copy(update={"request_id": cmd.request_id, "command": "delete"})
+        return answer.model_copy(update={"request_id": cmd.request_id, "command": cmd.command})

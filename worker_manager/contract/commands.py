@@ -318,6 +318,18 @@ class StatusCommand(_WorkerCommand):
     command: Literal["status"]
 
 
+class SuspendCommand(_WorkerCommand):
+    """Stop a RUNNING worker's container, keeping its workspace and session (SPEC §8)."""
+
+    command: Literal["suspend"]
+
+
+class ResumeCommand(_WorkerCommand):
+    """Start a SUSPENDED worker again: same id, workspace and session (SPEC §8)."""
+
+    command: Literal["resume"]
+
+
 class ListCommand(_Command):
     command: Literal["list"]
     #: Where the page starts: ``next_cursor`` of the previous reply (``<ms>:<worker_id>``).
@@ -348,11 +360,12 @@ def format_cursor(position: tuple[int, str]) -> str:
     return f"{position[0]}:{position[1]}"
 
 
-Command = Annotated[
-    CreateCommand | DeleteCommand | StatusCommand | ListCommand, Field(discriminator="command")
-]
+AnyCommand = (
+    CreateCommand | DeleteCommand | StatusCommand | ListCommand | SuspendCommand | ResumeCommand
+)
+Command = Annotated[AnyCommand, Field(discriminator="command")]
 _COMMAND = TypeAdapter(Command)
-COMMAND_NAMES = ("create", "delete", "status", "list")
+COMMAND_NAMES = ("create", "delete", "status", "list", "suspend", "resume")
 
 
 def _check_bytes(value: str, limit: int) -> None:
@@ -377,7 +390,7 @@ def _context(info: ValidationInfo) -> tuple[CommandLimits, str]:
 
 def parse_command(
     fields: dict[str, str], entry_id: str, limits: CommandLimits, *, replies: str
-) -> CreateCommand | DeleteCommand | StatusCommand | ListCommand:
+) -> AnyCommand:
     """Validate one stream entry; raise :class:`InvalidCommand` naming the offending field."""
     size = sum(len(k.encode()) + len(v.encode()) for k, v in fields.items())
     if size > limits.max_entry_bytes:

@@ -54,6 +54,8 @@ class WorkerStatus(StrEnum):
     RUNNING = "RUNNING"
     STOPPED = "STOPPED"
     FAILED = "FAILED"
+    #: Container gone, workspace and agent session kept (SPEC §8): not live, not ended.
+    SUSPENDED = "SUSPENDED"
 
     @property
     def is_live(self) -> bool:
@@ -63,3 +65,5 @@ class WorkerStatus(StrEnum):
 
 #: The statuses a worker can be ended from; the order is the one transitions are written in.
 LIVE_STATUSES = (WorkerStatus.STARTING, WorkerStatus.RUNNING)
+#: A delete also ends a suspended worker (its volumes go with it).
+ENDABLE_STATUSES = (*LIVE_STATUSES, WorkerStatus.SUSPENDED)

@@ -57,6 +57,15 @@ class Keys:
         """Set of one manager's workers that are STARTING or RUNNING (its capacity count)."""
         return f"{self.prefix}:live:{manager_id}"
 
+    def mirror_used(self, mirror: str) -> str:
+        """Set when a checkout used a repository's mirror; it expires after the workspace
+        retention, and a mirror no worker refers to without it is removed."""
+        return f"{self.prefix}:mirror-used:{mirror}"
+
+    def suspended(self, manager_id: str) -> str:
+        """Set of one manager's SUSPENDED workers (their volumes are on its host)."""
+        return f"{self.prefix}:suspended:{manager_id}"
+
     def owner_live(self, owner: str) -> str:
         """Set of the live workers whose ``metadata.owner`` is ``owner`` (across managers)."""
         return f"{self.prefix}:live-owner:{owner}"

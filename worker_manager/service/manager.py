@@ -47,6 +47,7 @@ from worker_manager.workers.presence import Presence
 from worker_manager.workers.provisioner import Provisioner
 from worker_manager.workers.reconciler import Reconciler
 from worker_manager.workers.records import WorkerStore
+from worker_manager.workers.sleep import Sleep
 from worker_manager.workers.summaries import Summaries
 from worker_manager.workers.tasks import WorkerTasks
 from worker_manager.workers.watcher import StatusWatcher
@@ -144,8 +145,14 @@ class Manager:
             else None,
             summaries=Summaries(s, self.redis, self.raw_redis, self.store),
         )
+        self.sleep = Sleep(s, self.redis, self.store, self.lifecycle, self.provisioner)
         self.evictor = Evictor(
-            s, self.raw_redis, self.store, self.lifecycle, observe=self.metrics.eviction
+            s,
+            self.raw_redis,
+            self.store,
+            self.lifecycle,
+            observe=self.metrics.eviction,
+            suspend=self.sleep.suspend,
         )
         self.output_guard = OutputGuard(
             s, self.redis, self.store, self.lifecycle, self.metrics.dropped
@@ -160,6 +167,7 @@ class Manager:
             self.lifecycle,
             Router(s, self.redis),
             pool=self.pool,
+            sleep=self.sleep,
         )
         observer = _observers(self.metrics.observe_command, observe)
         self._readers: list[Redis] = []
@@ -250,6 +258,7 @@ class Manager:
         sup.every("eviction", self.evictor.sweep, s.eviction_interval_seconds)
         sup.every("output-trim", self.output_guard.round, s.output_trim_interval_seconds)
         sup.every("disk", self.disk_guard.round, s.disk_check_interval_seconds, wait_first=True)
+        sup.every("sleepers", self.sleep.round, s.watch_interval_seconds, wait_first=True)
         sup.every(
             "reconcile", self.reconciler.periodic, s.reconcile_interval_seconds, wait_first=True
         )

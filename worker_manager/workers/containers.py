@@ -284,14 +284,15 @@ class ContainerRuntime:
         found: list[dict[str, Any]] = self._docker.api.containers(all=True, filters=filters)
         return found
 
-    async def remove(self, worker_id: str) -> int | None:
-        """Stop (SIGTERM, then SIGKILL after the timeout) and remove, with its volumes; the
-        exit code if known."""
-        return await docker_client.call(self._remove_sync, worker_id)
+    async def remove(self, worker_id: str, *, keep_volumes: bool = False) -> int | None:
+        """Stop (SIGTERM, then SIGKILL after the timeout) and remove, with its volumes unless
+        ``keep_volumes`` (a suspend); the exit code if known."""
+        return await docker_client.call(self._remove_sync, worker_id, keep_volumes)
 
-    def _remove_sync(self, worker_id: str) -> int | None:
+    def _remove_sync(self, worker_id: str, keep_volumes: bool) -> int | None:
         exit_code = self._remove_container_sync(worker_id)
-        self.volumes.remove(worker_id)
+        if not keep_volumes:
+            self.volumes.remove(worker_id)
         return exit_code
 
     def _remove_container_sync(self, worker_id: str) -> int | None:

@@ -10,13 +10,14 @@ A RUNNING worker idle for longer than its idle timeout (the create's ``idle_time
 capped by the operator, else ``WM_IDLE_TIMEOUT_SECONDS``) is STOPPED with ``reason=idle``; any
 live worker older than ``WM_MAX_LIFETIME_SECONDS`` is STOPPED with ``reason=ttl``. The status
 changes first (one Lua transition, so a concurrent delete or die wins or loses cleanly), then
-the container goes.
+the container goes. With ``WM_IDLE_ACTION=suspend`` an idle worker is SUSPENDED instead
+(``workers.sleep``: its workspace and session kept), unless ``WM_MAX_SUSPENDED`` are already.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -27,9 +28,12 @@ from worker_manager.core.logs import get_logger
 from worker_manager.settings import FleetSettings, Settings
 from worker_manager.workers.heartbeats import Observed, observe
 from worker_manager.workers.lifecycle import Lifecycle, Outcome
-from worker_manager.workers.records import WorkerStore
+from worker_manager.workers.records import SleepOutcome, WorkerStore
 
 log = get_logger(__name__)
+
+#: How an idle worker is suspended (``workers.sleep.Sleep.suspend``).
+Suspend = Callable[[str, str], Awaitable[SleepOutcome]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +77,13 @@ class Evictor:
         store: WorkerStore,
         lifecycle: Lifecycle,
         observe: Callable[[str], None] = lambda _reason: None,
+        suspend: Suspend | None = None,
     ) -> None:
         self._settings = settings
         self._raw = raw_redis  # does not decode: heartbeats are the workers' bytes
         self._store = store
         self._lifecycle = lifecycle
+        self._suspend = suspend
         self.evicted = 0
         #: Called with the reason of each eviction (the manager passes its metrics' counter).
         self._observe = observe
@@ -104,6 +110,21 @@ class Evictor:
         return verdicts
 
     async def _evict(self, verdict: Verdict) -> None:
+        if (
+            verdict.reason == "idle"
+            and self._settings.idle_action == "suspend"
+            and self._suspend is not None
+        ):
+            result = await self._suspend(verdict.worker_id, "idle")
+            if result.result == "suspended":
+                self.evicted += 1
+                self._observe("idle")
+                return
+            if result.result != "capacity":
+                return  # not RUNNING any more: another verdict came first
+            log.info(
+                "no room to suspend an idle worker: it is stopped", worker_id=verdict.worker_id
+            )
         # Idle applies to RUNNING only: a worker that went elsewhere meanwhile is left alone.
         allowed = (WorkerStatus.RUNNING,) if verdict.reason == "idle" else LIVE_STATUSES
         ended = await self._lifecycle.end(

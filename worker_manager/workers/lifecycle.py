@@ -1,4 +1,4 @@
-"""How a worker ends: the one place that does it, and the one rule that reads an exit code.
+"""How a worker ends (or sleeps): the one place that does it, and the rule that reads an exit code.
 
 Ending a worker is always the same sequence, whoever decides it (a delete, the watcher, the
 evictor, the output guard, the reconciler, a failed create):
@@ -73,7 +73,7 @@ def outcome_of(exit_code: int, oom: bool) -> Outcome:
 
 class Lifecycle:
     """The only code that ends workers (:meth:`end`) and removes what they leave
-    (:meth:`finish`)."""
+    (:meth:`finish`, or :meth:`put_to_sleep` for a suspended one, which keeps its volumes)."""
 
     def __init__(
         self,
@@ -148,6 +148,14 @@ class Lifecycle:
         await self._acl.delete(worker_id)
         await self._containment.release(worker_id)
         return exit_code
+
+    async def put_to_sleep(self, worker_id: str) -> None:
+        """What a suspend removes (SPEC §8): the container, the Redis user and the egress
+        grant; the volumes stay. Idempotent (the reconciler finishes one cut short)."""
+        await self._creates.cancel(worker_id)
+        await self._containers.remove(worker_id, keep_volumes=True)
+        await self._acl.delete(worker_id)
+        await self._containment.release(worker_id)
 
     async def _finish_logged(self, worker_id: str) -> None:
         try:

@@ -14,7 +14,10 @@ so several managers can share one Redis. For each worker:
 - terminal record whose container is still there (a crash between the transition and the
   teardown): the container is removed;
 - container without a record (the record expired or Redis lost its data): removed as an orphan,
-  unless it is a warm-pool container nobody has taken yet (the pool repairs those).
+  unless it is a warm-pool container nobody has taken yet (the pool repairs those);
+- SUSPENDED record whose container is still there (a crash during the suspend): the container
+  is removed, its volumes kept;
+- volumes of workers that are neither live, nor suspended, nor have a container here: removed.
 
 Every "gone" verdict is confirmed by name against Docker right before it is acted on, so a
 create finishing concurrently is never mistaken for a loss. The verdicts themselves are
@@ -35,6 +38,7 @@ from docker import DockerClient
 from worker_manager.contract.kinds import WorkerStatus
 from worker_manager.contract.labels import LABEL_POOL, LABEL_WORKER
 from worker_manager.contract.record import WorkerRecord
+from worker_manager.core import docker_client
 from worker_manager.core.clock import unix_or_none
 from worker_manager.core.logs import get_logger
 from worker_manager.core.outages import OUTAGE_ERRORS
@@ -56,10 +60,18 @@ EnsureGroups = Callable[[], Awaitable[None]]
 #: - ``ended_unseen``: live record, container exited while nobody watched;
 #: - ``finish``: ended record whose container is still there: remove it;
 #: - ``orphan``: a container without a record: remove it;
+#: - ``sleep``: a SUSPENDED record whose container is still there: remove it, keep the volumes;
 #: - ``resume_if_absent`` / ``lost_if_absent``: a live record without a container, acted on
 #:   only once Docker confirms that no container of that name exists.
 Step = Literal[
-    "adopt", "resume", "ended_unseen", "finish", "orphan", "resume_if_absent", "lost_if_absent"
+    "adopt",
+    "resume",
+    "ended_unseen",
+    "finish",
+    "orphan",
+    "sleep",
+    "resume_if_absent",
+    "lost_if_absent",
 ]
 
 
@@ -88,6 +100,8 @@ def reconcile_steps(
             continue  # being created here; or a warm-pool container nobody took (pool.py's)
         if record is None:
             steps.append((worker_id, "orphan"))
+        elif record.status is WorkerStatus.SUSPENDED:
+            steps.append((worker_id, "sleep"))
         elif not record.is_live:
             steps.append((worker_id, "finish"))
         elif container.state in ("exited", "dead"):
@@ -207,7 +221,10 @@ class Reconciler:
         for worker_id, step in reconcile_steps(live, found, records, busy):
             await self._carry_out(worker_id, step, report)
         await self._sweep_grants(live | set(found), report)
-        await self._sweep_volumes(live | set(found), report)
+        # A suspended worker has no container, and its volumes are all it has.
+        suspended = set(await self._store.suspended_ids())
+        await self._sweep_volumes(live | set(found) | suspended, report)
+        await self._sweep_mirrors(live | suspended, report)
         return report
 
     async def _sweep_volumes(self, known: set[str], report: Report) -> None:
@@ -241,6 +258,23 @@ class Reconciler:
             await self._containment.release(grant.worker_id)
             report.grants_revoked.append(grant.worker_id)
 
+    async def _sweep_mirrors(self, owners: set[str], report: Report) -> None:
+        """Remove repository mirrors no live or suspended worker of this manager refers to and
+        no checkout used within the workspace retention (their ``mirror-used`` key expired)."""
+        mirrors = await docker_client.call(self._containers.volumes.mirrors)
+        if not mirrors:
+            return
+        records = await self._store.get_many(sorted(owners))
+        referred = {r.text("mirror") for r in records.values() if r is not None}
+        for mirror in mirrors:
+            name = str(mirror.get("Name", ""))
+            if not name or name in referred:
+                continue
+            if await self._store.exists(self._settings.keys.mirror_used(name)):
+                continue
+            await docker_client.call(self._containers.volumes.remove_mirror, name)
+            report.volumes_removed.append(name)
+
     async def _carry_out(self, worker_id: str, step: Step, report: Report) -> None:
         if self._provisioner.is_active(worker_id):
             return  # a create started here since the listing
@@ -254,6 +288,9 @@ class Reconciler:
             report.orphans.append(worker_id)
         elif step == "finish":
             await self._lifecycle.finish(worker_id)
+            report.removed.append(worker_id)
+        elif step == "sleep":
+            await self._lifecycle.put_to_sleep(worker_id)
             report.removed.append(worker_id)
         elif step == "ended_unseen":
             if await self._lifecycle.end(

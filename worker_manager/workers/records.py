@@ -46,7 +46,7 @@ return {'created', 'STARTING', ARGV[8]}
 # KEYS: record lifecycle output prompt input spec heartbeat usage (the gateway's metering)
 #       workspace (the wrapper's last summary)
 # ARGV: to reason timestamp allowed_from lifecycle_maxlen output_maxlen live_prefix retention
-#       owner_live_prefix [field value ...]
+#       owner_live_prefix suspended_prefix [field value ...]
 _TRANSITION = """
 local cur = redis.call('HMGET', KEYS[1], 'status', 'manager_id', 'worker_id', 'owner')
 local from = cur[1]
@@ -58,11 +58,12 @@ if ARGV[4] ~= '' and not string.find(' ' .. ARGV[4] .. ' ', ' ' .. from .. ' ', 
 end
 redis.call('HSET', KEYS[1], 'status', to)
 if from == 'STARTING' then redis.call('HDEL', KEYS[1], 'progress') end
-if #ARGV >= 10 then redis.call('HSET', KEYS[1], unpack(ARGV, 10)) end
+if #ARGV >= 11 then redis.call('HSET', KEYS[1], unpack(ARGV, 11)) end
 local terminal = (to == 'STOPPED' or to == 'FAILED')
 if terminal then
   redis.call('HSET', KEYS[1], 'reason', ARGV[2], 'stopped_at', ARGV[3])
   redis.call('SREM', ARGV[7] .. (cur[2] or ''), cur[3] or '')
+  redis.call('SREM', ARGV[10] .. (cur[2] or ''), cur[3] or '')
   if cur[4] and cur[4] ~= '' then redis.call('SREM', ARGV[9] .. cur[4], cur[3] or '') end
 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'worker_id', cur[3] or '',
@@ -103,6 +104,49 @@ redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'type', 'status', 'con
 return 1
 """
 
+# RUNNING -> SUSPENDED (SPEC §8): off the live set (no capacity), onto the suspended set when
+# there is room, the heartbeat gone (a resume must not mistake the old one for a new one).
+# KEYS: record lifecycle output heartbeat live suspended owner_live_prefix
+# ARGV: reason timestamp lifecycle_maxlen output_maxlen max_suspended
+_SUSPEND = """
+local cur = redis.call('HMGET', KEYS[1], 'status', 'worker_id', 'owner')
+if cur[1] ~= 'RUNNING' then return {'status', cur[1] or ''} end
+if redis.call('SCARD', KEYS[6]) >= tonumber(ARGV[5]) then return {'capacity', cur[1]} end
+redis.call('HSET', KEYS[1], 'status', 'SUSPENDED', 'reason', ARGV[1], 'suspended_at', ARGV[2])
+redis.call('HDEL', KEYS[1], 'pool', 'ip_address')
+redis.call('SREM', KEYS[5], cur[2])
+redis.call('SADD', KEYS[6], cur[2])
+if cur[3] and cur[3] ~= '' then redis.call('SREM', KEYS[7] .. cur[3], cur[2]) end
+redis.call('DEL', KEYS[4])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'worker_id', cur[2], 'from', 'RUNNING',
+  'to', 'SUSPENDED', 'reason', ARGV[1], 'timestamp', ARGV[2])
+redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'type', 'status',
+  'content', cjson.encode({worker_status = 'SUSPENDED', reason = ARGV[1]}),
+  'timestamp', ARGV[2], 'input_id', '')
+return {'suspended', 'RUNNING'}
+"""
+
+# SUSPENDED -> STARTING: back onto the live set when there is room (as a create claims it).
+# KEYS: record lifecycle output live suspended owner_live_prefix
+# ARGV: reason timestamp lifecycle_maxlen output_maxlen max_live
+_RESUME = """
+local cur = redis.call('HMGET', KEYS[1], 'status', 'worker_id', 'owner')
+if cur[1] ~= 'SUSPENDED' then return {'status', cur[1] or ''} end
+local limit = tonumber(ARGV[5])
+if limit > 0 and redis.call('SCARD', KEYS[4]) >= limit then return {'capacity', cur[1]} end
+redis.call('HSET', KEYS[1], 'status', 'STARTING')
+redis.call('HDEL', KEYS[1], 'reason', 'started_at', 'container_id', 'suspended_at')
+redis.call('SREM', KEYS[5], cur[2])
+redis.call('SADD', KEYS[4], cur[2])
+if cur[3] and cur[3] ~= '' then redis.call('SADD', KEYS[6] .. cur[3], cur[2]) end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'worker_id', cur[2], 'from',
+  'SUSPENDED', 'to', 'STARTING', 'reason', ARGV[1], 'timestamp', ARGV[2])
+redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'type', 'status',
+  'content', cjson.encode({worker_status = 'STARTING', reason = ARGV[1]}),
+  'timestamp', ARGV[2], 'input_id', '')
+return {'resumed', 'SUSPENDED'}
+"""
+
 _UPDATE_IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
@@ -115,6 +159,14 @@ class CreateOutcome:
     result: str  # "created", "exists" or "capacity"
     status: str
     request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SleepOutcome:
+    #: "suspended"/"resumed" when it happened; "capacity" when there is no room; "status" when
+    #: the worker is not in the status it must be in (``status`` says which it is, "" if none).
+    result: str
+    status: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +186,69 @@ class WorkerStore:
         self._transition = redis.register_script(_TRANSITION)
         self._update = redis.register_script(_UPDATE_IF_EXISTS)
         self._progress = redis.register_script(_PROGRESS)
+        self._suspend = redis.register_script(_SUSPEND)
+        self._resume = redis.register_script(_RESUME)
 
     @property
     def live_key(self) -> str:
         return self._keys.live(self._settings.manager_id)
+
+    @property
+    def suspended_key(self) -> str:
+        return self._keys.suspended(self._settings.manager_id)
+
+    async def suspend(self, worker_id: str, reason: str) -> SleepOutcome:
+        """RUNNING -> SUSPENDED, within ``WM_MAX_SUSPENDED``; the container is the caller's to
+        remove (``Lifecycle.suspend``)."""
+        keys = self._keys
+        result = await self._suspend(
+            keys=[
+                keys.worker(worker_id),
+                keys.lifecycle,
+                keys.output(worker_id),
+                keys.heartbeat(worker_id),
+                self.live_key,
+                self.suspended_key,
+                keys.owner_live(""),
+            ],
+            args=[
+                reason,
+                iso_now(),
+                self._settings.lifecycle_maxlen,
+                self._settings.output_maxlen,
+                self._settings.max_suspended,
+            ],
+        )
+        return SleepOutcome(str(result[0]), str(result[1]))
+
+    async def resume(self, worker_id: str, reason: str) -> SleepOutcome:
+        """SUSPENDED -> STARTING within ``WM_MAX_WORKERS``; the provisioner then starts it."""
+        keys = self._keys
+        result = await self._resume(
+            keys=[
+                keys.worker(worker_id),
+                keys.lifecycle,
+                keys.output(worker_id),
+                self.live_key,
+                self.suspended_key,
+                keys.owner_live(""),
+            ],
+            args=[
+                reason,
+                iso_now(),
+                self._settings.lifecycle_maxlen,
+                self._settings.output_maxlen,
+                self._settings.max_workers,
+            ],
+        )
+        return SleepOutcome(str(result[0]), str(result[1]))
+
+    async def exists(self, key: str) -> bool:
+        return bool(await self._redis.exists(key))
+
+    async def suspended_ids(self) -> list[str]:
+        members: set[str] = await self._redis.smembers(self.suspended_key)
+        return sorted(members)
 
     async def create(
         self,
@@ -230,6 +341,7 @@ class WorkerStore:
                 keys.live(""),
                 self._settings.retention_seconds,
                 keys.owner_live(""),
+                keys.suspended(""),
                 *flat,
             ],
         )

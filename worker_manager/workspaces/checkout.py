@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +100,11 @@ class Checkout:
                 raise WorkspaceFailed("another checkout of this repository did not finish")
             await asyncio.sleep(0.2)
         grant_id = f"checkout.{worker_id}"
+        await self._redis.set(
+            self._settings.keys.mirror_used(mirror),
+            str(int(time.time())),
+            ex=int(self._settings.workspace_retention_days * 86_400) + 86_400,
+        )
         try:
             sockets = await self._grant(grant_id, worker_id, repository)
             result = await docker_client.call(
