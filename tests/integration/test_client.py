@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import sys
 import uuid
 from pathlib import Path
 
@@ -13,6 +10,7 @@ import pytest
 import redis.asyncio
 
 from tests.support.flows import Harness
+from tests.support.readme import run_example
 from tests.support.records import seed_records
 from tests.support.redis_server import RedisServer
 from worker_manager import (
@@ -26,37 +24,15 @@ from worker_manager import (
 
 pytestmark = [pytest.mark.redis]
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def readme_example() -> str:
-    text = README.read_text()
-    match = re.search(r"<!-- client-example -->\n```python\n(.*?)\n```", text, re.DOTALL)
-    assert match, "the README lost its client example"
-    return match.group(1)
-
 
 @pytest.mark.docker
 async def test_the_readme_example_runs_as_written(harness: Harness, tmp_path: Path) -> None:
     await harness.start()
-    script = tmp_path / "example.py"
-    script.write_text(readme_example())
-    env = {
-        **os.environ,
-        "WM_REDIS_URL": harness.settings.redis_url,
-        "WM_KEY_PREFIX": harness.settings.key_prefix,
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(script),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+    text = await run_example(
+        "client-example",
+        tmp_path,
+        {"WM_REDIS_URL": harness.settings.redis_url, "WM_KEY_PREFIX": harness.settings.key_prefix},
     )
-    async with asyncio.timeout(300):
-        output, _ = await process.communicate()
-    text = output.decode()
-    assert process.returncode == 0, text
     assert "exit 0 text you said: hello" in text
     assert "RUNNING CUSTOM {'team': 'docs'} 20" in text
     assert "stdout you said: hello" in text and "done 0" in text

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
 import secrets
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -20,6 +17,7 @@ import pytest
 from tests.support.cli import run_cli
 from tests.support.flows import Harness
 from tests.support.git_server import GitServer, git
+from tests.support.readme import run_example
 from worker_manager import Client, Worker, WorkspaceRequestError
 from worker_manager.core.bridge import docker_bridge_gateway
 
@@ -327,37 +325,20 @@ async def test_the_cli_takes_the_work_out(
     assert code == 1 and "leaves the workspace" in out, out
 
 
-def readme_example() -> str:
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    match = re.search(r"<!-- workspace-example -->\n```python\n(.*?)\n```", text, re.DOTALL)
-    assert match, "the README lost its workspace example"
-    return match.group(1)
-
-
 async def test_the_readme_workspace_example_runs_as_written(
     harness: Harness, http_git: GitServer, tmp_path: Path
 ) -> None:
     http_git.create("hello", {"README": "Hello World!\n"})
     await harness.start(workspace_sources=[source_of(http_git)])
-    script = tmp_path / "example.py"
-    script.write_text(readme_example())
-    env = {
-        **os.environ,
-        "WM_REDIS_URL": harness.settings.redis_url,
-        "WM_KEY_PREFIX": harness.settings.key_prefix,
-        "REPO_URL": http_git.url("hello"),
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(script),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+    text = await run_example(
+        "workspace-example",
+        tmp_path,
+        {
+            "WM_REDIS_URL": harness.settings.redis_url,
+            "WM_KEY_PREFIX": harness.settings.key_prefix,
+            "REPO_URL": http_git.url("hello"),
+        },
     )
-    async with asyncio.timeout(300):
-        output, _ = await process.communicate()
-    text = output.decode()
-    assert process.returncode == 0, text
     assert "branch fix-readme changed [{'path': 'README', 'added': 1, 'removed': 0}]" in text
     assert "+hello from the agent" in text
     assert "Hello World!\nhello from the agent" in text
