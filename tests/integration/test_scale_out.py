@@ -9,6 +9,7 @@ import json
 import pytest
 
 from tests.support.flows import Harness
+from worker_manager.workers.acl import WorkerAcl
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 
@@ -76,3 +77,52 @@ async def test_worker_of_a_dead_manager_is_deleted_and_cleaned_on_return(
 
     await harness.start(manager_id=owner_id)  # the owner returns and reconciles at start-up
     assert harness.container(worker_id) is None
+
+
+async def test_a_lost_hosts_silent_worker_is_judged_by_a_survivor_and_fenced_on_return(
+    harness: Harness,
+) -> None:
+    """The owner dies (its presence goes) with two workers: the one whose heartbeats stop (its
+    container paused) is FAILED ``host_lost`` by the survivor, the one still beating stays
+    RUNNING; when the owner comes back it removes the judged worker's container and keeps the
+    other (SPEC §3 ``host_lost``)."""
+    owner_id = f"{harness.settings.manager_id}-b"
+    owner = await harness.start(manager_id=owner_id)
+    silent = (await harness.client.create(agent_type="CUSTOM", agent_command=CAT)).worker_id
+    beating = (await harness.client.create(agent_type="CUSTOM", agent_command=CAT)).worker_id
+    assert silent and beating
+    for worker_id in (silent, beating):
+        assert await harness.wait_status(worker_id, "RUNNING", "FAILED") == "RUNNING"
+    acl = WorkerAcl(harness.redis, harness.settings)
+    assert await acl.exists(silent)
+
+    container = harness.container(silent)
+    container.pause()  # the host "goes": no heartbeats from here on
+    try:
+        await harness.stop(owner)  # its presence key goes; its containers stay
+        await harness.start(presence_ttl_seconds=2)  # the survivor: it judges, it never adopts
+        assert await harness.wait_status(silent, "FAILED", timeout=60) == "FAILED"
+        record = await harness.redis.hgetall(harness.keys.worker(silent))
+        assert record["reason"] == "host_lost"
+        entries = [f for _id, f in await harness.redis.xrange(harness.keys.lifecycle)]
+        ends = [(e["to"], e["reason"]) for e in entries if e.get("worker_id") == silent]
+        assert ends[-1] == ("FAILED", "host_lost")
+        assert not await acl.exists(silent)  # a wrapper that wakes cannot speak for it
+        assert not await harness.redis.sismember(harness.keys.live(owner_id), silent)
+        assert harness.container(silent) is not None  # on the lost host: not the survivor's
+        status = await harness.client.request("status", worker_id=beating)
+        assert status.ok and status.status == "RUNNING"  # it kept beating: not judged
+    finally:
+        container.unpause()
+
+    returned = await harness.start(manager_id=owner_id)  # reconciles at start-up
+    assert harness.container(silent) is None  # fenced: the verdict stands
+    assert returned.reconciler.last_change is not None
+    assert returned.reconciler.last_change.fenced == [silent]
+    record = await harness.redis.hgetall(harness.keys.worker(silent))
+    assert (record["status"], record["reason"]) == ("FAILED", "host_lost")
+    assert harness.container(beating) is not None  # adopted as before
+    status = await harness.client.request("status", worker_id=beating)
+    assert status.ok and status.status == "RUNNING"
+    again = await returned.reconciler.reconcile()
+    assert not again.fenced  # reported once, at the return

@@ -109,7 +109,8 @@ class Keys:
 
     @property
     def managers(self) -> str:
-        """The ids of the managers that have announced themselves (pruned as they go)."""
+        """The ids of the managers that have announced themselves (a dead one is dropped once
+        none of its workers is left to judge: ``workers.lost_hosts``)."""
         return f"{self.prefix}:managers"
 
     def manager(self, manager_id: str) -> str:

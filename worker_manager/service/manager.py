@@ -40,6 +40,7 @@ from worker_manager.workers.containment import Containment
 from worker_manager.workers.disk_guard import DiskGuard
 from worker_manager.workers.eviction import Evictor
 from worker_manager.workers.lifecycle import Lifecycle
+from worker_manager.workers.lost_hosts import LostHosts
 from worker_manager.workers.output_guard import OutputGuard
 from worker_manager.workers.placement import Placement
 from worker_manager.workers.pool import WarmPool
@@ -144,6 +145,9 @@ class Manager:
             if self.containment.enabled
             else None,
             summaries=Summaries(s, self.redis, self.raw_redis, self.store),
+        )
+        self.lost_hosts = LostHosts(
+            s, self.redis, self.raw_redis, self.lifecycle, observe=self.metrics.eviction
         )
         self.sleep = Sleep(s, self.redis, self.store, self.lifecycle, self.provisioner)
         self.evictor = Evictor(
@@ -255,6 +259,7 @@ class Manager:
             wake=self.watcher.wake,
         )
         sup.forever("docker-events", self.watcher.docker_events)
+        sup.every("lost-hosts", self.lost_hosts.round, s.watch_interval_seconds, wait_first=True)
         sup.every("eviction", self.evictor.sweep, s.eviction_interval_seconds)
         sup.every("output-trim", self.output_guard.round, s.output_trim_interval_seconds)
         sup.every("disk", self.disk_guard.round, s.disk_check_interval_seconds, wait_first=True)

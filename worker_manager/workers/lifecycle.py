@@ -102,13 +102,17 @@ class Lifecycle:
         allowed_from: Sequence[WorkerStatus] = LIVE_STATUSES,
         wait: bool = False,
         on_this_host: bool = True,
+        only_if_owner_gone: bool = False,
     ) -> bool:
         """End the worker if its status is one of ``allowed_from``; True when this call did.
 
         ``wait``: return once the container and Redis user are gone, and tear down even when
         the worker had already ended (a delete makes sure). ``on_this_host=False``: the
-        container is another manager's (which is gone), so only the Redis user is removed here;
-        that manager's reconciler removes the container when it returns.
+        container is another manager's (which is gone), so only the Redis user is removed here
+        (when this call ended it, or ``wait``); that manager's reconciler removes the container
+        when it returns.
+        ``only_if_owner_gone``: the transition happens only while that manager's presence key
+        and the worker's heartbeat are both absent (``workers.lost_hosts``).
         """
         result = await self._store.transition(
             worker_id,
@@ -116,6 +120,7 @@ class Lifecycle:
             outcome.reason,
             fields=outcome.record_fields(),
             allowed_from=allowed_from,
+            only_if_owner_gone=only_if_owner_gone,
         )
         if result.changed:
             log.info(
@@ -125,7 +130,8 @@ class Lifecycle:
             # Already ended (a delete came first): keep the exit code the container reported.
             await self._store.update(worker_id, {"exit_code": str(outcome.exit_code)})
         if not on_this_host:
-            await self._acl.delete(worker_id)
+            if result.changed or wait:
+                await self._acl.delete(worker_id)
             # Its grant is at the other host's egress service (and ends with that host).
         elif wait:
             await self.finish(worker_id)

@@ -93,10 +93,8 @@ class Placement:
         if live >= self._settings.max_workers or pooled == 0:
             ids = sorted(await self._redis.smembers(keys.managers) - {self._settings.manager_id})
             values = await self._redis.mget([keys.manager(i) for i in ids]) if ids else []
-            gone = [i for i, v in zip(ids, values, strict=True) if v is None]
-            if gone:
-                await self._redis.srem(keys.managers, *gone)
-            others = [offer_of(v) for v in values]
+            # A dead manager stays in the set until its workers are judged (``lost_hosts``).
+            others = [offer_of(v) for v in values if v is not None]
         verdict = may_take(live, self._settings.max_workers, pooled, others)
         self._verdict = (now, verdict)
         self.paused = not verdict

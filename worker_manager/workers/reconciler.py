@@ -12,7 +12,9 @@ so several managers can share one Redis. For each worker:
   (``oom`` when Docker says it was OOM-killed);
 - live record whose container is gone: FAILED with ``reason=container_lost``;
 - terminal record whose container is still there (a crash between the transition and the
-  teardown): the container is removed;
+  teardown): the container is removed; when the record says ``host_lost`` (the other managers
+  judged this one's host lost while it was gone or cut off), it is reported as ``fenced``: the
+  verdict stands, nothing judged is resurrected;
 - container without a record (the record expired or Redis lost its data): removed as an orphan,
   unless it is a warm-pool container nobody has taken yet (the pool repairs those);
 - SUSPENDED record whose container is still there (a crash during the suspend): the container
@@ -47,6 +49,7 @@ from worker_manager.workers.acl import WorkerAcl
 from worker_manager.workers.containers import ContainerRuntime
 from worker_manager.workers.containment import Containment
 from worker_manager.workers.lifecycle import Lifecycle, Outcome, outcome_of
+from worker_manager.workers.lost_hosts import HOST_LOST
 from worker_manager.workers.provisioner import Provisioner
 from worker_manager.workers.records import WorkerStore
 
@@ -130,6 +133,8 @@ class Report:
     ended: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)  # containers of terminal records
+    #: Containers of workers judged ``host_lost`` by the others while this manager was away.
+    fenced: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     users_restored: list[str] = field(default_factory=list)
     grants_revoked: list[str] = field(default_factory=list)
@@ -142,6 +147,7 @@ class Report:
                 self.ended,
                 self.lost,
                 self.removed,
+                self.fenced,
                 self.orphans,
                 self.users_restored,
                 self.grants_revoked,
@@ -174,6 +180,8 @@ class Reconciler:
         self._containment = containment
         self._lock = asyncio.Lock()
         self.runs = 0
+        #: The newest pass that changed something (what an operator or a test asks after).
+        self.last_change: Report | None = None
 
     async def periodic(self) -> None:
         """One periodic pass (the supervisor runs one per interval; the first pass runs in
@@ -189,6 +197,7 @@ class Reconciler:
             report = await self._reconcile()
         self.runs += 1
         if report.changed():
+            self.last_change = report
             log.info(
                 "reconciled Redis with Docker",
                 adopted=len(report.adopted),
@@ -196,6 +205,7 @@ class Reconciler:
                 ended=report.ended,
                 lost=report.lost,
                 removed=report.removed,
+                fenced=report.fenced,
                 orphans=report.orphans,
                 users_restored=len(report.users_restored),
                 grants_revoked=len(report.grants_revoked),
@@ -288,7 +298,14 @@ class Reconciler:
             report.orphans.append(worker_id)
         elif step == "finish":
             await self._lifecycle.finish(worker_id)
-            report.removed.append(worker_id)
+            reason = await self._store.field(worker_id, "reason")
+            (report.fenced if reason == HOST_LOST else report.removed).append(worker_id)
+            if reason == HOST_LOST:
+                log.warning(
+                    "fenced: the other managers judged this worker lost with its host while "
+                    "this manager was away; its container and Redis user are removed",
+                    worker_id=worker_id,
+                )
         elif step == "sleep":
             await self._lifecycle.put_to_sleep(worker_id)
             report.removed.append(worker_id)

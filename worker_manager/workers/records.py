@@ -46,7 +46,9 @@ return {'created', 'STARTING', ARGV[8]}
 # KEYS: record lifecycle output prompt input spec heartbeat usage (the gateway's metering)
 #       workspace (the wrapper's last summary)
 # ARGV: to reason timestamp allowed_from lifecycle_maxlen output_maxlen live_prefix retention
-#       owner_live_prefix suspended_prefix [field value ...]
+#       owner_live_prefix suspended_prefix presence_prefix [field value ...]
+# presence_prefix (not ''): only if the owning manager's presence key and the worker's heartbeat
+# are both gone, checked here so that an owner back in between is never overruled (host_lost).
 _TRANSITION = """
 local cur = redis.call('HMGET', KEYS[1], 'status', 'manager_id', 'worker_id', 'owner')
 local from = cur[1]
@@ -56,9 +58,13 @@ if from == to then return {0, from} end
 if ARGV[4] ~= '' and not string.find(' ' .. ARGV[4] .. ' ', ' ' .. from .. ' ', 1, true) then
   return {0, from}
 end
+if ARGV[11] ~= '' and (redis.call('EXISTS', ARGV[11] .. (cur[2] or '')) == 1
+    or redis.call('EXISTS', KEYS[7]) == 1) then
+  return {0, from}
+end
 redis.call('HSET', KEYS[1], 'status', to)
 if from == 'STARTING' then redis.call('HDEL', KEYS[1], 'progress') end
-if #ARGV >= 11 then redis.call('HSET', KEYS[1], unpack(ARGV, 11)) end
+if #ARGV >= 12 then redis.call('HSET', KEYS[1], unpack(ARGV, 12)) end
 local terminal = (to == 'STOPPED' or to == 'FAILED')
 if terminal then
   redis.call('HSET', KEYS[1], 'reason', ARGV[2], 'stopped_at', ARGV[3])
@@ -313,10 +319,14 @@ class WorkerStore:
         *,
         allowed_from: Sequence[WorkerStatus] = LIVE_STATUSES,
         fields: Mapping[str, str] | None = None,
+        only_if_owner_gone: bool = False,
     ) -> Transition:
         """Move the worker to ``to`` if its status is one of ``allowed_from``. Only
         :class:`~worker_manager.workers.lifecycle.Lifecycle` ends workers; the watcher moves
-        STARTING to RUNNING."""
+        STARTING to RUNNING.
+
+        ``only_if_owner_gone``: and only while neither its manager's presence key nor its
+        heartbeat exists, both checked in the same script (another manager's verdict)."""
         keys = self._keys
         flat = [item for pair in (fields or {}).items() for item in pair]
         result = await self._transition(
@@ -342,6 +352,7 @@ class WorkerStore:
                 self._settings.retention_seconds,
                 keys.owner_live(""),
                 keys.suspended(""),
+                keys.manager("") if only_if_owner_gone else "",
                 *flat,
             ],
         )
