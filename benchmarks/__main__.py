@@ -21,6 +21,7 @@ from benchmarks.gateway import gateway_figures
 from benchmarks.gc_bench import gc_figure
 from benchmarks.harness import Figure, console, machine, table, write_results
 from benchmarks.scale import scale_figures
+from benchmarks.sentinel_bench import sentinel_figures
 from benchmarks.start import start_figures
 from benchmarks.workers import create_worker
 from benchmarks.workspace_bench import workspace_figures
@@ -35,10 +36,11 @@ FIGURES = (
     "egress",
     "gateway",
     "workspace",
+    "sentinel",
     "against",
 )
 #: Figures that need neither the manager nor Docker (they bring their own processes).
-STANDALONE = {"gateway"}
+STANDALONE = {"gateway", "sentinel"}
 #: Figures run only when named with ``--only`` (they need an argument).
 ON_REQUEST = {"against"}
 
@@ -65,6 +67,7 @@ class Plan:
     egress_runs: int
     workspace_runs: int
     tenth_runs: int
+    failover_runs: int
 
 
 QUICK = Plan(
@@ -88,6 +91,7 @@ QUICK = Plan(
     10,
     3,
     1,
+    2,
 )
 FULL = Plan(
     "full",
@@ -110,6 +114,7 @@ FULL = Plan(
     40,
     10,
     3,
+    5,
 )
 
 
@@ -123,6 +128,9 @@ async def run(plan: Plan, only: set[str], against: str | None = None) -> list[Fi
         standalone += await gateway_figures(
             plan.gateway_ttfb_runs, plan.gateway_bytes, plan.gateway_runs
         )
+    if "sentinel" in only:
+        out.print("[bold]10. Redis behind Sentinel[/bold] (round trips, then primaries killed)")
+        standalone += await sentinel_figures(plan.rt_runs, plan.failover_runs)
     if not only - STANDALONE:
         return standalone
     env = BenchEnv()

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from worker_base.redis_urls import is_sentinel_url, parse_sentinel_url
+
 AGENT_TYPES = ("CLAUDE", "FACTORY", "CUSTOM")
 FACTORY_AUTONOMY = ("low", "medium", "high")
 
@@ -152,9 +154,14 @@ class WrapperConfig:
         redis_url = text("WM_REDIS_URL")
         if redis_url is None:
             raise ConfigError("WM_REDIS_URL is not set: the wrapper has no Redis to talk to.")
-        if urlsplit(redis_url).scheme not in {"redis", "rediss", "unix"}:
+        if is_sentinel_url(redis_url):
+            try:
+                parse_sentinel_url(redis_url)
+            except ValueError as exc:
+                raise ConfigError(f"WM_REDIS_URL: {exc}.") from None
+        elif urlsplit(redis_url).scheme not in {"redis", "rediss", "unix"}:
             raise ConfigError(
-                f"WM_REDIS_URL must be a redis://, rediss:// or unix:// URL, "
+                f"WM_REDIS_URL must be a redis://, rediss://, unix:// or redis+sentinel:// URL, "
                 f"not {redact_url(redis_url)!r}."
             )
 
@@ -223,6 +230,8 @@ def worker_key(prefix: str, worker_id: str, name: str) -> str:
 def redact_url(url: str) -> str:
     """The URL with its password replaced, so it can be logged (the password is the ACL secret)."""
     try:
+        if is_sentinel_url(url):
+            return parse_sentinel_url(url).render(hide_password=True)
         parts = urlsplit(url)
         if parts.password is None:
             return url

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker_base.config import WrapperConfig
+from worker_base.redis_urls import client_for
 
 log = logging.getLogger("worker_base")
 
@@ -36,7 +37,10 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, RedisError)
 
 
 def connect(config: WrapperConfig) -> Redis:
-    return Redis.from_url(
+    """The wrapper's client; a ``redis+sentinel://`` URL (uncontained workers only: contained
+    ones reach Redis through the egress service's relay) follows the primary through a
+    failover."""
+    return client_for(
         config.redis_url,
         decode_responses=True,
         # Inputs are text; a stray invalid byte must not make the reader crash in a loop.

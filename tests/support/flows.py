@@ -28,8 +28,10 @@ class Harness:
         self._running: list[tuple[Manager, asyncio.Task[None]]] = []
 
     async def start(self, **overrides: Any) -> Manager:
+        """A manager with these settings changed; ``http=True`` also serves its endpoints."""
+        http = bool(overrides.pop("http", False))
         settings = self.settings.model_copy(update=overrides) if overrides else self.settings
-        manager = Manager(settings, docker=self.docker)
+        manager = Manager(settings, docker=self.docker, http=http)
         task = asyncio.create_task(manager.run(grace=5))
         ready = asyncio.create_task(manager.ready.wait())
         done, _ = await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)

@@ -59,12 +59,21 @@ def bindable_gateway() -> str | None:
 class RedisServer:
     """One ``redis-server`` process; ``restart()`` brings it back on the same port."""
 
-    def __init__(self, workdir: Path, *, binary: str = "redis-server") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        binary: str = "redis-server",
+        password: str | None = None,
+        extra_config: str = "",
+    ) -> None:
         self.workdir = workdir
         self.binary = binary
         self.host = "127.0.0.1"
         self.gateway = bindable_gateway()
-        self.password = secrets.token_hex(16)
+        self.password = password or secrets.token_hex(16)
+        #: More redis.conf lines (a replica's ``replicaof``, a sentinel's ``sentinel monitor``).
+        self.extra_config = extra_config
         hosts = [self.host] if self.gateway is None else [self.host, self.gateway]
         self.port = free_port(*hosts)
         self._process: subprocess.Popen[bytes] | None = None
@@ -133,7 +142,7 @@ class RedisServer:
             'save ""\n'
             "appendonly no\n"
             "protected-mode yes\n"
-            f"logfile {self.log_path}\n"
+            f"logfile {self.log_path}\n" + self.extra_config
         )
         self.config_path.chmod(0o600)
         self._process = subprocess.Popen(
@@ -155,6 +164,11 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` (SIGSTOP freezes the server, SIGCONT thaws it)."""
+        assert self._process is not None and self._process.poll() is None
+        self._process.send_signal(signum)
 
     def restart(self, *, kill: bool = False) -> None:
         """Stop and start again on the same port and password (the data is not kept)."""

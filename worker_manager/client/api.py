@@ -30,6 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker_base.events import EventType
+from worker_base.redis_urls import client_for
 from worker_manager.client.errors import (
     BuildFailedError,
     CapacityExceededError,
@@ -109,7 +110,7 @@ class Client:
         timeout: float = 30.0,
     ) -> Client:
         """``producer``: send as that registered producer (see the README's trust boundaries)."""
-        redis = Redis.from_url(url, decode_responses=True, health_check_interval=30)
+        redis = client_for(url, decode_responses=True, health_check_interval=30)
         return cls(
             redis, key_prefix=key_prefix, producer=producer, timeout=timeout, owns_redis=True
         )

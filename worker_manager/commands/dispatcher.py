@@ -31,6 +31,7 @@ from worker_manager.contract.commands import (
 )
 from worker_manager.contract.record import WorkerRecord
 from worker_manager.contract.reply import Reply
+from worker_manager.core.durability import replicated
 from worker_manager.core.errors import CommandError, ErrorCode, InvalidCommand
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
@@ -158,6 +159,7 @@ class Dispatcher:
             await self._book.release(cmd.request_id, delivery.entry_id)
             return "retry"
 
+        await self._replicated(cmd)
         await self._book.finish(
             delivery.entry_id,
             reply,
@@ -165,6 +167,27 @@ class Dispatcher:
             remember_seconds=self._settings.idempotency_ttl_seconds,
         )
         return result
+
+    async def _replicated(self, cmd: AnyCommand) -> None:
+        """With ``WM_REDIS_WAIT_REPLICAS``: the change is on that many replicas before its
+        reply is written, so a failover cannot take back what a producer was told."""
+        wanted = self._settings.redis_wait_replicas
+        if not wanted:
+            return
+        held = await replicated(
+            self._redis,
+            self._settings.keys.manager_wait(self._settings.manager_id),
+            wanted,
+            self._settings.redis_wait_timeout_ms,
+        )
+        if held < wanted:
+            log.warning(
+                "reply sent before enough replicas held the change (WAIT timed out)",
+                command=cmd.command,
+                request_id=cmd.request_id,
+                replicas=held,
+                wanted=wanted,
+            )
 
     async def _read_only(self, delivery: Delivery, cmd: StatusCommand | ListCommand) -> str:
         """Status and list change nothing: no in-flight claim and no stored reply (SPEC §1:

@@ -5,13 +5,26 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit, urlunsplit
 
+from worker_base.redis_urls import is_sentinel_url, parse_sentinel_url
+
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
 
 def container_reachable_url(url: str) -> str:
     """``url`` with a loopback host replaced by the Docker bridge gateway, where a container
-    reaches a service on the host; any other URL is returned unchanged."""
+    reaches a service on the host; any other URL is returned unchanged. In a Sentinel URL each
+    sentinel's host is (the primary's address is what the sentinels announce: configure
+    ``replica-announce-ip`` / ``sentinel announce-ip`` with addresses containers reach)."""
+    if is_sentinel_url(url):
+        target = parse_sentinel_url(url)
+        gateway = (
+            docker_bridge_gateway() if any(h in _LOOPBACK for h, _ in target.sentinels) else ""
+        )
+        hosts = tuple((gateway if h in _LOOPBACK else h, p) for h, p in target.sentinels)
+        return target.with_hosts(hosts).render()
     parts = urlsplit(url)
     host = parts.hostname or "localhost"
-    if host not in {"localhost", "127.0.0.1", "::1"}:
+    if host not in _LOOPBACK:
         return url
     gateway = docker_bridge_gateway()
     netloc = gateway if parts.port is None else f"{gateway}:{parts.port}"

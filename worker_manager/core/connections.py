@@ -19,6 +19,8 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker_base.redis_urls import client_for
+
 
 class RedisTarget(Protocol):
     """What a connection needs to know (``Settings`` has it): where, who, and how long."""
@@ -36,7 +38,7 @@ def connect(
     timeout = settings.socket_timeout
     if blocking:
         timeout = max(timeout, settings.block_ms / 1000 * 3 + 5)
-    client: Redis = Redis.from_url(
+    client: Redis = client_for(
         settings.redis_url,
         decode_responses=decode,
         socket_timeout=timeout,

@@ -117,6 +117,10 @@ class Keys:
         """Presence key of one manager process (refreshed while it runs)."""
         return f"{self.prefix}:manager:{manager_id}"
 
+    def manager_wait(self, manager_id: str) -> str:
+        """The marker one manager writes before ``WAIT`` (``core.durability``); it expires."""
+        return f"{self.prefix}:wait:{manager_id}"
+
     # --- one worker ----------------------------------------------------------------------
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}:{worker_id}"

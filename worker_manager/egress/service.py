@@ -38,7 +38,9 @@ import certifi
 from aiohttp import web
 from prometheus_client import REGISTRY, generate_latest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from worker_base.redis_urls import is_sentinel_url, master_address
 from worker_base.relays import splice
 from worker_manager.contract.credentials import parse_git_credentials
 from worker_manager.contract.egress import parse_egress
@@ -237,7 +239,7 @@ class EgressService:
             upstream = await asyncio.wait_for(
                 _open_redis(url), self._settings.egress_connect_timeout_seconds
             )
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, RedisError) as exc:
             log.warning("redis relay: cannot reach Redis", error=str(exc))
             writer.close()
             return
@@ -374,7 +376,11 @@ class EgressService:
 
 
 async def _open_redis(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A raw connection to the Redis the manager uses (TCP, or its Unix socket)."""
+    """A raw connection to the Redis the manager uses (TCP, or its Unix socket); behind
+    Sentinel, to the primary the sentinels name now (asked per connection: after a failover the
+    wrappers' reconnects reach the new primary)."""
+    if is_sentinel_url(url):
+        return await asyncio.open_connection(*await master_address(url))
     parts = urlsplit(url)
     if parts.scheme == "unix":
         return await asyncio.open_unix_connection(parts.path)

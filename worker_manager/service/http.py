@@ -21,11 +21,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from worker_base.redis_urls import client_for
 from worker_manager.core.hostport import parse_host_port
 from worker_manager.core.logs import get_logger
 from worker_manager.service.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -58,7 +58,7 @@ class HttpServer:
         self.port: int | None = None
         token = http.http_token.get_secret_value() if http.http_token else ""
         self._token = token.encode()
-        self._probe_redis = Redis.from_url(
+        self._probe_redis = client_for(
             redis.redis_url,
             decode_responses=True,
             socket_timeout=PROBE_TIMEOUT_SECONDS,

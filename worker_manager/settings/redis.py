@@ -7,6 +7,7 @@ from functools import cached_property
 
 from pydantic import BaseModel, Field, field_validator
 
+from worker_base.redis_urls import is_sentinel_url, parse_sentinel_url
 from worker_manager.core.bridge import container_reachable_url
 from worker_manager.core.keys import Keys
 
@@ -29,6 +30,23 @@ class RedisSettings(BaseModel):
         default=7 * 86_400, ge=60, description="How long a stopped worker's keys are kept."
     )
     lifecycle_maxlen: int = Field(default=100_000, ge=10)
+    redis_wait_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="Replicas that must hold a create's, delete's, suspend's or resume's writes "
+        "before its reply (Redis WAIT); 0: none (asynchronous replication only).",
+    )
+    redis_wait_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
+
+    @field_validator("redis_url", "worker_redis_url")
+    @classmethod
+    def _url_shape(cls, value: str | None) -> str | None:
+        """A malformed Sentinel URL is refused at start, naming what is wrong, not at the first
+        connection (redis-py has no URL form for Sentinel: worker_base.redis_urls parses it)."""
+        if value and is_sentinel_url(value):
+            parse_sentinel_url(value)
+        return value
 
     @field_validator("key_prefix")
     @classmethod

@@ -16,6 +16,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from worker_base.redis_urls import database_of, is_sentinel_url, parse_sentinel_url
 from worker_manager.core.keys import Keys
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
@@ -107,23 +108,24 @@ class WorkerAcl:
         """The URL a worker container connects with: its own user, when ACLs are on."""
         base = self._settings.resolved_worker_redis_url()
         if contained(self._settings):
-            db = urlsplit(self._settings.redis_url).path.strip("/")
+            db = database_of(self._settings.redis_url)
             # Without ACLs the workers share the URL's own credentials (unsafe, documented).
             netloc = urlsplit(base).netloc.rpartition("@")[0] + "@" if "@" in base else ""
             if self.enabled:
-                netloc = (
-                    f"{quote(self._keys.acl_user(worker_id), safe='')}:{self.password(worker_id)}@"
-                )
+                user, password = self._keys.acl_user(worker_id), self.password(worker_id)
+                netloc = f"{quote(user, safe='')}:{password}@"
             return contained_redis_url(netloc, f"db={db}" if db else "")
         if not self.enabled:
             return base
+        user, password = self._keys.acl_user(worker_id), self.password(worker_id)
+        if is_sentinel_url(base):  # the sentinels are asked anonymously; the primary as the user
+            return parse_sentinel_url(base).with_credentials(user, password).render()
         parts = urlsplit(base)
         host = parts.hostname or "localhost"
         if ":" in host:
             host = f"[{host}]"
-        netloc = (
-            f"{quote(self._keys.acl_user(worker_id), safe='')}:"
-            f"{self.password(worker_id)}@{host}" + (f":{parts.port}" if parts.port else "")
+        netloc = f"{quote(user, safe='')}:{password}@{host}" + (
+            f":{parts.port}" if parts.port else ""
         )
         return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from worker_base.config import relays_env
+from worker_base.redis_urls import is_sentinel_url, parse_sentinel_url
 from worker_manager.contract.commands import CreateCommand
 from worker_manager.contract.kinds import AgentType
 from worker_manager.core.logs import get_logger
@@ -93,6 +94,8 @@ class Containment:
 
 def without_credentials(url: str) -> str:
     """``url`` without its user and password: where to connect, not who connects."""
+    if is_sentinel_url(url):
+        return parse_sentinel_url(url).with_credentials(None, None).render()
     parts = urlsplit(url)
     host = parts.hostname or ""
     if ":" in host:

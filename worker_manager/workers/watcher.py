@@ -145,7 +145,9 @@ class StatusWatcher:
         self._run_id, self._outage = run_id, False
         if restarted:
             self.redis_restarts += 1
-            log.warning("redis restarted; restoring what it may have lost", run_id=run_id)
+            log.warning(
+                "redis restarted or failed over; restoring what it may have lost", run_id=run_id
+            )
             if self._on_redis_restart is not None:
                 await self._on_redis_restart()
 
