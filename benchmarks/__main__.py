@@ -20,6 +20,7 @@ from benchmarks.env import AGENT_COMMAND, BenchEnv
 from benchmarks.gateway import gateway_figures
 from benchmarks.gc_bench import gc_figure
 from benchmarks.harness import Figure, console, machine, table, write_results
+from benchmarks.hosts_bench import hosts_figures
 from benchmarks.scale import scale_figures
 from benchmarks.sentinel_bench import sentinel_figures
 from benchmarks.start import start_figures
@@ -37,10 +38,11 @@ FIGURES = (
     "gateway",
     "workspace",
     "sentinel",
+    "hosts",
     "against",
 )
 #: Figures that need neither the manager nor Docker (they bring their own processes).
-STANDALONE = {"gateway", "sentinel"}
+STANDALONE = {"gateway", "sentinel", "hosts"}
 #: Figures run only when named with ``--only`` (they need an argument).
 ON_REQUEST = {"against"}
 
@@ -131,6 +133,9 @@ async def run(plan: Plan, only: set[str], against: str | None = None) -> list[Fi
     if "sentinel" in only:
         out.print("[bold]10. Redis behind Sentinel[/bold] (round trips, then primaries killed)")
         standalone += await sentinel_figures(plan.rt_runs, plan.failover_runs)
+    if "hosts" in only:
+        out.print("[bold]11. many hosts[/bold] (Docker-in-Docker hosts: bursts, then hosts killed)")
+        standalone += await hosts_figures(plan.failover_runs, plan.failover_runs)
     if not only - STANDALONE:
         return standalone
     env = BenchEnv()

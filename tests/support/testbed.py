@@ -8,7 +8,8 @@ What makes a host (machine-notes, "A second Docker host"):
   machine with ``apt-get download`` and installed with ``dpkg -i`` (nothing is pulled);
 - ``--privileged`` is refused here, so: every capability but ``SYS_RESOURCE``, seccomp, AppArmor
   and the masked ``/proc`` paths off, ``/dev/fuse``, all devices allowed; the entrypoint makes
-  ``/sys`` and the cgroup hierarchies writable and runs ``dockerd --storage-driver=vfs`` with a
+  ``/sys`` and the cgroup hierarchies writable and runs ``dockerd`` (overlay2 where the data
+  volume's filesystem takes it, else vfs) with a
   bridge subnet of its own (``--bip``) and a cgroup parent of its own;
 - a volume for ``/var/lib/docker``; the base and the CUSTOM worker image moved in with
   ``docker save | docker load``;
@@ -61,7 +62,15 @@ mount | grep ' type cgroup ' | while read -r _ _ dir _ _ opts; do
     umount "$dir"
     mount -t cgroup -o "rw,nosuid,nodev,noexec,$sub" cgroup "$dir"
 done
-exec dockerd --storage-driver=vfs --bip "${WM_HOST_BIP:?}" --cgroup-parent "${WM_HOST_CGROUP:?}" \
+# overlay2 where the data volume's filesystem takes an overlay mount (ext4, xfs), else vfs
+# (it copies a whole image per container: slow, but it works on anything).
+driver=vfs
+probe=/var/lib/docker/.overlay-probe
+mkdir -p "$probe/l" "$probe/u" "$probe/w" "$probe/m"
+if mount -t overlay overlay -o "lowerdir=$probe/l,upperdir=$probe/u,workdir=$probe/w" "$probe/m"
+then umount "$probe/m"; driver=overlay2; fi 2>/dev/null
+rm -rf "$probe"
+exec dockerd --storage-driver="${WM_HOST_STORAGE:-$driver}" --bip "${WM_HOST_BIP:?}" --cgroup-parent "${WM_HOST_CGROUP:?}" \
     --host unix:///var/run/docker.sock --log-level=warn
 """
 DOCKERFILE = """FROM {base}
@@ -87,6 +96,24 @@ HOST_OPTIONS = (
     "a *:* rwm",
 )
 READY_TIMEOUT_SECONDS = 60.0
+_STOP_MANAGER = """
+import os, signal, sys, time
+def managers():
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            argv = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')
+        except OSError:
+            continue
+        if b'worker_manager' in argv and b'serve' in argv:
+            yield int(pid)
+for pid in managers():
+    os.kill(pid, signal.SIGTERM)
+deadline = time.monotonic() + float(sys.argv[1])
+while any(True for _ in managers()):
+    if time.monotonic() > deadline:
+        sys.exit('the manager did not stop')
+    time.sleep(0.1)
+"""
 
 
 class BedError(RuntimeError):
@@ -371,6 +398,18 @@ class Testbed:
     def kill(self, host: Host) -> None:
         """The machine dies: its Engine, its manager and its workers at once."""
         host.container.kill()
+
+    def revive(self, host: Host) -> None:
+        """A killed host booted again: its Engine (with its images) and its manager."""
+        host.container.start()
+        self._wait_engine(host)
+        self.start_manager(host)
+        self.wait_manager(host)
+
+    def stop_manager(self, host: Host, timeout: float = 60) -> None:
+        """SIGTERM to the host's manager and wait for it to exit (a clean stop: it leaves the
+        fleet, its workers stay). The base has no procps: /proc is read by Python."""
+        host.exec("python3", "-c", _STOP_MANAGER, str(timeout), timeout=timeout + 10)
 
     def cut_off(self, host: Host) -> None:
         """Unplugged: no route to Redis (or anything) for its manager and its workers."""
