@@ -70,8 +70,8 @@ mkdir -p "$probe/l" "$probe/u" "$probe/w" "$probe/m"
 if mount -t overlay overlay -o "lowerdir=$probe/l,upperdir=$probe/u,workdir=$probe/w" "$probe/m"
 then umount "$probe/m"; driver=overlay2; fi 2>/dev/null
 rm -rf "$probe"
-exec dockerd --storage-driver="${WM_HOST_STORAGE:-$driver}" --bip "${WM_HOST_BIP:?}" --cgroup-parent "${WM_HOST_CGROUP:?}" \
-    --host unix:///var/run/docker.sock --log-level=warn
+exec dockerd --storage-driver="${WM_HOST_STORAGE:-$driver}" --bip "${WM_HOST_BIP:?}" \
+    --cgroup-parent "${WM_HOST_CGROUP:?}" --host unix:///var/run/docker.sock --log-level=warn
 """
 DOCKERFILE = """FROM {base}
 COPY debs/ /tmp/debs/
