@@ -2,7 +2,7 @@
 
 Commands arrive on the Redis stream ``<prefix>:commands``; each worker runs in a hardened Docker
 container whose wrapper (:mod:`worker_base`) talks to Redis directly. See ``SPEC.md`` for the
-wire contract and ``README.md`` for operating the service.
+wire contract, ``README.md`` to start and ``docs/`` for operating the service.
 """
 
 from worker_manager.client.api import (

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import docker
 import pytest
 from redis.asyncio import Redis
 
+from tests.support.availability import require_redis_server
 from tests.support.flows import Harness
+from tests.support.sentinel import SentinelGroup
 from worker_manager.service.manager import Manager
 from worker_manager.settings import Settings
 
@@ -26,3 +29,14 @@ async def harness(
         yield h
     finally:
         await h.close()
+
+
+@pytest.fixture
+def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
+    """A primary, a replica and three sentinels of the test's own (tests/support/sentinel.py)."""
+    group = SentinelGroup(tmp_path / "sentinel", binary=require_redis_server())
+    group.start()
+    try:
+        yield group
+    finally:
+        group.stop()

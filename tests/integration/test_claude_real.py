@@ -296,6 +296,9 @@ async def test_budget_stops_the_worker(claude: Harness, fake_anthropic: FakeAnth
     status = await claude.wait_status(worker_id, "STOPPED", "FAILED", timeout=30)
     record = await claude.redis.hgetall(claude.keys.worker(worker_id))
     assert status == "STOPPED" and record["reason"] == "budget_exceeded", record
+    evidence = await claude.redis.hgetall(claude.keys.evidence(worker_id))
+    assert evidence["reason"] == "budget_exceeded", evidence
+    assert evidence["ended_by"].startswith("watcher (budget"), evidence
     spent = metered_cost(fake_anthropic, answered_before)
     assert spent >= 0.5
     assert float(record["cost_usd"]) == pytest.approx(spent, abs=1e-6)

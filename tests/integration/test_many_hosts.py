@@ -15,7 +15,6 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import docker
 import pytest
@@ -25,7 +24,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tests.support.availability import require_redis_server, unavailable
+from tests.support.availability import unavailable
 from tests.support.redis_server import RedisServer
 from tests.support.sentinel import SentinelGroup
 from tests.support.testbed import HOST_IMAGE_REPO, BedError, Host, Testbed, host_image
@@ -156,15 +155,24 @@ async def all_running(redis: Redis, settings: Settings, ids: list[str]) -> bool:
     return True
 
 
+async def full_fleet(
+    bed_factory: object, count: int, redis: Redis, settings: Settings, url: str | None = None
+) -> tuple[Testbed, CommandClient, dict[str, str]]:
+    """``count`` hosts, each filled to ``MAX_WORKERS`` RUNNING workers: the bed, a client, and
+    each worker's owner."""
+    assert callable(bed_factory)
+    bed: Testbed = await (bed_factory(count, url) if url else bed_factory(count))
+    client = CommandClient(redis, settings.keys)
+    ids = [await create_placed(client) for _ in range(count * MAX_WORKERS)]
+    await wait_until(lambda: all_running(redis, settings, ids), "all RUNNING", 120)
+    return bed, client, await running_on(redis, settings, ids)
+
+
 async def test_creates_spread_and_a_killed_host_is_judged_lost(
     bed_factory: object, settings: Settings, redis: Redis
 ) -> None:
-    assert callable(bed_factory)
-    bed: Testbed = await bed_factory(3)
-    client = CommandClient(redis, settings.keys)
-    ids = [await create_placed(client) for _ in range(3 * MAX_WORKERS)]
-    await wait_until(lambda: all_running(redis, settings, ids), "all RUNNING", 120)
-    owners = await running_on(redis, settings, ids)
+    bed, client, owners = await full_fleet(bed_factory, 3, redis, settings)
+    ids = list(owners)
     assert Counter(owners.values()) == {h.manager_id: MAX_WORKERS for h in bed.hosts}
     for host in bed.hosts:  # each worker's container is on its owner's host, and only there
         names = set(await asyncio.to_thread(host.worker_containers, settings.key_prefix))
@@ -207,12 +215,8 @@ async def test_creates_spread_and_a_killed_host_is_judged_lost(
 async def test_a_host_cut_off_and_healed_keeps_one_owner_and_no_orphan(
     bed_factory: object, settings: Settings, redis: Redis
 ) -> None:
-    assert callable(bed_factory)
-    bed: Testbed = await bed_factory(2)
-    client = CommandClient(redis, settings.keys)
-    ids = [await create_placed(client) for _ in range(2 * MAX_WORKERS)]
-    await wait_until(lambda: all_running(redis, settings, ids), "all RUNNING", 120)
-    owners = await running_on(redis, settings, ids)
+    bed, client, owners = await full_fleet(bed_factory, 2, redis, settings)
+    ids = list(owners)
     cut: Host = bed.hosts[1]
     on_cut = [w for w, m in owners.items() if m == cut.manager_id]
     kept = [w for w in ids if w not in on_cut]
@@ -258,25 +262,13 @@ async def _present(redis: Redis, settings: Settings, manager_id: str) -> bool:
     return bool(await redis.exists(settings.keys.manager(manager_id)))
 
 
-@pytest.fixture
-def group(tmp_path: Path) -> Iterator[SentinelGroup]:
-    g = SentinelGroup(tmp_path / "sentinel", binary=require_redis_server())
-    g.start()
-    try:
-        yield g
-    finally:
-        g.stop()
-
-
 async def test_a_redis_failover_is_ridden_out_by_every_host(
-    bed_factory: object, settings: Settings, group: SentinelGroup
+    bed_factory: object, settings: Settings, sentinel_group: SentinelGroup
 ) -> None:
     """Two hosts on a Redis behind Sentinel; the primary is killed: both managers and their
     (uncontained) workers follow the new primary, and nobody judges anybody lost."""
-    assert callable(bed_factory)
-    bed: Testbed = await bed_factory(2, group.url(host=group.announce))
     redis = client_for(
-        group.url(),
+        sentinel_group.url(),
         decode_responses=True,
         socket_timeout=2,
         socket_connect_timeout=1,
@@ -284,14 +276,13 @@ async def test_a_redis_failover_is_ridden_out_by_every_host(
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     try:
-        client = CommandClient(redis, settings.keys)
-        ids = [await create_placed(client) for _ in range(2 * MAX_WORKERS)]
-        await wait_until(lambda: all_running(redis, settings, ids), "all RUNNING", 120)
-        owners = await running_on(redis, settings, ids)
+        url = sentinel_group.url(host=sentinel_group.announce)
+        bed, client, owners = await full_fleet(bed_factory, 2, redis, settings, url)
+        ids = list(owners)
         assert set(owners.values()) == {h.manager_id for h in bed.hosts}
 
-        old = await asyncio.to_thread(group.kill_primary)
-        await asyncio.to_thread(group.wait_failover, old)
+        old = await asyncio.to_thread(sentinel_group.kill_primary)
+        await asyncio.to_thread(sentinel_group.wait_failover, old)
 
         for worker_id in ids:  # each wrapper reconnected, with its user back on the new primary
             await client.send_input(worker_id, f"after the failover {worker_id}")

@@ -108,6 +108,9 @@ async def test_a_lost_hosts_silent_worker_is_judged_by_a_survivor_and_fenced_on_
         ends = [(e["to"], e["reason"]) for e in entries if e.get("worker_id") == silent]
         assert ends[-1] == ("FAILED", "host_lost")
         assert not await acl.exists(silent)  # a wrapper that wakes cannot speak for it
+        evidence = await harness.redis.hgetall(harness.keys.evidence(silent))
+        assert evidence["ended_by"].startswith("lost-hosts judge"), evidence
+        assert "log_tail" not in evidence  # its host is out of reach: no last words yet
         assert not await harness.redis.sismember(harness.keys.live(owner_id), silent)
         assert harness.container(silent) is not None  # on the lost host: not the survivor's
         status = await harness.client.request("status", worker_id=beating)
@@ -124,5 +127,7 @@ async def test_a_lost_hosts_silent_worker_is_judged_by_a_survivor_and_fenced_on_
     assert harness.container(beating) is not None  # adopted as before
     status = await harness.client.request("status", worker_id=beating)
     assert status.ok and status.status == "RUNNING"
+    evidence = await harness.redis.hgetall(harness.keys.evidence(silent))
+    assert "log_tail" in evidence and evidence["reason"] == "host_lost"  # fenced: last words
     again = await returned.reconciler.reconcile()
     assert not again.fenced  # reported once, at the return

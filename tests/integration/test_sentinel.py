@@ -14,8 +14,7 @@ import json
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import aiohttp
 import docker
@@ -27,7 +26,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tests.support.availability import require_redis_server
 from tests.support.flows import Harness
 from tests.support.sentinel import SentinelGroup
 from worker_base.redis_urls import client_for
@@ -40,20 +38,10 @@ pytestmark = [pytest.mark.docker, pytest.mark.redis]
 CAT = json.dumps(["cat"])
 
 
-@pytest.fixture
-def group(tmp_path: Path) -> Iterator[SentinelGroup]:
-    g = SentinelGroup(tmp_path / "sentinel", binary=require_redis_server())
-    g.start()
-    try:
-        yield g
-    finally:
-        g.stop()
-
-
 @pytest.fixture(params=["on", "off"], ids=["relayed", "uncontained"])
 async def harness(
     request: pytest.FixtureRequest,
-    group: SentinelGroup,
+    sentinel_group: SentinelGroup,
     settings: Settings,
     docker_client: docker.DockerClient,
 ) -> AsyncIterator[Harness]:
@@ -61,7 +49,7 @@ async def harness(
     sentinels; ``uncontained`` (WM_EGRESS=off): the wrapper asks the sentinels itself."""
     s = settings.model_copy(
         update={
-            "redis_url": group.url(),
+            "redis_url": sentinel_group.url(),
             "worker_redis_url": None,
             "http_addr": "127.0.0.1:0",
             "egress": request.param,
@@ -137,7 +125,7 @@ class CommandLoad:
 
 
 async def test_a_primary_killed_under_load_is_ridden_out(
-    group: SentinelGroup, harness: Harness
+    sentinel_group: SentinelGroup, harness: Harness
 ) -> None:
     manager = await harness.start(http=True)
     assert manager.http is not None
@@ -152,9 +140,9 @@ async def test_a_primary_killed_under_load_is_ridden_out(
     loader = asyncio.create_task(load.run())
     try:
         await _until(lambda: _answered_some(load), "status answered before the kill", 30)
-        old = await asyncio.to_thread(group.kill_primary)
+        old = await asyncio.to_thread(sentinel_group.kill_primary)
         killed_at = time.monotonic()
-        new = await asyncio.to_thread(group.wait_failover, old)
+        new = await asyncio.to_thread(sentinel_group.wait_failover, old)
         assert new is not old
 
         # The first command sent after the kill that is answered: the service is back.
@@ -256,13 +244,13 @@ async def _until(check: object, what: str, timeout: float) -> None:
     raise AssertionError(f"{what}: not within {timeout} s")
 
 
-async def test_wait_counts_the_replicas_that_hold_a_change(group: SentinelGroup) -> None:
+async def test_wait_counts_the_replicas_that_hold_a_change(sentinel_group: SentinelGroup) -> None:
     """``WM_REDIS_WAIT_REPLICAS``' primitive: a marker written and waited for on one connection
     says every earlier write (on any connection) is on the replica; a frozen replica is not
     counted."""
-    redis = client_for(group.url(), decode_responses=True)
-    other = client_for(group.url(), decode_responses=True)
-    replica = group.nodes[1]
+    redis = client_for(sentinel_group.url(), decode_responses=True)
+    other = client_for(sentinel_group.url(), decode_responses=True)
+    replica = sentinel_group.nodes[1]
     try:
         await other.set("written-elsewhere", "1")
         assert await replicated(redis, "marker", 1, 5000) == 1

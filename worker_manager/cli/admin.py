@@ -141,3 +141,40 @@ async def _gc(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print_report(report, console)
     return 1 if report.errors or report.skipped else 0
+
+
+@command("dead-letters")
+async def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
+    from worker_manager.client import dead_letters
+
+    redis = connect(settings, name="cli")
+    try:
+        if args.replay:
+            try:
+                stream, new_id = await dead_letters.replay(redis, settings.keys, args.replay)
+            except dead_letters.NotReplayable as exc:
+                err_console.print(f"[red]not replayed[/red]: {exc}")
+                return 1
+            if args.json:
+                print(json.dumps({"stream": stream, "entry_id": new_id}))
+            else:
+                console.print(f"sent again on {stream} as {new_id}")
+            return 0
+        letters = await dead_letters.newest(redis, settings.keys, args.limit)
+        if args.json:
+            for letter in letters:
+                print(json.dumps({"id": letter.entry_id, **letter.fields}))
+            return 0
+        if not letters:
+            console.print("no dead letters")
+        for letter in letters:
+            f = letter.fields
+            head = " ".join(
+                f"{k}={f[k]}" for k in ("command", "request_id", "worker_id") if f.get(k)
+            )
+            flag = "" if letter.complete else " (cut: not replayable)"
+            console.print(Text(f"{letter.entry_id}  {f.get('dead_at', '')}  {head}{flag}"))
+            console.print(Text(f"    {letter.reason}"))  # hostile text: never markup
+        return 0
+    finally:
+        await redis.aclose()

@@ -72,6 +72,33 @@ def print_reply(reply: Reply, as_json: bool) -> int:
     return 0
 
 
+def print_evidence(evidence: dict[str, str]) -> None:
+    """A worker's evidence (``workers.evidence``): its fields, then its container's last lines."""
+    if not evidence:
+        console.print("evidence   none (the worker has not ended, or its evidence expired)")
+        return
+    table = Table(show_header=False, box=None, title="evidence", title_justify="left")
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
+    for key in (
+        "status",
+        "reason",
+        "exit_code",
+        "oom",
+        "ended_by",
+        "ended_at",
+        "manager_id",
+        "last_output_id",
+        "finished_at",
+    ):
+        if evidence.get(key):
+            table.add_row(key, Text(evidence[key]))
+    console.print(table)
+    if evidence.get("log_tail"):
+        console.print("the container's last lines:")
+        console.print(Text(evidence["log_tail"]))  # hostile text: never markup
+
+
 async def with_api(
     settings: Settings, args: argparse.Namespace, body: Callable[[Client], Awaitable[int]]
 ) -> int:

@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("worker_id", nargs="?" if name == "delete" else None)
         p.add_argument("--request-id", help="idempotency key")
+        if name == "status":
+            p.add_argument(
+                "--evidence",
+                action="store_true",
+                help="also how it ended: exit code, OOM, who ended it, its container's last lines",
+            )
         if name == "delete":
             p.add_argument(
                 "--all",
@@ -218,6 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     egress.add_argument(
         "--stop", action="store_true", help="stop the service of WM_EGRESS_RUN_DIR and exit"
+    )
+
+    dead = sub.add_parser(
+        "dead-letters",
+        parents=[common],
+        help="list the newest dead letters (commands never handled), or send one again",
+    )
+    dead.add_argument("--limit", type=int, default=20, help="how many to list (newest first)")
+    dead.add_argument(
+        "--replay",
+        metavar="ID",
+        help="send this dead letter's command again, on the stream it came on (fix the cause "
+        "first; its request id keeps it from being handled twice)",
     )
 
     gc = sub.add_parser(

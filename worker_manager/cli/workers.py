@@ -17,6 +17,7 @@ from worker_manager.cli.common import (
     command,
     console,
     err_console,
+    print_evidence,
     print_reply,
     with_api,
     with_client,
@@ -118,7 +119,21 @@ async def _wait_settled(
 
 @command("status")
 async def _status(args: argparse.Namespace, settings: Settings) -> int:
-    return await _simple(args, settings, "status")
+    if not args.evidence:
+        return await _simple(args, settings, "status")
+
+    async def body(client: CommandClient, redis: Redis) -> int:
+        reply = await client.request("status", timeout=args.timeout, worker_id=args.worker_id)
+        evidence: dict[str, str] = await redis.hgetall(settings.keys.evidence(args.worker_id))
+        if args.json:
+            print(json.dumps({**reply.model_dump(exclude_none=True), "evidence": evidence}))
+            return 0 if reply.ok else 1
+        code = print_reply(reply, False)
+        if reply.ok:
+            print_evidence(evidence)
+        return code
+
+    return await with_client(settings, body)
 
 
 @command("delete")

@@ -109,7 +109,7 @@ class Client:
         producer: str | None = None,
         timeout: float = 30.0,
     ) -> Client:
-        """``producer``: send as that registered producer (see the README's trust boundaries)."""
+        """``producer``: send as that registered producer (see docs/trust-boundaries.md)."""
         redis = client_for(url, decode_responses=True, health_check_interval=30)
         return cls(
             redis, key_prefix=key_prefix, producer=producer, timeout=timeout, owns_redis=True
@@ -191,6 +191,14 @@ class Worker:
     async def status(self) -> WorkerInfo:
         reply = await self.client.request("status", worker_id=self.id)
         return WorkerInfo.from_reply(reply)
+
+    async def evidence(self) -> dict[str, str]:
+        """How the worker ended, kept ``WM_EVIDENCE_DAYS`` (empty while it lives): ``status``,
+        ``reason``, ``exit_code``, ``oom``, ``ended_by`` (a delete's request id and producer, or
+        the loop that judged it), ``ended_at``, ``manager_id``, ``last_output_id`` and
+        ``log_tail`` (its container's last lines, secrets removed)."""
+        found: dict[str, str] = await self.client.redis.hgetall(self.client.keys.evidence(self.id))
+        return found
 
     async def wait_running(self, timeout: float = 900.0) -> WorkerInfo:
         """Until the worker is RUNNING (its image may be building: minutes, the first time).

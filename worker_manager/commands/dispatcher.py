@@ -258,4 +258,4 @@ class Dispatcher:
             return await self._handlers.suspend(cmd)
         if isinstance(cmd, ResumeCommand):
             return await self._handlers.resume(cmd)
-        return await self._handlers.delete(cmd)
+        return await self._handlers.delete(cmd, producer=self._producer)

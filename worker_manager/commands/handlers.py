@@ -131,7 +131,8 @@ class Handlers:
             status=outcome.status,
         )
 
-    async def delete(self, cmd: DeleteCommand) -> Reply:
+    async def delete(self, cmd: DeleteCommand, *, producer: str | None = None) -> Reply:
+        """``producer``: the registered producer whose stream it came on (for the evidence)."""
         record = await self._store.get(cmd.worker_id)
         if record is None:
             raise _not_found(cmd.worker_id)
@@ -155,6 +156,8 @@ class Handlers:
             allowed_from=ENDABLE_STATUSES,
             wait=True,
             on_this_host=here,
+            by=f"delete request {cmd.request_id}"
+            + (f" from producer {producer}" if producer else ""),
         )
         record = await self._store.get(cmd.worker_id)
         status = record.status if record is not None else None

@@ -17,14 +17,16 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from worker_manager.commands.batching import PipelineBatcher, Stage
-from worker_manager.contract.reply import Reply
+from worker_manager.contract.reply import DEAD_FIELD_PREFIX, Reply
 from worker_manager.core.clock import iso_now
 from worker_manager.core.keys import MANAGER_GROUP
 from worker_manager.settings import Settings
 
 _IN_FLIGHT = "in-flight:"
-#: A dead letter keeps at most this many fields of a command, each cut to this many characters:
-#: it records what went wrong, it is not a second copy of every megabyte a producer sent.
+#: A dead letter keeps a command whole when it is within the command limits (``dead_complete``:
+#: it can be replayed, ``worker-manager dead-letters --replay``); one beyond them (too big, too
+#: many fields) keeps at most this many fields, each cut to this many characters: it records
+#: what went wrong, it is not a second copy of every megabyte a producer sent.
 DEAD_MAX_FIELDS = 32
 DEAD_MAX_NAME = 128
 DEAD_MAX_VALUE = 2048
@@ -124,7 +126,11 @@ class ReplyBook:
         :mod:`worker_manager.commands.batching`), which keeps each one's writes just as indivisible.
         """
         keys, settings = self._keys, self._settings
-        dead_entry = dead.entry(entry_id) if dead is not None else None
+        dead_entry = (
+            dead.entry(entry_id, stream=self._commands, max_bytes=settings.max_entry_bytes)
+            if dead is not None
+            else None
+        )
         answer = reply.to_fields() if reply is not None and reply_to is not None else None
         stored = None
         if answer is not None and reply is not None and remember_seconds is not None:
@@ -178,13 +184,24 @@ class DeadLetter:
     reason: str
     deliveries: int
 
-    def entry(self, entry_id: str) -> dict[str, str]:
+    def entry(self, entry_id: str, *, stream: str, max_bytes: int) -> dict[str, str]:
+        """The dead letter: the command whole when it fits the limits a command must meet
+        anyway (``max_bytes``, no field named like a dead letter's own), else cut."""
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in self.fields.items())
+        complete = size <= max_bytes and not any(
+            name.startswith(DEAD_FIELD_PREFIX) for name in self.fields
+        )
         entry: dict[str, str] = {}
-        for name, value in list(self.fields.items())[:DEAD_MAX_FIELDS]:
-            entry[name[:DEAD_MAX_NAME]] = _cut(value)
-        if len(self.fields) > DEAD_MAX_FIELDS:
-            entry["dead_dropped_fields"] = str(len(self.fields) - DEAD_MAX_FIELDS)
+        if complete:
+            entry.update(self.fields)
+        else:
+            for name, value in list(self.fields.items())[:DEAD_MAX_FIELDS]:
+                entry[name[:DEAD_MAX_NAME]] = _cut(value)
+            if len(self.fields) > DEAD_MAX_FIELDS:
+                entry["dead_dropped_fields"] = str(len(self.fields) - DEAD_MAX_FIELDS)
         entry.update(
+            dead_complete="true" if complete else "false",
+            dead_stream=stream,
             dead_entry_id=entry_id,
             dead_reason=_cut(self.reason),
             dead_deliveries=str(self.deliveries),

@@ -7,6 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+#: The fields a dead letter adds to the command it keeps (``<prefix>:dead``): a replay strips
+#: them before sending the command again.
+DEAD_FIELD_PREFIX = "dead_"
+
 #: The record fields a status reply carries besides ``status`` and ``ip_address`` (SPEC §2).
 STATUS_DETAILS = (
     "reason",

@@ -142,6 +142,10 @@ class Keys:
     def heartbeat(self, worker_id: str) -> str:
         return worker_key(self.prefix, worker_id, "heartbeat")
 
+    def evidence(self, worker_id: str) -> str:
+        """Why and how a worker ended (``workers.evidence``), kept ``WM_EVIDENCE_DAYS``."""
+        return worker_key(self.prefix, worker_id, "evidence")
+
     def workspace(self, worker_id: str) -> str:
         """The worker's last workspace summary (SPEC §8), set by its wrapper."""
         return worker_key(self.prefix, worker_id, "workspace")

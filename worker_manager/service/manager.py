@@ -39,6 +39,7 @@ from worker_manager.workers.containers import ContainerRuntime
 from worker_manager.workers.containment import Containment
 from worker_manager.workers.disk_guard import DiskGuard
 from worker_manager.workers.eviction import Evictor
+from worker_manager.workers.evidence import EvidenceBook
 from worker_manager.workers.lifecycle import Lifecycle
 from worker_manager.workers.lost_hosts import LostHosts
 from worker_manager.workers.output_guard import OutputGuard
@@ -87,7 +88,10 @@ class Manager:
         self.containers = ContainerRuntime(s, self.docker)
         self.containment = Containment(s)
         creates = WorkerTasks("provision")
-        self.lifecycle = Lifecycle(self.store, self.containers, self.acl, creates, self.containment)
+        self.evidence = EvidenceBook(self.redis, s)
+        self.lifecycle = Lifecycle(
+            self.store, self.containers, self.acl, creates, self.containment, self.evidence
+        )
         #: Set when a container has started: the watcher looks for its first heartbeat at once.
         heartbeat_soon = asyncio.Event()
         self.provisioner = Provisioner(

@@ -1,10 +1,11 @@
 """Configuration: ``WM_*`` environment variables (and a ``.env`` file), overridable per CLI option.
 
-One flat set of names (SPEC §6 lists the contract's; the others are ours, in the README), kept
-by concern: each concern is a model of its own (:class:`RedisSettings`, :class:`CommandSettings`,
-:class:`CommandLimits`, :class:`FleetSettings`, :class:`ContainerSettings`,
-:class:`EgressSettings`, :class:`WorkspaceSettings`, :class:`ImageSettings`,
-:class:`HttpSettings`, :class:`AgentSettings`), and :class:`Settings` is all of them, read from
+One flat set of names (SPEC §6 lists the contract's; the others are ours, in
+docs/configuration.md), kept by concern: each concern is a model of its own
+(:class:`RedisSettings`, :class:`CommandSettings`, :class:`CommandLimits`,
+:class:`FleetSettings`, :class:`ContainerSettings`, :class:`EgressSettings`,
+:class:`WorkspaceSettings`, :class:`ImageSettings`, :class:`HttpSettings`, :class:`AgentSettings`),
+and :class:`Settings` is all of them, read from
 the environment. A component that needs one concern takes that model (``HttpServer`` an
 ``HttpSettings``, command validation a ``CommandLimits``), so its signature says what it depends
 on. ``make run`` writes ``.env`` with the URL of the local Redis it starts, so the CLI run from

@@ -30,6 +30,9 @@ class RedisSettings(BaseModel):
         default=7 * 86_400, ge=60, description="How long a stopped worker's keys are kept."
     )
     lifecycle_maxlen: int = Field(default=100_000, ge=10)
+    evidence_days: int = Field(
+        default=7, ge=1, le=3650, description="How long a worker's evidence (its ending) is kept."
+    )
     redis_wait_replicas: int = Field(
         default=0,
         ge=0,

@@ -45,6 +45,7 @@ from worker_manager.core.logs import get_logger
 from worker_manager.egress.grants import CONTAINER_SOCKET_DIR
 from worker_manager.images.spec import RUNTIME, WORKDIR
 from worker_manager.settings import Settings
+from worker_manager.workers.evidence import LOG_LINES, LastWords
 from worker_manager.workspaces.volumes import HOME_MOUNT, WorkerVolumes
 
 log = get_logger(__name__)
@@ -294,6 +295,31 @@ class ContainerRuntime:
         if not keep_volumes:
             self.volumes.remove(worker_id)
         return exit_code
+
+    async def last_words(self, worker_id: str) -> LastWords | None:
+        """Stop the container (as :meth:`remove` would) and read its exit and its log's last
+        lines before it is removed; None when there is no container."""
+        return await docker_client.call(self._last_words_sync, worker_id)
+
+    def _last_words_sync(self, worker_id: str) -> LastWords | None:
+        try:
+            container = self._docker.containers.get(self.name(worker_id))
+            if container.status in ("running", "restarting", "paused"):
+                container.stop(timeout=self._settings.stop_timeout_seconds)
+            container.reload()
+            state = container.attrs.get("State") or {}
+            log = container.logs(stdout=True, stderr=True, tail=LOG_LINES)
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.APIError as exc:
+            unread = f"(the container's log could not be read: {str(exc)[:200]})"
+            return LastWords(None, False, unread.encode())
+        exit_code = state.get("ExitCode")
+        return LastWords(
+            int(exit_code) if exit_code is not None else None,
+            bool(state.get("OOMKilled")),
+            log if isinstance(log, bytes) else b"",
+        )
 
     def _remove_container_sync(self, worker_id: str) -> int | None:
         try:

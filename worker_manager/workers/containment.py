@@ -80,6 +80,10 @@ class Containment:
         path: Path = await self.client.grant(grant)
         return str(path)
 
+    def worker_secrets(self, worker_id: str) -> list[str]:
+        """The credentials derived for this worker (no evidence may show them)."""
+        return [gateway_token(self._settings, worker_id), factory_token(self._settings, worker_id)]
+
     def egress_of(self, command: CreateCommand) -> list[str]:
         granted = getattr(command, "egress", None)
         return list(granted) if granted is not None else list(self._settings.egress_default)

@@ -27,6 +27,7 @@ from worker_manager.core.logs import get_logger
 from worker_manager.workers.acl import WorkerAcl
 from worker_manager.workers.containers import ContainerRuntime
 from worker_manager.workers.containment import Containment
+from worker_manager.workers.evidence import EvidenceBook, ended_by_default
 from worker_manager.workers.records import WorkerStore
 from worker_manager.workers.tasks import WorkerTasks
 
@@ -82,12 +83,14 @@ class Lifecycle:
         acl: WorkerAcl,
         creates: WorkerTasks,
         containment: Containment,
+        evidence: EvidenceBook | None = None,
     ) -> None:
         self._store = store
         self._containers = containers
         self._acl = acl
         self._containment = containment
         self._creates = creates
+        self._evidence = evidence
         self._teardowns = WorkerTasks("end")
 
     @property
@@ -103,6 +106,7 @@ class Lifecycle:
         wait: bool = False,
         on_this_host: bool = True,
         only_if_owner_gone: bool = False,
+        by: str | None = None,
     ) -> bool:
         """End the worker if its status is one of ``allowed_from``; True when this call did.
 
@@ -113,6 +117,7 @@ class Lifecycle:
         when it returns.
         ``only_if_owner_gone``: the transition happens only while that manager's presence key
         and the worker's heartbeat are both absent (``workers.lost_hosts``).
+        ``by``: who ended it, for the evidence (default: the loop that gives ``outcome.reason``).
         """
         result = await self._store.transition(
             worker_id,
@@ -126,6 +131,14 @@ class Lifecycle:
             log.info(
                 "worker ended", worker_id=worker_id, status=outcome.status, reason=outcome.reason
             )
+            if self._evidence is not None:
+                await self._evidence.verdict(
+                    worker_id,
+                    outcome.status.value,
+                    outcome.reason,
+                    outcome.exit_code,
+                    by or ended_by_default(outcome.reason),
+                )
         elif outcome.exit_code is not None:
             # Already ended (a delete came first): keep the exit code the container reported.
             await self._store.update(worker_id, {"exit_code": str(outcome.exit_code)})
@@ -143,9 +156,13 @@ class Lifecycle:
         """Cancel the worker's create, remove its container and Redis user, and record the exit
         code. Idempotent: also for a container whose record is gone (an orphan)."""
         await self._creates.cancel(worker_id)
+        words = await self._containers.last_words(worker_id) if self._evidence else None
         exit_code = await self.remove(worker_id)
         if exit_code is not None:
             await self._store.update(worker_id, {"exit_code": str(exit_code)})
+        if words is not None and self._evidence is not None:
+            secrets = [self._acl.password(worker_id), *self._containment.worker_secrets(worker_id)]
+            await self._evidence.last_words(worker_id, words, secrets)
 
     async def remove(self, worker_id: str) -> int | None:
         """Stop and remove the container, the Redis user and the egress grant; the container's

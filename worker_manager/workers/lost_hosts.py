@@ -141,6 +141,7 @@ class LostHosts:
                 Outcome.failed(HOST_LOST),
                 on_this_host=False,
                 only_if_owner_gone=True,
+                by=f"lost-hosts judge {self._settings.manager_id} (manager {manager_id} gone)",
             )
             if ended:
                 self._observe(HOST_LOST)

@@ -311,7 +311,10 @@ class Reconciler:
             report.removed.append(worker_id)
         elif step == "ended_unseen":
             if await self._lifecycle.end(
-                worker_id, await self._ended_outcome(worker_id), wait=True
+                worker_id,
+                await self._ended_outcome(worker_id),
+                wait=True,
+                by="reconciler (its container had ended unseen)",
             ):
                 report.ended.append(worker_id)
         elif step == "lost_if_absent":
