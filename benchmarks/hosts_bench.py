@@ -43,6 +43,7 @@ PER_HOST = 4
 PRESENCE_TTL = 3
 HEARTBEAT_TTL = 3
 CAT = json.dumps(["cat"])
+CREATE = {"agent_type": "CUSTOM", "agent_command": CAT}
 #: Which hosts of a bed run their manager now.
 _RUNNING: dict[int, set[int]] = {}
 
@@ -175,17 +176,7 @@ async def _burst(redis: Redis, keys: Keys, count: int) -> tuple[float, list[str]
     for _ in range(count):
         worker_id = str(uuid.uuid4())
         ids.append(worker_id)
-        await redis.xadd(
-            keys.commands,
-            {
-                "command": "create",
-                "request_id": uuid.uuid4().hex,
-                "reply_to": reply_to,
-                "worker_id": worker_id,
-                "agent_type": "CUSTOM",
-                "agent_command": CAT,
-            },
-        )
+        await _command(redis, keys.commands, reply_to, "create", worker_id, **CREATE)
     deadline = started + 600
     while True:
         statuses = [await redis.hget(keys.worker(w), "status") for w in ids]
@@ -202,21 +193,21 @@ async def _delete(redis: Redis, keys: Keys, live: list[str]) -> None:
     """The burst's workers deleted (and waited for), so the next burst starts from nothing."""
     reply_to = f"{keys.replies}:bench:hosts-delete"
     for worker_id in live:
-        await redis.xadd(
-            keys.commands,
-            {
-                "command": "delete",
-                "request_id": uuid.uuid4().hex,
-                "reply_to": reply_to,
-                "worker_id": worker_id,
-            },
-        )
+        await _command(redis, keys.commands, reply_to, "delete", worker_id)
     deadline = time.monotonic() + 300
     while live:
         live = [w for w in live if await redis.hget(keys.worker(w), "status") != "STOPPED"]
         if time.monotonic() > deadline:
             raise RuntimeError(f"deletes not done within 300 s: {live}")
         await asyncio.sleep(0.1)
+
+
+async def _command(
+    redis: Redis, stream: str, reply_to: str, command: str, worker_id: str, **fields: str
+) -> None:
+    """One command entry, as a producer writes it (the replies are not read: the records are)."""
+    body = {"command": command, "request_id": uuid.uuid4().hex, "reply_to": reply_to}
+    await redis.xadd(stream, {**body, "worker_id": worker_id, **fields})
 
 
 def _docker_burst(hosts: list[Host], tag: str) -> float:
@@ -265,16 +256,13 @@ async def _loss(bed: Testbed, redis: Redis, keys: Keys, runs: int) -> Figure:
     samples = []
     for _ in range(runs):
         worker_id = str(uuid.uuid4())
-        await redis.xadd(  # to the victim's own stream: the worker lands on it
+        await _command(  # on the victim's own stream: the worker lands on it
+            redis,
             keys.manager_commands(victim.manager_id),
-            {
-                "command": "create",
-                "request_id": uuid.uuid4().hex,
-                "reply_to": f"{keys.replies}:bench:loss",
-                "worker_id": worker_id,
-                "agent_type": "CUSTOM",
-                "agent_command": CAT,
-            },
+            f"{keys.replies}:bench:loss",
+            "create",
+            worker_id,
+            **CREATE,
         )
         while await redis.hget(keys.worker(worker_id), "status") != "RUNNING":
             await asyncio.sleep(0.05)

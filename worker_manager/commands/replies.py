@@ -17,15 +17,16 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from worker_manager.commands.batching import PipelineBatcher, Stage
+from worker_manager.contract.commands import COMMAND_NAMES
 from worker_manager.contract.reply import DEAD_FIELD_PREFIX, Reply
 from worker_manager.core.clock import iso_now
 from worker_manager.core.keys import MANAGER_GROUP
 from worker_manager.settings import Settings
 
 _IN_FLIGHT = "in-flight:"
-#: A dead letter keeps a command whole when it is within the command limits (``dead_complete``:
-#: it can be replayed, ``worker-manager dead-letters --replay``); one beyond them (too big, too
-#: many fields) keeps at most this many fields, each cut to this many characters: it records
+#: A dead letter keeps a known command whole up to ``WM_DEAD_KEEP_BYTES`` (``dead_complete``: it
+#: can be replayed, ``worker-manager dead-letters --replay``); anything else (bigger, or not a
+#: command at all) keeps at most this many fields, each cut to this many characters: it records
 #: what went wrong, it is not a second copy of every megabyte a producer sent.
 DEAD_MAX_FIELDS = 32
 DEAD_MAX_NAME = 128
@@ -127,7 +128,7 @@ class ReplyBook:
         """
         keys, settings = self._keys, self._settings
         dead_entry = (
-            dead.entry(entry_id, stream=self._commands, max_bytes=settings.max_entry_bytes)
+            dead.entry(entry_id, stream=self._commands, max_bytes=settings.dead_keep_bytes)
             if dead is not None
             else None
         )
@@ -185,11 +186,13 @@ class DeadLetter:
     deliveries: int
 
     def entry(self, entry_id: str, *, stream: str, max_bytes: int) -> dict[str, str]:
-        """The dead letter: the command whole when it fits the limits a command must meet
-        anyway (``max_bytes``, no field named like a dead letter's own), else cut."""
+        """The dead letter: the command whole when it names a command, is at most
+        ``max_bytes`` and has no field named like a dead letter's own; else cut."""
         size = sum(len(k.encode()) + len(v.encode()) for k, v in self.fields.items())
-        complete = size <= max_bytes and not any(
-            name.startswith(DEAD_FIELD_PREFIX) for name in self.fields
+        complete = (
+            self.fields.get("command") in COMMAND_NAMES
+            and size <= max_bytes
+            and not any(name.startswith(DEAD_FIELD_PREFIX) for name in self.fields)
         )
         entry: dict[str, str] = {}
         if complete:

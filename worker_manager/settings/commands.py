@@ -28,7 +28,14 @@ class CommandSettings(BaseModel):
     idempotency_ttl_seconds: int = Field(default=86_400, ge=1)
     reply_maxlen: int = Field(default=10_000, ge=10)
     reply_ttl_seconds: int = Field(default=86_400, ge=1)
-    dead_maxlen: int = Field(default=10_000, ge=10)
+    dead_maxlen: int = Field(default=2_000, ge=10)
+    dead_keep_bytes: int = Field(
+        default=320 * 1024,
+        ge=1024,
+        description="A dead letter keeps its command whole (replayable) up to this size: a create "
+        "with the largest instructions allowed fits. WM_DEAD_MAXLEN of them at most: 2 000 x 320 "
+        "KiB bounds what a producer flooding bad commands can make Redis keep (~640 MiB).",
+    )
     dead_retention_seconds: int = Field(
         default=7 * 86_400, ge=60, description="Dead letters older than this are trimmed."
     )
