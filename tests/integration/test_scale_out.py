@@ -107,7 +107,15 @@ async def test_a_lost_hosts_silent_worker_is_judged_by_a_survivor_and_fenced_on_
         entries = [f for _id, f in await harness.redis.xrange(harness.keys.lifecycle)]
         ends = [(e["to"], e["reason"]) for e in entries if e.get("worker_id") == silent]
         assert ends[-1] == ("FAILED", "host_lost")
-        assert not await acl.exists(silent)  # a wrapper that wakes cannot speak for it
+        # Right after the transition (the record says FAILED first): a wrapper that wakes
+        # cannot speak for it.
+        for _ in range(100):
+            if not await acl.exists(silent) and await harness.redis.exists(
+                harness.keys.evidence(silent)
+            ):
+                break
+            await asyncio.sleep(0.05)
+        assert not await acl.exists(silent)
         evidence = await harness.redis.hgetall(harness.keys.evidence(silent))
         assert evidence["ended_by"].startswith("lost-hosts judge"), evidence
         assert "log_tail" not in evidence  # its host is out of reach: no last words yet

@@ -127,6 +127,10 @@ class Lifecycle:
             allowed_from=allowed_from,
             only_if_owner_gone=only_if_owner_gone,
         )
+        if not on_this_host and (result.changed or wait):
+            # First: a wrapper on the lost host that wakes must not speak for the worker.
+            # Its grant is at the other host's egress service (and ends with that host).
+            await self._acl.delete(worker_id)
         if result.changed:
             log.info(
                 "worker ended", worker_id=worker_id, status=outcome.status, reason=outcome.reason
@@ -142,13 +146,11 @@ class Lifecycle:
         elif outcome.exit_code is not None:
             # Already ended (a delete came first): keep the exit code the container reported.
             await self._store.update(worker_id, {"exit_code": str(outcome.exit_code)})
-        if not on_this_host:
-            if result.changed or wait:
-                await self._acl.delete(worker_id)
-            # Its grant is at the other host's egress service (and ends with that host).
-        elif wait:
+        # Not on this host: its container is its own manager's to remove (its reconciler, when
+        # it returns).
+        if on_this_host and wait:
             await self.finish(worker_id)
-        elif result.changed:
+        elif on_this_host and result.changed:
             self._teardowns.start(worker_id, lambda: self._finish_logged(worker_id))
         return result.changed
 
