@@ -70,6 +70,9 @@ mkdir -p "$probe/l" "$probe/u" "$probe/w" "$probe/m"
 if mount -t overlay overlay -o "lowerdir=$probe/l,upperdir=$probe/u,workdir=$probe/w" "$probe/m"
 then umount "$probe/m"; driver=overlay2; fi 2>/dev/null
 rm -rf "$probe"
+# A host booted again (after docker kill) finds the last boot's pid files: a live process may
+# hold those pids now, and dockerd would refuse to start.
+rm -f /var/run/docker.pid /var/run/docker/containerd/containerd.pid
 exec dockerd --storage-driver="${WM_HOST_STORAGE:-$driver}" --bip "${WM_HOST_BIP:?}" \
     --cgroup-parent "${WM_HOST_CGROUP:?}" --host unix:///var/run/docker.sock --log-level=warn
 """

@@ -17,6 +17,7 @@ ALLOWED = {
     "contract": {"core"},
     "settings": {"core", "contract"},
     "client": {"core", "contract"},
+    "console": {"core", "contract", "settings", "client"},
     "images": {"core", "contract", "settings"},
     "egress": {"core", "contract", "settings"},
     "workspaces": {"core", "contract", "settings", "images", "egress"},
@@ -41,6 +42,7 @@ ALLOWED = {
         "workspaces",
         "workers",
         "commands",
+        "console",
     },
     "cli": {
         "core",
@@ -53,6 +55,7 @@ ALLOWED = {
         "workers",
         "commands",
         "service",
+        "console",
     },
 }
 #: Top-level modules of the package every layer may use (the public names and Protocols).

@@ -26,6 +26,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from worker_base.redis_urls import client_for
+from worker_manager.console.app import SSE_BLOCK_MS, Console
 from worker_manager.core.hostport import parse_host_port
 from worker_manager.core.logs import get_logger
 from worker_manager.service.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -48,7 +49,13 @@ class HttpServer:
     only as a :class:`HealthSource`, and Redis through a probe client of its own."""
 
     def __init__(
-        self, http: HttpSettings, redis: RedisSettings, health: HealthSource, metrics: Metrics
+        self,
+        http: HttpSettings,
+        redis: RedisSettings,
+        health: HealthSource,
+        metrics: Metrics,
+        *,
+        image_max_age_days: float = 7.0,
     ) -> None:
         self._health = health
         self._metrics_registry = metrics
@@ -69,6 +76,30 @@ class HttpServer:
             max_connections=8,
         )
         self._docker_ping: asyncio.Future[Any] | None = None
+        ui_token = http.ui_token.get_secret_value() if http.ui_token else ""
+        #: The console's own client: its live views block on stream reads.
+        self._console_redis = (
+            client_for(
+                redis.redis_url,
+                decode_responses=True,
+                socket_timeout=SSE_BLOCK_MS / 1000 + 10,
+                socket_connect_timeout=PROBE_TIMEOUT_SECONDS,
+                client_name=f"wm:{redis.manager_id}:console",
+                max_connections=64,
+            )
+            if ui_token
+            else None
+        )
+        self._console = (
+            Console(
+                self._console_redis,
+                redis.keys,
+                ui_token,
+                image_max_age_days=image_max_age_days,
+            )
+            if self._console_redis
+            else None
+        )
         self._runner: web.AppRunner | None = None
 
     @property
@@ -84,7 +115,13 @@ class HttpServer:
         app.router.add_get("/livez", self._livez)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
+        if self._console is not None:
+            app.router.add_get("/ui", self._to_console)
+            app.add_subapp("/ui/", self._console.app())
         return app
+
+    async def _to_console(self, _request: web.Request) -> web.Response:
+        raise web.HTTPSeeOther("/ui/")
 
     async def start(self) -> None:
         runner = web.AppRunner(
@@ -114,6 +151,8 @@ class HttpServer:
         if runner is not None:
             await runner.cleanup()
         await self._probe_redis.aclose()
+        if self._console_redis is not None:
+            await self._console_redis.aclose()
 
     # --- middlewares -----------------------------------------------------------------------
     @web.middleware
@@ -128,7 +167,8 @@ class HttpServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not self._token or request.path == "/livez":
+        # The console checks its own token (a login form, a cookie, a bearer token).
+        if not self._token or request.path == "/livez" or request.path.startswith("/ui"):
             return await handler(request)
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token):

@@ -202,7 +202,11 @@ class Manager:
             for producer in s.producers
         }
         # --- the service's own -------------------------------------------------------------
-        self.http = HttpServer(s, s, self, self.metrics) if http else None
+        self.http = (
+            HttpServer(s, s, self, self.metrics, image_max_age_days=s.image_max_age_days)
+            if http
+            else None
+        )
         #: Every background loop but the command consumer runs under this one supervisor.
         self.supervisor = Supervisor(self.stop, on_restart=self.metrics.loop_restart)
         self._gc_loop = gc_loop(s, self.redis, self.docker, self.metrics.gc_removed)

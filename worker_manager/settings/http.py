@@ -10,6 +10,11 @@ from worker_manager.core.hostport import parse_host_port
 
 class HttpSettings(BaseModel):
     http_addr: str = "127.0.0.1:8080"
+    ui_token: SecretStr | None = Field(
+        default=None,
+        description="Enables the console at /ui: its login form takes this token (also a bearer "
+        "token); unset: no console.",
+    )
     http_token: SecretStr | None = Field(
         default=None,
         description="Bearer token required by every HTTP endpoint except /livez; unset: none.",

@@ -1,0 +1,161 @@
+"""The operator's console (``GET /ui``) in a real headless browser: Debian's chromium driven by
+selenium through chromium-driver, against a manager with real Redis and Docker.
+
+Every selenium call runs in a thread: the manager under test shares this event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+from pydantic import SecretStr
+
+from tests.support.availability import unavailable
+from tests.support.flows import Harness
+
+pytestmark = [pytest.mark.docker, pytest.mark.redis]
+
+CAT = json.dumps(["cat"])
+TOKEN = "console-test-token-0123456789"
+HOSTILE_META = "<script>window.pwned=1</script>"
+HOSTILE_OUTPUT = "<img src=x onerror=window.pwned=2>"
+T = TypeVar("T")
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        unavailable("chromium and chromium-driver are needed (apt-get install chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--proxy-server=direct://"):
+        options.add_argument(flag)
+    options.add_argument("--disable-dev-shm-usage")
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+async def off_loop(fn: Callable[[], T]) -> T:
+    return await asyncio.to_thread(fn)
+
+
+async def wait_for(driver: Any, check: Callable[[Any], Any], what: str, timeout: float = 30) -> Any:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def waited() -> Any:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(check, what)
+
+    return await off_loop(waited)
+
+
+def by_id(element_id: str) -> Callable[[Any], Any]:
+    from selenium.common.exceptions import NoSuchElementException
+    from selenium.webdriver.common.by import By
+
+    def find(driver: Any) -> Any:
+        try:
+            return driver.find_element(By.ID, element_id)
+        except NoSuchElementException:
+            return False
+
+    return find
+
+
+async def test_the_fleet_live_a_worker_page_and_its_delete(harness: Harness, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    manager = await harness.start(http=True, http_addr="127.0.0.1:0", ui_token=SecretStr(TOKEN))
+    assert manager.http is not None
+    base = manager.http.url
+    first = await harness.client.request(
+        "create",
+        agent_type="CUSTOM",
+        agent_command=CAT,
+        metadata=json.dumps({"note": HOSTILE_META, "team": "search"}),
+    )
+    assert first.ok and first.worker_id, first
+    assert await harness.wait_status(first.worker_id, "RUNNING", "FAILED") == "RUNNING"
+
+    # Nothing without the token: the page sends a browser to the form, a script gets 401.
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/ui/rows") as response:
+            assert response.status == 401
+        async with http.get(
+            f"{base}/ui/rows", headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as response:
+            assert response.status == 200 and first.worker_id in await response.text()
+    await off_loop(lambda: browser.get(f"{base}/ui"))
+    token_box = await wait_for(browser, lambda d: d.find_element(By.NAME, "token"), "login")
+    await off_loop(lambda: token_box.send_keys(TOKEN))
+    await off_loop(lambda: token_box.submit())
+    row = await wait_for(browser, by_id(f"w-{first.worker_id}"), "the first worker's row")
+    text = await off_loop(lambda: row.text)
+    assert "RUNNING" in text and HOSTILE_META in text  # shown as text, never run
+    assert await off_loop(lambda: browser.execute_script("return window.pwned")) is None
+    page_text = await off_loop(lambda: browser.find_element(By.TAG_NAME, "body").text)
+    assert manager.settings.manager_id in page_text  # the managers, with their presence
+    assert "worker:" in page_text and "kept" in page_text  # the images and the next GC
+
+    # A worker created later appears without a reload (the lifecycle stream, live).
+    second = await harness.client.request("create", agent_type="CUSTOM", agent_command=CAT)
+    assert second.ok and second.worker_id
+    await wait_for(browser, by_id(f"w-{second.worker_id}"), "the second worker, live", 60)
+
+    # The worker's page: its output as the worker prints it, hostile text as text.
+    link = await off_loop(lambda: browser.find_element(By.LINK_TEXT, first.worker_id))
+    await off_loop(link.click)
+    await wait_for(browser, by_id("output"), "the worker page")
+    await harness.client.send_input(first.worker_id, HOSTILE_OUTPUT)
+    await wait_for(
+        browser,
+        lambda d: HOSTILE_OUTPUT in d.find_element(By.ID, "output").text,
+        "the output, live",
+    )
+    assert await off_loop(lambda: browser.execute_script("return window.pwned")) is None
+
+    # Delete from the page: through the command stream, like any producer.
+    delete = await off_loop(
+        lambda: browser.find_element(By.CSS_SELECTOR, "form[action$='/delete'] button")
+    )
+    await off_loop(delete.click)
+    assert await harness.wait_status(first.worker_id, "STOPPED", timeout=60) == "STOPPED"
+    record = await harness.redis.hgetall(harness.keys.worker(first.worker_id))
+    assert record["reason"] == "deleted"
+    await wait_for(
+        browser, lambda d: d.find_element(By.ID, "status").text == "STOPPED", "STOPPED shown"
+    )
+
+
+async def test_a_form_post_without_its_csrf_token_is_refused(harness: Harness) -> None:
+    manager = await harness.start(http=True, http_addr="127.0.0.1:0", ui_token=SecretStr(TOKEN))
+    assert manager.http is not None
+    base = manager.http.url
+    # unsafe: keep cookies of an IP address (127.0.0.1), as a browser does
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.post(
+            f"{base}/ui/login", data={"token": TOKEN}, allow_redirects=False
+        ) as response:
+            assert response.status == 303
+            cookie = response.cookies["wm_session"]
+            assert cookie["httponly"] and cookie["samesite"] == "Strict"
+        async with http.post(
+            f"{base}/ui/workers/x/delete", data={"csrf": "forged"}, allow_redirects=False
+        ) as response:
+            assert response.status == 403
+        async with http.post(
+            f"{base}/ui/login", data={"token": "wrong"}, allow_redirects=False
+        ) as response:
+            assert response.status == 401

@@ -1,0 +1,260 @@
+"""The console's routes (mounted under ``/ui`` by ``service.http`` when ``WM_UI_TOKEN`` is set).
+
+Reads go to Redis (records, the lifecycle stream, a worker's output, evidence, presence, dead
+letters); actions go where any producer's go: Send and Cancel are entries on the worker's input
+stream, Delete is a ``delete`` command on the command stream, answered by whichever manager owns
+the worker. Live views are server-sent events read from the streams with ``XREAD BLOCK`` and
+resumable (``Last-Event-ID``, or ``after``), never a poll per worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from worker_manager.client.requests import CommandClient
+from worker_manager.console import session, views
+from worker_manager.contract.record import WorkerRecord
+from worker_manager.core.keys import Keys
+
+#: The newest workers the fleet page lists, and a worker page's output and lifecycle history.
+FLEET_ROWS = 500
+OUTPUT_HISTORY = 500
+LIFECYCLE_SCAN = 5000
+SSE_BLOCK_MS = 15_000
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Console:
+    def __init__(
+        self, redis: Redis, keys: Keys, token: str, *, image_max_age_days: float = 7.0
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._token = token
+        self._image_max_age = image_max_age_days * 86_400
+        self._commands = CommandClient(redis, keys, producer=None)
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth])
+        app.router.add_get("/login", self._login_form)
+        app.router.add_post("/login", self._login)
+        app.router.add_get("/", self._fleet)
+        app.router.add_get("/rows", self._rows)
+        app.router.add_get("/events", self._lifecycle_events)
+        app.router.add_get("/workers/{worker_id}", self._worker)
+        app.router.add_get("/workers/{worker_id}/output", self._output_events)
+        app.router.add_post("/workers/{worker_id}/{action:send|cancel|delete}", self._act)
+        return app
+
+    # --- who may look ------------------------------------------------------------------------
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.endswith("/login"):
+            return await handler(request)
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and session.valid_token(self._token, given):
+            return await handler(request)
+        if session.valid_session(self._token, request.cookies.get(session.COOKIE), time.time()):
+            if request.method == "POST":
+                form = await request.post()
+                cookie = request.cookies.get(session.COOKIE)
+                if not session.valid_csrf(self._token, cookie, str(form.get("csrf", ""))):
+                    raise web.HTTPForbidden(text="a form of this console is needed (CSRF)\n")
+            return await handler(request)
+        if request.method == "GET" and "text/html" in request.headers.get("Accept", ""):
+            raise web.HTTPSeeOther("/ui/login")
+        raise web.HTTPUnauthorized(text="sign in at /ui/login, or send a bearer token\n")
+
+    async def _login_form(self, request: web.Request) -> web.Response:
+        return _html(views.login_page(failed=False))
+
+    async def _login(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        if not session.valid_token(self._token, str(form.get("token", ""))):
+            return _html(views.login_page(failed=True), status=401)
+        response = web.HTTPSeeOther("/ui/")
+        response.set_cookie(
+            session.COOKIE,
+            session.new_session(self._token, time.time()),
+            max_age=session.SESSION_SECONDS,
+            path="/ui",
+            httponly=True,
+            samesite="Strict",
+        )
+        raise response
+
+    # --- pages -------------------------------------------------------------------------------
+    async def _fleet(self, request: web.Request) -> web.Response:
+        status, selector = _filters(request)
+        records = await self._records()
+        counts = Counter(r.text("status") for r in records)
+        shown = _filtered(records, status, selector)
+        ids = sorted(await self._redis.smembers(self._keys.managers))
+        presence = await self._redis.mget([self._keys.manager(m) for m in ids]) if ids else []
+        managers = [(m, p or "gone") for m, p in zip(ids, presence, strict=True)]
+        dead = await self._redis.xrevrange(self._keys.dead, count=10)
+        html = views.fleet_page(
+            shown,
+            counts,
+            managers,
+            dead,
+            await self._images(),
+            status=status,
+            selector=selector,
+            now=time.time(),
+        )
+        return _html(html)
+
+    async def _rows(self, request: web.Request) -> web.Response:
+        status, selector = _filters(request)
+        shown = _filtered(await self._records(), status, selector)
+        return _html(views.rows(shown, time.time()))
+
+    async def _worker(self, request: web.Request) -> web.Response:
+        worker_id = request.match_info["worker_id"]
+        values = await self._redis.hgetall(self._keys.worker(worker_id))
+        record = WorkerRecord.from_hash(worker_id, values)
+        if record is None:
+            raise web.HTTPNotFound(text=f"no worker {worker_id}\n")
+        changes = [
+            f
+            for _i, f in await self._redis.xrevrange(self._keys.lifecycle, count=LIFECYCLE_SCAN)
+            if f.get("worker_id") == worker_id
+        ][::-1]
+        output = (await self._redis.xrevrange(self._keys.output(worker_id), count=OUTPUT_HISTORY))[
+            ::-1
+        ]
+        evidence = await self._redis.hgetall(self._keys.evidence(worker_id))
+        cookie = request.cookies.get(session.COOKIE, "")
+        html = views.worker_page(
+            record, changes, output, evidence, csrf=session.csrf_for(self._token, cookie)
+        )
+        return _html(html)
+
+    async def _act(self, request: web.Request) -> web.Response:
+        worker_id = request.match_info["worker_id"]
+        action = request.match_info["action"]
+        form = await request.post()
+        if action == "send":
+            content = str(form.get("content", ""))
+            if content:
+                await self._commands.send_input(worker_id, content)
+        elif action == "cancel":
+            await self._commands.send_input(worker_id, "", "cancel")
+        else:
+            await self._commands.request(
+                "delete", worker_id=worker_id, request_id=f"ui-{uuid.uuid4().hex}", timeout=120
+            )
+        raise web.HTTPSeeOther(f"/ui/workers/{worker_id}")
+
+    async def _images(self) -> list[views.ImageRow]:
+        """The worker images by last use, and whether age alone makes the next GC remove one
+        (it also keeps an image a container still uses, and may remove more for a disk
+        budget: ``worker-manager gc --dry-run`` on the host says exactly)."""
+        used = await self._redis.zrevrange(self._keys.images, 0, 99, withscores=True)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for image_hash, _score in used:
+                pipe.hmget(self._keys.image(image_hash), "tag", "size")
+            found = await pipe.execute()
+        cutoff = time.time() - self._image_max_age
+        return [
+            views.ImageRow(tag or image_hash, size or "", float(score), float(score) < cutoff)
+            for (image_hash, score), (tag, size) in zip(used, found, strict=True)
+        ]
+
+    async def _records(self) -> list[WorkerRecord]:
+        """The newest workers' records, newest first (the index is scored by creation)."""
+        ids = await self._redis.zrevrange(self._keys.index, 0, FLEET_ROWS - 1)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for worker_id in ids:
+                pipe.hgetall(self._keys.worker(worker_id))
+            values = await pipe.execute()
+        found = [WorkerRecord.from_hash(w, v) for w, v in zip(ids, values, strict=True)]
+        return [r for r in found if r is not None]
+
+    # --- live --------------------------------------------------------------------------------
+    async def _lifecycle_events(self, request: web.Request) -> web.StreamResponse:
+        return await self._stream(request, self._keys.lifecycle, default_after="$")
+
+    async def _output_events(self, request: web.Request) -> web.StreamResponse:
+        worker_id = request.match_info["worker_id"]
+        return await self._stream(request, self._keys.output(worker_id), default_after="$")
+
+    async def _stream(
+        self, request: web.Request, key: str, *, default_after: str
+    ) -> web.StreamResponse:
+        after = request.headers.get("Last-Event-ID") or request.query.get("after") or default_after
+        if after != "$" and not _entry_id(after):
+            raise web.HTTPBadRequest(text="after/Last-Event-ID must be a stream entry id\n")
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+        )
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionResetError):  # the page was closed or left
+            await self._relay(response, key, after)
+        return response
+
+    async def _relay(self, response: web.StreamResponse, key: str, after: str) -> None:
+        """Entries of ``key`` after ``after`` as events, until the reader goes away."""
+        while True:
+            try:
+                found = await self._redis.xread({key: after}, count=200, block=SSE_BLOCK_MS)
+            except (RedisError, OSError):
+                await asyncio.sleep(1.0)
+                continue
+            if not found:
+                await response.write(b": keep-alive\n\n")
+                continue
+            for _stream, entries in found:
+                for entry_id, fields in entries:
+                    after = entry_id
+                    data = json.dumps(fields, ensure_ascii=True)
+                    await response.write(f"id: {entry_id}\ndata: {data}\n\n".encode())
+
+
+def _html(text: str, status: int = 200) -> web.Response:
+    return web.Response(
+        text=text,
+        status=status,
+        content_type="text/html",
+        headers={
+            # Nothing from elsewhere, no framing: the page's own script and styles only.
+            "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline' 'self'; "
+            "style-src 'unsafe-inline'; frame-ancestors 'none'",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+def _entry_id(text: str) -> bool:
+    ms, _, seq = text.partition("-")
+    return ms.isdigit() and (seq == "" or seq.isdigit())
+
+
+def _filters(request: web.Request) -> tuple[list[str], list[str]]:
+    status = [s for s in request.query.getall("status", []) if s in views.STATUSES]
+    selector = [p for s in request.query.getall("selector", []) for p in s.split() if "=" in p]
+    return status, selector
+
+
+def _filtered(
+    records: list[WorkerRecord], status: list[str], selector: list[str]
+) -> list[WorkerRecord]:
+    wanted = dict(p.split("=", 1) for p in selector)
+    return [
+        r
+        for r in records
+        if (not status or r.text("status") in status)
+        and all(views.metadata_of(r).get(k) == v for k, v in wanted.items())
+    ]
