@@ -155,6 +155,13 @@ async def test_a_form_post_without_its_csrf_token_is_refused(harness: Harness) -
             f"{base}/ui/workers/x/delete", data={"csrf": "forged"}, allow_redirects=False
         ) as response:
             assert response.status == 403
+        async with http.post(  # a script with the token: no CSRF, but only real workers
+            f"{base}/ui/workers/no:such:worker/send",
+            data={"content": "hi"},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            allow_redirects=False,
+        ) as response:
+            assert response.status == 404
         async with http.post(
             f"{base}/ui/login", data={"token": "wrong"}, allow_redirects=False
         ) as response:

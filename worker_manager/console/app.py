@@ -145,6 +145,8 @@ class Console:
     async def _act(self, request: web.Request) -> web.Response:
         worker_id = request.match_info["worker_id"]
         action = request.match_info["action"]
+        if not await self._redis.exists(self._keys.worker(worker_id)):
+            raise web.HTTPNotFound(text=f"no worker {worker_id}\n")
         form = await request.post()
         if action == "send":
             content = str(form.get("content", ""))
