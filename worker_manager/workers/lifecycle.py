@@ -135,6 +135,8 @@ class Lifecycle:
             log.info(
                 "worker ended", worker_id=worker_id, status=outcome.status, reason=outcome.reason
             )
+            if on_this_host and not wait:  # at once: nothing written after this delays it
+                self._teardowns.start(worker_id, lambda: self._finish_logged(worker_id))
             if self._evidence is not None:
                 await self._evidence.verdict(
                     worker_id,
@@ -150,8 +152,6 @@ class Lifecycle:
         # it returns).
         if on_this_host and wait:
             await self.finish(worker_id)
-        elif on_this_host and result.changed:
-            self._teardowns.start(worker_id, lambda: self._finish_logged(worker_id))
         return result.changed
 
     async def finish(self, worker_id: str) -> None:
