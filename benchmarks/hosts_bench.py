@@ -44,8 +44,6 @@ PRESENCE_TTL = 3
 HEARTBEAT_TTL = 3
 CAT = json.dumps(["cat"])
 CREATE = {"agent_type": "CUSTOM", "agent_command": CAT}
-#: Which hosts of a bed run their manager now.
-_RUNNING: dict[int, set[int]] = {}
 
 
 async def hosts_figures(
@@ -103,7 +101,6 @@ async def hosts_figures(
         host_tag = await asyncio.to_thread(host_image, client, base_image)
         tag = (await ImageService(settings, redis, client).ensure(AgentType.CUSTOM, [])).tag
         await asyncio.to_thread(bed.start, 3, [tag])
-        _RUNNING[id(bed)] = {host.index for host in bed.hosts}
         figures = await _scaling(bed, redis, Keys(prefix), tag, runs)
         figures.append(await _loss(bed, redis, Keys(prefix), loss_runs))
         return figures
@@ -157,14 +154,12 @@ async def _scaling(bed: Testbed, redis: Redis, keys: Keys, tag: str, runs: int) 
 async def _managers(bed: Testbed, count: int) -> None:
     """Managers running on the first ``count`` hosts only (``bed.start`` started all)."""
     for host in bed.hosts[count:]:
-        if host.index in _RUNNING[id(bed)]:
+        if host.manager_running:
             await asyncio.to_thread(bed.stop_manager, host)
-            _RUNNING[id(bed)].discard(host.index)
     for host in bed.hosts[:count]:
-        if host.index not in _RUNNING[id(bed)]:
+        if not host.manager_running:
             await asyncio.to_thread(bed.start_manager, host)
             await asyncio.to_thread(bed.wait_manager, host)
-            _RUNNING[id(bed)].add(host.index)
     await asyncio.sleep(PRESENCE_TTL)  # the stopped ones have left; the presence values settle
 
 

@@ -29,12 +29,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import shutil
 import sys
 from pathlib import Path
 
-from worker_base.config import relays_from_env
+from worker_base.config import hide_url_credentials, relays_from_env
 from worker_base.relays import LoopbackRelays
 from worker_base.workspace import GIT, git_env
 
@@ -43,7 +42,6 @@ MIRROR = MIRROR_ROOT / "repo.git"
 WORKSPACE = Path("/workspace")
 #: git's message is cut to this (the last lines say what went wrong).
 MAX_ERROR_CHARS = 1500
-_CREDENTIALS_IN_URL = re.compile(r"(\w+://)[^/@\s]+@")
 
 
 class CheckoutFailed(Exception):
@@ -52,7 +50,7 @@ class CheckoutFailed(Exception):
 
 def scrub(text: str) -> str:
     """git's message, bounded, without anything that looks like ``user:secret@`` in a URL."""
-    text = _CREDENTIALS_IN_URL.sub(r"\1***@", text.strip())
+    text = hide_url_credentials(text.strip())
     return text if len(text) <= MAX_ERROR_CHARS else "…" + text[-MAX_ERROR_CHARS:]
 
 

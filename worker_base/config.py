@@ -8,6 +8,7 @@ one sentence before anything else happens (exit code 2), rather than a crash lat
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,6 +226,14 @@ def worker_key(prefix: str, worker_id: str, name: str) -> str:
     """A worker's own key (``input``, ``output``, ``heartbeat``): the one spelling of the key
     schema the manager (``worker_manager.keys``) and the wrapper share."""
     return f"{prefix}:{worker_id}:{name}"
+
+
+_CREDENTIALS_IN_URL = re.compile(r"(\w+://)[^/@\s]+@")
+
+
+def hide_url_credentials(text: str) -> str:
+    """``text`` with every ``user:secret@`` of a URL in it replaced by ``***@``."""
+    return _CREDENTIALS_IN_URL.sub(r"\1***@", text)
 
 
 def redact_url(url: str) -> str:

@@ -113,7 +113,6 @@ def client_for(url: str, **options: Any) -> Redis:
         list(target.sentinels),
         sentinel_kwargs={k: options[k] for k in _SENTINEL_OPTIONS if k in options},
     )
-    options.pop("connection_pool", None)
     master: Redis = sentinel.master_for(
         target.master,
         redis_class=Redis,

@@ -212,6 +212,8 @@ class Host:
     manager_id: str
     volume: str
     container: Any = None
+    #: Whether its manager was started and not since stopped or killed with the host.
+    manager_running: bool = False
 
     def exec(self, *argv: str, stdin: bytes | None = None, timeout: float = 120) -> str:
         """Run ``argv`` inside the host (``docker exec``); its stdout, or BedError."""
@@ -380,6 +382,7 @@ class Testbed:
             capture_output=True,
             timeout=30,
         )
+        host.manager_running = True
 
     def wait_manager(self, host: Host) -> None:
         """Until the manager's /readyz answers 200 inside the host."""
@@ -401,6 +404,7 @@ class Testbed:
     def kill(self, host: Host) -> None:
         """The machine dies: its Engine, its manager and its workers at once."""
         host.container.kill()
+        host.manager_running = False
 
     def revive(self, host: Host) -> None:
         """A killed host booted again: its Engine (with its images) and its manager."""
@@ -413,6 +417,7 @@ class Testbed:
         """SIGTERM to the host's manager and wait for it to exit (a clean stop: it leaves the
         fleet, its workers stay). The base has no procps: /proc is read by Python."""
         host.exec("python3", "-c", _STOP_MANAGER, str(timeout), timeout=timeout + 10)
+        host.manager_running = False
 
     def cut_off(self, host: Host) -> None:
         """Unplugged: no route to Redis (or anything) for its manager and its workers."""

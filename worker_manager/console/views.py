@@ -111,7 +111,10 @@ def fleet_page(
     selector: Sequence[str],
     now: float,
 ) -> str:
-    count_html = "".join(f"<span>{e(s)} <b>{counts.get(s, 0)}</b></span>" for s in STATUSES)
+    # Counted over the workers the page reads (the newest FLEET_ROWS), not the whole index.
+    count_html = "<span class=k>newest workers:</span>" + "".join(
+        f"<span>{e(s)} <b>{counts.get(s, 0)}</b></span>" for s in STATUSES
+    )
     boxes = "".join(
         f'<label><input type=checkbox name=status value="{s}"'
         f"{' checked' if s in status else ''}> {s}</label> "

@@ -304,10 +304,7 @@ class ContainerRuntime:
     def _last_words_sync(self, worker_id: str) -> LastWords | None:
         try:
             container = self._docker.containers.get(self.name(worker_id))
-            if container.status in ("running", "restarting", "paused"):
-                container.stop(timeout=self._settings.stop_timeout_seconds)
-            container.reload()
-            state = container.attrs.get("State") or {}
+            state = self._stopped_state_sync(container)
             log = container.logs(stdout=True, stderr=True, tail=LOG_LINES)
         except docker.errors.NotFound:
             return None
@@ -321,6 +318,14 @@ class ContainerRuntime:
             log if isinstance(log, bytes) else b"",
         )
 
+    def _stopped_state_sync(self, container: Any) -> dict[str, Any]:
+        """Stop the container (SIGTERM, SIGKILL after the timeout) if it runs; its final state."""
+        if container.status in ("running", "restarting", "paused"):
+            container.stop(timeout=self._settings.stop_timeout_seconds)
+        container.reload()
+        state: dict[str, Any] = container.attrs.get("State") or {}
+        return state
+
     def _remove_container_sync(self, worker_id: str) -> int | None:
         try:
             container = self._docker.containers.get(self.name(worker_id))
@@ -328,10 +333,7 @@ class ContainerRuntime:
             return None
         exit_code: int | None = None
         try:
-            if container.status in ("running", "restarting", "paused"):
-                container.stop(timeout=self._settings.stop_timeout_seconds)
-            container.reload()
-            exit_code = int((container.attrs.get("State") or {}).get("ExitCode", 0))
+            exit_code = int(self._stopped_state_sync(container).get("ExitCode", 0))
             container.remove(force=True)
         except docker.errors.NotFound:
             pass

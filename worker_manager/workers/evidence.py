@@ -18,19 +18,18 @@ The rules (who ended it by default, how a log is bounded and scrubbed) are plain
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from worker_base.config import hide_url_credentials
 from worker_manager.core.clock import iso_now
 from worker_manager.settings import Settings
 
 #: The container log's last lines kept, each cut at this many characters.
 LOG_LINES = 50
 LINE_CHARS = 500
-_CREDENTIALS_IN_URL = re.compile(r"(\w+://)[^/@\s]+@")
 #: Secrets shorter than this are not searched for (a one-letter "secret" would shred a log).
 _MIN_SECRET = 8
 
@@ -75,7 +74,7 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     """``text`` with each known secret and every ``user:secret@`` in a URL replaced."""
     for secret in sorted({s for s in secrets if len(s) >= _MIN_SECRET}, key=len, reverse=True):
         text = text.replace(secret, "***")
-    return _CREDENTIALS_IN_URL.sub(r"\1***@", text)
+    return hide_url_credentials(text)
 
 
 def log_tail(raw: bytes, secrets: Iterable[str]) -> str:
