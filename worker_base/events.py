@@ -1,7 +1,7 @@
 """The names of SPEC §4's output events and of the wrapper's own states: the one set of them.
 
 The wrapper writes these (``worker_base``), the manager writes ``status`` events of its own (the
-Lua transitions in ``worker_manager.workers.records``), and the client and CLI read them.
+Lua transitions in ``worker_manager.workers.state.records``), and the client and CLI read them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Every ending explained (``workers/evidence.py``): each way a worker ends leaves
+"""Every ending explained (``workers/state/evidence.py``): each way a worker ends leaves
 ``<prefix>:<id>:evidence`` saying how, who ended it, and its container's last lines, kept
 ``WM_EVIDENCE_DAYS`` after the container is gone. Real Redis, real Docker, real wrappers."""
 
@@ -13,7 +13,7 @@ import pytest
 from tests.support.cli import run_cli
 from tests.support.flows import Harness
 from worker_manager.client.api import Client
-from worker_manager.workers.acl import WorkerAcl
+from worker_manager.workers.resources.acl import WorkerAcl
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 

@@ -463,7 +463,7 @@ async def test_one_corrupt_record_does_not_break_list(harness: Harness) -> None:
 
 # --- 14: an open default user is called out; workers cannot take a manager's name ----------------
 async def test_an_open_default_user_is_warned_about(harness: Harness, redis_server: Any) -> None:
-    from worker_manager.workers.acl import WRAPPER_COMMANDS
+    from worker_manager.workers.resources.acl import WRAPPER_COMMANDS
 
     assert "+client|setname" not in WRAPPER_COMMANDS
     with structlog.testing.capture_logs() as logs:
@@ -492,7 +492,7 @@ async def test_a_registered_producer_is_the_owner_whatever_it_writes(
     from redis.exceptions import NoPermissionError
 
     from worker_manager.client.requests import CommandClient
-    from worker_manager.workers.acl import producer_rules
+    from worker_manager.workers.resources.acl import producer_rules
 
     await harness.start(producers=["search"])
     keys = harness.keys

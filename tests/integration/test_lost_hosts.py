@@ -17,10 +17,10 @@ from redis.asyncio import Redis
 from worker_base.clock import iso_from_unix
 from worker_manager.contract.kinds import WorkerStatus
 from worker_manager.settings import Settings
-from worker_manager.workers.lifecycle import Lifecycle, Outcome
-from worker_manager.workers.lost_hosts import LostHosts
-from worker_manager.workers.records import WorkerStore
-from worker_manager.workers.tasks import WorkerTasks
+from worker_manager.workers.fleet.lost_hosts import LostHosts
+from worker_manager.workers.resources.tasks import WorkerTasks
+from worker_manager.workers.state.records import WorkerStore
+from worker_manager.workers.transitions.lifecycle import Lifecycle, Outcome
 
 pytestmark = [pytest.mark.redis]
 

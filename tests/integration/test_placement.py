@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from tests.support.flows import Harness
-from worker_manager.workers.placement import Offer, may_take, offer_of
+from worker_manager.workers.fleet.placement import Offer, may_take, offer_of
 
 
 def test_the_verdict() -> None:

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from tests.support.flows import Harness
-from worker_manager.workers.acl import WorkerAcl
+from worker_manager.workers.resources.acl import WorkerAcl
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 

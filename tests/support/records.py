@@ -7,7 +7,7 @@ import asyncio
 import json
 import uuid
 
-from worker_manager.workers.records import WorkerStore
+from worker_manager.workers.state.records import WorkerStore
 
 
 async def seed_records(

@@ -17,13 +17,18 @@ from worker_manager.contract.record import WorkerRecord
 from worker_manager.core.clock import iso_from_unix
 from worker_manager.images.gc_plan import Engine, plan_rows
 from worker_manager.settings import FleetSettings
-from worker_manager.workers.disk_guard import over_entries, over_limit, usage_by_worker, walk_size
-from worker_manager.workers.eviction import eviction_reason
-from worker_manager.workers.heartbeats import Observed
-from worker_manager.workers.lifecycle import Outcome, outcome_of
-from worker_manager.workers.reconciler import Found, reconcile_steps
-from worker_manager.workers.sleep import expired, wants_waking
-from worker_manager.workers.watcher import heartbeat_verdict, silent
+from worker_manager.workers.state.heartbeats import Observed
+from worker_manager.workers.transitions.lifecycle import Outcome, outcome_of
+from worker_manager.workers.transitions.sleep import expired, wants_waking
+from worker_manager.workers.watching.disk_guard import (
+    over_entries,
+    over_limit,
+    usage_by_worker,
+    walk_size,
+)
+from worker_manager.workers.watching.eviction import eviction_reason
+from worker_manager.workers.watching.reconciler import Found, reconcile_steps
+from worker_manager.workers.watching.watcher import heartbeat_verdict, silent
 
 NOW = 1_800_000_000.0
 DAY = 86_400.0

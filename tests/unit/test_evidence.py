@@ -1,4 +1,4 @@
-"""The rules of evidence (``workers/evidence.py``): who ended a worker, and a container log
+"""The rules of evidence (``workers/state/evidence.py``): who ended a worker, and a container log
 bounded and scrubbed whatever it holds."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from worker_manager.settings import Settings
-from worker_manager.workers.evidence import (
+from worker_manager.workers.state.evidence import (
     LINE_CHARS,
     LOG_LINES,
     ended_by_default,

@@ -61,6 +61,10 @@ ALLOWED = {
 #: Top-level modules of the package every layer may use (the public names and Protocols).
 SHARED = {"typing"}
 
+#: The groups inside ``workers``, each importing only the groups before it (its ``__init__``
+#: says so): a worker's state, its resources, its transitions, the fleet, the watching loops.
+WORKER_GROUPS = ("state", "resources", "transitions", "fleet", "watching")
+
 
 def modules(package: str) -> dict[str, Path]:
     found: dict[str, Path] = {}
@@ -133,6 +137,30 @@ def test_each_layer_imports_only_the_layers_below_it() -> None:
             if other[1] not in ALLOWED[layer]:
                 wrong.append(f"{module} imports {target}")
     assert not wrong, wrong
+
+
+def test_the_worker_groups_import_only_the_groups_before_them() -> None:
+    wrong = []
+    for module, targets in graph("worker_manager").items():
+        parts = module.split(".")
+        if parts[1:2] != ["workers"] or len(parts) < 4:
+            continue
+        own = WORKER_GROUPS.index(parts[2])
+        for target in targets:
+            other = target.split(".")
+            if other[1:2] != ["workers"] or len(other) < 3 or other[2] == parts[2]:
+                continue
+            if WORKER_GROUPS.index(other[2]) >= own:
+                wrong.append(f"{module} imports {target}")
+    assert not wrong, wrong
+
+
+def test_every_worker_module_is_in_a_group() -> None:
+    root = ROOT / "worker_manager" / "workers"
+    loose = {p.name for p in root.glob("*.py")} - {"__init__.py"}
+    groups = {p.name for p in root.iterdir() if (p / "__init__.py").is_file()}
+    assert not loose, f"modules outside a group: {sorted(loose)}"
+    assert groups == set(WORKER_GROUPS)
 
 
 def test_every_layer_is_named_in_the_rules() -> None:

@@ -10,9 +10,9 @@ import fakeredis
 
 from worker_manager.contract.kinds import WorkerStatus
 from worker_manager.settings import Settings
-from worker_manager.workers.lifecycle import Lifecycle, Outcome, outcome_of
-from worker_manager.workers.records import WorkerStore
-from worker_manager.workers.tasks import WorkerTasks
+from worker_manager.workers.resources.tasks import WorkerTasks
+from worker_manager.workers.state.records import WorkerStore
+from worker_manager.workers.transitions.lifecycle import Lifecycle, Outcome, outcome_of
 
 
 class Steps:

@@ -13,7 +13,7 @@ from worker_manager.core.clock import iso_from_unix, unix_from_iso
 from worker_manager.core.keys import Keys
 from worker_manager.core.logs import redact_url
 from worker_manager.settings import Settings
-from worker_manager.workers.acl import WorkerAcl
+from worker_manager.workers.resources.acl import WorkerAcl
 
 
 def settings(**kw: object) -> Settings:

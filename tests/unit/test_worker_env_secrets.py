@@ -10,9 +10,9 @@ from pydantic import SecretStr
 
 from worker_manager.contract.commands import CreateCommand, command_context
 from worker_manager.settings import Settings
-from worker_manager.workers.acl import WorkerAcl
-from worker_manager.workers.containment import factory_token, gateway_token
-from worker_manager.workers.environment import worker_env
+from worker_manager.workers.resources.acl import WorkerAcl
+from worker_manager.workers.resources.containment import factory_token, gateway_token
+from worker_manager.workers.resources.environment import worker_env
 
 KEYS = {"ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "FACTORY_API_KEY"}
 FIELDS = ("anthropic_api_key", "claude_code_oauth_token", "factory_api_key")

@@ -13,7 +13,7 @@ from worker_manager.contract.workspace import (
     parse_sources,
     parse_summary,
 )
-from worker_manager.workers.summaries import overlaps
+from worker_manager.workers.state.summaries import overlaps
 
 DEFAULT = parse_sources(["https://*", "http://*", "ssh://*"])
 

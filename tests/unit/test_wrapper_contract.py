@@ -47,7 +47,7 @@ def test_to_env_round_trips(config: WrapperConfig) -> None:
 
 def test_the_managers_env_is_what_the_wrapper_reads(tmp_path: Path) -> None:
     """Build the env the way the provisioner does and read it the way the wrapper does."""
-    from worker_manager.workers.environment import worker_env, wrapper_config
+    from worker_manager.workers.resources.environment import worker_env, wrapper_config
 
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None, key_prefix="kp", heartbeat_interval_seconds=0.5, heartbeat_ttl_seconds=3

@@ -13,7 +13,7 @@ from worker_base.redis_urls import (
     is_sentinel_url,
     parse_sentinel_url,
 )
-from worker_manager.workers.containment import without_credentials
+from worker_manager.workers.resources.containment import without_credentials
 
 
 def test_the_full_form() -> None:

@@ -101,7 +101,7 @@ async def _build(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("producer-acl")
 async def _producer_acl(args: argparse.Namespace, settings: Settings) -> int:
-    from worker_manager.workers.acl import producer_rules
+    from worker_manager.workers.resources.acl import producer_rules
 
     if not PRODUCER_RE.fullmatch(args.name):
         err_console.print("[red]a producer name is 1 to 64 of [A-Za-z0-9._-][/red]")

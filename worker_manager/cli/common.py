@@ -73,7 +73,8 @@ def print_reply(reply: Reply, as_json: bool) -> int:
 
 
 def print_evidence(evidence: dict[str, str]) -> None:
-    """A worker's evidence (``workers.evidence``): its fields, then its container's last lines."""
+    """A worker's evidence (``workers.state.evidence``): its fields, then its container's last
+    lines."""
     if not evidence:
         console.print("evidence   none (the worker has not ended, or its evidence expired)")
         return

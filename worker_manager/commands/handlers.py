@@ -24,11 +24,11 @@ from worker_manager.contract.reply import STATUS_DETAILS, Reply
 from worker_manager.core.errors import CommandError, ErrorCode
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
-from worker_manager.workers.lifecycle import Lifecycle, Outcome
-from worker_manager.workers.pool import WarmPool
-from worker_manager.workers.provisioner import Provisioner
-from worker_manager.workers.records import WorkerStore
-from worker_manager.workers.sleep import Sleep
+from worker_manager.workers.resources.pool import WarmPool
+from worker_manager.workers.state.records import WorkerStore
+from worker_manager.workers.transitions.lifecycle import Lifecycle, Outcome
+from worker_manager.workers.transitions.provisioner import Provisioner
+from worker_manager.workers.transitions.sleep import Sleep
 
 #: worker ids the manager chooses derive from the request id, so a create delivered twice (or
 #: resumed after a crash) names the same worker instead of starting a second one.

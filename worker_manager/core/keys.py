@@ -110,7 +110,7 @@ class Keys:
     @property
     def managers(self) -> str:
         """The ids of the managers that have announced themselves (a dead one is dropped once
-        none of its workers is left to judge: ``workers.lost_hosts``)."""
+        none of its workers is left to judge: ``workers.fleet.lost_hosts``)."""
         return f"{self.prefix}:managers"
 
     def manager(self, manager_id: str) -> str:
@@ -143,7 +143,7 @@ class Keys:
         return worker_key(self.prefix, worker_id, "heartbeat")
 
     def evidence(self, worker_id: str) -> str:
-        """Why and how a worker ended (``workers.evidence``), kept ``WM_EVIDENCE_DAYS``."""
+        """Why and how a worker ended (``workers.state.evidence``), kept ``WM_EVIDENCE_DAYS``."""
         return worker_key(self.prefix, worker_id, "evidence")
 
     def workspace(self, worker_id: str) -> str:

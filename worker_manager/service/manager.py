@@ -34,25 +34,25 @@ from worker_manager.service.http import HttpServer
 from worker_manager.service.metrics import Metrics
 from worker_manager.settings import Settings
 from worker_manager.typing import CommandObserver, Load
-from worker_manager.workers.acl import WorkerAcl
-from worker_manager.workers.containers import ContainerRuntime
-from worker_manager.workers.containment import Containment
-from worker_manager.workers.disk_guard import DiskGuard
-from worker_manager.workers.eviction import Evictor
-from worker_manager.workers.evidence import EvidenceBook
-from worker_manager.workers.lifecycle import Lifecycle
-from worker_manager.workers.lost_hosts import LostHosts
-from worker_manager.workers.output_guard import OutputGuard
-from worker_manager.workers.placement import Placement
-from worker_manager.workers.pool import WarmPool
-from worker_manager.workers.presence import Presence
-from worker_manager.workers.provisioner import Provisioner
-from worker_manager.workers.reconciler import Reconciler
-from worker_manager.workers.records import WorkerStore
-from worker_manager.workers.sleep import Sleep
-from worker_manager.workers.summaries import Summaries
-from worker_manager.workers.tasks import WorkerTasks
-from worker_manager.workers.watcher import StatusWatcher
+from worker_manager.workers.fleet.lost_hosts import LostHosts
+from worker_manager.workers.fleet.placement import Placement
+from worker_manager.workers.fleet.presence import Presence
+from worker_manager.workers.resources.acl import WorkerAcl
+from worker_manager.workers.resources.containers import ContainerRuntime
+from worker_manager.workers.resources.containment import Containment
+from worker_manager.workers.resources.pool import WarmPool
+from worker_manager.workers.resources.tasks import WorkerTasks
+from worker_manager.workers.state.evidence import EvidenceBook
+from worker_manager.workers.state.records import WorkerStore
+from worker_manager.workers.state.summaries import Summaries
+from worker_manager.workers.transitions.lifecycle import Lifecycle
+from worker_manager.workers.transitions.provisioner import Provisioner
+from worker_manager.workers.transitions.sleep import Sleep
+from worker_manager.workers.watching.disk_guard import DiskGuard
+from worker_manager.workers.watching.eviction import Evictor
+from worker_manager.workers.watching.output_guard import OutputGuard
+from worker_manager.workers.watching.reconciler import Reconciler
+from worker_manager.workers.watching.watcher import StatusWatcher
 from worker_manager.workspaces.checkout import Checkout
 
 log = get_logger(__name__)

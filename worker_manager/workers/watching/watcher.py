@@ -42,10 +42,10 @@ from worker_manager.contract.labels import LABEL_MANAGER, LABEL_PREFIX, LABEL_WO
 from worker_manager.core.clock import iso_from_unix
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
-from worker_manager.workers.heartbeats import Observed, observe
-from worker_manager.workers.lifecycle import Lifecycle, Outcome, outcome_of
-from worker_manager.workers.records import WorkerStore
-from worker_manager.workers.summaries import Summaries
+from worker_manager.workers.state.heartbeats import Observed, observe
+from worker_manager.workers.state.records import WorkerStore
+from worker_manager.workers.state.summaries import Summaries
+from worker_manager.workers.transitions.lifecycle import Lifecycle, Outcome, outcome_of
 
 log = get_logger(__name__)
 

@@ -11,7 +11,8 @@ capped by the operator, else ``WM_IDLE_TIMEOUT_SECONDS``) is STOPPED with ``reas
 live worker older than ``WM_MAX_LIFETIME_SECONDS`` is STOPPED with ``reason=ttl``. The status
 changes first (one Lua transition, so a concurrent delete or die wins or loses cleanly), then
 the container goes. With ``WM_IDLE_ACTION=suspend`` an idle worker is SUSPENDED instead
-(``workers.sleep``: its workspace and session kept), unless ``WM_MAX_SUSPENDED`` are already.
+(``workers.transitions.sleep``: its workspace and session kept), unless ``WM_MAX_SUSPENDED``
+are already.
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ from redis.exceptions import RedisError
 from worker_manager.contract.kinds import LIVE_STATUSES, WorkerStatus
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import FleetSettings, Settings
-from worker_manager.workers.heartbeats import Observed, observe
-from worker_manager.workers.lifecycle import Lifecycle, Outcome
-from worker_manager.workers.records import SleepOutcome, WorkerStore
+from worker_manager.workers.state.heartbeats import Observed, observe
+from worker_manager.workers.state.records import SleepOutcome, WorkerStore
+from worker_manager.workers.transitions.lifecycle import Lifecycle, Outcome
 
 log = get_logger(__name__)
 
-#: How an idle worker is suspended (``workers.sleep.Sleep.suspend``).
+#: How an idle worker is suspended (``workers.transitions.sleep.Sleep.suspend``).
 Suspend = Callable[[str, str], Awaitable[SleepOutcome]]
 
 

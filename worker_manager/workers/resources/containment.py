@@ -32,7 +32,7 @@ from worker_manager.egress.grants import (
     proxy_env,
 )
 from worker_manager.settings import Settings
-from worker_manager.workers.containers import WRAPPER_USER
+from worker_manager.workers.resources.containers import WRAPPER_USER
 
 log = get_logger(__name__)
 

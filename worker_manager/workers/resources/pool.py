@@ -37,9 +37,9 @@ from worker_manager.core.logs import get_logger
 from worker_manager.core.outages import OUTAGE_ERRORS
 from worker_manager.images.service import ImageService
 from worker_manager.settings import Settings
-from worker_manager.workers.containers import ContainerRuntime, LaunchSpec
-from worker_manager.workers.containment import Containment
-from worker_manager.workers.environment import pool_env
+from worker_manager.workers.resources.containers import ContainerRuntime, LaunchSpec
+from worker_manager.workers.resources.containment import Containment
+from worker_manager.workers.resources.environment import pool_env
 
 log = get_logger(__name__)
 

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 
 from worker_manager.contract.kinds import LIVE_STATUSES, WorkerStatus
 from worker_manager.core.logs import get_logger
-from worker_manager.workers.acl import WorkerAcl
-from worker_manager.workers.containers import ContainerRuntime
-from worker_manager.workers.containment import Containment
-from worker_manager.workers.evidence import EvidenceBook, ended_by_default
-from worker_manager.workers.records import WorkerStore
-from worker_manager.workers.tasks import WorkerTasks
+from worker_manager.workers.resources.acl import WorkerAcl
+from worker_manager.workers.resources.containers import ContainerRuntime
+from worker_manager.workers.resources.containment import Containment
+from worker_manager.workers.resources.tasks import WorkerTasks
+from worker_manager.workers.state.evidence import EvidenceBook, ended_by_default
+from worker_manager.workers.state.records import WorkerStore
 
 log = get_logger(__name__)
 
@@ -116,7 +116,7 @@ class Lifecycle:
         (when this call ended it, or ``wait``); that manager's reconciler removes the container
         when it returns.
         ``only_if_owner_gone``: the transition happens only while that manager's presence key
-        and the worker's heartbeat are both absent (``workers.lost_hosts``).
+        and the worker's heartbeat are both absent (``workers.fleet.lost_hosts``).
         ``by``: who ended it, for the evidence (default: the loop that gives ``outcome.reason``).
         """
         result = await self._store.transition(

@@ -45,13 +45,13 @@ from worker_manager.core.clock import unix_or_none
 from worker_manager.core.logs import get_logger
 from worker_manager.core.outages import OUTAGE_ERRORS
 from worker_manager.settings import Settings
-from worker_manager.workers.acl import WorkerAcl
-from worker_manager.workers.containers import ContainerRuntime
-from worker_manager.workers.containment import Containment
-from worker_manager.workers.lifecycle import Lifecycle, Outcome, outcome_of
-from worker_manager.workers.lost_hosts import HOST_LOST
-from worker_manager.workers.provisioner import Provisioner
-from worker_manager.workers.records import WorkerStore
+from worker_manager.workers.fleet.lost_hosts import HOST_LOST
+from worker_manager.workers.resources.acl import WorkerAcl
+from worker_manager.workers.resources.containers import ContainerRuntime
+from worker_manager.workers.resources.containment import Containment
+from worker_manager.workers.state.records import WorkerStore
+from worker_manager.workers.transitions.lifecycle import Lifecycle, Outcome, outcome_of
+from worker_manager.workers.transitions.provisioner import Provisioner
 
 log = get_logger(__name__)
 

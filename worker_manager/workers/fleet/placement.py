@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from worker_manager.settings import Settings
-from worker_manager.workers.records import WorkerStore
+from worker_manager.workers.state.records import WorkerStore
 
 #: How long a verdict is reused: the read loop asks before every read.
 CACHE_SECONDS = 1.0

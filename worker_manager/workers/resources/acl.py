@@ -20,7 +20,7 @@ from worker_base.redis_urls import database_of, is_sentinel_url, parse_sentinel_
 from worker_manager.core.keys import Keys
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
-from worker_manager.workers.containment import contained, contained_redis_url
+from worker_manager.workers.resources.containment import contained, contained_redis_url
 
 log = get_logger(__name__)
 

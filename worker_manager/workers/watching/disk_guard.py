@@ -1,8 +1,8 @@
 """A worker's writes are bounded by ``WM_CONTAINER_DISK`` (SPEC §7), measured by the manager.
 
-A worker writes only its two volumes (``workers.containers``: its root filesystem is read-only
-and ``/tmp`` a tmpfs bounded by its memory). Where the storage driver could enforce a quota
-(``--storage-opt size``, on overlay2 over XFS with project quotas) it would bound the
+A worker writes only its two volumes (``workers.resources.containers``: its root filesystem is
+read-only and ``/tmp`` a tmpfs bounded by its memory). Where the storage driver could enforce a
+quota (``--storage-opt size``, on overlay2 over XFS with project quotas) it would bound the
 container's own layer, not its volumes, and fuse-overlayfs enforces none: so the manager
 measures. Every ``WM_DISK_CHECK_INTERVAL_SECONDS`` (10 s) it walks each live worker's volumes
 where the Engine keeps them (``Mountpoint``, read as root on the Docker host; in docker-compose
@@ -33,9 +33,9 @@ from worker_manager.contract.labels import LABEL_PREFIX, LABEL_WORKER
 from worker_manager.core import docker_client
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
-from worker_manager.workers.containers import ContainerRuntime
-from worker_manager.workers.lifecycle import Lifecycle, Outcome
-from worker_manager.workers.records import WorkerStore
+from worker_manager.workers.resources.containers import ContainerRuntime
+from worker_manager.workers.state.records import WorkerStore
+from worker_manager.workers.transitions.lifecycle import Lifecycle, Outcome
 
 log = get_logger(__name__)
 

@@ -1,7 +1,7 @@
 """Every ending explained: what is kept when a worker ends, after its container is gone.
 
 ``<prefix>:<id>:evidence`` (a hash, kept ``WM_EVIDENCE_DAYS``) is written in two steps by the
-one code that ends workers (``workers.lifecycle``):
+one code that ends workers (``workers.transitions.lifecycle``):
 
 1. the verdict, when the record changes: ``status``, ``reason``, ``ended_by`` (the delete's
    request id and producer, or the loop that judged it), ``ended_at``, ``manager_id`` and

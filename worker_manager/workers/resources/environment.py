@@ -18,7 +18,7 @@ from worker_base.identity import CONTAINER_WRAPPER_DIR
 from worker_manager.contract.commands import CreateCommand
 from worker_manager.contract.kinds import AgentType, Shape
 from worker_manager.settings import Settings
-from worker_manager.workers.containment import (
+from worker_manager.workers.resources.containment import (
     contained,
     contained_env,
     pooled_relays_env,

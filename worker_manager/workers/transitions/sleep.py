@@ -36,9 +36,9 @@ from worker_manager.core.clock import unix_or_none
 from worker_manager.core.errors import CommandError, ErrorCode
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
-from worker_manager.workers.lifecycle import Lifecycle, Outcome
-from worker_manager.workers.provisioner import Provisioner
-from worker_manager.workers.records import SleepOutcome, WorkerStore
+from worker_manager.workers.state.records import SleepOutcome, WorkerStore
+from worker_manager.workers.transitions.lifecycle import Lifecycle, Outcome
+from worker_manager.workers.transitions.provisioner import Provisioner
 
 log = get_logger(__name__)
 

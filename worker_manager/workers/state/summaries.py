@@ -32,8 +32,8 @@ from worker_manager.contract.workspace import MAX_SUMMARY_CHARS, parse_summary
 from worker_manager.core.clock import iso_now
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
-from worker_manager.workers.heartbeats import Observed
-from worker_manager.workers.records import WorkerStore
+from worker_manager.workers.state.heartbeats import Observed
+from worker_manager.workers.state.records import WorkerStore
 
 log = get_logger(__name__)
 

@@ -322,8 +322,8 @@ class WorkerStore:
         only_if_owner_gone: bool = False,
     ) -> Transition:
         """Move the worker to ``to`` if its status is one of ``allowed_from``. Only
-        :class:`~worker_manager.workers.lifecycle.Lifecycle` ends workers; the watcher moves
-        STARTING to RUNNING.
+        :class:`~worker_manager.workers.transitions.lifecycle.Lifecycle` ends workers; the watcher
+        moves STARTING to RUNNING.
 
         ``only_if_owner_gone``: and only while neither its manager's presence key nor its
         heartbeat exists, both checked in the same script (another manager's verdict)."""

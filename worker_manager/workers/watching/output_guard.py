@@ -26,8 +26,8 @@ from redis.exceptions import RedisError
 
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
-from worker_manager.workers.lifecycle import Lifecycle, Outcome
-from worker_manager.workers.records import WorkerStore
+from worker_manager.workers.state.records import WorkerStore
+from worker_manager.workers.transitions.lifecycle import Lifecycle, Outcome
 
 log = get_logger(__name__)
 

@@ -21,13 +21,13 @@ from worker_manager.core.outages import OUTAGE_ERRORS, ride_out
 from worker_manager.images.build import BuildFailed
 from worker_manager.images.service import ImageService
 from worker_manager.settings import Settings
-from worker_manager.workers.acl import WorkerAcl
-from worker_manager.workers.containers import ContainerRuntime, LaunchSpec
-from worker_manager.workers.containment import Containment
-from worker_manager.workers.environment import worker_env
-from worker_manager.workers.lifecycle import Lifecycle, Outcome
-from worker_manager.workers.records import WorkerStore
-from worker_manager.workers.tasks import WorkerTasks
+from worker_manager.workers.resources.acl import WorkerAcl
+from worker_manager.workers.resources.containers import ContainerRuntime, LaunchSpec
+from worker_manager.workers.resources.containment import Containment
+from worker_manager.workers.resources.environment import worker_env
+from worker_manager.workers.resources.tasks import WorkerTasks
+from worker_manager.workers.state.records import WorkerStore
+from worker_manager.workers.transitions.lifecycle import Lifecycle, Outcome
 from worker_manager.workspaces.checkout import CheckedOut, Checkout, WorkspaceFailed
 
 log = get_logger(__name__)

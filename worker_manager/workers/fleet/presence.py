@@ -1,7 +1,7 @@
 """This manager's presence key: alive, how much room it has, how many pooled workers are ready.
 
 Its expiry is how the other managers learn that this one died (``commands.routing``), and its
-value is what placement across managers reads (``workers.placement``).
+value is what placement across managers reads (``workers.fleet.placement``).
 """
 
 from __future__ import annotations

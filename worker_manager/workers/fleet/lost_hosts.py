@@ -38,8 +38,8 @@ from redis.exceptions import RedisError
 from worker_manager.contract.kinds import WorkerStatus
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
-from worker_manager.workers.heartbeats import Observed, observe
-from worker_manager.workers.lifecycle import Lifecycle, Outcome
+from worker_manager.workers.state.heartbeats import Observed, observe
+from worker_manager.workers.transitions.lifecycle import Lifecycle, Outcome
 
 log = get_logger(__name__)
 

@@ -10,8 +10,8 @@ its two volumes, ``<name>-home`` at ``/home`` (the agent's home and, root's, the
 files: ``worker_base.identity``) and ``<name>-workspace`` at ``/workspace``, and a ``/tmp``
 tmpfs bounded by ``WM_CONTAINER_TMP_SIZE`` (counted against its memory). The volumes are the
 worker's own, labelled like its container, removed with it; their size is measured against
-``WM_CONTAINER_DISK`` by :mod:`worker_manager.workers.disk_guard`. The container runs as root
-with only the capabilities the wrapper needs to start its agent as another user
+``WM_CONTAINER_DISK`` by :mod:`worker_manager.workers.watching.disk_guard`. The container runs
+as root with only the capabilities the wrapper needs to start its agent as another user
 (``WRAPPER_CAPABILITIES``) and ``no-new-privileges``: the agent, as ``WM_CONTAINER_USER``, holds
 none.
 """
@@ -45,7 +45,7 @@ from worker_manager.core.logs import get_logger
 from worker_manager.egress.grants import CONTAINER_SOCKET_DIR
 from worker_manager.images.spec import RUNTIME, WORKDIR
 from worker_manager.settings import Settings
-from worker_manager.workers.evidence import LOG_LINES, LastWords
+from worker_manager.workers.state.evidence import LOG_LINES, LastWords
 from worker_manager.workspaces.volumes import HOME_MOUNT, WorkerVolumes
 
 log = get_logger(__name__)
