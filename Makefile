@@ -1,5 +1,5 @@
-# worker-manager: developer entry points. `make run` for a local service, `make test` for the
-# suite, `make lint` before pushing. Everything runs from .venv; nothing is installed globally
+# worker-manager: developer entry points. `make run` for a local service, `make check` in the
+# inner loop (seconds), `make test-fast` before pushing, `make test` for the whole suite. Everything runs from .venv; nothing is installed globally
 # except the Debian packages redis-server and debootstrap (only when running as root).
 
 SHELL := bash
@@ -14,13 +14,15 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 LINT_PATHS := worker_manager worker_base tests $(if $(wildcard benchmarks/*.py),benchmarks)
 
-.PHONY: help venv run test lint base-image ensure-base redis-server bench bench-full stop clean \
+.PHONY: help venv run check test test-fast lint base-image ensure-base redis-server bench bench-full stop clean \
 	distclean compose-up compose-down compose-test
 
 help:
 	@echo "make venv        create .venv and install the project with its dev extras"
 	@echo "make run         start a local redis (scripts/local-redis.sh) and serve"
-	@echo "make test        run the test suite against a private redis-server and Docker"
+	@echo "make check       the inner loop, in seconds: ruff, ruff format, mypy --strict, unit tests"
+	@echo "make test-fast   the suite but the tests that build images of their own (-m 'not build')"
+	@echo "make test        run the whole test suite against a private redis-server and Docker"
 	@echo "make lint        ruff check, ruff format --check, mypy --strict"
 	@echo "make base-image  build the Debian base image (worker-manager bootstrap-base)"
 	@echo "make bench       quick benchmarks; make bench-full for the long run"
@@ -58,10 +60,20 @@ run: venv
 	$(BIN)/worker-manager serve
 
 # Exit code 5 is pytest's "no tests collected": a failure, never a quiet success.
-test: venv redis-server ensure-base
-	@rc=0; $(BIN)/pytest -q $(PYTEST_ARGS) || rc=$$?; \
+PYTEST = rc=0; $(BIN)/pytest -q $(1) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating that as a failure" >&2; fi; \
 	exit $$rc
+
+test: venv redis-server ensure-base
+	@$(call PYTEST,$(PYTEST_ARGS))
+
+# Tests marked `build` build an image every run (pyproject.toml lists the markers).
+test-fast: venv redis-server ensure-base
+	@$(call PYTEST,-m "not build" $(PYTEST_ARGS))
+
+# No Redis, no Docker: lint, then the unit tests (plain functions and fakes).
+check: lint
+	@$(call PYTEST,tests/unit $(PYTEST_ARGS))
 
 lint: venv
 	$(BIN)/ruff check .

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from benchmarks.against import against_figure
 from benchmarks.control import roundtrip_figures, throughput_figures
@@ -21,6 +23,7 @@ from benchmarks.gateway import gateway_figures
 from benchmarks.gc_bench import gc_figure
 from benchmarks.harness import Figure, console, machine, table, write_results
 from benchmarks.hosts_bench import hosts_figures
+from benchmarks.relay_designs import relay_figures
 from benchmarks.scale import scale_figures
 from benchmarks.sentinel_bench import sentinel_figures
 from benchmarks.start import start_figures
@@ -35,6 +38,7 @@ FIGURES = (
     "scale",
     "gc",
     "egress",
+    "relays",
     "gateway",
     "workspace",
     "sentinel",
@@ -42,7 +46,7 @@ FIGURES = (
     "against",
 )
 #: Figures that need neither the manager nor Docker (they bring their own processes).
-STANDALONE = {"gateway", "sentinel", "hosts"}
+STANDALONE = {"gateway", "sentinel", "hosts", "relays"}
 #: Figures run only when named with ``--only`` (they need an argument).
 ON_REQUEST = {"against"}
 
@@ -130,6 +134,10 @@ async def run(plan: Plan, only: set[str], against: str | None = None) -> list[Fi
         standalone += await gateway_figures(
             plan.gateway_ttfb_runs, plan.gateway_bytes, plan.gateway_runs
         )
+    if "relays" in only:
+        out.print("[bold]7c. bare relays[/bold] (the same GET through relays without mitmproxy)")
+        with tempfile.TemporaryDirectory(prefix="wm-relays-") as scratch:
+            standalone += await relay_figures(Path(scratch), plan.egress_runs)
     if "sentinel" in only:
         out.print("[bold]10. Redis behind Sentinel[/bold] (round trips, then primaries killed)")
         standalone += await sentinel_figures(plan.rt_runs, plan.failover_runs)

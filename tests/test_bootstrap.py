@@ -58,6 +58,7 @@ def test_missing_custom_base_image_raises_an_actionable_error(
         docker_client.images.get(name)
 
 
+@pytest.mark.build
 @pytest.mark.skipif(
     os.environ.get("WM_TEST_BOOTSTRAP") != "1" and os.environ.get("CI") != "true",
     reason="builds a Debian rootfs with debootstrap (~1 min, needs root and a Debian mirror); "

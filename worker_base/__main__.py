@@ -1,7 +1,12 @@
 """``python3 -m worker_base``: the entrypoint of a worker container.
 
+In a container it runs isolated (``python3 -I``, from ``/``, ``HOME=/root``:
+``worker_manager.images.spec.RUNTIME``); as root beside an agent of another user it checks so
+before anything else (``worker_base.isolation``) and refuses to start otherwise.
+
 Exit codes: 0 after SIGTERM/SIGINT, 2 when the environment does not describe a usable worker
-(the message names the variable), 1 on an unexpected error (with its traceback in the log).
+(the message names the variable) or the interpreter would read what the agent may write, 1 on an
+unexpected error (with its traceback in the log).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from worker_base.agents.registry import DriverUnavailableError, driver_for
 from worker_base.assignment import AssignmentError, wait_for_assignment
 from worker_base.config import ConfigError, WrapperConfig
 from worker_base.identity import AgentIdentity, prepare
+from worker_base.isolation import wrapper_exposures
 from worker_base.wrapper import Wrapper
 
 log = logging.getLogger("worker_base")
@@ -46,6 +52,14 @@ def main() -> int:
         return 2
     logging.getLogger().setLevel(config.log_level if config.log_level in _LEVELS else "INFO")
     identity = AgentIdentity.of(config)
+    exposed = wrapper_exposures() if identity.separate else []
+    if exposed:
+        # Root beside an agent: refuse to go on reading what the agent may write.
+        log.error(
+            "cannot start: the wrapper's interpreter reads what others may change: %s",
+            "; ".join(exposed),
+        )
+        return 2
     try:
         prepare(config, identity)
     except OSError as exc:

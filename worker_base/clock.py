@@ -1,6 +1,6 @@
 """Contract timestamps (``2026-11-22T10:00:00.123Z``), cheap enough to stamp every output line.
 
-The manager imports these too (``worker_manager.clock``): one format for both sides.
+The manager imports these too (``worker_manager.core.clock``): one format for both sides.
 """
 
 from __future__ import annotations

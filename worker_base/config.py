@@ -1,13 +1,14 @@
 """The wrapper's configuration, read once from the container's environment.
 
-The manager sets these variables when it starts a worker (docs/HELPERS.md lists them); they are
-the contract between the two. A missing or malformed value is a deployment error, reported in
-one sentence before anything else happens (exit code 2), rather than a crash later.
+The manager sets these variables when it starts a worker (:class:`WrapperConfig` lists them);
+they are the contract between the two. A missing or malformed value is a deployment error,
+reported in one sentence before anything else happens (exit code 2), rather than a crash later.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ WRAPPER_CONSUMER = "wrapper"
 
 #: Where a worker keeps what outlives one run (sessions, spend, shims); the image creates it.
 DEFAULT_STATE_DIR = "/home/worker/.wm"
+#: The agent's home in a worker container (the image's worker user). Not the wrapper's: the
+#: wrapper runs with a home of root's (``worker_manager.images.spec.RUNTIME``), so nothing the
+#: agent writes under its home is ever read by the wrapper's interpreter.
+AGENT_HOME = "/home/worker"
 
 
 class ConfigError(ValueError):
@@ -50,6 +55,11 @@ class WrapperConfig:
     #: The agent's ``(uid, gid)``, when it runs as a user other than the wrapper's
     #: (``WM_AGENT_USER``); None: the wrapper's own user.
     agent_user: tuple[int, int] | None = None
+    #: The agent's ``HOME`` (``WM_AGENT_HOME``); None: the wrapper's own (outside a container).
+    agent_home: Path | None = None
+    #: The create's ``env`` (``WM_AGENT_ENV``, a JSON object): added to each agent run's
+    #: environment, never to the wrapper's own, and below the deployment's names.
+    agent_env: tuple[tuple[str, str], ...] = ()
     #: The commit the workspace was checked out at (``WM_WORKSPACE_BASE``): what ``diff``
     #: compares with; empty: HEAD.
     workspace_base: str = ""
@@ -79,6 +89,11 @@ class WrapperConfig:
     @property
     def wrapper_dir(self) -> Path:
         return self.wrapper_dir_override or self.state_dir / "wrapper"
+
+    def agent_home_dir(self) -> Path:
+        """The ``HOME`` the agent's processes get: ``agent_home``, else (outside a container,
+        where the agent is the wrapper's own user) the wrapper's own."""
+        return self.agent_home or Path(os.environ.get("HOME") or Path.home())
 
     @property
     def input_key(self) -> str:
@@ -134,6 +149,10 @@ class WrapperConfig:
             env["WM_WRAPPER_DIR"] = str(self.wrapper_dir_override)
         if self.agent_user is not None:
             env["WM_AGENT_USER"] = f"{self.agent_user[0]}:{self.agent_user[1]}"
+        if self.agent_home is not None:
+            env["WM_AGENT_HOME"] = str(self.agent_home)
+        if self.agent_env:
+            env["WM_AGENT_ENV"] = json.dumps(dict(self.agent_env), sort_keys=True)
         if self.workspace_base:
             env["WM_WORKSPACE_BASE"] = self.workspace_base
         env["WM_WORKSPACE_MAX_BYTES"] = str(self.workspace_max_bytes)
@@ -203,6 +222,8 @@ class WrapperConfig:
             state_dir=Path(text("WM_STATE_DIR") or DEFAULT_STATE_DIR),
             wrapper_dir_override=Path(wrapper) if (wrapper := text("WM_WRAPPER_DIR")) else None,
             agent_user=parse_user(text("WM_AGENT_USER")),
+            agent_home=Path(home) if (home := text("WM_AGENT_HOME")) else None,
+            agent_env=_string_map(environ, "WM_AGENT_ENV"),
             workspace_base=text("WM_WORKSPACE_BASE") or "",
             workspace_max_bytes=int(
                 _number(environ, "WM_WORKSPACE_MAX_BYTES", 8 * 1024 * 1024, minimum=1024)
@@ -224,16 +245,74 @@ class WrapperConfig:
 
 def worker_key(prefix: str, worker_id: str, name: str) -> str:
     """A worker's own key (``input``, ``output``, ``heartbeat``): the one spelling of the key
-    schema the manager (``worker_manager.keys``) and the wrapper share."""
+    schema the manager (``worker_manager.core.keys``) and the wrapper share."""
     return f"{prefix}:{worker_id}:{name}"
 
 
-_CREDENTIALS_IN_URL = re.compile(r"(\w+://)[^/@\s]+@")
+#: What may spell a URL's scheme (``https``, ``git+ssh``, ``redis``), the longest we look back.
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
+_MAX_SCHEME = 32
+#: Where a URL written in text ends: white space, quotes, angle brackets.
+_URL_END = re.compile(r"[\s\"'<>`]")
+#: A port right after the host: ``host:8080/…`` has no password.
+_PORT = re.compile(r"\d{1,5}")
 
 
 def hide_url_credentials(text: str) -> str:
-    """``text`` with every ``user:secret@`` of a URL in it replaced by ``***@``."""
-    return _CREDENTIALS_IN_URL.sub(r"\1***@", text)
+    """``text`` with the userinfo (``user:password@``) of every URL in it replaced by ``***@``.
+
+    A password may hold ``/``, ``@`` and ``:`` unescaped (``https://u:p@ss/w@rd@host/``,
+    ``https://u:a/b@host``), which a URL parser would read as a path: once a URL starts with
+    ``user:`` (and not ``host:port/``), its userinfo runs to the *last* ``@`` before a host in
+    that URL, so no part of such a password survives; a URL that only holds an ``@`` further on
+    (``https://host/@user``, ``http://host:4873/@scope/pkg``) is left alone. Where a password and
+    a path cannot be told apart, more is hidden (``https://u:p@host/?mail=a@b.c`` becomes
+    ``https://***@b.c``), never less. Linear in the text's length."""
+    out: list[str] = []
+    done = 0  # text[:done] is in out
+    found = text.find("://")
+    while found != -1:
+        start = _scheme_start(text, found, done)
+        after = found + 3
+        following = text.find("://", after)
+        end = len(text) if following == -1 else _scheme_start(text, following, after)
+        stop = _URL_END.search(text, after, end)
+        end = stop.start() if stop else end
+        at = _userinfo_end(text[after:end]) if start < found else None
+        if at is not None:
+            out += [text[done:after], "***"]
+            done = after + at
+        found = following
+    out.append(text[done:])
+    return "".join(out)
+
+
+def _scheme_start(text: str, sep: int, floor: int) -> int:
+    """Where the scheme ending at ``text[sep]`` (``://``) starts; ``sep`` when there is none."""
+    start = sep
+    while start > floor and sep - start < _MAX_SCHEME and text[start - 1] in _SCHEME_CHARS:
+        start -= 1
+    while start < sep and not text[start].isalpha():
+        start += 1
+    return start
+
+
+def _userinfo_end(url: str) -> int | None:
+    """In a URL without its ``scheme://``: the index of the ``@`` ending its userinfo, if any."""
+    if url.startswith("["):  # an IPv6 host
+        return None
+    cut = min((i for i in (url.find(c) for c in "/?#") if i != -1), default=len(url))
+    authority = url[:cut]
+    user, colon, rest = authority.partition(":")
+    if colon and "@" not in user and not (_PORT.fullmatch(rest) and "@" not in authority):
+        # user:password, and the password may run past a "/": its last "@" before a host.
+        at = url.rfind("@")
+        while at != -1 and not url[at + 1 : at + 2].isalnum() and url[at + 1 : at + 2] != "[":
+            at = url.rfind("@", 0, at)
+        if at != -1:
+            return at
+    at = authority.rfind("@")
+    return at if at != -1 else None
 
 
 def redact_url(url: str) -> str:
@@ -300,6 +379,21 @@ def _string_list(environ: Mapping[str, str], name: str) -> list[str] | None:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ConfigError(f"{name} must be a JSON list of strings.")
     return value
+
+
+def _string_map(environ: Mapping[str, str], name: str) -> tuple[tuple[str, str], ...]:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return ()
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name} is not valid JSON ({exc.msg}).") from None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ConfigError(f"{name} must be a JSON object of strings.")
+    return tuple(sorted(value.items()))
 
 
 def _optional(environ: Mapping[str, str], name: str, *, minimum: float) -> float | None:

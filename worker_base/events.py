@@ -1,4 +1,5 @@
-"""The names of SPEC §4's output events and of the wrapper's own states: the one set of them.
+"""The names of SPEC §4's output events, the wrapper's own states and the ``done`` codes it
+gives itself: the one set of them.
 
 The wrapper writes these (``worker_base``), the manager writes ``status`` events of its own (the
 Lua transitions in ``worker_manager.workers.state.records``), and the client and CLI read them.
@@ -35,3 +36,16 @@ class WrapperState(StrEnum):
     BUSY = "busy"
     IDLE = "idle"
     STOPPING = "stopping"
+
+
+# ``done`` codes the wrapper gives itself (an agent's or a command's are their exit status).
+#: A prompt cancelled before its agent started (128 + SIGINT, "interrupted").
+CANCELLED_BEFORE_START = 130
+#: An input that runs nothing (SPEC §4): an unknown ``type``, a ``prompt`` without
+#: ``content``, a workspace request the workspace refuses. 2, like a usage error: the input, not
+#: the agent, is at fault.
+INVALID_INPUT = 2
+#: An input refused because the worker's ``max_cost_usd`` is spent.
+BUDGET_SPENT = 1
+#: A workspace request the wrapper failed to answer (a bug, logged).
+WRAPPER_FAILED = 70

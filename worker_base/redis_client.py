@@ -51,6 +51,8 @@ def connect(config: WrapperConfig) -> Redis:
         # longer outages are handled by the callers' backoff loops.
         retry=Retry(NoBackoff(), 1),
         health_check_interval=0,
+        # RESP2: AUTH, never HELLO (redis-py's default is RESP3; the relay refuses HELLO).
+        protocol=2,
     )
 
 

@@ -37,8 +37,9 @@ DRAIN_GRACE = 2.0
 TIMED_OUT = 124
 
 #: Variables of the wrapper the agent must not see: the Redis URL holds the worker's ACL
-#: password, and with it the agent could write its own output stream or ack its inputs.
-WRAPPER_ONLY_ENV = frozenset({"WM_REDIS_URL"})
+#: password, and with it the agent could write its own output stream or ack its inputs; the
+#: create's ``env`` arrives as data (``WM_AGENT_ENV``) and is given to the agent as variables.
+WRAPPER_ONLY_ENV = frozenset({"WM_REDIS_URL", "WM_AGENT_ENV"})
 
 Sink = Callable[[list[Event]], Awaitable[None]]
 LineHandler = Callable[[str], list[Event]]
@@ -55,9 +56,15 @@ def agent_environment(
     input_id: str,
     base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The one place the agent's environment is assembled (the allowlist hook comes last)."""
+    """The one place the agent's environment is assembled: the create's ``env`` (which only
+    the agent's processes ever get), then the container's (the deployment's names win over the
+    create's), the agent's own ``HOME`` (the wrapper's is root's), the driver's variables, and
+    last the allowlist hook."""
     source = os.environ if base is None else base
-    env = {name: value for name, value in source.items() if name not in WRAPPER_ONLY_ENV}
+    env = dict(config.agent_env)
+    env.update((name, value) for name, value in source.items() if name not in WRAPPER_ONLY_ENV)
+    if config.agent_home is not None:
+        env["HOME"] = str(config.agent_home)
     # Python agents block-buffer a piped stdout; unbuffered, their lines stream as printed.
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(invocation.env)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from worker_base.config import AGENT_HOME
 from worker_base.identity import AgentIdentity
 
 GIT = "/usr/bin/git"
@@ -65,6 +66,8 @@ class Workspace:
     #: The commit the workspace started from (its ``repository``'s ``ref``), for ``diff``.
     base: str = ""
     max_file_bytes: int = MAX_FILE_BYTES
+    #: The agent's ``HOME``, which git runs with (never the wrapper's: git runs as the agent).
+    home: str = AGENT_HOME
 
     # --- paths ----------------------------------------------------------------------------
     def resolve(self, relative: str) -> Path:
@@ -173,7 +176,7 @@ class Workspace:
             *SAFE_GIT,
             *args,
             cwd=self.root,
-            env={**git_env(), **(env or {})},
+            env={**git_env(self.home), **(env or {})},
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -251,12 +254,12 @@ class Workspace:
         }
 
 
-def git_env() -> dict[str, str]:
+def git_env(home: str = AGENT_HOME) -> dict[str, str]:
     """The environment git runs with: nothing of the wrapper's (its Redis URL), no global or
-    system configuration, no prompt for credentials."""
+    system configuration, no prompt for credentials; ``HOME`` the agent's, whose user runs it."""
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": os.environ.get("HOME", "/home/worker"),
+        "HOME": home,
         "LANG": "C.UTF-8",
         "GIT_CONFIG_NOSYSTEM": "1",
         "GIT_CONFIG_GLOBAL": "/dev/null",

@@ -16,12 +16,10 @@ Acknowledgement rules (what a restart replays):
   ahead: the work is not lost, a restarted worker runs it again. The output says so (``error``
   for the interrupted input, no ``done``, then nothing more after ``status stopping``).
 
-Workspace requests (SPEC §8, ``worker_base.workspace``) are answered here, never by the agent:
-``diff``, ``read`` and ``list`` at once, even while a prompt runs; ``write`` and ``exec`` in
-turn, like prompts. After each input that ran something, in a workspace that is a git
-repository, the wrapper writes a ``workspace`` event (the summary) before its ``done``, and
-publishes the same summary in ``worker:<id>:workspace`` with its digest in the heartbeat
-(``ws=…``), so the manager copies it into the record without reading the data plane.
+Workspace requests (SPEC §8) are answered by the wrapper, never by the agent
+(``worker_base.workspace_requests``): this loop only schedules them, ``diff``, ``read`` and
+``list`` at once, even while a prompt runs, ``write`` and ``exec`` in turn, like prompts, and
+after each input that ran something the workspace summary before its ``done``.
 """
 
 from __future__ import annotations
@@ -32,18 +30,23 @@ import logging
 import signal
 from collections import deque
 from collections.abc import Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
 
 from worker_base import hooks
 from worker_base.agents.base import AgentDriver, Event
-from worker_base.agents.exec import ExecDriver, exec_invocation, exec_timeout
 from worker_base.config import WrapperConfig
-from worker_base.events import EventType, WrapperState
+from worker_base.events import (
+    BUDGET_SPENT,
+    CANCELLED_BEFORE_START,
+    INVALID_INPUT,
+    EventType,
+    WrapperState,
+)
 from worker_base.heartbeat import Heartbeat
-from worker_base.identity import AgentIdentity, private_dir
+from worker_base.identity import private_dir
 from worker_base.inputs import (
     CANCEL,
     IMMEDIATE,
@@ -57,19 +60,10 @@ from worker_base.redis_client import REDIS_ERRORS, Backoff, connect
 from worker_base.relays import LoopbackRelays
 from worker_base.runner import AgentRun, Sink
 from worker_base.streams import OutputWriter
-from worker_base.workspace import Workspace, WorkspaceError, dumps, summary_digest
+from worker_base.workspace_requests import WorkspaceRequests
 
 log = logging.getLogger("worker_base")
 
-#: ``done`` of a prompt cancelled before its agent started (128 + SIGINT, "interrupted").
-CANCELLED_BEFORE_START = 130
-#: ``done`` of an input that runs nothing (SPEC §4): an unknown ``type``, or a ``prompt``
-#: without ``content``. 2, like a usage error: the input, not the agent, is at fault.
-INVALID_INPUT = 2
-#: ``done`` of an input refused because the worker's ``max_cost_usd`` is spent.
-BUDGET_SPENT = 1
-#: ``done`` of a workspace request the wrapper failed to answer (a bug, logged).
-WRAPPER_FAILED = 70
 #: How long shutdown may spend writing the last events once the agent is stopped.
 SHUTDOWN_FLUSH = 2.0
 
@@ -100,14 +94,7 @@ class Wrapper:
             ttl=config.heartbeat_ttl,
             facts=self._facts,
         )
-        self._workspace = Workspace(
-            config.workdir,
-            AgentIdentity.of(config),
-            base=config.workspace_base,
-            max_file_bytes=config.workspace_max_bytes,
-        )
-        #: The digest of the last summary published (``ws=`` in the heartbeat).
-        self._summary_digest = ""
+        self._requests = WorkspaceRequests(config, self._redis, self._writer.put_nowait)
         self._jobs: deque[Job] = deque()
         self._current: Job | None = None
         self._wake = asyncio.Event()
@@ -261,7 +248,8 @@ class Wrapper:
     def _facts(self) -> str:
         """What the heartbeat carries after the time: the spend, and the summary's digest."""
         facts = self._ledger.heartbeat_suffix()
-        return f"{facts} ws={self._summary_digest}" if self._summary_digest else facts
+        digest = self._requests.summary_digest
+        return f"{facts} ws={digest}" if digest else facts
 
     def _accept(self, entry: InputEntry) -> None:
         self._heartbeat.touch()
@@ -350,7 +338,7 @@ class Wrapper:
             elif job.entry.type in (InputType.WRITE, InputType.EXEC):
                 emit(EventType.STATUS, WrapperState.BUSY, input_id)
                 code = await self._workspace_job(job)
-                await self._publish_summary(input_id)
+                await self._requests.publish_summary(input_id)
             elif self._ledger.exhausted:
                 emit(EventType.ERROR, self._budget_sentence("takes no more input"), input_id)
                 code = BUDGET_SPENT
@@ -383,7 +371,7 @@ class Wrapper:
                     emit(
                         EventType.ERROR, self._budget_sentence("will take no more input"), input_id
                     )
-                await self._publish_summary(input_id)
+                await self._requests.publish_summary(input_id)
             emit(EventType.DONE, str(code), input_id)
             emit(EventType.STATUS, WrapperState.IDLE, input_id)
             await self._ack(input_id, *job.cancelled_by)
@@ -392,78 +380,25 @@ class Wrapper:
             self._heartbeat.busy = False
             self._heartbeat.touch()
 
-    # --- the workspace (SPEC §8) ---------------------------------------------------------------
+    # --- the workspace (SPEC §8: worker_base.workspace_requests) ---------------------------------
     async def _answer_at_once(self, entry: InputEntry) -> None:
         """``diff``, ``read``, ``list``: answered now, whatever runs; acked once written."""
-        emit = self._writer.put_nowait
-        try:
-            if entry.type == InputType.DIFF:
-                emit(EventType.DIFF, dumps(await self._workspace.diff()), entry.id)
-            elif entry.type == InputType.READ:
-                emit(EventType.FILE, dumps(self._workspace.read(entry.fields["path"])), entry.id)
-            else:
-                path = entry.fields.get("path") or "."
-                emit(EventType.LISTING, dumps(self._workspace.listing(path)), entry.id)
-            code = 0
-        except WorkspaceError as exc:
-            emit(EventType.ERROR, f"{entry.type}: {exc}", entry.id)
-            code = INVALID_INPUT
-        except Exception as exc:  # a bug here must cost one answer, never the worker
-            log.exception("answering %s %s failed", entry.type, entry.id)
-            emit(EventType.ERROR, f"{entry.type}: the wrapper failed ({exc})", entry.id)
-            code = WRAPPER_FAILED
-        emit(EventType.DONE, str(code), entry.id)
+        code = await self._requests.answer(entry)
+        self._writer.put_nowait(EventType.DONE, str(code), entry.id)
         await self._ack(entry.id)
 
     async def _workspace_job(self, job: Job) -> int:
         """A ``write`` or an ``exec``, in turn with the prompts."""
-        entry, emit = job.entry, self._writer.put_nowait
+        entry = job.entry
         if entry.type == InputType.WRITE:
-            try:
-                written = self._workspace.write(
-                    entry.fields["path"], entry.fields.get("content") or ""
-                )
-            except WorkspaceError as exc:
-                emit(EventType.ERROR, f"write: {exc}", entry.id)
-                return INVALID_INPUT
-            except Exception as exc:  # a bug here must cost one answer, never the worker
-                log.exception("writing for %s failed", entry.id)
-                emit(EventType.ERROR, f"write: the wrapper failed ({exc})", entry.id)
-                return WRAPPER_FAILED
-            emit(EventType.FILE, dumps(written), entry.id)
-            return 0
-        try:
-            invocation = exec_invocation(entry.fields)
-        except WorkspaceError as exc:
-            emit(EventType.ERROR, f"exec: {exc}", entry.id)
-            return INVALID_INPUT
-        config = self._config
-        timeout = exec_timeout(entry.fields)
-        if timeout is not None:
-            config = replace(config, input_timeout=timeout)
-        run = AgentRun(config, ExecDriver(invocation), entry.id, "", self._sink_for(entry.id))
+            return self._requests.write(entry)
+        run = self._requests.exec_run(entry, self._sink_for(entry.id))
+        if isinstance(run, int):
+            return run
         job.run = run
         if self._stop.is_set():
             run.cancel()
         return await run.run()
-
-    async def _publish_summary(self, input_id: str) -> None:
-        """The ``workspace`` event and key, in a workspace that is a git repository."""
-        try:
-            if not await self._workspace.is_repository():
-                return
-            summary = await self._workspace.summary()
-        except (WorkspaceError, OSError) as exc:
-            log.warning("no workspace summary: %s", exc)
-            return
-        text = dumps(summary)
-        self._writer.put_nowait(EventType.WORKSPACE, text, input_id)
-        try:
-            await self._redis.set(self._config.workspace_key, text)
-        except REDIS_ERRORS as exc:
-            log.warning("the workspace summary was not published: %s", exc)
-            return
-        self._summary_digest = summary_digest(text)
 
     def _budget_sentence(self, consequence: str) -> str:
         limit = format_usd(self._ledger.max_cost_usd or 0.0)

@@ -1,8 +1,8 @@
 """worker-manager: the control plane for fleets of coding-agent workers.
 
 Commands arrive on the Redis stream ``<prefix>:commands``; each worker runs in a hardened Docker
-container whose wrapper (:mod:`worker_base`) talks to Redis directly. See ``SPEC.md`` for the
-wire contract, ``README.md`` to start and ``docs/`` for operating the service.
+container whose wrapper (:mod:`worker_base`) talks to Redis directly. See ``docs/contract.md`` for
+the wire contract, ``README.md`` to start and ``docs/`` for operating the service.
 """
 
 from worker_manager.client.api import (

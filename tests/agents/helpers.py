@@ -28,6 +28,10 @@ class FakeConfig:
     def wrapper_dir(self) -> Path:
         return self.state_dir / "wrapper"
 
+    def agent_home_dir(self) -> Path:
+        """The agent's home: in these host-side tests, a folder beside the state."""
+        return self.state_dir / "home"
+
 
 def run_driver(driver: AgentDriver, config: FakeConfig, prompt: str) -> tuple[int, list[Event]]:
     """Run one input the way the wrapper does: agent_env, the invocation's env, lines, exit."""

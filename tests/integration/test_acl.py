@@ -129,3 +129,54 @@ async def test_acl_off_shares_the_worker_url_and_says_so(harness: Harness) -> No
     assert [e["content"] for e in events if e["type"] == "stdout"] == ["shared"]
     deleted = await harness.client.request("delete", worker_id=worker_id)
     assert deleted.ok, deleted
+
+
+def _request(*args: str) -> bytes:
+    parts = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        parts.append(f"${len(arg.encode())}\r\n".encode() + arg.encode() + b"\r\n")
+    return b"".join(parts)
+
+
+async def test_a_worker_cannot_name_its_connection_through_hello(harness: Harness) -> None:
+    """Redis runs HELLO for any user whatever its ACL rules say, and HELLO takes a SETNAME: the
+    relay a contained worker reaches Redis by refuses it; the wrapper itself speaks RESP2."""
+    import asyncio
+
+    await harness.start()
+    worker_id = await running_worker(harness)
+    keys = harness.keys
+    user = keys.acl_user(worker_id)
+    password = urlsplit(container_env(harness, worker_id)["WM_REDIS_URL"]).password
+    assert password
+    clients = await harness.redis.client_list()
+    wrappers = [c for c in clients if c.get("user") == user]
+    assert wrappers and all(c["resp"] == "2" and not c["name"] for c in wrappers), wrappers
+
+    socket = harness.settings.egress_run_dir / "workers" / worker_id / "sock" / "redis.sock"
+    forged = f"wm:{harness.settings.manager_id}:consumer"
+    reader, writer = await asyncio.open_unix_connection(socket)
+    try:
+        # Pipelined: each reply in its place, the HELLO refused by Redis itself (NOPROTO).
+        writer.write(
+            _request("HELLO", "2", "AUTH", user, password, "SETNAME", forged)
+            + _request("AUTH", user, password)
+            + _request("HELLO", "3", "SETNAME", forged)
+            + _request("CLIENT", "SETNAME", forged)
+            + _request("PING")
+        )
+        replies = [await asyncio.wait_for(reader.readuntil(b"\r\n"), 10) for _ in range(5)]
+        assert replies[0].startswith(b"-NOPROTO"), replies
+        assert replies[1] == b"+OK\r\n", replies
+        assert replies[2].startswith(b"-NOPROTO"), replies
+        assert replies[3].startswith(b"-NOPERM"), replies
+        assert replies[4] == b"+PONG\r\n", replies
+        named = [c for c in await harness.redis.client_list() if c["user"] == user and c["name"]]
+        assert not named, named
+        # An inline command (which the wrapper never sends) ends the connection.
+        writer.write(f"HELLO 2 AUTH {user} {password} SETNAME {forged}\r\n".encode())
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    finally:
+        writer.close()
+    named = [c for c in await harness.redis.client_list() if c["user"] == user and c["name"]]
+    assert not named, named

@@ -21,7 +21,7 @@ from tests.support.flows import Harness
 from worker_manager.contract.kinds import AgentType
 from worker_manager.service.manager import Manager
 
-pytestmark = [pytest.mark.docker, pytest.mark.redis]
+pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.build]
 
 CAT = json.dumps(["cat"])
 

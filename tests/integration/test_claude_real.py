@@ -29,7 +29,7 @@ API_KEY = "sk-ant-test-not-a-real-key-7f3a"
 
 @pytest.fixture
 async def claude(
-    harness: Harness, fake_anthropic: FakeAnthropic, private_egress_dir: Path
+    private_egress_dir: Path, harness: Harness, fake_anthropic: FakeAnthropic
 ) -> Harness:
     """Contained CLAUDE workers: the CLI reaches the fake through this test's own gateway."""
     await harness.start(

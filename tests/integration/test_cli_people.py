@@ -52,6 +52,7 @@ async def test_list_events_and_top_on_a_narrow_terminal(harness: Harness, tmp_pa
 
 
 @pytest.mark.docker
+@pytest.mark.build
 async def test_create_wait_shows_the_build_and_then_the_reason(
     harness: Harness, tmp_path: Path
 ) -> None:

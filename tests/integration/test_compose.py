@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.availability import unavailable
 
-pytestmark = [pytest.mark.docker]
+pytestmark = [pytest.mark.docker, pytest.mark.build]
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "compose-test.sh"
 

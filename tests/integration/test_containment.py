@@ -216,7 +216,7 @@ found = {"uid": os.getuid(), "gid": os.getgid(), "groups": sorted(os.getgroups()
 found["caps"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0]
 found["redis_url_in_env"] = "WM_REDIS_URL" in os.environ
 wrapper = [p for p in os.listdir("/proc") if p.isdigit()
-           and open(f"/proc/{p}/cmdline", "rb").read().endswith(b"-m\0worker_base\0")]
+           and open(f"/proc/{p}/cmdline", "rb").read().split(b"\0")[1:2] == [b"-I"]]
 found["wrapper_found"] = bool(wrapper)
 def attempt(name, action):
     try:

@@ -52,7 +52,7 @@ def lines(events: list[dict[str, str]], kind: str) -> list[str]:
 
 
 async def test_a_git_push_over_https_carries_a_token_no_worker_holds(
-    harness: Harness, https_git: GitServer, private_egress_dir: Path
+    private_egress_dir: Path, harness: Harness, https_git: GitServer
 ) -> None:
     assert https_git.ca is not None and https_git.token is not None
     token = https_git.token
@@ -137,7 +137,7 @@ class FakeFactoryApi:
 
 
 async def test_a_factory_worker_spends_the_key_only_through_the_proxy(
-    harness: Harness, tmp_path: Path, private_egress_dir: Path
+    private_egress_dir: Path, harness: Harness, tmp_path: Path
 ) -> None:
     host = docker_bridge_gateway()
     ca = LocalCA(tmp_path / "ca", host)

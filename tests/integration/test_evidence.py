@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from tests.support.cli import run_cli
 from tests.support.flows import Harness
 from worker_manager.client.api import Client
+from worker_manager.contract.reasons import Ended, never_ready, parse_end_reason
 from worker_manager.workers.resources.acl import WorkerAcl
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
@@ -124,6 +126,67 @@ async def test_an_idle_worker_is_explained(harness: Harness) -> None:
     assert evidence["ended_by"] == "evictor (idle timeout)"
 
 
+async def test_a_worker_kept_suspended_too_long_is_explained_as_retention(
+    harness: Harness,
+) -> None:
+    """Deleted for the workspace retention (``workers.transitions.sleep``): the evidence names
+    that rule, not "manager" (as it did while reasons were free strings)."""
+    await harness.start(workspace_retention_days=2 / DAY)  # two seconds
+    worker_id = await running_worker(harness)
+    suspended = await harness.client.request("suspend", worker_id=worker_id)
+    assert suspended.ok and suspended.status == "SUSPENDED", suspended
+    assert await harness.wait_status(worker_id, "STOPPED", timeout=60) == "STOPPED"
+    evidence = await evidence_of(harness, worker_id, "ended_by")
+    assert evidence["status"] == "STOPPED" and evidence["reason"] == "retention"
+    assert evidence["ended_by"] == "sleepers (suspended longer than the workspace retention)"
+    assert parse_end_reason(evidence["reason"]) is Ended.RETENTION
+
+
+async def test_a_worker_that_never_becomes_ready_is_explained_as_its_start_timeout(
+    harness: Harness,
+) -> None:
+    """The watcher's start timeout: the evidence names it, not "manager"."""
+    await harness.start(start_timeout_seconds=3)
+    worker_id = str(uuid.uuid4())
+    # A string where its input stream should be: its wrapper can never read its inputs, so it
+    # never says it is ready (it retries, as it would for an unreachable Redis).
+    await harness.redis.set(harness.keys.input(worker_id), "not a stream")
+    reply = await harness.client.request(
+        "create", agent_type="CUSTOM", agent_command=CAT, worker_id=worker_id
+    )
+    assert reply.ok, reply
+    assert await harness.wait_status(worker_id, "FAILED", "RUNNING") == "FAILED"
+    evidence = await evidence_of(harness, worker_id, "ended_by", "finished_at")
+    assert evidence["reason"] == "wrapper never became ready within 3s"
+    assert evidence["ended_by"] == "watcher (start timeout: the wrapper never became ready)"
+    assert parse_end_reason(evidence["reason"]) == never_ready(3)
+
+
 def _id(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq)
+
+
+async def test_a_log_line_is_scrubbed_before_it_is_cut(harness: Harness) -> None:
+    """The container's log holds the worker's Redis password where the 500-character cut runs
+    through it, and a URL whose password holds ``/`` and ``@``: no part of either survives."""
+    await harness.start()
+    worker_id = await running_worker(harness)
+    password = WorkerAcl(harness.redis, harness.settings).password(worker_id)
+    url_password = "s3cr/et@pa:ss"
+    line = "x" * 480 + password + f" then https://bot:{url_password}@git.example/o/r.git"
+    container = harness.container(worker_id)
+    assert container is not None
+    # Into the container's log, as the wrapper's own lines go (its stdout is PID 1's).
+    cloned = f"cloning https://bot:{url_password}@git.example/o/r.git"
+    result = container.exec_run(
+        ["sh", "-c", 'printf "%s\\n%s\\n" "$0" "$1" > /proc/1/fd/1', line, cloned]
+    )
+    assert result.exit_code == 0, result.output
+    deleted = await harness.client.request("delete", worker_id=worker_id)
+    assert deleted.ok, deleted
+    tail = (await evidence_of(harness, worker_id, "log_tail"))["log_tail"]
+    [kept] = [entry for entry in tail.splitlines() if entry.startswith("x" * 480)]
+    assert kept == "x" * 480 + "***" + " then https://***@git.example/o/r"[:17] + "…", kept
+    assert "cloning https://***@git.example/o/r.git" in tail.splitlines(), tail
+    assert password[:8] not in tail and "s3cr" not in tail and "pa:ss" not in tail

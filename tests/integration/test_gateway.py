@@ -10,6 +10,7 @@ API.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import secrets
 import shutil
@@ -307,19 +308,23 @@ async def test_the_first_bytes_reach_the_worker_before_the_stream_ends(
     assert (await gw.usage())["output_tokens"] == str(STREAM_OUTPUT_TOKENS)
 
 
-async def test_a_worker_that_hangs_up_mid_stream_is_charged_for_what_the_api_reported(
+async def test_a_worker_that_hangs_up_once_it_has_the_text_is_charged_the_whole_answer(
     start_gateway: GatewayFactory,
 ) -> None:
+    """The answer is read from the API to its end though nobody reads it any more: the final
+    count (30 000 output tokens) is charged, not the 1 of ``message_start``. The API holds the
+    rest of the text (2 MB, more than any socket buffer) until the worker has hung up."""
     gw = await start_gateway()
     gate = f"hang-up-{gw.marker}"
-    async with gw.post(f"FAKE tokens 5000\nFAKE gate {gate}", token=gw.worker.token) as response:
+    prompt = f"FAKE tokens 5000\nFAKE output 30000\nFAKE size 2000000\nFAKE gate {gate}"
+    async with gw.post(prompt, token=gw.worker.token) as response:
         async with asyncio.timeout(10):
-            assert b"message_start" in await response.content.readany()
-        response.close()  # the worker goes away with the answer half read
+            assert b"All work and no play" in await response.content.readany()
+        response.close()  # the worker goes away with the text it wanted
     gw.fake.open_gate(gate)
     usage = await gw.usage_after(1)
-    assert int(usage["input_tokens"]) == 5000
-    assert float(usage["cost_usd"]) >= cost(5000, 0)
+    assert (usage["input_tokens"], usage["output_tokens"]) == ("5000", "30000")
+    assert float(usage["cost_usd"]) == pytest.approx(cost(5000, 30000))
 
 
 async def test_upstream_connections_are_pooled_across_requests(
@@ -488,6 +493,42 @@ async def test_a_stream_the_api_breaks_off_ends_with_an_error_event_and_is_charg
     assert float(usage["cost_usd"]) == pytest.approx(cost(3000, 1))
 
 
+async def test_a_stream_the_api_breaks_off_mid_answer_is_charged_for_the_text_it_sent(
+    start_gateway: GatewayFactory,
+) -> None:
+    """No final count ever comes: the worker is charged an estimate from the text relayed
+    (between a token per byte and a tokenizer's ~4 bytes a token), not the 1 of
+    ``message_start``."""
+    text = "The quick brown fox jumps over the lazy dog. " * 200  # 9 000 bytes
+    events = [
+        b'event: message_start\ndata: {"type":"message_start","message":{"model":'
+        b'"claude-sonnet-4-5","usage":{"input_tokens":3000,"output_tokens":1}}}\n\n',
+        b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+        b'"content_block":{"type":"text","text":""}}\n\n',
+    ] + [
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"%s"}}\n\n' % text[i : i + 30].encode()
+        for i in range(0, len(text), 30)
+    ]
+    sent = b"".join(events)
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    url, server = await broken_api(head, b"%x\r\n%s\r\n" % (len(sent), sent))
+    try:
+        gw = await start_gateway(upstream_url=url)
+        async with gw.post("FAKE say cut", token=gw.worker.token) as response:
+            received = await response.read()
+    finally:
+        server.close()
+    assert received.startswith(sent) and b"event: error" in received[len(sent) :]
+    usage = await gw.usage_after(1)
+    output = int(usage["output_tokens"])
+    assert len(text) // 4 <= output <= len(text)
+    assert usage["input_tokens"] == "3000"
+    assert float(usage["cost_usd"]) == pytest.approx(cost(3000, output))
+
+
 async def test_a_json_answer_the_api_breaks_off_is_cut_short_for_the_worker_too(
     start_gateway: GatewayFactory,
 ) -> None:
@@ -501,4 +542,133 @@ async def test_a_json_answer_the_api_breaks_off_is_cut_short_for_the_worker_too(
                 await response.read()
     finally:
         server.close()
-    assert (await gw.usage())["requests"] == "1"
+    usage = await gw.usage_after(1)
+    assert float(usage["cost_usd"]) > 0  # charged by the size of what it carried
+
+
+# --- what is forwarded -----------------------------------------------------------------------
+async def raw_request(
+    socket: Path, method: str, target: str, token: str, body: bytes = b"{}"
+) -> tuple[int, dict[str, Any]]:
+    """One request written byte for byte (an HTTP client would normalise ``target``)."""
+    reader, writer = await asyncio.open_unix_connection(str(socket))
+    try:
+        writer.write(
+            f"{method} {target} HTTP/1.1\r\nhost: worker\r\nx-api-key: {token}\r\n"
+            f"anthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        async with asyncio.timeout(10):
+            raw = await reader.read()
+    finally:
+        writer.close()
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(rest)
+
+
+BATCH = json.dumps(
+    {
+        "requests": [
+            {
+                "custom_id": f"r{n}",
+                "params": {
+                    "model": "claude-sonnet-4-5",
+                    "max_tokens": 64000,
+                    "messages": [{"role": "user", "content": "FAKE say free"}],
+                },
+            }
+            for n in range(3000)
+        ]
+    }
+).encode()
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "body"),
+    [
+        ("POST", "/v1/messages/batches", BATCH),
+        ("GET", "/v1/messages/batches", b""),
+        ("GET", "/v1/messages/batches/msgbatch_01/results", b""),
+        ("GET", "/v1/files", b""),
+        ("DELETE", "/v1/files/file_01", b""),
+        ("GET", "/v1/organizations/api_keys", b""),
+        ("GET", "/v1/messages?beta=true", b""),
+    ],
+    ids=["batch", "batches", "batch-results", "files", "file-delete", "admin", "wrong-method"],
+)
+async def test_only_what_an_agent_needs_is_forwarded(
+    start_gateway: GatewayFactory, method: str, target: str, body: bytes
+) -> None:
+    """The operator's key is good for the whole account; a worker gets the endpoints an agent
+    calls, nothing else: a batch of 3 000 requests would be charged nothing."""
+    gw = await start_gateway()
+    calls = len(gw.fake.calls)
+    refused = counter("wm_gateway_requests_total", outcome="not_allowed")
+    status, answer = await raw_request(gw.socket, method, target, gw.worker.token, body)
+    assert status == 403
+    assert answer["type"] == "error" and answer["error"]["type"] == "permission_error"
+    path = target.partition("?")[0]
+    assert (
+        f"does not forward {method} {path}; a worker may call POST /v1/messages,"
+        in (answer["error"]["message"])
+    )
+    assert gw.fake.calls[calls:] == []
+    assert counter("wm_gateway_requests_total", outcome="not_allowed") == refused + 1
+    assert await gw.usage() == {}
+
+
+async def test_the_model_list_is_forwarded(start_gateway: GatewayFactory) -> None:
+    gw = await start_gateway()
+    calls = len(gw.fake.calls)
+    status, listed = await raw_request(gw.socket, "GET", "/v1/models", gw.worker.token, b"")
+    assert status == 200 and listed["data"][0]["id"] == "claude-sonnet-4-5-20250929"
+    status, one = await raw_request(
+        gw.socket, "GET", "/v1/models/claude-sonnet-4-5-20250929", gw.worker.token, b""
+    )
+    assert status == 200 and one["type"] == "model"
+    assert gw.fake.calls[calls:] == [
+        ("GET", "/v1/models"),
+        ("GET", "/v1/models/claude-sonnet-4-5-20250929"),
+    ]
+
+
+async def test_a_base_url_with_a_path_keeps_it(
+    start_gateway: GatewayFactory, fake_anthropic: FakeAnthropic
+) -> None:
+    gw = await start_gateway(upstream_url=f"{fake_anthropic.url}/anthropic/")
+    calls = len(gw.fake.calls)
+    async with gw.post("FAKE say prefixed", token=gw.worker.token) as response:
+        assert response.status == 404  # the fake serves nothing under /anthropic
+    assert gw.fake.calls[calls:] == [("POST", "/anthropic/v1/messages?beta=true")]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/v1/../../v1/messages/batches",
+        "/v1/messages/../batches",
+        "/v1/%2e%2e/%2E%2E/v1/files",
+        "/v1/messages%2f..%2f..%2fv1%2ffiles",
+        "//v1/messages",
+        "/v1//messages",
+        "/v1/./messages",
+        "/v1/..%5c..%5cv1/files",
+    ],
+)
+async def test_a_path_that_could_climb_out_of_the_base_url_never_leaves_the_gateway(
+    start_gateway: GatewayFactory, fake_anthropic: FakeAnthropic, target: str
+) -> None:
+    """Behind a base URL with a path of its own (an upstream gateway's ``/anthropic``), ``..``
+    (plain, or encoded for whoever decodes it later) would reach the rest of its host."""
+    gw = await start_gateway(upstream_url=f"{fake_anthropic.url}/anthropic")
+    calls = len(gw.fake.calls)
+    bad = counter("wm_gateway_requests_total", outcome="bad_path")
+    status, answer = await raw_request(
+        gw.socket, "POST", target, gw.worker.token, json.dumps(gw.body("FAKE say x")).encode()
+    )
+    assert status == 404
+    assert answer["type"] == "error" and answer["error"]["type"] == "not_found_error"
+    assert gw.fake.calls[calls:] == []
+    assert counter("wm_gateway_requests_total", outcome="bad_path") == bad + 1

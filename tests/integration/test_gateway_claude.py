@@ -4,7 +4,8 @@ In a worker the CLI reaches the gateway through a relay to ``gateway.sock``; her
 app is served on a loopback TCP port instead (the same handler, resolved by that address), so
 the CLI binary from the pinned wheel can run directly on the host. What is proven is what only
 the real CLI can show: that it works with a worker token as its ``ANTHROPIC_API_KEY``, and that
-a spent budget reaches the person reading its output as the gateway's own words.
+a spent budget reaches the person reading its output as the gateway's own words, and that what
+it calls is on the gateway's allow-list (it meets no refusal).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
@@ -31,6 +33,7 @@ from tests.support.fake_anthropic import FakeAnthropic
 from worker_base.agents.claude import QUIET_ENV
 from worker_manager.core.keys import Keys
 from worker_manager.egress.gateway import GatewayWorker, LlmGateway
+from worker_manager.egress.routes import ANTHROPIC_ROUTES, PathVerdict, judge
 from worker_manager.images import agent_binaries
 from worker_manager.images.agent_binaries import AgentBinary, AgentBinaryError
 from worker_manager.settings import Settings
@@ -142,6 +145,11 @@ async def test_the_real_cli_works_through_the_gateway_until_its_budget_is_spent(
     redis: Redis,
 ) -> None:
     marker = secrets.token_hex(6)
+    calls = len(fake_anthropic.calls)
+    refused = [
+        REGISTRY.get_sample_value("wm_gateway_requests_total", {"outcome": outcome}) or 0.0
+        for outcome in ("not_allowed", "bad_path")
+    ]
     # 190 000 Sonnet input tokens: $0.57, more than the $0.50 budget after one call.
     code, events = await asyncio.to_thread(
         run_cli, host_claude, tcp_gateway, f"FAKE tokens 190000\nFAKE say gateway-ok-{marker}"
@@ -152,6 +160,16 @@ async def test_the_real_cli_works_through_the_gateway_until_its_budget_is_spent(
     seen = [r for r in list(fake_anthropic.requests) if marker in r.text()]
     assert seen and all(r.headers.get("x-api-key") == OPERATOR_KEY for r in seen)
     assert not [r for r in seen for v in r.headers.values() if tcp_gateway.worker.token in v]
+    # The gateway's allow-list is what the CLI calls: it met no refusal.
+    assert fake_anthropic.calls[calls:]
+    assert all(
+        judge(ANTHROPIC_ROUTES, method, target) is PathVerdict.ALLOWED
+        for method, target in fake_anthropic.calls[calls:]
+    ), fake_anthropic.calls[calls:]
+    assert refused == [
+        REGISTRY.get_sample_value("wm_gateway_requests_total", {"outcome": outcome}) or 0.0
+        for outcome in ("not_allowed", "bad_path")
+    ]
     usage = await redis.hgetall(tcp_gateway.usage_key())
     assert int(usage["requests"]) >= 1
     assert float(usage["cost_usd"]) >= BUDGET_USD

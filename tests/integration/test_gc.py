@@ -29,7 +29,7 @@ from worker_manager.images.gc_execute import Collector
 from worker_manager.images.gc_plan import Row
 from worker_manager.settings import Settings
 
-pytestmark = [pytest.mark.docker, pytest.mark.redis]
+pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.build]
 
 DAY = 86_400
 

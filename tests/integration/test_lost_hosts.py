@@ -16,10 +16,11 @@ from redis.asyncio import Redis
 
 from worker_base.clock import iso_from_unix
 from worker_manager.contract.kinds import WorkerStatus
+from worker_manager.contract.reasons import Ended, Moved
 from worker_manager.settings import Settings
 from worker_manager.workers.fleet.lost_hosts import LostHosts
 from worker_manager.workers.resources.tasks import WorkerTasks
-from worker_manager.workers.state.records import WorkerStore
+from worker_manager.workers.state.records import CreateResult, WorkerStore
 from worker_manager.workers.transitions.lifecycle import Lifecycle, Outcome
 
 pytestmark = [pytest.mark.redis]
@@ -74,10 +75,10 @@ class Fleet:
             max_live=0,
             owner=owner,
         )
-        assert created.result == "created"
+        assert created.result is CreateResult.CREATED
         if status is WorkerStatus.RUNNING:
             moved = await self.store.transition(
-                worker_id, WorkerStatus.RUNNING, "ready", allowed_from=(WorkerStatus.STARTING,)
+                worker_id, WorkerStatus.RUNNING, Moved.READY, allowed_from=(WorkerStatus.STARTING,)
             )
             assert moved.changed
         return worker_id
@@ -174,7 +175,7 @@ async def test_a_manager_that_is_alive_or_back_is_never_overruled(fleet: Fleet) 
     # The owner came back between a survivor's read and its verdict: the guard refuses.
     await fleet.redis.set(keys.manager(fleet.dead.manager_id), "{}", ex=30)
     lifecycle = judge._lifecycle  # the verdict exactly as the judge gives it
-    lost = Outcome.failed("host_lost")
+    lost = Outcome(Ended.HOST_LOST)
     assert not await lifecycle.end(worker_id, lost, on_this_host=False, only_if_owner_gone=True)
     # So does a heartbeat that came back.
     await fleet.redis.delete(keys.manager(fleet.dead.manager_id))

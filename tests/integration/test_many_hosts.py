@@ -34,7 +34,7 @@ from worker_manager.contract.kinds import AgentType
 from worker_manager.images.service import ImageService
 from worker_manager.settings import BOOTSTRAP_BASE_TAG, Settings
 
-pytestmark = [pytest.mark.docker, pytest.mark.redis]
+pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.build]
 
 CAT = json.dumps(["cat"])
 MAX_WORKERS = 2  # per host: creates spread because a full host leaves the stream to the others

@@ -10,7 +10,7 @@ import pytest
 from tests.support.flows import Harness
 from worker_manager.contract.kinds import Shape
 
-pytestmark = [pytest.mark.docker, pytest.mark.redis]
+pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.build]
 
 
 def test_shapes_are_parsed_and_normalised() -> None:

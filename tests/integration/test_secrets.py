@@ -27,7 +27,7 @@ def env_of(container: Any) -> dict[str, str]:
 
 
 async def test_no_operator_key_inside_a_contained_claude_worker(
-    harness: Harness, fake_anthropic: FakeAnthropic, private_egress_dir: Path
+    private_egress_dir: Path, harness: Harness, fake_anthropic: FakeAnthropic
 ) -> None:
     api_key = f"sk-ant-test-{secrets.token_hex(16)}"
     oauth = f"oauth-test-{secrets.token_hex(16)}"

@@ -11,6 +11,8 @@ import pytest
 
 from tests.support.flows import Harness
 from worker_manager import CapacityExceededError, Client, ConflictError, Worker
+from worker_manager.contract.reasons import Slept
+from worker_manager.workers.state.records import SleepResult
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 
@@ -124,8 +126,8 @@ async def test_a_suspend_cut_short_leaves_no_container_and_keeps_the_volumes(
     await worker.wait_running()
     await worker.run("echo survived > kept.txt")
     await harness.stop(manager)
-    outcome = await manager.store.suspend(worker.id, "suspended")  # the record only
-    assert outcome.result == "suspended"
+    outcome = await manager.store.suspend(worker.id, Slept.SUSPENDED)  # the record only
+    assert outcome.result is SleepResult.SUSPENDED
     assert harness.container(worker.id) is not None
     await harness.start()
     await harness.wait_container_gone(worker.id)

@@ -3,7 +3,8 @@
 No real endpoint is reachable from these machines, so the tests point ``ANTHROPIC_BASE_URL`` at
 this server. It speaks what the CLI uses: ``POST /v1/messages`` (``?beta=true``), streamed as
 server-sent events (``message_start``, ``content_block_start``/``_delta``/``_stop``,
-``message_delta``, ``message_stop``) or as one JSON body, and ``count_tokens``.
+``message_delta``, ``message_stop``) or as one JSON body, ``count_tokens`` and the model list;
+anything else is the API's 404. Every call is noted in :attr:`FakeAnthropic.calls`.
 
 What the model "does" is scripted by the prompt itself, one directive per line, so a test reads
 as what it asks for:
@@ -14,12 +15,14 @@ as what it asks for:
 - ``FAKE status <code>`` — fail the request with that HTTP status (401, 500, …);
 - ``FAKE stall`` — start the stream and never finish it;
 - ``FAKE tokens <n>`` — report ``n`` input tokens per request, to make a run cost money;
+- ``FAKE output <n>`` — report ``n`` output tokens in the answer's final count (default 5);
 - ``FAKE size <n> [at-once]`` — answer with ``n`` bytes of text, streamed as many small text
   deltas, several events a write, each batch encoded just before it is written (as an API
   produces as it goes), or with ``at-once`` all encoded before the first byte (the stream then
   goes at the speed of the socket), for throughput measurements;
 - ``FAKE gate <name>`` — stream the answer up to its ``message_delta``, then wait until the test
-  calls :meth:`FakeAnthropic.open_gate` with ``name`` (to see what arrives before the end).
+  calls :meth:`FakeAnthropic.open_gate` with ``name`` (to see what arrives before the end); with
+  ``FAKE size``, wait after the first write instead (most of the text is still to come).
 
 A request whose conversation holds no directive (the CLI's own side requests, e.g. a title or a
 command-prefix check) is answered with a short neutral text. Every request is recorded, so a test
@@ -39,9 +42,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
-DIRECTIVE = re.compile(r"^\s*FAKE (say|bash|status|stall|tokens|size|gate)\b ?(.*)$", re.MULTILINE)
+DIRECTIVE = re.compile(
+    r"^\s*FAKE (say|bash|status|stall|tokens|output|size|gate)\b ?(.*)$", re.MULTILINE
+)
 MODEL = "claude-sonnet-4-5-20250929"
+_MODEL_INFO = {
+    "type": "model",
+    "id": MODEL,
+    "display_name": "Claude Sonnet 4.5",
+    "created_at": "2025-09-29T00:00:00Z",
+}
 
 
 @dataclass
@@ -71,6 +83,7 @@ class Script:
     status: int | None = None
     stall: bool = False
     tokens: int = 12
+    output: int = 5
     size: int | None = None
     at_once: bool = False
     gate: str | None = None
@@ -126,6 +139,8 @@ def script_of(messages: list[dict[str, Any]]) -> tuple[Script | None, int, str]:
                 script.stall = True
             elif verb == "tokens":
                 script.tokens = int(argument)
+            elif verb == "output":
+                script.output = int(argument)
             elif verb == "size":
                 count, _, mode = argument.partition(" ")
                 script.size = int(count)
@@ -145,6 +160,8 @@ class FakeAnthropic:
         self.host = host
         self.port = port
         self.requests: list[Recorded] = []
+        #: Every request that reached the fake, as ``(method, path with query)``, in order.
+        self.calls: list[tuple[str, str]] = []
         #: One per answer that reached its end (``message_stop`` or a whole JSON body).
         self.answered: list[Answered] = []
         self._ids = itertools.count(1)
@@ -199,9 +216,11 @@ class FakeAnthropic:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._note])
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/models/{model_id}", self._model)
         app.router.add_route("*", "/{tail:.*}", self._other)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -215,10 +234,26 @@ class FakeAnthropic:
         await self._runner.cleanup()
 
     # --- handlers -------------------------------------------------------------------------
+    @web.middleware
+    async def _note(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        with self._lock:
+            self.calls.append((request.method, request.raw_path))
+        return await handler(request)
+
     async def _other(self, request: web.Request) -> web.Response:
         return web.json_response(
             {"type": "error", "error": {"type": "not_found_error"}}, status=404
         )
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"data": [_MODEL_INFO], "has_more": False, "first_id": MODEL, "last_id": MODEL}
+        )
+
+    async def _model(self, request: web.Request) -> web.Response:
+        if request.match_info["model_id"] != MODEL:
+            return await self._other(request)
+        return web.json_response(_MODEL_INFO)
 
     async def _count_tokens(self, request: web.Request) -> web.Response:
         return web.json_response({"input_tokens": 12})
@@ -231,6 +266,7 @@ class FakeAnthropic:
         messages = body.get("messages") or []
         script, step, last_result = script_of(messages)
         tokens = script.tokens if script else 12
+        output = script.output if script else 5
         if script is not None and script.status is not None:
             kind = {401: "authentication_error", 429: "rate_limit_error"}.get(
                 script.status, "api_error"
@@ -268,10 +304,10 @@ class FakeAnthropic:
             "stop_sequence": None,
             "usage": {"input_tokens": tokens, "output_tokens": 1},
         }
-        answered = Answered(str(message["model"]), tokens, 5)
+        answered = Answered(str(message["model"]), tokens, output)
         if not body.get("stream"):
             message.update(content=blocks, stop_reason=stop_reason)
-            message["usage"] = {"input_tokens": tokens, "output_tokens": 5}
+            message["usage"] = {"input_tokens": tokens, "output_tokens": output}
             with self._lock:
                 self.answered.append(answered)
             return web.json_response(message)
@@ -281,11 +317,13 @@ class FakeAnthropic:
         await response.prepare(request)
         events: Iterable[bytes]
         if script is not None and script.size is not None:
-            events = _events(message, blocks, stop_reason, SIZE_DELTA)
-            for write in _batches(list(events) if script.at_once else events):
+            events = _events(message, blocks, stop_reason, SIZE_DELTA, output)
+            for n, write in enumerate(_batches(list(events) if script.at_once else events)):
+                if n == 1 and script.gate is not None:
+                    await self._gate(script.gate).wait()
                 await response.write(write)
         else:
-            events = list(_events(message, blocks, stop_reason, None))
+            events = list(_events(message, blocks, stop_reason, None, output))
             if script is not None and script.gate is not None:
                 for event in events[:-1]:
                     await response.write(event)
@@ -334,9 +372,14 @@ def _batches(events: Iterable[bytes]) -> Iterator[bytes]:
 
 
 def _events(
-    message: dict[str, Any], blocks: list[dict[str, Any]], stop_reason: str, step: int | None
+    message: dict[str, Any],
+    blocks: list[dict[str, Any]],
+    stop_reason: str,
+    step: int | None,
+    output: int = 5,
 ) -> Iterator[bytes]:
-    """The stream of one answer; ``step``: split each text into deltas of that many chars."""
+    """The stream of one answer; ``step``: split each text into deltas of that many chars;
+    ``output``: the output count its ``message_delta`` reports."""
     yield _sse("message_start", {"type": "message_start", "message": message})
     for index, block in enumerate(blocks):
         start: dict[str, Any]
@@ -364,7 +407,7 @@ def _events(
         {
             "type": "message_delta",
             "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-            "usage": {"output_tokens": 5},
+            "usage": {"output_tokens": output},
         },
     )
 

@@ -121,3 +121,38 @@ async def test_finishes_of_one_tick_answer_and_ack_each_command_once(
     assert all([await redis.ttl(f"u:replies:c{c}") > 0 for c in range(4)])
     stored = await redis.get(s.keys.request("r7"))
     assert stored is not None and Reply.model_validate_json(stored).request_id == "r7"
+
+
+class SpyingRedis(fakeredis.aioredis.FakeRedis):
+    """Records, for each round trip, whether it went as a MULTI/EXEC."""
+
+    multi: list[bool] = []
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction=transaction, shard_hint=shard_hint)
+        execute = pipe.execute
+
+        async def spied(raise_on_error: bool = True) -> Any:
+            type(self).multi.append(pipe.is_transaction)
+            return await execute(raise_on_error=raise_on_error)
+
+        pipe.execute = spied
+        return pipe
+
+
+async def test_a_batch_of_one_command_goes_without_multi() -> None:
+    SpyingRedis.multi = []
+    redis = SpyingRedis(decode_responses=True)
+    await redis.set("text", "not a stream")
+    batcher = PipelineBatcher(redis, transaction=True)
+    assert await batcher.run(lambda pipe: pipe.incr("n")) == [1]
+    with pytest.raises(Exception, match="WRONGTYPE"):  # its error still fails its waiter
+        await batcher.run(lambda pipe: pipe.xadd("text", {"a": "1"}))
+
+    def two(pipe: Pipeline) -> None:
+        pipe.incr("n")
+        pipe.get("n")
+
+    assert await batcher.run(two) == [2, "2"]
+    # One command is atomic by itself; two keep their MULTI.
+    assert SpyingRedis.multi == [False, False, True]

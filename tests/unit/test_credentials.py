@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import re
 
 import pytest
 
@@ -12,7 +11,8 @@ from worker_manager.contract.credentials import (
     HostCredential,
     parse_git_credentials,
 )
-from worker_manager.egress.credentials import Credentials, factory_grant, tunnel_options
+from worker_manager.egress.credentials import Credentials, factory_grant
+from worker_manager.egress.proxy import authority_names, same_host, sni_names
 
 
 def basic(user: str, password: str) -> str:
@@ -86,20 +86,35 @@ def test_a_factory_worker_is_granted_factorys_api_over_https() -> None:
     assert factory_grant(None) == []
 
 
-def test_only_tunnels_to_a_credentials_host_are_looked_into() -> None:
-    assert tunnel_options(Credentials()) == {"ignore_hosts": [".*"], "allow_hosts": []}
-    options = tunnel_options(
-        Credentials(
-            git=parse_git_credentials('{"github.com": "t", "git.internal:8443": "u"}'),
-            factory_host="api.factory.ai",
-            factory_key="k",
-        )
-    )
-    assert options["ignore_hosts"] == []
-    allowed = options["allow_hosts"]
-    assert any(re.search(p, "github.com:443") for p in allowed)
-    assert any(re.search(p, "git.internal:8443") for p in allowed)
-    assert not any(re.search(p, "git.internal:443") for p in allowed)
-    assert any(re.search(p, "api.factory.ai:443") for p in allowed)
-    assert not any(re.search(p, "github.com.evil.example:443") for p in allowed)
-    assert not any(re.search(p, "example.com:443") for p in allowed)
+@pytest.mark.parametrize(
+    ("authority", "name", "port", "names"),
+    [
+        (None, "git.example.com", 443, True),  # HTTP/1.0: no Host, nothing else named
+        ("git.example.com", "git.example.com", 443, True),
+        ("GIT.Example.com.", "git.example.com", 443, True),
+        ("git.example.com:443", "git.example.com", 443, True),
+        ("git.example.com:8443", "git.example.com", 443, False),
+        ("evil.example.net", "git.example.com", 443, False),
+        ("git.example.com.evil.example.net", "git.example.com", 443, False),
+        ("", "git.example.com", 443, False),
+        ("git.example.com evil", "git.example.com", 443, False),
+        ("10.0.0.5:8080", "10.0.0.5", 8080, True),
+        ("evil.example.net", "10.0.0.5", 8080, False),
+        ("[::1]:80", "::1", 80, True),
+        ("[0:0::1]", "::1", 80, True),
+    ],
+)
+def test_a_request_must_name_the_destination_it_was_connected_to(
+    authority: str | None, name: str, port: int, names: bool
+) -> None:
+    assert authority_names(authority, name, port) is names
+
+
+def test_a_client_hello_must_name_the_destination_it_was_connected_to() -> None:
+    assert sni_names(None, "git.example.com")
+    assert sni_names("Git.Example.com", "git.example.com")
+    assert not sni_names("evil.example.net", "git.example.com")
+    # To an IP literal, a name is another host (a front end would route by it).
+    assert not sni_names("git.example.com", "140.82.112.5")
+    assert sni_names("140.82.112.5", "140.82.112.5")
+    assert same_host("[::1]", "0::1") and not same_host("::1", "::2")

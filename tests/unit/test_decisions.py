@@ -13,6 +13,7 @@ from worker_manager.contract.kinds import WorkerStatus
 from worker_manager.contract.labels import LABEL_HASH, LABEL_PREFIX, LABEL_WORKER
 from worker_manager.contract.labels import LABEL_PREFIX as WORKER_PREFIX_LABEL
 from worker_manager.contract.limits import parse_size
+from worker_manager.contract.reasons import Ended, build_failed, never_ready
 from worker_manager.contract.record import WorkerRecord
 from worker_manager.core.clock import iso_from_unix
 from worker_manager.images.gc_plan import Engine, plan_rows
@@ -59,12 +60,13 @@ def beat(activity: float = NOW, cost: str | None = None, exceeded: bool = False)
 )
 def test_outcome_of_an_exit(exit_code: int, oom: bool, status: WorkerStatus, reason: str) -> None:
     outcome = outcome_of(exit_code, oom)
-    assert (outcome.status, outcome.reason, outcome.exit_code) == (status, reason, exit_code)
+    assert (outcome.status, str(outcome.reason), outcome.exit_code) == (status, reason, exit_code)
     assert outcome.record_fields() == {"exit_code": str(exit_code)}
 
 
 def test_a_failed_reason_is_bounded() -> None:
-    assert len(Outcome.failed("build_failed: " + "x" * 10_000).reason) == 4000
+    reason = Outcome(build_failed("x" * 10_000)).reason
+    assert len(str(reason)) == 4000 and str(reason).startswith("build_failed: xxx")
 
 
 def test_a_record_is_read_forgivingly() -> None:
@@ -98,19 +100,20 @@ def test_a_running_worker_only_gets_what_changed() -> None:
 
 def test_lost_invalid_and_spent_heartbeats_end_the_worker() -> None:
     lost = verdict(Observed("w", record("RUNNING")))
-    assert lost.end == Outcome.failed("heartbeat_lost")
+    assert lost.end == Outcome(Ended.HEARTBEAT_LOST)
     invalid = verdict(Observed("w", record("RUNNING"), problem="not a time"))
-    assert invalid.end == Outcome.failed("heartbeat_invalid") and invalid.problem == "not a time"
+    assert invalid.end == Outcome(Ended.HEARTBEAT_INVALID) and invalid.problem == "not a time"
     spent = verdict(Observed("w", record("RUNNING"), beat(NOW, "2.0", exceeded=True)))
     assert spent.end is not None and spent.end.status is WorkerStatus.STOPPED
-    assert spent.end.reason == "budget_exceeded" and spent.end.fields["cost_usd"] == "2.0"
+    assert spent.end.reason is Ended.BUDGET_EXCEEDED and spent.end.fields["cost_usd"] == "2.0"
 
 
 def test_a_worker_that_never_becomes_ready_fails_after_the_start_timeout() -> None:
     young = verdict(Observed("w", record("STARTING", started_at=NOW - 5)))
     assert young.end is None and young.awaiting_first_beat
     old = verdict(Observed("w", record("STARTING", started_at=NOW - 500)))
-    assert old.end is not None and "never became ready within 120s" in old.end.reason
+    assert old.end is not None and old.end.reason == never_ready(120)
+    assert str(old.end.reason) == "wrapper never became ready within 120s"
     # Not yet started (building): nothing to await, nothing to judge.
     assert verdict(Observed("w", record("STARTING"))) == type(young)()
 
@@ -142,29 +145,27 @@ FLEET = FleetSettings(idle_timeout_seconds=600, max_idle_timeout_seconds=3600)
 
 def test_idle_is_judged_by_the_latest_sign_of_activity() -> None:
     worker = record("RUNNING", created_at=NOW - 7200, started_at=NOW - 7200)
-    assert eviction_reason(Observed("w", worker, beat(NOW - 601)), NOW, FLEET) == "idle"
-    assert eviction_reason(Observed("w", worker, beat(NOW - 10)), NOW, FLEET) == ""
+    assert eviction_reason(Observed("w", worker, beat(NOW - 601)), NOW, FLEET) is Ended.IDLE
+    assert eviction_reason(Observed("w", worker, beat(NOW - 10)), NOW, FLEET) is None
     touched = record("RUNNING", created_at=NOW - 7200, last_activity_at=NOW - 5)
-    assert eviction_reason(Observed("w", touched, beat(NOW - 900)), NOW, FLEET) == ""
+    assert eviction_reason(Observed("w", touched, beat(NOW - 900)), NOW, FLEET) is None
 
 
 def test_a_create_may_ask_for_its_own_idle_timeout_within_the_cap() -> None:
     own = record("RUNNING", created_at=NOW - 9000, idle_timeout_seconds=60)
-    assert eviction_reason(Observed("w", own, beat(NOW - 61)), NOW, FLEET) == "idle"
+    assert eviction_reason(Observed("w", own, beat(NOW - 61)), NOW, FLEET) is Ended.IDLE
     greedy = record("RUNNING", created_at=NOW - 9000, idle_timeout_seconds=10**9)
-    assert eviction_reason(Observed("w", greedy, beat(NOW - 3601)), NOW, FLEET) == "idle"
+    assert eviction_reason(Observed("w", greedy, beat(NOW - 3601)), NOW, FLEET) is Ended.IDLE
 
 
 def test_lifetime_ends_starting_workers_too_and_idle_never_does() -> None:
     fleet = FleetSettings(max_lifetime_seconds=3600)
     starting = record("STARTING", created_at=NOW - 4000)
-    assert eviction_reason(Observed("w", starting), NOW, fleet) == "ttl"
-    assert (
-        eviction_reason(Observed("w", record("STARTING", created_at=NOW - 4000)), NOW, FLEET) == ""
-    )
-    assert (
-        eviction_reason(Observed("w", record("STOPPED", created_at=NOW - 9999)), NOW, fleet) == ""
-    )
+    assert eviction_reason(Observed("w", starting), NOW, fleet) is Ended.TTL
+    young = record("STARTING", created_at=NOW - 4000)
+    assert eviction_reason(Observed("w", young), NOW, FLEET) is None
+    ended = record("STOPPED", created_at=NOW - 9999)
+    assert eviction_reason(Observed("w", ended), NOW, fleet) is None
 
 
 # --- the reconciler's diff ----------------------------------------------------------------------

@@ -12,6 +12,8 @@ from worker_manager.contract.egress import (
     Destination,
     EgressEntryError,
     canonical_egress,
+    effective_address,
+    embedded_ipv4,
     parse_destination,
     parse_egress,
 )
@@ -323,6 +325,43 @@ def test_ipv6_loopback_and_ipv4_mapped_addresses_are_not_public() -> None:
     assert policy("::1").decide("::1", 22, [ip("::1")]).allowed
     # A mapped public address is public.
     assert p.decide("a.example.com", 443, [ip("::ffff:140.82.112.5")]).allowed
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("::ffff:127.0.0.1", "loopback"),
+        ("::127.0.0.1", "loopback"),  # IPv4-compatible
+        ("64:ff9b::7f00:1", "loopback"),  # NAT64
+        ("64:ff9b:1::7f00:1", "loopback"),  # local-use NAT64
+        ("2002:7f00:1::1", "loopback"),  # 6to4
+        ("64:ff9b::a9fe:a9fe", "link-local"),
+        ("2002:a9fe:a9fe::", "link-local"),
+        ("2001:0:4136:e378:8000:63bf:5601:5601", "link-local"),  # Teredo, client 169.254.169.254
+    ],
+)
+def test_a_wide_ipv6_grant_does_not_reach_the_ipv4_addresses_ipv6_forms_carry(
+    address: str, kind: str
+) -> None:
+    for grant in ("::/0", "2000::/3", "::/1", "*"):
+        verdict = policy(grant).decide(address, 80, [ip(address)])
+        assert not verdict.allowed, (grant, address)
+        assert verdict.reason.startswith(f"{kind} address "), verdict.reason
+    # Named literally, in the family it leads to (or inside the range that carries it), it is.
+    target = str(effective_address(ip(address)))
+    assert policy(f"{target}:80").decide(address, 80, [ip(address)]).allowed
+    carrier = embedded_ipv4(ip(address))
+    assert carrier is not None
+    assert policy(str(carrier[1])).decide(address, 80, [ip(address)]).allowed
+
+
+def test_an_ipv6_form_of_a_public_ipv4_address_is_public() -> None:
+    for address in ("64:ff9b::808:808", "2002:808:808::1", "::ffff:8.8.8.8"):
+        assert is_public(ip(address)), address
+        assert policy("*").decide("dns.example", 53, [ip(address)]).allowed
+    # Judged as IPv4 8.8.8.8: an IPv6 network does not name it, an IPv4 one does.
+    assert not policy("::/0").decide("64:ff9b::808:808", 53, [ip("64:ff9b::808:808")]).allowed
+    assert policy("8.8.8.0/24").decide("64:ff9b::808:808", 53, [ip("64:ff9b::808:808")]).allowed
 
 
 @pytest.mark.parametrize(

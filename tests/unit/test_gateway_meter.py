@@ -12,8 +12,16 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from worker_manager.egress import gateway
-from worker_manager.egress.gateway import UsageMeter, usd
+from worker_manager.egress import gateway, meter
+from worker_manager.egress.meter import (
+    BYTES_PER_TOKEN,
+    UsageMeter,
+    budget_refusal,
+    estimated_tokens,
+    increments,
+    spend_of,
+    usd,
+)
 from worker_manager.egress.pricing import (
     PRICES,
     UNKNOWN_MODEL_PRICE,
@@ -72,13 +80,13 @@ def stream(*, crlf: bool = False) -> bytes:
 
 
 def metered(body: bytes, content_type: str, cut: int | None = None) -> Usage:
-    meter = UsageMeter(content_type)
+    answer = UsageMeter(content_type)
     if cut is None:
-        meter.feed(body)
+        answer.feed(body)
     else:
-        meter.feed(body[:cut])
-        meter.feed(body[cut:])
-    return meter.finish()
+        answer.feed(body[:cut])
+        answer.feed(body[cut:])
+    return answer.finish()
 
 
 def test_a_stream_is_metered_wherever_the_socket_cuts_it() -> None:
@@ -96,10 +104,10 @@ def test_a_stream_is_metered_wherever_the_socket_cuts_it() -> None:
 
 
 def test_a_stream_in_one_byte_pieces_with_crlf_line_ends_is_metered() -> None:
-    meter = UsageMeter("text/event-stream")
+    answer = UsageMeter("text/event-stream")
     for byte in stream(crlf=True):
-        meter.feed(bytes([byte]))
-    usage = meter.finish()
+        answer.feed(bytes([byte]))
+    usage = answer.finish()
     assert (usage.input_tokens, usage.output_tokens) == (1000, 400)
 
 
@@ -134,12 +142,12 @@ def test_a_long_stream_is_metered_from_its_head_and_its_end_in_bounded_memory() 
         },
     )
     body = body[:middle] + filler * 50_000 + body[middle:]  # ~7 MB
-    meter = UsageMeter("text/event-stream")
+    answer = UsageMeter("text/event-stream")
     piece = 64 * 1024
     for offset in range(0, len(body), piece):
-        meter.feed(body[offset : offset + piece])
-        assert sum(map(len, meter._recent)) <= gateway.SSE_WINDOW + piece
-    usage = meter.finish()
+        answer.feed(body[offset : offset + piece])
+        assert sum(map(len, answer._recent)) <= meter.SSE_WINDOW + piece
+    usage = answer.finish()
     assert (usage.input_tokens, usage.output_tokens, usage.model) == (
         1000,
         400,
@@ -151,13 +159,133 @@ def test_a_stream_whose_head_holds_no_message_start_is_still_read_at_its_end() -
     """Against the protocol, but the final count must not be lost with the head."""
     filler = sse("ping", {"type": "ping", "pad": "y" * 1000})
     body = (
-        filler * (gateway.MAX_SSE_LINE // len(filler) + 2)
+        filler * (meter.MAX_SSE_LINE // len(filler) + 2)
         + stream().split(b"event: content_block_start")[1]
     )
-    meter = UsageMeter("text/event-stream")
+    answer = UsageMeter("text/event-stream")
     for offset in range(0, len(body), 4096):
-        meter.feed(body[offset : offset + 4096])
-    assert meter.finish().output_tokens == 400
+        answer.feed(body[offset : offset + 4096])
+    assert answer.finish().output_tokens == 400
+
+
+def text_stream(text: str, per_delta: int) -> bytes:
+    """The head of a stream in the API's compact form, its text in deltas of ``per_delta``
+    characters, cut off before its final count (no ``message_delta``)."""
+    start = {
+        "type": "message_start",
+        "message": {
+            "model": "claude-sonnet-4-5",
+            "usage": {"input_tokens": 50, "output_tokens": 1},
+        },
+    }
+    block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}}
+    deltas = [
+        sse(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": text[i : i + per_delta]},
+            },
+        )
+        for i in range(0, len(text), per_delta)
+    ]
+    return sse("message_start", start) + sse("content_block_start", block) + b"".join(deltas)
+
+
+@pytest.mark.parametrize("per_delta", [1, 4, 40, 4000])
+def test_a_stream_cut_before_its_final_count_is_charged_for_the_text_it_carried(
+    per_delta: int,
+) -> None:
+    """A worker is charged what the API sent: with no final count, at least a token per delta
+    and per ``BYTES_PER_TOKEN`` bytes of text (a tokenizer's ~4 bytes a token is less), and
+    never more than a token per byte (no token is shorter)."""
+    text = ("def answer():\n    return 42  # " * 2000)[:60_000]
+    deltas = -(-len(text) // per_delta)
+    answer = UsageMeter("text/event-stream")
+    body = text_stream(text, per_delta)
+    for offset in range(0, len(body), 1500):
+        answer.feed(body[offset : offset + 1500])
+    usage = answer.finish(cut=True)
+    assert usage.input_tokens == 50
+    assert usage.output_tokens >= max(deltas, len(text) // 4)
+    assert usage.output_tokens >= len(text) // BYTES_PER_TOKEN
+    assert usage.output_tokens <= len(text) + 2
+
+
+def test_the_estimate_of_a_cut_stream_does_not_depend_on_how_the_socket_split_it() -> None:
+    body = text_stream("abc" * 40, 2)
+    whole = metered(body, "text/event-stream").output_tokens
+    assert whole >= 60  # 60 deltas
+    for cut in range(len(body) + 1):
+        assert metered(body, "text/event-stream", cut).output_tokens == whole, cut
+    answer = UsageMeter("text/event-stream")
+    for byte in body:
+        answer.feed(bytes([byte]))
+    assert answer.finish().output_tokens == whole
+
+
+def test_a_stream_cut_anywhere_is_charged_its_reported_counts_at_least() -> None:
+    body = stream()
+    start_end = body.index(b"\n", body.index(b"data:")) + 1
+    delta_end = body.index(b"\n", body.index(b'data: {"type":"message_delta"')) + 1
+    for cut in range(len(body) + 1):
+        usage = metered(body[:cut], "text/event-stream")
+        if cut >= start_end:
+            assert (usage.input_tokens, usage.cache_read_input_tokens) == (1000, 3000), cut
+            assert usage.output_tokens >= 1, cut
+        if cut >= delta_end:
+            assert usage.output_tokens == 400, cut  # the final count, no estimate
+
+
+def test_a_complete_stream_is_charged_its_final_count_however_much_text_it_carried() -> None:
+    text = "y" * 100_000
+    body = text_stream(text, 10) + sse(
+        "message_delta", {"type": "message_delta", "usage": {"output_tokens": 7}}
+    )
+    assert metered(body, "text/event-stream").output_tokens == 7
+
+
+def test_a_json_answer_cut_short_is_charged_by_its_size() -> None:
+    body = json.dumps(
+        {"type": "message", "content": [{"type": "text", "text": "z" * 3000}], "usage": {}}
+    ).encode()
+    answer = UsageMeter("application/json")
+    answer.feed(body[:2400])
+    usage = answer.finish(cut=True)
+    assert usage.output_tokens == estimated_tokens(2400) == 800
+    assert usage.model is None and usage.cost_usd() > 0  # an unknown model: the highest price
+    whole = UsageMeter("application/json")
+    whole.feed(body[:2400])
+    assert whole.finish().empty  # not cut: a body that is not JSON carries no usage
+
+
+def test_what_an_answer_adds_to_the_usage_hash() -> None:
+    usage = Usage(
+        input_tokens=3, output_tokens=4, cache_creation_input_tokens=5, cache_read_input_tokens=6
+    )
+    assert increments(usage) == {
+        "input_tokens": 3,
+        "output_tokens": 4,
+        "cache_creation_input_tokens": 5,
+        "cache_read_input_tokens": 6,
+        "requests": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("raw", "spend"),
+    [(None, 0.0), (b"0.25", 0.25), ("1.5", 1.5), (b"garbled", 0.0), (b"\xff", 0.0)],
+)
+def test_the_spend_read_back_from_redis(raw: object, spend: float) -> None:
+    assert spend_of(raw) == spend
+
+
+def test_a_spent_budget_is_refused_in_dollars() -> None:
+    assert budget_refusal(0.5, 0.5712) == (
+        "worker-manager: this worker's budget of $0.50 is spent ($0.5712 so far); "
+        "it takes no more API calls"
+    )
 
 
 def test_a_json_answer_is_metered_from_its_usage() -> None:

@@ -156,3 +156,17 @@ def test_a_base_with_the_worker_user_costs_no_run_step() -> None:
         "LABEL",
     ]
     assert "useradd" in spec().dockerfile() and "useradd" not in text
+
+
+def test_the_wrapper_starts_isolated_in_a_directory_and_home_of_roots() -> None:
+    """Issue 24 §2 a: nothing the agent or a repository writes is on the root wrapper's path."""
+    from worker_manager.images.spec import RUNTIME, WRAPPER_DIR, isolated_python
+
+    assert RUNTIME.entrypoint[:2] == ("python3", "-I")
+    assert RUNTIME.working_dir == "/"
+    environment = dict(RUNTIME.environment)
+    assert environment["HOME"] == "/root"
+    assert not [name for name in environment if name.startswith("PYTHON")]
+    # The bootstrap puts the wrapper's own directory first, and only that one.
+    code = isolated_python("worker_base.checkout")[-1]
+    assert f"sys.path.insert(0, {WRAPPER_DIR!r})" in code and "'worker_base.checkout'" in code

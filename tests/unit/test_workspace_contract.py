@@ -1,4 +1,4 @@
-"""A create's repository and env, the operator's sources, and summaries, as data (SPEC §8)."""
+"""A create's repository, the operator's sources, and summaries, as data (SPEC §8)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 
 from worker_manager.contract.workspace import (
     SourceError,
-    check_env,
     checkout_grant,
     parse_sources,
     parse_summary,
@@ -58,15 +57,30 @@ def test_an_operator_source_opens_a_private_host_literally() -> None:
         checkout_grant("https://corp.example/x", sources)  # *.domain is not the domain
 
 
-def test_env_refuses_the_deployments_names_naming_them() -> None:
-    assert check_env({"FOO": "bar", "_X1": ""}) == {"FOO": "bar", "_X1": ""}
-    for name in ("WM_TOKEN", "ANTHROPIC_BASE_URL", "HTTPS_PROXY", "NO_PROXY", "PATH", "HOME"):
-        with pytest.raises(ValueError, match=name):
-            check_env({name: "x"})
-    with pytest.raises(ValueError, match="lower"):
-        check_env({"lower": "x"})
-    with pytest.raises(ValueError, match="at most 64"):
-        check_env({f"V{i}": "x" for i in range(65)})
+@pytest.mark.parametrize(
+    "host",
+    [
+        "[64:ff9b::a9fe:a9fe]",  # NAT64 form of 169.254.169.254
+        "[64:ff9b::169.254.169.254]",
+        "[2002:a9fe:a9fe::1]",  # 6to4 form
+        "[::ffff:169.254.169.254]",  # IPv4-mapped
+        "[::ffff:127.0.0.1]",
+        "[64:ff9b::7f00:1]",
+        "[2001:0:4136:e378:8000:63bf:5601:5601]",  # Teredo, client 169.254.169.254
+    ],
+)
+def test_no_ipv6_form_of_a_special_ipv4_address_is_a_public_source(host: str) -> None:
+    with pytest.raises(SourceError, match="not a source"):
+        checkout_grant(f"https://{host}/x.git", DEFAULT)
+    # A wide IPv6 source names IPv6 hosts, not the IPv4 addresses some of them carry.
+    with pytest.raises(SourceError, match="not a source"):
+        checkout_grant(f"https://{host}/x.git", parse_sources(["https://::/0"]))
+
+
+def test_ipv6_forms_of_a_public_or_literally_named_ipv4_address_are_allowed() -> None:
+    assert checkout_grant("https://[2606:4700::1111]/x", DEFAULT) == "[2606:4700::1111]:443"
+    sources = parse_sources(["https://10.0.0.0/8"])
+    assert checkout_grant("https://[::ffff:10.1.2.3]/x", sources) == "[::ffff:a01:203]:443"
 
 
 def test_a_summary_is_rebuilt_field_by_field_and_bounded() -> None:

@@ -63,6 +63,7 @@ def test_the_managers_env_is_what_the_wrapper_reads(tmp_path: Path) -> None:
             "agent_command": json.dumps(["sh", "-c", "cat"]),
             "allowed_commands": json.dumps(["echo"]),
             "max_cost_usd": "1.5",
+            "env": json.dumps({"GREETING": "hello"}),
         },
         context=command_context(settings, settings.keys.replies),
     )
@@ -74,6 +75,9 @@ def test_the_managers_env_is_what_the_wrapper_reads(tmp_path: Path) -> None:
     assert read.heartbeat_interval == 0.5 and read.heartbeat_ttl == 3
     assert read.input_key == settings.keys.input("w-1")  # one key schema
     assert "ANTHROPIC_API_KEY" not in env  # a CUSTOM worker gets no agent secrets
+    # The create's env is data for the agent, not a variable of the (root) wrapper.
+    assert "GREETING" not in env and read.agent_env == (("GREETING", "hello"),)
+    assert str(read.agent_home) == "/home/worker"
 
 
 def test_one_redaction_for_both_sides() -> None:

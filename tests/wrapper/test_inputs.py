@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from tests.wrapper.conftest import Entry, OutputTail, Worker, is_event
 from worker_base.config import WRAPPER_GROUP
+from worker_base.events import INVALID_INPUT
 from worker_base.inputs import (
     INPUT_TYPES,
     SHOWN_TYPE_CHARS,
@@ -21,7 +22,6 @@ from worker_base.inputs import (
     InputType,
     parse_entry,
 )
-from worker_base.wrapper import INVALID_INPUT
 from worker_manager.settings import Settings
 
 KNOWN = "prompt, cancel, diff, read, list, write or exec"

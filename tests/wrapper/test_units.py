@@ -116,6 +116,33 @@ def test_agent_environment_drops_the_redis_url_and_adds_the_input() -> None:
     assert env["WM_WORKER_ID"] == "w1"
 
 
+def test_the_creates_env_reaches_the_agent_only_below_the_deployments_names() -> None:
+    """``WM_AGENT_ENV`` is data for the wrapper and variables for the agent; the container's
+    own names win over it, and the agent's ``HOME`` is its own, not the wrapper's."""
+    config = WrapperConfig.from_env(
+        {
+            **BASE_ENV,
+            "WM_AGENT_COMMAND": '["cat"]',
+            "WM_AGENT_HOME": "/home/worker",
+            "WM_AGENT_ENV": json.dumps({"GREETING": "hi", "HTTPS_PROXY": "http://evil:1"}),
+        }
+    )
+    assert config.agent_env == (("GREETING", "hi"), ("HTTPS_PROXY", "http://evil:1"))
+    container = {**config.to_env(), "HOME": "/root", "HTTPS_PROXY": "http://127.0.0.1:3128"}
+    env = agent_environment(config, Invocation(["cat"]), "5-0", base=container)
+    assert env["GREETING"] == "hi"
+    assert env["HTTPS_PROXY"] == "http://127.0.0.1:3128"  # the deployment's
+    assert env["HOME"] == "/home/worker"
+    assert "WM_AGENT_ENV" not in env and "WM_REDIS_URL" not in env
+    assert WrapperConfig.from_env(config.to_env()) == config
+
+
+@pytest.mark.parametrize("raw", ["[1]", '{"A": 1}', "{"])
+def test_a_malformed_agent_env_names_the_variable(raw: str) -> None:
+    with pytest.raises(ConfigError, match="WM_AGENT_ENV"):
+        WrapperConfig.from_env({**BASE_ENV, "WM_AGENT_COMMAND": '["cat"]', "WM_AGENT_ENV": raw})
+
+
 def test_config_reads_the_manager_variables() -> None:
     config = WrapperConfig.from_env(
         {

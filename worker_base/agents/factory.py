@@ -56,6 +56,8 @@ class FactoryConfig(IdentityConfig, Protocol):
     @property
     def max_cost_usd(self) -> float | None: ...
 
+    def agent_home_dir(self) -> Path: ...
+
 
 def write_settings(home: Path, allowed: Sequence[str]) -> Path:
     """Merge ``commandAllowlist`` into ``<home>/.factory/settings.json``, keeping other keys."""
@@ -83,7 +85,7 @@ class FactoryDriver(StreamJsonDriver):
     ) -> None:
         self._config = config
         self._executable = executable
-        self._home = home if home is not None else Path(os.environ.get("HOME") or Path.home())
+        self._home = home if home is not None else config.agent_home_dir()
         self._identity = AgentIdentity.of(config)
         self._settings_written = False
         level = (config.factory_auto or "low").strip().lower()

@@ -78,7 +78,6 @@ class StreamJsonDriver(AgentDriver):
         self._saw_session = False
         self._pending_result: dict[str, Any] | None = None
         self._pending_errors: list[Event] = []
-        self._result_seen = False
         #: Set by the subclass when the agent said the session to resume does not exist.
         self._session_missing = False
         self._retry: str | None = None
@@ -94,7 +93,6 @@ class StreamJsonDriver(AgentDriver):
         self._saw_session = False
         self._pending_result = None
         self._pending_errors = []
-        self._result_seen = False
         self._session_missing = False
         self._retry = None
         return self._session_id
@@ -119,7 +117,6 @@ class StreamJsonDriver(AgentDriver):
         flushes the first one as it is."""
         earlier, earlier_errors = self._pending_result, self._pending_errors
         self._pending_result, self._pending_errors = payload, list(errors or [])
-        self._result_seen = True
         if earlier is None:
             return []
         self._account(earlier)

@@ -1,4 +1,7 @@
-"""``worker-manager``: the command line (``main``), its terminal views (``views``).
+"""``worker-manager``: the command line. ``main`` runs it, ``parser`` defines it; the contract's
+commands (``workers``, ``workspace``) and the operator's (``admin``) share ``common``; ``views``
+draws what the terminal shows.
 
-May import: everything.
+May import: ``core``, ``contract``, ``settings``, ``client``, ``console``, ``images``, ``egress``,
+``workspaces``, ``workers``, ``commands``, ``service``.
 """

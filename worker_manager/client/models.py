@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker_base.events import EventType
-from worker_manager.contract.kinds import LIVE_STATUSES
+from worker_manager.contract.kinds import LIVE_STATUSES, WorkerStatus
+from worker_manager.contract.reasons import EndReason, parse_end_reason
 from worker_manager.contract.reply import Reply
 
 
@@ -41,6 +42,15 @@ class WorkerInfo:
     @property
     def is_live(self) -> bool:
         return self.status in LIVE_STATUSES
+
+    @property
+    def ending(self) -> EndReason | None:
+        """Why it ended, typed (``contract.reasons``: its ``status`` and the ``source`` that
+        gives it); None while it is not STOPPED or FAILED, or for a reason this client does not
+        know (a deployment may add its own)."""
+        if self.status not in (WorkerStatus.STOPPED, WorkerStatus.FAILED):
+            return None
+        return parse_end_reason(self.reason)
 
     @classmethod
     def from_reply(cls, reply: Reply) -> WorkerInfo:

@@ -1,4 +1,5 @@
 """The command path: consume the streams, validate, dispatch, handle, reply, dead-letter.
 
-May import: ``core``, ``contract``, ``settings``, ``client``, ``images``, ``workers``.
+May import: ``core``, ``contract``, ``settings``, ``client``, ``images``, ``egress``,
+``workspaces``, ``workers``.
 """

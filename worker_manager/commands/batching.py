@@ -99,6 +99,10 @@ class PipelineBatcher:
                 shared = len(pipe)
                 if tags and self._epilogue is not None:
                     self._epilogue(pipe, tags)
+                if len(pipe) == 1:
+                    # One command is atomic by itself: no MULTI/EXEC around it (e.g. a status
+                    # answered by one script), three replies fewer to send and parse.
+                    pipe.is_transaction = False
                 results = await pipe.execute(raise_on_error=False) if len(pipe) else []
         except Exception as exc:  # the whole round trip failed: so did every waiter
             for _stage, _tag, future in batch:

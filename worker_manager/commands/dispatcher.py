@@ -12,10 +12,9 @@ from __future__ import annotations
 import time
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from worker_manager.commands.consumer import Delivery
-from worker_manager.commands.handlers import Handlers
+from worker_manager.commands.handlers import Handlers, not_found
 from worker_manager.commands.replies import DeadLetter, ReplyBook
 from worker_manager.contract.commands import (
     REPLY_TO_RE,
@@ -29,7 +28,6 @@ from worker_manager.contract.commands import (
     parse_command,
     reply_of_request_id,
 )
-from worker_manager.contract.record import WorkerRecord
 from worker_manager.contract.reply import Reply
 from worker_manager.core.durability import replicated
 from worker_manager.core.errors import CommandError, ErrorCode, InvalidCommand
@@ -191,21 +189,20 @@ class Dispatcher:
 
     async def _read_only(self, delivery: Delivery, cmd: StatusCommand | ListCommand) -> str:
         """Status and list change nothing: no in-flight claim and no stored reply (SPEC §1:
-        answered afresh), so polling never fills Redis. A status costs one read (in the batch
-        of the commands started in the same loop tick) plus the reply's MULTI."""
+        answered afresh), so polling never fills Redis. A status is answered inside Redis by
+        one script (read the record, write the reply, acknowledge the entry): one round trip
+        after the entry is read, in the batch of whatever else finishes meanwhile."""
+        if isinstance(cmd, StatusCommand):
+            found = await self._book.answer_status(
+                delivery.entry_id,
+                request_id=cmd.request_id,
+                worker_id=cmd.worker_id,
+                reply_to=cmd.reply_to,
+                missing=not_found(cmd.worker_id).message,
+            )
+            return "ok" if found else ErrorCode.NOT_FOUND.value
         try:
-            if isinstance(cmd, StatusCommand):
-                record_key = self._settings.keys.worker(cmd.worker_id)
-
-                def read(pipe: Pipeline) -> None:
-                    pipe.hgetall(record_key)
-
-                results = await self._book.read(read)
-                reply = self._handlers.status_of(
-                    cmd, WorkerRecord.from_hash(cmd.worker_id, results[0])
-                )
-            else:
-                reply = await self._handlers.list_workers(cmd)
+            reply = await self._handlers.list_workers(cmd)
             result = "ok"
         except CommandError as exc:
             reply = self._error_reply(cmd, exc)

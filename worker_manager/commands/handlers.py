@@ -14,18 +14,18 @@ from worker_manager.contract.commands import (
     DeleteCommand,
     ListCommand,
     ResumeCommand,
-    StatusCommand,
     SuspendCommand,
     format_cursor,
 )
+from worker_manager.contract.create_spec import spec_of
 from worker_manager.contract.kinds import ENDABLE_STATUSES, Shape, WorkerStatus
-from worker_manager.contract.record import WorkerRecord
-from worker_manager.contract.reply import STATUS_DETAILS, Reply
+from worker_manager.contract.reasons import Ended
+from worker_manager.contract.reply import Reply
 from worker_manager.core.errors import CommandError, ErrorCode
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
 from worker_manager.workers.resources.pool import WarmPool
-from worker_manager.workers.state.records import WorkerStore
+from worker_manager.workers.state.records import CreateResult, Limit, WorkerStore
 from worker_manager.workers.transitions.lifecycle import Lifecycle, Outcome
 from worker_manager.workers.transitions.provisioner import Provisioner
 from worker_manager.workers.transitions.sleep import Sleep
@@ -67,12 +67,11 @@ class Handlers:
         if cmd.worker_id is None and self._pool is not None:
             pooled = await self._pool.take(shape, cmd.request_id)
         worker_id = cmd.worker_id or pooled or str(uuid.uuid5(WORKER_ID_NAMESPACE, cmd.request_id))
-        spec = cmd.model_dump(mode="json", exclude={"prompt"})
         # The grant as granted: the create's, or this deployment's default when it names none
         # (an explicit [] grants nothing). Kept in the spec too, so the container enforces
         # what the record shows even if another manager, with another default, starts it.
         egress = cmd.egress if cmd.egress is not None else list(self._settings.egress_default)
-        spec["egress"] = egress
+        spec = spec_of(cmd, egress)
         owner = cmd.metadata.get("owner", "")
         fields = {
             "agent_type": cmd.agent_type.value,
@@ -96,10 +95,11 @@ class Handlers:
             owner=owner,
             max_per_owner=self._settings.max_workers_per_owner,
         )
-        if outcome.result == "capacity" and pooled is not None and self._pool is not None:
+        full = outcome.result is CreateResult.CAPACITY
+        if full and pooled is not None and self._pool is not None:
             await self._pool.give_back(shape, pooled, cmd.request_id)
-        if outcome.result == "capacity":
-            if outcome.status == "owner":
+        if full:
+            if outcome.limit is Limit.OWNER:
                 message = (
                     f"owner {owner!r} already has its maximum of "
                     f"{self._settings.max_workers_per_owner} live workers; "
@@ -115,27 +115,27 @@ class Handlers:
                 message,
                 retry_after=self._settings.capacity_retry_after_seconds,
             )
-        if outcome.result == "exists" and outcome.request_id != cmd.request_id:
+        if outcome.result is CreateResult.EXISTS and outcome.request_id != cmd.request_id:
             raise CommandError(
                 ErrorCode.CONFLICT,
                 f"worker {worker_id} already exists (created by another request); "
                 "choose another worker_id or omit it",
             )
-        if outcome.status == WorkerStatus.STARTING:
+        if outcome.status is WorkerStatus.STARTING:
             self._provisioner.start(worker_id)
         return Reply(
             request_id=cmd.request_id,
             command="create",
             ok=True,
             worker_id=worker_id,
-            status=outcome.status,
+            status=outcome.status.value if outcome.status is not None else None,
         )
 
     async def delete(self, cmd: DeleteCommand, *, producer: str | None = None) -> Reply:
         """``producer``: the registered producer whose stream it came on (for the evidence)."""
         record = await self._store.get(cmd.worker_id)
         if record is None:
-            raise _not_found(cmd.worker_id)
+            raise not_found(cmd.worker_id)
         owner = record.manager_id or self._settings.manager_id
         here = owner == self._settings.manager_id
         if not here and self._router is not None:
@@ -152,7 +152,7 @@ class Handlers:
             )
         await self._lifecycle.end(
             cmd.worker_id,
-            Outcome.stopped("deleted"),
+            Outcome(Ended.DELETED),
             allowed_from=ENDABLE_STATUSES,
             wait=True,
             on_this_host=here,
@@ -180,7 +180,7 @@ class Handlers:
         volumes (forwarded there from any other)."""
         record = await self._store.get(cmd.worker_id)
         if record is None:
-            raise _not_found(cmd.worker_id)
+            raise not_found(cmd.worker_id)
         owner = record.manager_id or self._settings.manager_id
         if owner != self._settings.manager_id:
             answer = await self._router.forward(cmd, owner) if self._router else None
@@ -205,21 +205,6 @@ class Handlers:
             status=record.text("status") if record is not None else None,
         )
 
-    def status_of(self, cmd: StatusCommand, record: WorkerRecord | None) -> Reply:
-        """The reply for a record the dispatcher already read (status costs one round trip)."""
-        if record is None:
-            raise _not_found(cmd.worker_id)
-        return Reply(
-            request_id=cmd.request_id,
-            command="status",
-            ok=True,
-            worker_id=cmd.worker_id,
-            status=record.text("status") or None,
-            # An ended worker has no address any more (the record keeps its last one).
-            ip_address=(record.ip_address or None) if record.is_live else None,
-            details={name: record.text(name) for name in STATUS_DETAILS if record.text(name)},
-        )
-
     async def list_workers(self, cmd: ListCommand) -> Reply:
         records, after = await self._store.list_page(cmd.position, cmd.limit)
         return Reply(
@@ -231,7 +216,9 @@ class Handlers:
         )
 
 
-def _not_found(worker_id: str) -> CommandError:
+def not_found(worker_id: str) -> CommandError:
+    """The error of a command naming a worker without a record (a status answered inside
+    Redis says the same: ``ReplyBook.answer_status``)."""
     return CommandError(
         ErrorCode.NOT_FOUND,
         f"no worker {worker_id}: it never existed or its record expired after it stopped",

@@ -9,17 +9,20 @@ gets the stored reply; nothing answered twice changes anything twice.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
 
-from worker_manager.commands.batching import PipelineBatcher, Stage
+from worker_manager.commands.batching import PipelineBatcher
 from worker_manager.contract.commands import COMMAND_NAMES
-from worker_manager.contract.reply import DEAD_FIELD_PREFIX, Reply
+from worker_manager.contract.kinds import LIVE_STATUSES
+from worker_manager.contract.reply import DEAD_FIELD_PREFIX, STATUS_DETAILS, Reply
 from worker_manager.core.clock import iso_now
+from worker_manager.core.errors import ErrorCode
 from worker_manager.core.keys import MANAGER_GROUP
 from worker_manager.settings import Settings
 
@@ -34,24 +37,93 @@ DEAD_MAX_VALUE = 2048
 
 # The reply, written only where a reply may go: ``reply_to`` must be a stream or not exist. Any
 # other type (a producer's mistake, or an attempt to make us expire someone's key) gets the
-# reply as a dead letter instead, and the key is not touched. The idempotency record is kept
-# either way: the command was handled, and its retry must get the same answer.
+# reply as a dead letter instead, and the key is not touched. Shared by both scripts below.
+_SEND = """
+local function send(reply_to, dead, reply_maxlen, reply_ttl, dead_maxlen, entry_id, now, fields)
+  local kind = redis.call('TYPE', reply_to)['ok']
+  if kind ~= 'none' and kind ~= 'stream' then
+    redis.call('XADD', dead, 'MAXLEN', '~', dead_maxlen, '*', 'dead_entry_id', entry_id,
+      'dead_reason', 'reply_to names an existing ' .. kind .. ' key, not a reply stream; ' ..
+      'the reply is kept here instead', 'dead_deliveries', '1', 'dead_at', now,
+      unpack(fields))
+    return 0
+  end
+  redis.call('XADD', reply_to, 'MAXLEN', '~', reply_maxlen, '*', unpack(fields))
+  redis.call('EXPIRE', reply_to, reply_ttl)
+  return 1
+end
+"""
+
+# A reply built in Python. The idempotency record is kept whether or not ``reply_to`` takes it:
+# the command was handled, and its retry must get the same answer.
 # KEYS: reply_to dead request
 # ARGV: reply_maxlen reply_ttl dead_maxlen remember stored entry_id now [field value ...]
-_REPLY = """
-local kind = redis.call('TYPE', KEYS[1])['ok']
+_REPLY = (
+    _SEND
+    + """
 if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[4]) end
-if kind ~= 'none' and kind ~= 'stream' then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'dead_entry_id', ARGV[6],
-    'dead_reason', 'reply_to names an existing ' .. kind .. ' key, not a reply stream; ' ..
-    'the reply is kept here instead', 'dead_deliveries', '1', 'dead_at', ARGV[7],
-    unpack(ARGV, 8))
-  return 0
+return send(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[6], ARGV[7], {unpack(ARGV, 8)})
+"""
+)
+
+
+def _lua_strings(values: tuple[str, ...]) -> str:
+    """A Lua table literal of plain names (checked: nothing in them needs quoting)."""
+    assert all(value.replace("_", "").isalnum() for value in values), values
+    return "{" + ", ".join(f"'{value}'" for value in values) + "}"
+
+
+# A status answered inside Redis, in the one step that writes its reply and acknowledges its
+# entry: the record is read, projected and sent without a round trip back to the manager in
+# between (SPEC §2: the status and, while the worker is live, its address; then every
+# ``STATUS_DETAILS`` field the record has). The names and the live statuses come from the
+# Python constants, so the rules have one source. An empty record is ``not_found``.
+# KEYS: reply_to dead record commands
+# ARGV: reply_maxlen reply_ttl dead_maxlen entry_id now group request_id worker_id missing
+_STATUS = (
+    _SEND
+    + f"""
+local details = {_lua_strings(STATUS_DETAILS)}
+local live = {{}}
+for _, name in ipairs({_lua_strings(tuple(s.value for s in LIVE_STATUSES))}) do
+  live[name] = true
 end
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 8))
-redis.call('EXPIRE', KEYS[1], ARGV[2])
+local flat = redis.call('HGETALL', KEYS[3])
+local fields
+if #flat == 0 then
+  fields = {{'request_id', ARGV[7], 'command', 'status', 'ok', 'false', 'worker_id', ARGV[8],
+    'error', '{ErrorCode.NOT_FOUND.value}', 'message', ARGV[9]}}
+else
+  local record = {{}}
+  for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+  fields = {{'request_id', ARGV[7], 'command', 'status', 'ok', 'true', 'worker_id', ARGV[8]}}
+  local status = record['status']
+  if status and status ~= '' then
+    fields[#fields + 1] = 'status'
+    fields[#fields + 1] = status
+  end
+  -- An ended worker has no address any more (the record keeps its last one).
+  local ip = record['ip_address']
+  if status and live[status] and ip and ip ~= '' then
+    fields[#fields + 1] = 'ip_address'
+    fields[#fields + 1] = ip
+  end
+  for _, name in ipairs(details) do
+    local value = record[name]
+    if value and value ~= '' then
+      fields[#fields + 1] = name
+      fields[#fields + 1] = value
+    end
+  end
+end
+send(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], fields)
+redis.call('XACK', KEYS[4], ARGV[6], ARGV[4])
+if #flat == 0 then return 0 end
 return 1
 """
+)
+#: Sent by its digest (the script is ~1.7 KB); Redis knows it after the first ``EVAL``.
+_STATUS_SHA = hashlib.sha1(_STATUS.encode(), usedforsecurity=False).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +143,8 @@ class ReplyBook:
         self._keys = settings.keys
         # The stream the answered entries are acknowledged on (shared, or a manager's own).
         self._commands = commands_stream or settings.keys.commands
-        # The finishes of the commands answered in one loop tick, and the reads of those started
-        # in it, share one MULTI/EXEC: one round trip a tick, however many commands.
+        # The finishes (and status scripts) of the commands answered while a round trip is out
+        # share one MULTI/EXEC: one round trip a batch, however many commands.
         self._batch = PipelineBatcher(redis, transaction=True, epilogue=self._ack)
 
     async def claim(self, request_id: str, entry_id: str, *, wait: float = 5.0) -> Claim:
@@ -101,13 +173,6 @@ class ReplyBook:
                 return Claim(owned=False)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
-
-    async def read(self, stage: Stage) -> list[Any]:
-        """Run the reads ``stage`` queues in the next batch, with the next finishes.
-
-        Inside the ``MULTI`` they see a consistent snapshot; the ``EXEC`` returns their values.
-        """
-        return await self._batch.run(stage)
 
     async def finish(
         self,
@@ -160,6 +225,51 @@ class ReplyBook:
 
         # The XACK is queued by _ack, one for every entry of the batch, in the same MULTI.
         await self._batch.run(stage, tag=entry_id)
+
+    async def answer_status(
+        self,
+        entry_id: str,
+        *,
+        request_id: str,
+        worker_id: str,
+        reply_to: str,
+        missing: str,
+    ) -> bool:
+        """Answer a ``status`` from its record in one script that reads the record, writes the
+        reply (as :meth:`finish` does: only to a stream) and acknowledges the entry.
+
+        One command, so atomic by itself: a lone status costs one round trip after it is read,
+        as a reply costs the echo consumer; under load it joins the batch like any finish.
+        ``missing`` is the message of the ``not_found`` reply when there is no record. Returns
+        whether the record was found.
+        """
+        keys, settings = self._keys, self._settings
+        args = (
+            settings.reply_maxlen,
+            settings.reply_ttl_seconds,
+            settings.dead_maxlen,
+            entry_id,
+            iso_now(),
+            MANAGER_GROUP,
+            request_id,
+            worker_id,
+            missing,
+        )
+        record, commands = keys.worker(worker_id), self._commands
+
+        def by_digest(pipe: Pipeline) -> None:
+            pipe.evalsha(_STATUS_SHA, 4, reply_to, keys.dead, record, commands, *args)
+
+        def whole(pipe: Pipeline) -> None:
+            pipe.eval(_STATUS, 4, reply_to, keys.dead, record, commands, *args)
+
+        # Untagged: the script acknowledges its own entry. A Redis that does not know the
+        # script (restarted, failed over, flushed) ran none of it: sending it whole is safe.
+        try:
+            results = await self._batch.run(by_digest)
+        except NoScriptError:
+            results = await self._batch.run(whole)
+        return bool(results[0])
 
     def _ack(self, pipe: Pipeline, entry_ids: list[str]) -> None:
         pipe.xack(self._commands, MANAGER_GROUP, *entry_ids)

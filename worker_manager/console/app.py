@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from worker_manager.client.requests import CommandClient
 from worker_manager.console import session, views
+from worker_manager.console.throttle import SignInThrottle, client_key
 from worker_manager.contract.record import WorkerRecord
 from worker_manager.core.keys import Keys
 
@@ -37,18 +38,32 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 class Console:
     def __init__(
-        self, redis: Redis, keys: Keys, token: str, *, image_max_age_days: float = 7.0
+        self,
+        redis: Redis,
+        keys: Keys,
+        token: str,
+        *,
+        image_max_age_days: float = 7.0,
+        secure_cookie: str = "auto",
+        throttle: SignInThrottle | None = None,
     ) -> None:
         self._redis = redis
         self._keys = keys
         self._token = token
         self._image_max_age = image_max_age_days * 86_400
         self._commands = CommandClient(redis, keys, producer=None)
+        self._secure_cookie = secure_cookie
+        self._throttle = throttle or SignInThrottle()
+        self._public: frozenset[web.AbstractResource] = frozenset()
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth])
-        app.router.add_get("/login", self._login_form)
-        app.router.add_post("/login", self._login)
+        login = app.router.add_resource("/login", name="login")
+        login.add_route("GET", self._login_form)
+        login.add_route("POST", self._login)
+        # The routes anyone may reach, by the route aiohttp matched, never by how the path is
+        # spelt: ``/workers/x%2Flogin`` is the worker route (its id ``x/login``), not the login.
+        self._public = frozenset({login})
         app.router.add_get("/", self._fleet)
         app.router.add_get("/rows", self._rows)
         app.router.add_get("/events", self._lifecycle_events)
@@ -60,11 +75,18 @@ class Console:
     # --- who may look ------------------------------------------------------------------------
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.endswith("/login"):
+        if request.match_info.route.resource in self._public:
             return await handler(request)
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and session.valid_token(self._token, given):
-            return await handler(request)
+        if scheme.lower() == "bearer":
+            # A bearer token is a sign-in too: as throttled as the form, or it would be the
+            # guesser's way round it.
+            self._check_throttle(request)
+            if session.valid_token(self._token, given):
+                self._throttle.succeeded(_client(request))
+                return await handler(request)
+            self._throttle.failed(_client(request), time.time())
+            raise web.HTTPUnauthorized(text="that bearer token is not it\n")
         if session.valid_session(self._token, request.cookies.get(session.COOKIE), time.time()):
             if request.method == "POST":
                 form = await request.post()
@@ -76,13 +98,26 @@ class Console:
             raise web.HTTPSeeOther("/ui/login")
         raise web.HTTPUnauthorized(text="sign in at /ui/login, or send a bearer token\n")
 
+    def _check_throttle(self, request: web.Request) -> None:
+        """429 with ``Retry-After`` while this client (or everyone) must wait after failures;
+        decided before the token is looked at."""
+        wait = self._throttle.retry_after(_client(request), time.time())
+        if wait:
+            raise web.HTTPTooManyRequests(
+                headers={"Retry-After": str(wait)},
+                text=f"too many failed sign-ins: try again in {wait} s\n",
+            )
+
     async def _login_form(self, request: web.Request) -> web.Response:
         return _html(views.login_page(failed=False))
 
     async def _login(self, request: web.Request) -> web.Response:
+        self._check_throttle(request)
         form = await request.post()
         if not session.valid_token(self._token, str(form.get("token", ""))):
+            self._throttle.failed(_client(request), time.time())
             return _html(views.login_page(failed=True), status=401)
+        self._throttle.succeeded(_client(request))
         response = web.HTTPSeeOther("/ui/")
         response.set_cookie(
             session.COOKIE,
@@ -91,6 +126,12 @@ class Console:
             path="/ui",
             httponly=True,
             samesite="Strict",
+            secure=session.secure_cookie(
+                self._secure_cookie,
+                tls=request.secure,
+                forwarded_proto=request.headers.getall("X-Forwarded-Proto", []),
+                forwarded=request.headers.getall("Forwarded", []),
+            ),
         )
         raise response
 
@@ -237,6 +278,10 @@ def _html(text: str, status: int = 200) -> web.Response:
             "X-Content-Type-Options": "nosniff",
         },
     )
+
+
+def _client(request: web.Request) -> str:
+    return client_key(request.remote)
 
 
 def _entry_id(text: str) -> bool:

@@ -25,9 +25,10 @@ from pydantic import (
 )
 
 from worker_manager.contract.egress import EgressEntryError, canonical_egress
+from worker_manager.contract.env import check_env
 from worker_manager.contract.kinds import AgentType, Module
 from worker_manager.contract.limits import CommandLimits
-from worker_manager.contract.workspace import Repository, SourceError, check_env, checkout_grant
+from worker_manager.contract.workspace import Repository, SourceError, checkout_grant
 from worker_manager.core.errors import InvalidCommand
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -150,7 +151,7 @@ class CreateCommand(_Command):
     egress: list[str] | None = None
     #: Checked out into the workspace before the worker runs (SPEC §8).
     repository: Repository | None = None
-    #: Variables for the agent (``contract.workspace.check_env``).
+    #: Variables for the agent's processes only (``contract.env``: the names refused).
     env: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("worker_id", mode="before")

@@ -29,6 +29,11 @@ The grammar, and the choices made where it could be read two ways:
 Ports are 1-65535; no port means any port. Entries are strict text: whitespace, schemes
 (``https://``), paths, user info, queries and empty labels are refused with a message naming the
 entry, so a producer learns what it typed wrong instead of getting a grant it did not mean.
+
+Which addresses are special is decided here too, once, for the proxy's decision and the
+checkout grant alike (:func:`non_public_kind`, :func:`network_contains`): an address is judged
+where a connection to it leads, so an IPv6 form that carries an IPv4 address (mapped,
+compatible, NAT64, 6to4, Teredo) is that IPv4 address, and ``::/0`` does not name it.
 """
 
 from __future__ import annotations
@@ -218,3 +223,92 @@ def parse_egress(entries: Sequence[str]) -> tuple[Destination, ...]:
 def canonical_egress(entries: Sequence[str]) -> list[str]:
     """A grant as it is stored and shown: the canonical text of each distinct entry."""
     return [str(destination) for destination in parse_egress(entries)]
+
+
+# --- which addresses are special ---------------------------------------------------------------
+# One owner for "is this address special", shared by the proxy's decision (``egress.policy``)
+# and the checkout grant (``contract.workspace``): both must judge an address by where a
+# connection to it actually ends up.
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: Shared address space (carrier-grade NAT): not public, yet not ``is_private`` in Python 3.11.
+_SHARED = ipaddress.ip_network("100.64.0.0/10")
+#: IPv6 ranges whose addresses lead to the IPv4 address in their last 32 bits: IPv4-mapped (the
+#: kernel connects to the IPv4 address itself), IPv4-compatible (deprecated, same idea), the
+#: well-known and the local-use NAT64 prefixes (a translator connects to it).
+_LAST_32_BITS = (
+    ipaddress.ip_network("::ffff:0:0/96"),
+    ipaddress.ip_network("::/96"),
+    ipaddress.ip_network("64:ff9b::/96"),
+    ipaddress.ip_network("64:ff9b:1::/48"),
+)
+_SIXTOFOUR = ipaddress.ip_network("2002::/16")
+_TEREDO = ipaddress.ip_network("2001::/32")
+
+
+def embedded_ipv4(address: IPAddress) -> tuple[ipaddress.IPv4Address, Network] | None:
+    """The IPv4 address an IPv6 address carries and leads to (IPv4-mapped or -compatible,
+    NAT64, 6to4, Teredo's client), with the range that carries it; None for any other address.
+
+    ``::`` and ``::1`` are themselves (unspecified, loopback), not IPv4 addresses."""
+    if not isinstance(address, ipaddress.IPv6Address) or int(address) <= 1:
+        return None
+    for prefix in _LAST_32_BITS:
+        if address in prefix:
+            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF), prefix
+    if address.sixtofour is not None:
+        return address.sixtofour, _SIXTOFOUR
+    if address.teredo is not None:
+        return address.teredo[1], _TEREDO
+    return None
+
+
+def effective_address(address: IPAddress) -> IPAddress:
+    """The address a connection to ``address`` reaches: an IPv6 form that carries an IPv4
+    address (:func:`embedded_ipv4`) is that IPv4 address; any other address is itself."""
+    embedded = embedded_ipv4(address)
+    return address if embedded is None else embedded[0]
+
+
+def non_public_kind(address: IPAddress) -> str | None:
+    """What kind of non-public address this is (``loopback``, ``link-local``, ``private``, …);
+    None when it is public. Judged on the address a connection reaches
+    (:func:`effective_address`), so ``::ffff:127.0.0.1`` and ``64:ff9b::a9fe:a9fe`` are
+    loopback and link-local like the IPv4 addresses they carry."""
+    address = effective_address(address)
+    if address.is_loopback:
+        return "loopback"
+    if address.is_link_local:
+        return "link-local"
+    if address.is_unspecified:
+        return "unspecified"
+    if address.is_multicast:
+        return "multicast"
+    if isinstance(address, ipaddress.IPv4Address) and address in _SHARED:
+        return "shared"
+    if address.is_private or address.is_reserved or not address.is_global:
+        return "private"
+    return None
+
+
+def is_public(address: IPAddress) -> bool:
+    """Whether a granted name or ``*`` may lead to ``address`` (else only a network entry)."""
+    return non_public_kind(address) is None
+
+
+def network_contains(network: Network, address: IPAddress) -> bool:
+    """Whether a ``network`` entry literally names ``address``.
+
+    An IPv6 form that carries an IPv4 address (:func:`embedded_ipv4`) is named by an IPv4
+    network holding that IPv4 address, or by an IPv6 network that holds the form and lies
+    inside the range that carries it (``::ffff:10.0.0.0/104``, ``64:ff9b::/96``): a wide IPv6
+    grant such as ``::/0`` or ``2000::/3`` names IPv6 destinations, never the IPv4 loopback or
+    metadata address behind ``::ffff:127.0.0.1``, NAT64 or 6to4."""
+    embedded = embedded_ipv4(address)
+    if embedded is None:
+        return address.version == network.version and address in network
+    ipv4, carrier = embedded
+    if isinstance(network, ipaddress.IPv4Network):
+        return ipv4 in network
+    return address in network and network.subnet_of(carrier)  # type: ignore[arg-type]

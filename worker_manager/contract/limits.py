@@ -36,7 +36,6 @@ class CommandLimits(BaseModel):
     max_allowed_commands: int = 256
     max_allowed_command_chars: int = 256
     max_metadata_pairs: int = 64
-    max_modules: int = 16
     workspace_sources: list[str] = Field(
         default_factory=lambda: list(DEFAULT_SOURCES),
         description="The repositories a create may name (scheme://destination, the "

@@ -38,20 +38,6 @@ RECORD_FIELDS = (
     "workspace",
     "suspended_at",
 )
-#: Ours: which manager owns the container, and which request created the worker.
-INTERNAL_FIELDS = (
-    "manager_id",
-    "request_id",
-    "owner",
-    "idle_timeout_seconds",
-    # The commit the repository was checked out at, and the mirror volume the workspace
-    # borrows objects from (``workspaces.checkout``): a resumed worker needs both again.
-    "workspace_base",
-    "mirror",
-    "repository_url",
-    # The digest of the summary in ``workspace`` (the heartbeat's ``ws=``).
-    "workspace_digest",
-)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""A create's ``repository`` and ``env`` (SPEC §1, §8), and the operator's ``WM_WORKSPACE_SOURCES``.
+"""A create's ``repository`` (SPEC §1, §8), and the operator's ``WM_WORKSPACE_SOURCES``.
 
 **Sources.** The operator says which repositories a create may name: ``WM_WORKSPACE_SOURCES``
 is a JSON list of ``scheme://destination``, the destination in the grammar of an egress grant
@@ -6,17 +6,17 @@ is a JSON list of ``scheme://destination``, the destination in the grammar of an
 allows those schemes to any *public* host; a private, loopback or link-local host (an IP literal
 in such a range) is allowed only by a source that names its network literally, e.g.
 ``"http://172.17.0.1:8080"`` or ``"https://10.0.0.0/8"``, exactly as an egress grant reaches
-one. The checkout is granted the repository's host alone (:func:`checkout_grant`): by name when
-the URL names one (the proxy then never lets it resolve into a private range), by address only
-when a source named that address. A URL no source allows is ``invalid_command``.
+one, and judged the same way (``contract.egress.non_public_kind``): an IPv6 form that carries
+an IPv4 address (``::ffff:…``, NAT64 ``64:ff9b::…``, 6to4 ``2002:…``) is the IPv4 address it
+leads to, so the metadata address is no public host in any of its forms. The checkout is
+granted the repository's host alone (:func:`checkout_grant`): by name when the URL names one
+(the proxy then never lets it resolve into a private range), by address only when a source
+named that address. A URL no source allows is ``invalid_command``.
 
 **URLs** carry no credentials (``user:password@``: credentials are the operator's,
 ``WM_GIT_CREDENTIALS``), no whitespace or control characters, and are at most 2 KiB.
 
-**env**: names ``[A-Z_][A-Z0-9_]*``, at most 64 pairs, values at most 4 KiB without NUL; names
-starting with ``WM_`` (the wrapper's), ``ANTHROPIC_`` (the gateway's), the proxy variables,
-``PATH`` and ``HOME`` are refused, each refusal naming the variable. Never meant for secrets:
-those are the operator's (SPEC §7).
+A create's ``env`` is ``worker_manager.contract.env``'s.
 """
 
 from __future__ import annotations
@@ -24,14 +24,20 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from worker_manager.contract.egress import Destination, EgressEntryError, parse_destination
+from worker_manager.contract.egress import (
+    Destination,
+    EgressEntryError,
+    is_public,
+    network_contains,
+    parse_destination,
+)
 
 DEFAULT_SOURCES = ("https://*", "http://*", "ssh://*")
 DEFAULT_PORTS = {"https": 443, "http": 80, "ssh": 22, "git": 9418}
@@ -39,13 +45,6 @@ MAX_URL_CHARS = 2048
 MAX_REF_CHARS = 256
 MAX_DEPTH = 1_000_000
 
-ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-MAX_ENV_PAIRS = 64
-MAX_ENV_VALUE_CHARS = 4096
-#: The proxy variables a worker is given (upper case: the names allowed are upper case).
-PROXY_ENV = frozenset({"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "FTP_PROXY"})
-RESERVED_ENV = frozenset({"PATH", "HOME"})
-RESERVED_ENV_PREFIXES = ("WM_", "ANTHROPIC_")
 #: What a ref or branch may hold: git's own rules, and no option-looking leading ``-``.
 _REF = re.compile(r"^(?!-)(?!.*\.\.)(?!.*@\{)(?!.*//)[A-Za-z0-9._/@+-]+(?<![./])(?<!\.lock)$")
 
@@ -134,9 +133,9 @@ def checkout_grant(url: str, sources: Sequence[Source]) -> str:
             continue
         if literal is not None:
             if target.kind == "network" and target.network is not None:
-                if literal in target.network:
+                if network_contains(target.network, literal):
                     return f"{_bracketed(literal)}:{where.port}"
-            elif target.kind == "any" and literal.is_global:
+            elif target.kind == "any" and is_public(literal):
                 return f"{_bracketed(literal)}:{where.port}"
             continue
         name = where.host.lower()
@@ -180,27 +179,6 @@ class Repository(BaseModel):
         if value and (len(value) > MAX_REF_CHARS or not _REF.match(value)):
             raise ValueError(f"{value[:40]!r} is not a git ref name")
         return value
-
-
-def check_env(value: Mapping[str, Any]) -> dict[str, str]:
-    """A create's ``env``, checked; ValueError naming the first variable refused."""
-    if len(value) > MAX_ENV_PAIRS:
-        raise ValueError(f"has {len(value)} variables; at most {MAX_ENV_PAIRS}")
-    checked: dict[str, str] = {}
-    for name, item in value.items():
-        shown = name[:40]
-        if not isinstance(name, str) or not ENV_NAME.match(name):
-            raise ValueError(f"variable {shown!r}: a name is [A-Z_][A-Z0-9_]*")
-        if name in RESERVED_ENV or name in PROXY_ENV or name.startswith(RESERVED_ENV_PREFIXES):
-            raise ValueError(f"variable {name!r} is the deployment's to set, not a create's")
-        if not isinstance(item, str):
-            raise ValueError(f"variable {name!r}: a value is a string")
-        if len(item) > MAX_ENV_VALUE_CHARS or "\x00" in item:
-            raise ValueError(
-                f"variable {name!r}: a value is at most {MAX_ENV_VALUE_CHARS} characters, no NUL"
-            )
-        checked[name] = item
-    return checked
 
 
 #: A workspace summary in a record is at most this long (its JSON text), and names at most

@@ -126,7 +126,8 @@ class Keys:
         return f"{self.prefix}:{worker_id}"
 
     def spec(self, worker_id: str) -> str:
-        """The accepted create command, kept until the worker is provisioned and prompted."""
+        """The accepted create as saved (``contract.create_spec``): kept while the worker lives
+        (a resume provisions it again from here), deleted when it ends."""
         return f"{self.prefix}:{worker_id}:spec"
 
     def prompt(self, worker_id: str) -> str:

@@ -8,7 +8,9 @@ reports each refusal on its output) and ``gateway.sock`` (the LLM gateway, which
 worker's token for the operator's key and meters usage from the API's own answers).
 
 Owns: the egress decision (``policy``), the grants on disk (``grants``), the proxy addon
-(``proxy``), the gateway (``gateway``, ``pricing``) and the service
-(``service``, ``control``).
+(``proxy``), the gateway (``gateway``, the relay; ``routes``, what it forwards; ``meter``
+and ``pricing``, what it charges), the credentials it adds (``credentials``), the bounds on
+one worker (``limits``) and the service (``service``, ``control``; which code and settings it
+runs with: ``version``, ``fingerprint``, ``leases``).
 May import: ``core``, ``contract``, ``settings``.
 """

@@ -5,6 +5,10 @@ starts it detached (its own session, its own log file beside the socket) when no
 there, so ``serve`` on a fresh host needs no extra step; a supervisor or docker-compose may run
 ``worker-manager egress`` instead (``WM_EGRESS_SPAWN=false``). A lock file makes sure one host
 runs one service, however many managers start at once.
+
+A service that answers with other settings than this manager's (it was started by another
+manager, or before a key rotation) is restarted with this manager's, or the manager refuses to
+start, naming the settings: :mod:`worker_manager.egress.fingerprint` says which and why.
 """
 
 from __future__ import annotations
@@ -18,9 +22,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from pydantic import AliasChoices
 
 from worker_manager.core.logs import get_logger
+from worker_manager.core.secret_files import SECRETS_DIR_VARIABLE
+from worker_manager.egress.fingerprint import (
+    NOT_COMPARED,
+    SERVICE_SETTINGS,
+    EgressSettingsConflict,
+    Verdict,
+    decide,
+    digest_key,
+    settings_digests,
+)
 from worker_manager.egress.grants import Grant, RunDir
+from worker_manager.egress.leases import Lease
 from worker_manager.egress.version import service_version
 from worker_manager.settings import Settings
 
@@ -28,19 +44,7 @@ log = get_logger(__name__)
 
 #: Settings the spawned service needs, passed on in its environment (secrets included: they go
 #: from this process to its child, never to Redis, a log or a container).
-_PASSED_ON = (
-    ("redis_url", "WM_REDIS_URL"),
-    ("egress_run_dir", "WM_EGRESS_RUN_DIR"),
-    ("anthropic_base_url", "WM_ANTHROPIC_BASE_URL"),
-    ("anthropic_api_key", "WM_ANTHROPIC_API_KEY"),
-    ("claude_code_oauth_token", "WM_CLAUDE_CODE_OAUTH_TOKEN"),
-    ("factory_api_key", "WM_FACTORY_API_KEY"),
-    ("factory_api_host", "WM_FACTORY_API_HOST"),
-    ("git_credentials", "WM_GIT_CREDENTIALS"),
-    ("egress_upstream_ca", "WM_EGRESS_UPSTREAM_CA"),
-    ("egress_connect_timeout_seconds", "WM_EGRESS_CONNECT_TIMEOUT_SECONDS"),
-    ("log_level", "WM_LOG_LEVEL"),
-)
+_PASSED_ON = SERVICE_SETTINGS + NOT_COMPARED
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,8 @@ class EgressClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self._warned_version: object = service_version()
+        self._digests: dict[str, str] | None = None
+        self._lease = Lease(self._run.root, settings.manager_id)
 
     @property
     def run_dir(self) -> RunDir:
@@ -147,32 +153,79 @@ class EgressClient:
             return ""
 
     async def close(self) -> None:
+        self._lease.release()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
-    async def ensure_running(self, *, wait_seconds: float = 30.0) -> None:
-        """Start the service if nothing answers, and wait until it does."""
+    def digests(self) -> dict[str, str]:
+        """This manager's settings as the service would report them (keyed digests)."""
+        if self._digests is None:
+            self._run.prepare()
+            self._digests = settings_digests(
+                self._settings,
+                digest_key(self._run.root),
+                only_set=not self._settings.egress_spawn,  # a supervisor's service
+            )
+        return self._digests
+
+    async def _health(self) -> dict[str, object] | None:
         try:
             health = await self._call("GET", "/healthz")
         except (EgressUnavailable, EgressRefused):
-            health = None
-        if isinstance(health, dict):
-            version = health.get("version")
-            if version != service_version() and version != self._warned_version:
-                self._warned_version = version
-                log.warning(
-                    "the egress service runs another version: restart it "
-                    "(`worker-manager egress --stop`; serve starts this one)",
-                    service_version=version,
-                    manager_version=service_version(),
-                )
-            return
-        if not self._settings.egress_spawn:
-            raise EgressUnavailable(
-                f"no egress service answers at {self._run.control} and WM_EGRESS_SPAWN is off: "
-                "run `worker-manager egress` (or set WM_EGRESS=off, unsafe)"
+            return None
+        return health if isinstance(health, dict) else None
+
+    async def ensure_running(self, *, wait_seconds: float = 30.0) -> None:
+        """Start the service if nothing answers, restart it if it runs with other settings
+        than this manager's (or refuse: :class:`EgressSettingsConflict`), and wait until it
+        answers with this manager's (:func:`~worker_manager.egress.fingerprint.decide`)."""
+        ours = self.digests()
+        self._lease.take(ours)
+        started = False
+        while True:
+            health = await self._health()
+            if health is None:
+                if not self._settings.egress_spawn:
+                    raise EgressUnavailable(
+                        f"no egress service answers at {self._run.control} and WM_EGRESS_SPAWN "
+                        "is off: run `worker-manager egress` (or set WM_EGRESS=off, unsafe)"
+                    )
+                await self._start(wait_seconds)
+                started = True
+                continue
+            self._note_version(health)
+            decision = decide(
+                reported_settings(health),
+                ours,
+                self._lease.others(),
+                may_restart=self._settings.egress_spawn,
             )
+            if decision.verdict is Verdict.KEEP:
+                return
+            if decision.verdict is Verdict.RESTART and started:
+                self._lease.release()
+                raise EgressSettingsConflict(
+                    f"the egress service started with this manager's settings reports others "
+                    f"({', '.join(decision.differing)}): see {self._run.root / 'service.log'}"
+                )
+            if decision.verdict is Verdict.REFUSE:
+                self._lease.release()
+                raise EgressSettingsConflict(decision.explain(self._run.root))
+            log.warning(
+                "the egress service runs with other settings: restarting it with this "
+                "manager's (its grants are kept)",
+                run_dir=str(self._run.root),
+                differing=list(decision.differing),
+            )
+            pid = health.get("pid")
+            await asyncio.to_thread(
+                stop_service, self._run.root, pid=pid if isinstance(pid, int) else None
+            )
+            await self._start(wait_seconds)
+            started = True
+
+    async def _start(self, wait_seconds: float) -> None:
         spawn(self._settings)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_seconds
@@ -185,9 +238,45 @@ class EgressClient:
             f"see {self._run.root / 'service.log'}"
         )
 
+    def _note_version(self, health: dict[str, object]) -> None:
+        version = health.get("version")
+        if version != service_version() and version != self._warned_version:
+            self._warned_version = version
+            log.warning(
+                "the egress service runs another version: restart it "
+                "(`worker-manager egress --stop`; serve starts this one)",
+                service_version=version,
+                manager_version=service_version(),
+            )
+
+
+def reported_settings(health: dict[str, object]) -> dict[str, str] | None:
+    """The digests a service's ``/healthz`` reports; None from a service that reports none."""
+    reported = health.get("settings")
+    if not isinstance(reported, dict):
+        return None
+    return {str(name): str(value) for name, value in reported.items()}
+
+
+def accepted_variables(field: str) -> list[str]:
+    """Every variable a setting is read from (``WM_X``, its aliases), upper case."""
+    alias = Settings.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices):
+        return [c.upper() for c in alias.choices if isinstance(c, str)]
+    if isinstance(alias, str):
+        return [alias.upper()]
+    return [f"WM_{field}".upper()]
+
 
 def service_environment(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
+    """The spawned service's environment: this manager's, with each passed-on setting exactly
+    as this manager holds it (its other names, its ``_FILE`` form and ``WM_SECRETS_DIR`` left
+    out, so the service cannot read another value than the one this manager compares)."""
+    dropped = {SECRETS_DIR_VARIABLE}
+    for name, _variable in _PASSED_ON:
+        for accepted in accepted_variables(name):
+            dropped.update((accepted, f"{accepted}_FILE"))
+    env = {k: v for k, v in os.environ.items() if k.upper() not in dropped}
     for name, variable in _PASSED_ON:
         value = getattr(settings, name)
         if value is None:
@@ -218,16 +307,21 @@ def spawn(settings: Settings) -> None:
     log.info("egress service started", run_dir=str(run.root), log=str(log_path))
 
 
-def stop_service(run_dir: Path, *, timeout: float = 10.0) -> bool:
-    """SIGTERM the service of this run directory (tests and ``egress --stop``); True if one ran."""
+def stop_service(run_dir: Path, *, timeout: float = 10.0, pid: int | None = None) -> bool:
+    """SIGTERM the service of this run directory (tests, ``egress --stop``, a restart with
+    other settings); True if one ran. ``pid``: only if that one still runs there (a manager
+    never stops the service another one has just started)."""
     import signal
     import time
 
     run = RunDir(run_dir)
     try:
-        pid = int(run.pid_file.read_text().strip())
+        running = int(run.pid_file.read_text().strip())
     except (OSError, ValueError):
         return False
+    if pid is not None and running != pid:
+        return False
+    pid = running
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:

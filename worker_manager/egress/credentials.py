@@ -8,6 +8,10 @@ secret files, never from a command:
   ``Authorization: Basic`` with those (a bare token as ``x-access-token:<token>``, which GitHub
   takes and GitLab and Gitea accept with any user name), replacing whatever the agent sent. The
   worker reaches the host only if its ``egress`` grants it; the token never enters a container.
+  "Such a host" is the destination the proxy decided and connected to (the name it resolved,
+  the ``CONNECT`` target), never a ``Host`` header or TLS server name the agent wrote: the proxy
+  refuses a request whose ``Host`` or ClientHello names another host (``egress.proxy``), so a
+  shared front end cannot route the token elsewhere.
 * **Factory's API** (``WM_FACTORY_API_KEY`` for ``WM_FACTORY_API_HOST``): a FACTORY worker
   holds a placeholder of its own as ``FACTORY_API_KEY``; in its requests to that host the proxy
   puts the real key wherever the placeholder appears in a header (the pattern Daytona calls
@@ -15,14 +19,13 @@ secret files, never from a command:
   can spend the key only as itself.
 
 To add a header to an HTTPS request the proxy must read it: TLS to these hosts (and to no
-others) is intercepted with the service's own CA (:func:`intercepts`), which every contained
-container trusts through ``/run/wm/ca-bundle.pem`` (the public roots plus that CA; see
-``egress.service``). Everything here is a plain function of data, tested without a proxy.
+others) is intercepted with the service's own CA (:meth:`Credentials.intercepts`), which every
+contained container trusts through ``/run/wm/ca-bundle.pem`` (the public roots plus that CA;
+see ``egress.service``). Everything here is a plain function of data, tested without a proxy.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 
@@ -48,13 +51,6 @@ class Credentials:
         wanted = self.factory_host.lower()
         host = host.lower().rstrip(".")
         return wanted in (host, f"{host}:{port}")
-
-    def hosts(self) -> list[str]:
-        """Every host (``host`` or ``host:port``) a credential may go to."""
-        found = set(self.git)
-        if self.factory_host and self.factory_key:
-            found.add(self.factory_host.lower())
-        return sorted(found)
 
     def intercepts(self, host: str, port: int, factory_token: str) -> bool:
         """Whether TLS to ``host:port`` must be opened (a credential goes into it)."""
@@ -87,17 +83,3 @@ def factory_grant(credentials_host: str | None) -> list[str]:
     if not credentials_host:
         return []
     return [credentials_host if ":" in credentials_host else f"{credentials_host}:443"]
-
-
-def tunnel_options(credentials: Credentials) -> dict[str, list[str]]:
-    """mitmproxy's tunnel filter: only tunnels to a credential's host are looked into (their
-    TLS then opened per worker: :meth:`Credentials.intercepts`); every other tunnel is relayed
-    as raw bytes from the start, which is also the fastest way through."""
-    hosts = credentials.hosts()
-    if not hosts:
-        return {"ignore_hosts": [".*"], "allow_hosts": []}
-    patterns = []
-    for entry in hosts:
-        host, _, port = entry.partition(":")
-        patterns.append(f"^{re.escape(host)}:{port or '[0-9]+'}$")
-    return {"ignore_hosts": [], "allow_hosts": patterns}

@@ -1,13 +1,15 @@
-"""The LLM gateway: a worker's only way to the Anthropic API, and the meter of what it spends.
+"""The LLM gateway: a worker's only way to the Anthropic API, relayed with the operator's key.
 
 A contained worker holds no credential of the operator (SPEC §7). Its ``ANTHROPIC_API_KEY`` is a
 random per-worker token that only this gateway knows, served on the worker's own
-``gateway.sock``; the gateway checks it, swaps in the operator's credential, forwards the request
-to the real API and passes the answer back as it arrives. Because every token the worker spends
-comes back through here, the gateway is also where spend is known without trusting the worker:
-it reads the API's own ``usage`` as the answer passes, adds it to the worker's usage hash
-(``Keys.usage``) at the end of each response, and refuses further requests once the worker's
-``max_cost_usd`` is spent.
+``gateway.sock``; the gateway checks it, checks that the request is one an agent needs (an
+allow-list of methods and paths, :mod:`worker_manager.egress.routes`: the key's account is not
+the worker's), swaps in the operator's credential, forwards the request to the real API and
+passes the answer back as it arrives. Because every token the worker spends comes back through
+here, the gateway has the meter (:mod:`worker_manager.egress.meter`) read the API's own
+``usage`` as the answer passes, charge it to the worker at the end of each response, and it
+refuses further requests once the worker's ``max_cost_usd`` is spent. This module is the HTTP
+relay; what an answer costs and where the spend is kept is the meter's.
 
 How it is shaped by speed (the goal: first byte at most 5 ms later than direct, 90 % of the
 direct bytes/s):
@@ -16,11 +18,13 @@ direct bytes/s):
   connections (no TLS handshake per request);
 * each upstream chunk is written to the worker as soon as it is read (``iter_any``); nothing is
   buffered but the JSON body of a non-streamed answer, kept for its ``usage``;
-* the meter parses only the ``message_start`` and ``message_delta`` events, the only ones that
-  carry ``usage``: the first is in the stream's head, the second in its last bytes, so the
-  chunks between are passed on without being looked at;
 * Redis is touched once before a request, and only for a worker with a budget (its spend), and
   once after it (the usage, one ``MULTI``); never per chunk.
+
+An answer is read from the API to its end whoever reads it: a worker that hangs up halfway is
+charged what the API sent all the same (the rest is read and metered, not written). An answer
+the API breaks off is charged for what it carried (the meter's estimate) and ends for the
+worker so that it cannot be taken for a whole one.
 
 Compression: the gateway asks the API for ``accept-encoding: identity``. The meter must read the
 answer, and a compressed stream would need decompressing just to be metered; over a Unix socket
@@ -31,8 +35,7 @@ its budget).
 
 Limits, knowingly: the spend is checked before a request and added after it, so requests in
 flight together may all pass the check and end a little past the budget (the CLI's own
-``--max-budget-usd`` stops it within a run as well). A stream cut off upstream is charged for
-what it reported before the cut (its ``message_delta`` carries the output count).
+``--max-budget-usd`` stops it within a run as well).
 """
 
 from __future__ import annotations
@@ -41,7 +44,6 @@ import asyncio
 import contextlib
 import hmac
 import json
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -57,31 +59,23 @@ from yarl import URL
 
 from worker_manager.core.keys import Keys
 from worker_manager.core.logs import get_logger
-from worker_manager.egress.pricing import Usage
+from worker_manager.egress import meter
+from worker_manager.egress.meter import UsageMeter
+from worker_manager.egress.routes import ANTHROPIC_ROUTES, PathVerdict, Route, judge
 
 log = get_logger(__name__)
 
 __all__ = [
     "GATEWAY_REQUESTS",
-    "GATEWAY_TOKENS",
     "OAUTH_BETA",
     "GatewayWorker",
     "LlmGateway",
-    "UsageMeter",
 ]
 
 #: Anthropic's beta flag that makes the API accept a Claude subscription's OAuth token.
 OAUTH_BETA = "oauth-2025-04-20"
 #: Larger than the Messages API's own request limit (32 MB), so the API, not we, refuses.
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
-#: A non-streamed answer is kept (for its ``usage``) up to this size; past it, unmetered.
-MAX_METERED_BODY = 32 * 1024 * 1024
-#: A stream's head is searched this far for ``message_start`` (its first event, a few hundred
-#: bytes); the bound is for memory against a stream that breaks the protocol.
-MAX_SSE_LINE = 1024 * 1024
-#: After ``message_start``, the meter keeps the stream's last this many bytes (at least): enough
-#: for ``message_delta`` and ``message_stop`` behind it, the end of every Messages stream.
-SSE_WINDOW = 64 * 1024
 #: Upstream connections kept for all workers together (aiohttp's default of 100 would queue the
 #: 101st concurrent stream of a large fleet).
 POOL_LIMIT = 1024
@@ -89,6 +83,8 @@ POOL_LIMIT = 1024
 #: long generation, and a non-streamed request is bounded by the API at about ten minutes.
 UPSTREAM_READ_TIMEOUT = 900.0
 UPSTREAM_CONNECT_TIMEOUT = 30.0
+#: A refused path is named in the refusal up to this many characters.
+_PATH_SHOWN = 200
 
 #: RFC 9110 §7.6.1 connection-specific headers, never forwarded in either direction.
 HOP_BY_HOP = frozenset(
@@ -117,8 +113,15 @@ _DROPPED_REQUEST = HOP_BY_HOP | {
 }
 
 #: Outcomes of a request, a fixed set (label values never come from a request).
-OUTCOMES = ("forwarded", "unauthorized", "budget_exceeded", "upstream_error", "unavailable")
-TOKEN_KINDS = ("input", "output", "cache_creation", "cache_read")
+OUTCOMES = (
+    "forwarded",
+    "unauthorized",
+    "not_allowed",
+    "bad_path",
+    "budget_exceeded",
+    "upstream_error",
+    "unavailable",
+)
 
 # The egress service is a process of its own and serves the default registry on its /metrics;
 # the manager's metrics live in a private registry (worker_manager.service.metrics) because
@@ -126,19 +129,13 @@ TOKEN_KINDS = ("input", "output", "cache_creation", "cache_read")
 GATEWAY_REQUESTS = Counter(
     "wm_gateway_requests",
     "Requests to the LLM gateway, by outcome: forwarded (the API answered, whatever its status), "
-    "unauthorized (unknown socket or wrong token), budget_exceeded, upstream_error (the API "
-    "could not be reached or broke off), unavailable (the spend could not be read).",
+    "unauthorized (unknown socket or wrong token), not_allowed (a method and path not on the "
+    "allow-list), bad_path (a path not in normal form), budget_exceeded, upstream_error (the "
+    "API could not be reached or broke off), unavailable (the spend could not be read).",
     ["outcome"],
-)
-GATEWAY_TOKENS = Counter(
-    "wm_gateway_tokens",
-    "Tokens metered by the LLM gateway from the API's usage, by kind.",
-    ["kind"],
 )
 for _outcome in OUTCOMES:
     GATEWAY_REQUESTS.labels(_outcome)
-for _kind in TOKEN_KINDS:
-    GATEWAY_TOKENS.labels(_kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,144 +148,11 @@ class GatewayWorker:
     max_cost_usd: float | None
 
 
-class UsageMeter:
-    """Reads one response's ``usage`` as its bytes pass, without holding a stream.
-
-    A stream (``text/event-stream``) carries usage in two events: ``message_start``, its first
-    event, and ``message_delta`` (cumulative counts), its last but for ``message_stop``. So the
-    meter reads the stream's head until ``message_start`` has passed, then only keeps references
-    to the last ``SSE_WINDOW`` bytes of chunks, read once at the end: after the first chunk, a
-    byte passing through costs the meter nothing. In either place, only a ``data:`` line that
-    mentions ``message_`` is parsed, and the data's own ``type`` decides (a text delta that
-    merely mentions ``message_delta`` is parsed and ignored). A JSON answer is kept and parsed
-    once at the end.
-    """
-
-    __slots__ = ("_body", "_dropped", "_head", "_mode", "_recent", "_size", "_started", "usage")
-
-    def __init__(self, content_type: str) -> None:
-        self.usage = Usage()
-        kind = content_type.split(";", 1)[0].strip().lower()
-        self._mode = "sse" if kind == "text/event-stream" else "json" if "json" in kind else ""
-        self._head = b""
-        self._started = False
-        self._recent: deque[bytes] = deque()
-        self._dropped = False
-        self._body: list[bytes] = []
-        self._size = 0
-
-    @property
-    def is_stream(self) -> bool:
-        return self._mode == "sse"
-
-    def feed(self, chunk: bytes) -> None:
-        if self._mode == "sse":
-            if self._started:
-                self._remember(chunk)
-            else:
-                self._feed_head(chunk)
-        elif self._mode == "json":
-            self._size += len(chunk)
-            if self._size <= MAX_METERED_BODY:
-                self._body.append(chunk)
-
-    def finish(self) -> Usage:
-        if self._mode == "sse":
-            if self._started:
-                block = b"".join(self._recent)
-                # A window that lost its beginning starts inside a line: skip to the next.
-                self._scan(block, block.find(b"\n") + 1 if self._dropped else 0, len(block))
-            else:
-                self._scan(self._head, 0, len(self._head))
-        elif self._mode == "json" and self._body and self._size <= MAX_METERED_BODY:
-            try:
-                answer = json.loads(b"".join(self._body))
-            except ValueError:
-                answer = None
-            if isinstance(answer, dict):
-                self.usage.update(answer.get("usage"))
-                model = answer.get("model")
-                if isinstance(model, str):
-                    self.usage.model = model
-        self._head, self._recent, self._body = b"", deque(), []
-        self._size = 0
-        return self.usage
-
-    def _feed_head(self, chunk: bytes) -> None:
-        head = self._head + chunk if self._head else chunk
-        after = self._scan(head, 0, head.rfind(b"\n") + 1, until_start=True)
-        if after >= 0 or len(head) > MAX_SSE_LINE:
-            # message_start has passed (or, against the protocol, not within a MiB: then the
-            # window alone is read, from a line boundary on).
-            self._started, self._head = True, b""
-            self._dropped = after < 0
-            rest = head[after:] if after >= 0 else head
-            if rest:
-                self._remember(rest)
-        else:
-            self._head = head
-
-    def _remember(self, chunk: bytes) -> None:
-        self._recent.append(chunk)
-        self._size += len(chunk)
-        while self._size - len(self._recent[0]) >= SSE_WINDOW:
-            self._size -= len(self._recent.popleft())
-            self._dropped = True
-
-    def _scan(self, block: bytes, start: int, stop: int, *, until_start: bool = False) -> int:
-        """Parse the usage lines of ``block[start:stop]``, in order; with ``until_start``, stop
-        after ``message_start`` and return where its line ends (-1: not there)."""
-        hit = block.find(b"message_", start, stop)
-        while hit >= 0:
-            before = block.rfind(b"\n", start, hit)
-            after = block.find(b"\n", hit, stop)
-            if after < 0:
-                after = stop
-            kind = self._line(block[start if before < 0 else before + 1 : after])
-            if until_start and kind == "message_start":
-                return after + 1
-            hit = block.find(b"message_", after, stop)
-        return -1
-
-    def _line(self, line: bytes) -> str | None:
-        """Take the usage of one SSE line; which event it was, if it was one of the two."""
-        if not line.startswith(b"data:"):
-            return None
-        if b"message_start" not in line and b"message_delta" not in line:
-            return None
-        try:
-            event = json.loads(line[5:])
-        except ValueError:
-            return None
-        if not isinstance(event, dict):
-            return None
-        kind = event.get("type")
-        if kind == "message_start":
-            message = event.get("message")
-            if isinstance(message, dict):
-                self.usage.update(message.get("usage"))
-                model = message.get("model")
-                if isinstance(model, str):
-                    self.usage.model = model
-            return "message_start"
-        if kind == "message_delta":
-            self.usage.update(event.get("usage"))
-            return "message_delta"
-        return None
-
-
 def anthropic_error(status: int, kind: str, message: str) -> web.Response:
     """An error the way the API words its own, so the CLI and SDKs show ``message``."""
     return web.json_response(
         {"type": "error", "error": {"type": kind, "message": message}}, status=status
     )
-
-
-def usd(value: float) -> str:
-    """``5.00``, ``0.42``, ``0.0003``: cents always, more digits only where they matter."""
-    text = f"{value:.4f}".rstrip("0")
-    whole, _, cents = text.partition(".")
-    return f"{whole}.{cents.ljust(2, '0')}"
 
 
 def _connection_named(headers: CIMultiDictProxy[str]) -> set[str]:
@@ -325,6 +189,7 @@ class LlmGateway:
         oauth_token: SecretStr | None,
         resolve: Callable[[str], GatewayWorker | None],
         session: aiohttp.ClientSession | None = None,
+        routes: tuple[Route, ...] = ANTHROPIC_ROUTES,
     ) -> None:
         self._redis = redis
         self._upstream = upstream_url.rstrip("/")
@@ -332,6 +197,7 @@ class LlmGateway:
         self._oauth_token = oauth_token
         self._resolve = resolve
         self._session = session
+        self._routes = routes
         # A session is bound to the loop it was made on; ours is made on first use, inside it.
         self._owns_session = session is None
 
@@ -360,9 +226,17 @@ class LlmGateway:
                 "authentication_error",
                 "worker-manager: invalid API key for this worker's gateway",
             )
+        # The request-target exactly as the worker sent it (aiohttp's own parse may already
+        # have decoded or collapsed parts of it).
+        target = request.raw_path
+        verdict = judge(self._routes, request.method, target)
+        if verdict is not PathVerdict.ALLOWED:
+            GATEWAY_REQUESTS.labels(verdict.value).inc()
+            return self._refusal(verdict, request.method, target)
+        usage_key = Keys(worker.key_prefix).usage(worker.worker_id)
         if worker.max_cost_usd is not None:
             try:
-                spent = await self._spent(worker)
+                spent = await meter.spent(self._redis, usage_key)
             except (RedisError, OSError) as exc:
                 GATEWAY_REQUESTS.labels("unavailable").inc()
                 log.warning(
@@ -376,14 +250,29 @@ class LlmGateway:
             if spent >= worker.max_cost_usd:
                 GATEWAY_REQUESTS.labels("budget_exceeded").inc()
                 with contextlib.suppress(RedisError, OSError):
-                    await self._spent_all(worker)
+                    await meter.flag_spent(self._redis, usage_key)
                 return anthropic_error(
-                    400,
-                    "invalid_request_error",
-                    f"worker-manager: this worker's budget of ${usd(worker.max_cost_usd)} is "
-                    f"spent (${usd(spent)} so far); it takes no more API calls",
+                    400, "invalid_request_error", meter.budget_refusal(worker.max_cost_usd, spent)
                 )
-        return await self._forward(request, worker)
+        return await self._forward(request, worker, target, usage_key)
+
+    def _refusal(self, verdict: PathVerdict, method: str, target: str) -> web.Response:
+        """A request the gateway does not forward, refused as the API refuses its own."""
+        if verdict is PathVerdict.BAD_PATH:
+            return anthropic_error(
+                404,
+                "not_found_error",
+                "worker-manager: no such path: the gateway forwards only paths in normal form "
+                "(no '.', '..' or empty segment, no percent-encoding)",
+            )
+        path = target.partition("?")[0][:_PATH_SHOWN]
+        allowed = ", ".join(str(route) for route in self._routes)
+        return anthropic_error(
+            403,
+            "permission_error",
+            f"worker-manager: the gateway does not forward {method[:20]} {path}; a worker may "
+            f"call {allowed}",
+        )
 
     def _worker_of(self, request: web.Request) -> GatewayWorker | None:
         transport = request.transport
@@ -397,25 +286,17 @@ class LlmGateway:
         worker = self._resolve(sockname)
         return worker if worker is not None and worker.token else None
 
-    async def _spent(self, worker: GatewayWorker) -> float:
-        raw = await self._redis.hget(Keys(worker.key_prefix).usage(worker.worker_id), "cost_usd")
-        if raw is None:
-            return 0.0
-        try:
-            return float(raw.decode() if isinstance(raw, bytes) else raw)
-        except ValueError:
-            return 0.0
-
-    async def _forward(self, request: web.Request, worker: GatewayWorker) -> web.StreamResponse:
-        rel = request.rel_url
-        if not rel.raw_path.startswith("/"):
-            return anthropic_error(400, "invalid_request_error", "worker-manager: bad request path")
-        target = URL(self._upstream + rel.raw_path_qs, encoded=True)
+    async def _forward(
+        self, request: web.Request, worker: GatewayWorker, target: str, usage_key: str
+    ) -> web.StreamResponse:
+        """Relay one allowed request and its answer; the answer is read from the API to its
+        end whether or not the worker stays to read it, and charged once."""
+        path = target.partition("?")[0]
         body = await request.read()
         try:
             upstream = await self._client().request(
                 request.method,
-                target,
+                URL(self._upstream + target, encoded=True),
                 headers=self._upstream_headers(request.headers),
                 data=body if body else None,
                 allow_redirects=False,
@@ -425,7 +306,7 @@ class LlmGateway:
             log.warning(
                 "gateway cannot reach the API",
                 worker_id=worker.worker_id,
-                path=rel.path,
+                path=path,
                 error=type(exc).__name__,
             )
             return anthropic_error(
@@ -433,13 +314,14 @@ class LlmGateway:
                 "api_error",
                 f"worker-manager: the API could not be reached ({type(exc).__name__})",
             )
-        meter = UsageMeter(upstream.headers.get("content-type", ""))
+        answer = UsageMeter(upstream.headers.get("content-type", ""))
         response = web.StreamResponse(
             status=upstream.status,
             reason=upstream.reason,
             headers=_client_headers(upstream.headers),
         )
         outcome = "forwarded"
+        listening = True  # the worker still takes the answer
         settled = False
 
         async def settle() -> None:
@@ -449,36 +331,54 @@ class LlmGateway:
             if settled:
                 return
             settled = True
-            if outcome == "forwarded" and upstream.content.at_eof():
+            whole = outcome == "forwarded" and upstream.content.at_eof()
+            if whole:
                 upstream.release()  # read to its end: the connection goes back to the pool
             else:
                 upstream.close()  # one left mid-answer must not
             GATEWAY_REQUESTS.labels(outcome).inc()
-            await asyncio.shield(self._record(worker, meter.finish()))
+            await asyncio.shield(
+                meter.charge(
+                    self._redis,
+                    usage_key,
+                    answer.finish(cut=not whole),
+                    max_cost_usd=worker.max_cost_usd,
+                    worker_id=worker.worker_id,
+                )
+            )
 
         try:
-            await response.prepare(request)
+            try:
+                await response.prepare(request)
+            except ConnectionError:
+                listening = False
             try:
                 async for chunk in upstream.content.iter_any():
-                    meter.feed(chunk)
-                    await response.write(chunk)
+                    answer.feed(chunk)
+                    if listening:
+                        try:
+                            await response.write(chunk)
+                        except ConnectionError:
+                            # The worker hung up: the rest is read all the same, for its count.
+                            listening = False
             except (aiohttp.ClientError, TimeoutError) as exc:
                 outcome = "upstream_error"
                 log.warning(
                     "the API broke off an answer",
                     worker_id=worker.worker_id,
-                    path=rel.path,
+                    path=path,
                     error=type(exc).__name__,
                 )
                 await settle()
-                await _break_off(request, response, meter)
+                if listening:
+                    await _break_off(request, response, answer)
                 return response
             await settle()
-            await response.write_eof()
-        except ConnectionResetError:  # the worker went away; what it cost is charged below
-            pass
+            if listening:
+                with contextlib.suppress(ConnectionError):
+                    await response.write_eof()
         finally:
-            await settle()
+            await settle()  # cancelled (the service stops): charged what was read
         return response
 
     def _client(self) -> aiohttp.ClientSession:
@@ -513,43 +413,6 @@ class LlmGateway:
             out["anthropic-beta"] = beta
         return out
 
-    async def _spent_all(self, worker: GatewayWorker) -> None:
-        """Flag the worker's budget as spent where its manager's watcher reads it (the usage
-        hash, which no worker can write): the watcher stops it (``budget_exceeded``)."""
-        key = Keys(worker.key_prefix).usage(worker.worker_id)
-        await self._redis.hset(key, "budget_exceeded", "1")
-
-    async def _record(self, worker: GatewayWorker, usage: Usage) -> None:
-        """Add one response's usage and cost to the worker's hash, in one ``MULTI``."""
-        key = Keys(worker.key_prefix).usage(worker.worker_id)
-        cost = usage.cost_usd()
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hincrby(key, "input_tokens", usage.input_tokens)
-                pipe.hincrby(key, "output_tokens", usage.output_tokens)
-                pipe.hincrby(key, "cache_creation_input_tokens", usage.cache_creation_input_tokens)
-                pipe.hincrby(key, "cache_read_input_tokens", usage.cache_read_input_tokens)
-                pipe.hincrby(key, "requests", 1)
-                pipe.hincrbyfloat(key, "cost_usd", cost)
-                total = float((await pipe.execute())[-1])
-            if worker.max_cost_usd is not None and total >= worker.max_cost_usd:
-                await self._spent_all(worker)
-        except (RedisError, OSError, ValueError) as exc:
-            log.error(
-                "gateway could not record a worker's usage",
-                worker_id=worker.worker_id,
-                cost_usd=cost,
-                error=type(exc).__name__,
-            )
-        for kind, count in (
-            ("input", usage.input_tokens),
-            ("output", usage.output_tokens),
-            ("cache_creation", usage.cache_creation_input_tokens),
-            ("cache_read", usage.cache_read_input_tokens),
-        ):
-            if count:
-                GATEWAY_TOKENS.labels(kind).inc(count)
-
 
 def _authentic(request: web.Request, token: str) -> bool:
     """Whether the request carries the worker's token, compared in constant time."""
@@ -581,13 +444,15 @@ def _client_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     )
 
 
-async def _break_off(request: web.Request, response: web.StreamResponse, meter: UsageMeter) -> None:
+async def _break_off(
+    request: web.Request, response: web.StreamResponse, answer: UsageMeter
+) -> None:
     """End an answer the API broke off so that the worker cannot take it for a whole one.
 
     A stream gets an ``error`` event, as the API itself sends one mid-stream (the SDKs raise it);
     any other body has its connection closed short of its length or last chunk.
     """
-    if meter.is_stream:
+    if answer.is_stream:
         payload: dict[str, Any] = {
             "type": "error",
             "error": {"type": "api_error", "message": "worker-manager: the API broke off"},
@@ -595,7 +460,7 @@ async def _break_off(request: web.Request, response: web.StreamResponse, meter: 
         try:
             await response.write(b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n")
             await response.write_eof()
-        except ConnectionResetError:
+        except ConnectionError:
             pass
         return
     if request.transport is not None:

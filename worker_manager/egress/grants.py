@@ -10,6 +10,8 @@ Layout under ``WM_EGRESS_RUN_DIR``::
 
     control.sock                    the manager's side (root only)
     service.pid                     the running service
+    settings.key                    the key of its settings' digests (root only)
+    managers/<id>.<n>.lease         one per manager using the service, flocked while it lives
     ca/                             the proxy's CA, key included (root only; mitmproxy's confdir)
     ca.pem, ca-bundle.pem           its certificate, alone and after the public roots
     upstream-bundle.pem             the roots the proxy checks upstreams against, when the
@@ -84,8 +86,8 @@ class Grant:
     max_cost_usd: float | None = None
     #: Where the worker's Redis relay connects: the registering manager's Redis, credentials
     #: stripped (the worker's own ACL user authenticates through the relay). Empty: the
-    #: service's own ``WM_REDIS_URL``. Per grant, so that managers of different Redis servers
-    #: may share one host's service.
+    #: service's own ``WM_REDIS_URL`` (the same for every live manager's grants: managers of
+    #: other Redis servers do not share a service at once, ``egress.fingerprint``).
     redis_url: str = ""
     #: The worker this grant acts for when it is not ``worker_id`` itself (a checkout's grant,
     #: ``checkout.<id>``): refusals go to that worker's output, and the grant lives with it.

@@ -17,28 +17,34 @@ The rules, and why:
   rebinding attacker, decides which one it would get.
 - **Non-public addresses only literally.** Loopback, link-local (the cloud metadata address
   169.254.169.254 included), private, shared (100.64.0.0/10), multicast, reserved and
-  unspecified addresses (and the IPv4-mapped IPv6 forms of all of these, and IPv6 forms that
-  carry an IPv4 address to NAT64 or 6to4) are reachable only through a ``network`` entry: a
-  granted name or ``*`` never leads there, whatever the name resolves to. So granting
-  ``localhost`` by name grants nothing, and a prompt-injected agent cannot point a granted
-  wildcard's DNS at the host's services.
+  unspecified addresses are reachable only through a ``network`` entry: a granted name or ``*``
+  never leads there, whatever the name resolves to. So granting ``localhost`` by name grants
+  nothing, and a prompt-injected agent cannot point a granted wildcard's DNS at the host's
+  services.
+- **An address is judged where it leads.** An IPv6 form that carries an IPv4 address
+  (IPv4-mapped ``::ffff:127.0.0.1``, IPv4-compatible, NAT64 ``64:ff9b::/96``, 6to4
+  ``2002::/16``, Teredo) is judged as that IPv4 address, and a wide IPv6 network (``::/0``)
+  does not name it literally: only an IPv4 network holding it, or an IPv6 network inside the
+  range that carries it, does. One owner for these rules, shared with the checkout grant:
+  :mod:`worker_manager.contract.egress` (``non_public_kind``, ``network_contains``).
 - Nothing resolved is refused (``does not resolve``); a port outside 1-65535 is refused.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from worker_manager.contract.egress import Destination, parse_egress
+from worker_manager.contract.egress import (
+    Destination,
+    IPAddress,
+    is_public,
+    network_contains,
+    non_public_kind,
+    parse_egress,
+)
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-#: Shared address space (carrier-grade NAT): not public, yet not ``is_private`` in Python 3.11.
-_SHARED = ipaddress.ip_network("100.64.0.0/10")
-#: The well-known NAT64 prefix: its last 32 bits are the IPv4 address reached.
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+__all__ = ["EgressPolicy", "IPAddress", "Verdict", "is_public", "non_public_kind"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,48 +53,6 @@ class Verdict:
     #: Why, in a few words (``not granted``, ``loopback address 127.0.0.1 not granted
     #: literally``): the proxy reports it on the worker's output as ``egress denied: …``.
     reason: str
-
-
-def _effective(address: IPAddress) -> IPAddress:
-    """The address a connection actually reaches: an IPv4-mapped IPv6 address is its IPv4."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address a NAT64 or 6to4 address leads to, if it is one."""
-    if address in _NAT64:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return address.sixtofour
-
-
-def non_public_kind(address: IPAddress) -> str | None:
-    """What kind of non-public address this is (``loopback``, ``link-local``, …); None when it
-    is public. Judged on the address a connection reaches (:func:`_effective`)."""
-    address = _effective(address)
-    if address.is_loopback:
-        return "loopback"
-    if address.is_link_local:
-        return "link-local"
-    if address.is_unspecified:
-        return "unspecified"
-    if address.is_multicast:
-        return "multicast"
-    if isinstance(address, ipaddress.IPv4Address) and address in _SHARED:
-        return "shared"
-    if address.is_private or address.is_reserved or not address.is_global:
-        return "private"
-    if isinstance(address, ipaddress.IPv6Address):
-        embedded = _embedded_ipv4(address)
-        if embedded is not None and non_public_kind(embedded) is not None:
-            return "private"
-    return None
-
-
-def is_public(address: IPAddress) -> bool:
-    """Whether a granted name or ``*`` may lead to ``address`` (else only a network entry)."""
-    return non_public_kind(address) is None
 
 
 def _name_matches(destination: Destination, host: str) -> bool:
@@ -121,14 +85,13 @@ class EgressPolicy:
         return self._destinations
 
     def _in_network(self, address: IPAddress, port: int | None) -> bool:
-        """Literally inside a network entry whose port matches (None: whatever its port). An
-        IPv4-mapped IPv6 address is inside the IPv4 networks its IPv4 address is in, and its
-        own IPv6 ones."""
-        candidates = {address, _effective(address)}
+        """Literally inside a network entry whose port matches (None: whatever its port):
+        :func:`worker_manager.contract.egress.network_contains`, so an IPv6 form of an IPv4
+        address is judged as the IPv4 address it leads to."""
         return any(
             d.network is not None
             and (port is None or d.allows_port(port))
-            and any(c.version == d.network.version and c in d.network for c in candidates)
+            and network_contains(d.network, address)
             for d in self._networks
         )
 

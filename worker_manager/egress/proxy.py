@@ -3,41 +3,71 @@
 mitmproxy runs in the egress service's own event loop. Its listening server is bound to a
 loopback port nobody is told about; workers never reach it over TCP. Each worker's
 ``proxy.sock`` hands its connections straight to mitmproxy's connection handler
-(:func:`serve_worker_connection`), tagged with the worker's id, so the addon knows who asks
-without any credential the agent could copy or forge. A connection that carries no worker's
-tag (anything on the host that found the loopback port) is refused outright.
+(:meth:`EgressProxy.serve_worker_connection`), tagged with the worker's id, so the addon knows
+who asks without any credential the agent could copy or forge. A connection that carries no
+worker's tag (anything on the host that found the loopback port) is refused outright. A worker
+holds at most so many connections at once (:mod:`worker_manager.egress.limits`).
 
-For each request (a ``CONNECT host:port`` or a plain ``GET http://host/…``) the addon resolves
-the name itself, asks :class:`worker_manager.egress.policy.EgressPolicy` and, when allowed,
-pins the upstream connection to the address it checked (so a name cannot re-resolve to a
-private address between the check and the connect: DNS rebinding). A refusal is a 403 for the
-client and an ``error`` event ``egress denied: host:port`` on the worker's own output.
+**Deciding.** For each ``CONNECT host:port`` and each plain request (``GET http://host/…``),
+before any byte of it goes anywhere (mitmproxy's ``requestheaders``, so a large body streams
+through only once it is decided), the addon resolves the name itself, asks
+:class:`worker_manager.egress.policy.EgressPolicy` and, when allowed, pins the upstream
+connection to the address it checked (so a name cannot re-resolve to a private address between
+the check and the connect: DNS rebinding). Each server connection then has a *route*: the
+destination the proxy decided and connected to (the name as granted, or the IP literal).
 
-TLS is passed through untouched (the proxy sees names and ports, not content), except to the
-hosts the operator holds a credential for (:mod:`worker_manager.egress.credentials`): there the
-addon lets mitmproxy open the tunnel with the service's CA and adds the credential to each
-request, so the worker never holds it. mitmproxy checks those upstreams' certificates (against
-the public roots, plus ``WM_EGRESS_UPSTREAM_CA`` for an operator's own servers).
+**What the client says inside must name that destination.** A grant is checked by name and
+connected by address, and one address (a CDN's shared front end) serves many names, routing by
+the name the client sends: the ``Host`` of a plain request, the SNI of a TLS ClientHello, the
+``Host`` of a request inside a tunnel. So a plain request or a request inside a tunnel whose
+``Host`` names another host is refused, and a tunnel whose ClientHello names another host (to
+an IP literal: any host) is closed before its ClientHello goes on, each reported as
+``egress denied: host:port`` naming the host the client tried to reach.
+
+**Refusals** are a 403 for the client (a request whose body mitmproxy would stream is dropped
+instead: it cannot be answered before its body is read) and an ``error`` event
+``egress denied: host:port`` on the worker's own output (each one); the service's log takes a
+bounded number of them (:class:`~worker_manager.egress.limits.DenialLog`). While the addon
+decides, mitmproxy reads no more of the client (:class:`_Link`): an upload is not queued in
+memory behind a slow DNS answer.
+
+**TLS** is passed through untouched after its ClientHello is read (the proxy sees names and
+ports, not content), except to the hosts the operator holds a credential for
+(:mod:`worker_manager.egress.credentials`): there the addon lets mitmproxy open the tunnel with
+the service's CA and adds the credential to each request, chosen by the tunnel's route, never by
+anything the client wrote. mitmproxy checks those upstreams' certificates against the route's
+name (against the public roots, plus ``WM_EGRESS_UPSTREAM_CA`` for an operator's own servers).
+Inside a tunnel, anything that is neither TLS nor HTTP is relayed as raw bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import itertools
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from mitmproxy import http, options, tls
+from mitmproxy import connection, ctx, http, options, tls
 from mitmproxy.addons import default_addons
+from mitmproxy.addons.next_layer import NeedsMoreData, NextLayer
 from mitmproxy.master import Master
-from mitmproxy.proxy import server_hooks
+from mitmproxy.net.http import url
+from mitmproxy.net.http.http1.read import expected_http_body_size
+from mitmproxy.net.tls import starts_like_tls_record
+from mitmproxy.proxy import layer, layers, server_hooks
+from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.layers.http import HTTPMode
+from mitmproxy.utils import human
 from prometheus_client import Counter
 
 from worker_manager.core.logs import get_logger
-from worker_manager.egress.credentials import Credentials, tunnel_options
+from worker_manager.egress.credentials import Credentials
+from worker_manager.egress.limits import ConnectionLimit, DenialLog
 from worker_manager.egress.policy import EgressPolicy
 
 log = get_logger(__name__)
@@ -45,6 +75,8 @@ log = get_logger(__name__)
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: How a refusal reaches the worker's output: (worker_id, "host:port", reason).
 Reporter = Callable[[str, str, str], Awaitable[None]]
+#: What a name stands for: (host, port) -> its addresses (empty: it does not resolve).
+Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +92,7 @@ WorkerLookup = Callable[[str], ProxyWorker | None]
 
 CONNECTIONS = Counter(
     "wm_egress_connections",
-    "Connections asked of the egress proxy, by verdict (allowed, denied).",
+    "Connections asked of the egress proxy, by verdict (allowed, denied, over_limit).",
     ["verdict"],
 )
 CREDENTIALS = Counter(
@@ -69,20 +101,85 @@ CREDENTIALS = Counter(
     ["kind"],
 )
 
+#: Decisions kept per client connection (each is used by the connect that follows it).
+_MAX_PINNED = 256
+#: The answer to a connection past its worker's bound (the worker may retry once one closes).
+_TOO_MANY = (
+    b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one server connection goes: what the proxy decided and connected to."""
+
+    worker_id: str
+    #: The destination as decided: a name (lower case, no trailing dot) or an IP literal.
+    name: str
+    port: int
+    #: The address checked and connected to.
+    address: str
+
+    @property
+    def target(self) -> str:
+        return f"{self.name}:{self.port}"
+
+
+def _bare(host: str) -> str:
+    return host.strip().lower().removeprefix("[").removesuffix("]").rstrip(".")
+
+
+def same_host(said: str, name: str) -> bool:
+    """Whether ``said`` (a Host's or an SNI's host) is the destination ``name``: names alike
+    in any case and with or without a trailing dot, IP literals alike in any spelling."""
+    said, name = _bare(said), _bare(name)
+    try:
+        return ipaddress.ip_address(said) == ipaddress.ip_address(name)
+    except ValueError:
+        return said == name
+
+
+def authority_names(authority: str | None, name: str, port: int) -> bool:
+    """Whether a request's ``Host`` (``:authority`` in HTTP/2) names the destination
+    ``name:port``: the same host, and the same port when it gives one. A request without one
+    (HTTP/1.0) names nothing else; one that is not an authority names nothing."""
+    if authority is None:
+        return True
+    try:
+        host, given = url.parse_authority(authority, check=True)
+    except ValueError:
+        return False
+    return same_host(host, name) and (given is None or given == port)
+
+
+def sni_names(sni: str | None, name: str) -> bool:
+    """Whether a TLS ClientHello's server name is the destination ``name`` (none names
+    nothing else; to an IP literal, a name is another host)."""
+    return sni is None or same_host(sni, name)
+
+
+def shown(host: str) -> str:
+    """A host a client wrote, as a refusal may quote it: printable ASCII, bounded."""
+    cleaned = "".join(c if 33 <= ord(c) < 127 else "?" for c in host[:255])
+    return cleaned or "?"
+
 
 @dataclass(frozen=True, slots=True)
 class _Tagged:
     """A stream writer that tells mitmproxy which worker is on the other end.
 
     mitmproxy reads the client's ``peername`` and ``sockname`` from the writer; a Unix socket
-    has neither in the form it expects, so the worker's id rides in ``sockname``."""
+    has neither in the form it expects, so the worker's id rides in ``sockname`` and the
+    connection's serial (to close it from a hook) in ``peername``'s port."""
 
     writer: asyncio.StreamWriter
     worker_id: str
+    serial: int
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "peername":
-            return ("127.0.0.1", 0)
+            return ("127.0.0.1", self.serial)
         if name == "sockname":
             return (self.worker_id, 0)
         return self.writer.get_extra_info(name, default)
@@ -91,19 +188,62 @@ class _Tagged:
         return getattr(self.writer, name)
 
 
+@dataclass(slots=True)
+class _Link:
+    """A worker's connection as the addon holds it: its writer (to close it from a hook) and
+    whether mitmproxy may read more of it.
+
+    mitmproxy keeps reading a client while one of its hooks runs and queues what it reads in
+    memory; a fast upload during a slow DNS answer was held whole (8 bodies of 60 MiB: 1 GB).
+    While the addon decides, the worker's bytes stay in its socket instead (:class:`_Held`)."""
+
+    writer: asyncio.StreamWriter
+    readable: asyncio.Event
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """The reader mitmproxy reads a worker's connection from: it waits while the link is held."""
+
+    reader: asyncio.StreamReader
+    link: _Link
+
+    async def read(self, n: int = -1) -> bytes:
+        if not self.link.readable.is_set():
+            await self.link.readable.wait()
+        return await self.reader.read(n)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.reader, name)
+
+
 class EgressAddon:
-    """mitmproxy hooks: decide, pin, refuse and report; open TLS only to add a credential."""
+    """mitmproxy hooks: decide, pin, check what the client names, refuse and report; open TLS
+    only to add a credential."""
 
     def __init__(
-        self, workers: WorkerLookup, report: Reporter, credentials: Credentials | None = None
+        self,
+        workers: WorkerLookup,
+        report: Reporter,
+        credentials: Credentials | None = None,
+        *,
+        resolver: Resolver | None = None,
     ) -> None:
         self._workers = workers
         self._report = report
+        self._resolve = resolver or resolve
         self.credentials = credentials or Credentials()
+        self.denials = DenialLog()
         #: client connection id -> {(host, port): the address checked for it}
         self._pinned: dict[str, dict[tuple[str, int], str]] = {}
-        #: client connection id -> the (host, port) of its tunnel, as the worker named it
-        self._tunnels: dict[str, tuple[str, int]] = {}
+        #: server connection id -> the route of a CONNECT tunnel
+        self._tunnels: dict[str, Route] = {}
+        #: client connection id -> the server connection ids of its tunnels
+        self._client_tunnels: dict[str, list[str]] = {}
+        #: connection serial (see _Tagged) -> the worker's connection, to hold or close it
+        self.links: dict[int, _Link] = {}
+        #: reports sent from hooks that cannot wait for them
+        self._reports: set[asyncio.Future[None]] = set()
 
     @staticmethod
     def _worker_of(client: Any) -> str | None:
@@ -113,84 +253,277 @@ class EgressAddon:
             return worker if isinstance(worker, str) and worker else None
         return None
 
-    async def http_connect(self, flow: http.HTTPFlow) -> None:
-        await self._decide(flow)
-        if flow.response is None:
-            self._tunnels[flow.client_conn.id] = (_host_of(flow), flow.request.port)
-
-    async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.request.method == "CONNECT" or flow.response is not None:
-            return
-        await self._decide(flow)
-        if flow.response is None:
-            self._add_credential(flow)
-
-    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
-        """Open TLS only where a credential goes in; every other tunnel passes through."""
-        client = data.context.client
-        worker = self._lookup(self._worker_of(client))
-        tunnel = self._tunnels.get(client.id)
-        data.ignore_connection = not (
-            worker is not None
-            and tunnel is not None
-            and self.credentials.intercepts(tunnel[0], tunnel[1], worker.factory_token)
-        )
-
-    def _add_credential(self, flow: http.HTTPFlow) -> None:
-        worker = self._lookup(self._worker_of(flow.client_conn))
-        if worker is None:
-            return
-        kind = self.credentials.apply(
-            _host_of(flow), flow.request.port, flow.request.headers, worker.factory_token
-        )
-        if kind is not None:
-            CREDENTIALS.labels(kind).inc()
-
     def _lookup(self, worker_id: str | None) -> ProxyWorker | None:
         return self._workers(worker_id) if worker_id else None
 
+    def tunnel_of(self, server: connection.Server) -> Route | None:
+        """The route of the tunnel ``server`` is the upstream of, if it is one."""
+        return self._tunnels.get(server.id)
+
+    # --- hooks ---------------------------------------------------------------------------------
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        with self._holding(flow.client_conn):
+            route = await self._decide(flow, _host_of(flow), flow.request.port)
+        if route is not None:
+            self._tunnels[flow.server_conn.id] = route
+            self._client_tunnels.setdefault(flow.client_conn.id, []).append(flow.server_conn.id)
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Every request but a CONNECT, before its body is read: inside a tunnel, bound to the
+        tunnel's route; otherwise decided on its own."""
+        if flow.response is not None:
+            return
+        with self._holding(flow.client_conn):
+            await self._bind(flow)
+
+    async def _bind(self, flow: http.HTTPFlow) -> None:
+        route = self._tunnels.get(flow.server_conn.id)
+        if route is not None and flow.request.host != route.address:
+            route = None  # not a request the tunnel carries (those go to its address)
+        if route is None:
+            route = await self._decide(flow, _host_of(flow), flow.request.port)
+            if route is None:
+                return
+        authority = flow.request.host_header
+        if not authority_names(authority, route.name, route.port):
+            assert authority is not None
+            try:
+                host, given = url.parse_authority(authority, check=True)
+            except ValueError:
+                host, given = authority, None
+            target = f"{shown(host)}:{given or route.port}"
+            await self._refuse(
+                flow, route.worker_id, target, f"Host names another host than {route.target}"
+            )
+            return
+        self._add_credential(flow, route)
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        """A tunnel's ClientHello must name its route; its TLS is opened only where a
+        credential goes in, every other tunnel passes through untouched."""
+        client = data.context.client
+        route = self._tunnels.get(data.context.server.id)
+        worker = self._lookup(self._worker_of(client))
+        if route is None or worker is None:  # TLS to the proxy itself, or no worker's
+            self._close(client)
+            return
+        sni = data.client_hello.sni
+        if not sni_names(sni, route.name):
+            assert sni is not None
+            target = f"{shown(sni)}:{route.port}"
+            reason = f"TLS names another host than {route.target}"
+            self._count_refusal(route.worker_id, target, reason)
+            self._background(self._send_report(route.worker_id, target, reason))
+            # Opened (never relayed: the ClientHello goes nowhere) and closed at once.
+            data.ignore_connection = False
+            data.establish_server_tls_first = False
+            self._close(client)
+            return
+        data.ignore_connection = not self.credentials.intercepts(
+            route.name, route.port, worker.factory_token
+        )
+
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        """Connect only where a decision was made, and only to the address that was checked."""
+        """Connect only where a decision was made, and only to the address that was checked;
+        TLS to it names the destination decided (not the address)."""
         address = data.server.address
         pinned = self._pinned.get(data.client.id, {})
         if address is None or (address[0], address[1]) not in pinned:
             data.server.error = "egress denied: no decision for this connection"
             return
-        data.server.address = (pinned[(address[0], address[1])], address[1])
+        checked = pinned[(address[0], address[1])]
+        if data.server.sni is None and not _is_literal(address[0]):
+            data.server.sni = _bare(address[0])
+        data.server.address = (checked, address[1])
 
-    def client_disconnected(self, client: Any) -> None:
+    def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        self._tunnels.pop(data.server.id, None)
+
+    def client_disconnected(self, client: connection.Client) -> None:
         self._pinned.pop(client.id, None)
-        self._tunnels.pop(client.id, None)
+        for server_id in self._client_tunnels.pop(client.id, []):
+            self._tunnels.pop(server_id, None)
 
-    async def _decide(self, flow: http.HTTPFlow) -> None:
-        host, port = _host_of(flow), flow.request.port
+    # --- the decision --------------------------------------------------------------------------
+    async def _decide(self, flow: http.HTTPFlow, host: str, port: int) -> Route | None:
+        """The route to ``host:port`` for this flow's worker, pinned for its connection; or
+        None with the flow refused."""
         target = f"{host}:{port}"
         worker = self._worker_of(flow.client_conn)
         served = self._lookup(worker)
-        policy = served.policy if served is not None else None
-        if worker is None or policy is None:
+        if worker is None or served is None:
             CONNECTIONS.labels("denied").inc()
-            flow.response = _refusal(target, "this connection belongs to no worker")
-            return
-        addresses = await resolve(host, port)
-        verdict = policy.decide(host, port, addresses)
+            _refuse_flow(flow, target, "this connection belongs to no worker")
+            return None
+        addresses = await self._resolve(host, port)
+        verdict = served.policy.decide(host, port, addresses)
         if not verdict.allowed:
-            CONNECTIONS.labels("denied").inc()
-            flow.response = _refusal(target, verdict.reason)
-            log.info("egress denied", worker_id=worker, target=target, reason=verdict.reason)
-            try:
-                await self._report(worker, target, verdict.reason)
-            except Exception as exc:  # a Redis outage must not break the proxy
-                log.warning("egress refusal not reported", worker_id=worker, error=str(exc))
-            return
+            await self._refuse(flow, worker, target, verdict.reason)
+            return None
         CONNECTIONS.labels("allowed").inc()
-        self._pinned.setdefault(flow.client_conn.id, {})[(flow.request.host, port)] = str(
-            addresses[0]
+        address = str(addresses[0])
+        pinned = self._pinned.setdefault(flow.client_conn.id, {})
+        pinned[(flow.request.host, port)] = address
+        # A later connection of this client to the address checked (mitmproxy reconnects by
+        # address inside a tunnel whose upstream closed) is the same decision.
+        pinned[(address, port)] = address
+        while len(pinned) > _MAX_PINNED:  # a connection is used right after its decision
+            del pinned[next(iter(pinned))]
+        return Route(worker, host, port, address)
+
+    def _add_credential(self, flow: http.HTTPFlow, route: Route) -> None:
+        worker = self._lookup(route.worker_id)
+        if worker is None:
+            return
+        kind = self.credentials.apply(
+            route.name, route.port, flow.request.headers, worker.factory_token
         )
+        if kind is not None:
+            CREDENTIALS.labels(kind).inc()
+
+    # --- refusing ------------------------------------------------------------------------------
+    async def _refuse(self, flow: http.HTTPFlow, worker: str, target: str, reason: str) -> None:
+        self._count_refusal(worker, target, reason)
+        _refuse_flow(flow, target, reason)
+        await self._send_report(worker, target, reason)
+
+    def _count_refusal(self, worker: str, target: str, reason: str) -> None:
+        CONNECTIONS.labels("denied").inc()
+        left_out = self.denials.admit(worker)
+        if left_out is not None:
+            log.info(
+                "egress denied", worker_id=worker, target=target, reason=reason, left_out=left_out
+            )
+
+    async def _send_report(self, worker: str, target: str, reason: str) -> None:
+        try:
+            await self._report(worker, target, reason)
+        except Exception as exc:  # a Redis outage must not break the proxy
+            log.warning("egress refusal not reported", worker_id=worker, error=str(exc))
+
+    def _close(self, client: connection.Client) -> None:
+        """Close a worker's connection from a hook (its transport aborted, nothing flushed)."""
+        if self._worker_of(client) is None:
+            return
+        link = self._link(client)
+        if link is not None:
+            link.writer.transport.abort()
+
+    def _link(self, client: connection.Client) -> _Link | None:
+        if self._worker_of(client) is None or not client.peername:
+            return None
+        return self.links.get(client.peername[1])
+
+    @contextlib.contextmanager
+    def _holding(self, client: connection.Client) -> Iterator[None]:
+        """The client's bytes left unread while a hook decides (see :class:`_Link`)."""
+        link = self._link(client)
+        if link is None:
+            yield
+            return
+        link.readable.clear()
+        try:
+            yield
+        finally:
+            link.readable.set()
+
+    def _background(self, coroutine: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+
+class TunnelLayers(NextLayer):
+    """mitmproxy's own choice of protocol layer, but inside a tunnel: TLS and HTTP are parsed
+    (the ClientHello and each ``Host`` judged by :class:`EgressAddon`), anything else is relayed
+    as raw bytes, unrecorded. It replaces mitmproxy's ``NextLayer`` addon, whose guesses (a
+    first read without a line end is "not HTTP") would let a slow request line through
+    unjudged."""
+
+    def __init__(self, addon: EgressAddon) -> None:
+        self._addon = addon
+
+    def _next_layer(
+        self, context: Context, data_client: bytes, data_server: bytes
+    ) -> layer.Layer | None:
+        if context.client.tls or self._addon.tunnel_of(context.server) is None:
+            # The proxy's own HTTP, or what an opened TLS carries: mitmproxy's choice.
+            return super()._next_layer(context, data_client, data_server)
+        if starts_like_tls_record(data_client):
+            server_tls = layers.ServerTLSLayer(context)
+            server_tls.child_layer = layers.ClientTLSLayer(context)
+            return server_tls
+        if data_client and not data_server:
+            line_end = data_client.find(b"\n")
+            if _starts_like_http(data_client) and line_end > 0:
+                return layers.HttpLayer(context, HTTPMode.transparent)
+            if line_end < 0 and len(data_client) < _FIRST_LINE and data_client[:3].isalpha():
+                raise NeedsMoreData  # maybe a request line, not whole yet
+            if len(data_client) < 3:
+                raise NeedsMoreData  # too little to tell TLS from the rest
+        elif not data_client and not data_server:
+            raise NeedsMoreData
+        return layers.TCPLayer(context, ignore=True)
+
+
+#: How much of a tunnel's first bytes are read for a request line before they count as raw.
+_FIRST_LINE = 8192
+
+
+def _starts_like_http(data: bytes) -> bool:
+    """A request line's start: a method's letters, then a space before the first line ends."""
+    first = data.split(b"\n", 1)[0]
+    return len(data) >= 3 and data[:3].isalpha() and b" " in first
+
+
+async def _answer_too_many(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int
+) -> None:
+    """Answer 429 and close. The request is read first (a second at most, 64 KiB at most):
+    a socket closed with unread bytes is reset, and the client would never see the answer."""
+    with contextlib.suppress(OSError, ValueError, TimeoutError, asyncio.IncompleteReadError):
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 1)
+    body = (
+        f"egress: this worker has {limit} connections open, the most it may; close one and retry\n"
+    ).encode()
+    with contextlib.suppress(OSError):
+        writer.write(_TOO_MANY % (len(body), body))
+        await writer.drain()
+    writer.close()
 
 
 def _host_of(flow: http.HTTPFlow) -> str:
     return flow.request.host.lower().rstrip(".")
+
+
+def _is_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(_bare(host))
+    except ValueError:
+        return False
+    return True
+
+
+def _answerable(flow: http.HTTPFlow) -> bool:
+    """Whether a refusal can be a response: mitmproxy will read the request's body whole
+    (none, or a known length it does not stream) before it answers."""
+    try:
+        size = expected_http_body_size(flow.request)
+    except ValueError:
+        return False
+    if size == 0:
+        return not flow.request.is_http2 or flow.request.method in ("GET", "HEAD", "OPTIONS")
+    limit = human.parse_size(ctx.options.stream_large_bodies)
+    return size is not None and size > 0 and (limit is None or size <= limit)
+
+
+def _refuse_flow(flow: http.HTTPFlow, target: str, reason: str) -> None:
+    if _answerable(flow):
+        flow.response = _refusal(target, reason)
+    else:
+        # A body mitmproxy would stream cannot be answered early: the flow is dropped
+        # (connection closed) before any of it goes anywhere.
+        flow.kill()
 
 
 def _refusal(target: str, reason: str) -> http.Response:
@@ -218,7 +551,10 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
 
 class EgressProxy:
     """mitmproxy's master with our addon; workers' connections come in through
-    :meth:`serve_worker_connection`."""
+    :meth:`serve_worker_connection`.
+
+    ``resolver`` replaces DNS (tests give names to loopback servers); the service never sets
+    it."""
 
     def __init__(
         self,
@@ -228,10 +564,16 @@ class EgressProxy:
         credentials: Credentials | None = None,
         confdir: str | None = None,
         upstream_ca: str | None = None,
+        connection_limit: ConnectionLimit | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
-        self._addon = EgressAddon(workers, report, credentials)
+        self._addon = EgressAddon(workers, report, credentials, resolver=resolver)
         self._confdir = confdir
         self._upstream_ca = upstream_ca
+        self.connections = connection_limit or ConnectionLimit()
+        self._serials = itertools.count(1)
+        #: workers whose connection past the bound is being answered 429
+        self._answering: set[str] = set()
         self._master: Master | None = None
         self._task: asyncio.Task[None] | None = None
         self._instance: Any = None
@@ -241,7 +583,13 @@ class EgressProxy:
         opts = options.Options()
         master = self._master = Master(opts, with_termlog=False)
         logging.getLogger("mitmproxy").setLevel(logging.WARNING)
-        master.addons.add(*default_addons())
+        # mitmproxy's own, but the choice of layer inside a tunnel is ours (TunnelLayers).
+        master.addons.add(
+            *(
+                TunnelLayers(self._addon) if isinstance(addon, NextLayer) else addon
+                for addon in default_addons()
+            )
+        )
         master.addons.add(self._addon)
         extra: dict[str, Any] = {}
         if self._confdir is not None:
@@ -250,9 +598,10 @@ class EgressProxy:
             extra["ssl_verify_upstream_trusted_ca"] = self._upstream_ca
         opts.update(
             mode=["regular@127.0.0.1:0"],
-            # Tunnels are raw bytes but to the hosts a credential goes to, whose TLS the addon
-            # opens per worker (tls_clienthello).
-            **tunnel_options(self._addon.credentials),
+            # Every tunnel's first bytes are read (its ClientHello judged); TLS is then opened
+            # only where a credential goes in (tls_clienthello) and relayed raw elsewhere.
+            ignore_hosts=[],
+            allow_hosts=[],
             # CONNECT is answered only once the upstream connection is made.
             connection_strategy="eager",
             # Bodies stream through past 256 KiB (a download is not held in memory).
@@ -277,7 +626,34 @@ class EgressProxy:
         self, worker_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         assert self._instance is not None, "start() first"
-        await self._instance.handle_stream(reader, _Tagged(writer, worker_id))
+        if not self.connections.acquire(worker_id):
+            CONNECTIONS.labels("over_limit").inc()
+            if self._addon.denials.admit(worker_id) is not None:
+                log.info(
+                    "egress connection over the limit",
+                    worker_id=worker_id,
+                    limit=self.connections.per_worker,
+                )
+            if worker_id in self._answering:  # one answered at a time: a flood costs no fds
+                writer.close()
+                return
+            self._answering.add(worker_id)
+            try:
+                await _answer_too_many(reader, writer, self.connections.per_worker)
+            finally:
+                self._answering.discard(worker_id)
+            return
+        serial = next(self._serials)
+        readable = asyncio.Event()
+        readable.set()
+        link = self._addon.links[serial] = _Link(writer, readable)
+        try:
+            await self._instance.handle_stream(
+                _Held(reader, link), _Tagged(writer, worker_id, serial)
+            )
+        finally:
+            self._addon.links.pop(serial, None)
+            self.connections.release(worker_id)
 
     async def close(self) -> None:
         if self._master is None:

@@ -5,8 +5,9 @@ docker-compose service), so a manager restart cuts no worker off: the design not
 the manager is not in the data path. It serves, per worker, three Unix sockets in
 ``<run dir>/workers/<id>/sock`` (mounted read-only into the container at ``/run/wm``):
 
-* ``redis.sock`` — a byte relay to Redis for the wrapper (the worker's own ACL user still
-  authenticates at Redis; the relay only carries the bytes);
+* ``redis.sock`` — a relay to Redis for the wrapper (the worker's own ACL user still
+  authenticates at Redis; the relay carries requests as sent, but no ``HELLO``, which ACLs
+  cannot refuse: :mod:`worker_manager.egress.redis_relay`);
 * ``proxy.sock`` — the egress proxy (:mod:`worker_manager.egress.proxy`);
 * ``gateway.sock`` — the LLM gateway (:mod:`worker_manager.egress.gateway`), for workers whose
   grant carries a gateway token;
@@ -19,6 +20,10 @@ clients are pointed at (``SSL_CERT_FILE`` and the like).
 Each socket belongs to the worker's wrapper user with mode 0600. The manager registers and
 revokes workers over ``control.sock`` (root only); every grant is kept on disk, so a restarted
 service serves the same workers again before it answers its first request.
+
+It reads its settings once, at start, and reports on ``/healthz`` a keyed digest of each
+(:mod:`worker_manager.egress.fingerprint`), never a value: a manager whose own differ restarts
+it with them (a key rotation) or refuses to start.
 """
 
 from __future__ import annotations
@@ -41,14 +46,15 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from worker_base.redis_urls import is_sentinel_url, master_address
-from worker_base.relays import splice
 from worker_manager.contract.credentials import parse_git_credentials
 from worker_manager.contract.egress import parse_egress
 from worker_manager.core.clock import iso_now
 from worker_manager.core.connections import connect
 from worker_manager.core.keys import Keys
 from worker_manager.core.logs import get_logger
+from worker_manager.egress import redis_relay
 from worker_manager.egress.credentials import Credentials
+from worker_manager.egress.fingerprint import digest_key, settings_digests
 from worker_manager.egress.gateway import GatewayWorker, LlmGateway
 from worker_manager.egress.grants import (
     GATEWAY_SOCKET,
@@ -58,6 +64,7 @@ from worker_manager.egress.grants import (
     GrantError,
     RunDir,
 )
+from worker_manager.egress.limits import raise_open_files_limit
 from worker_manager.egress.policy import EgressPolicy
 from worker_manager.egress.proxy import EgressProxy, ProxyWorker
 from worker_manager.egress.version import service_version
@@ -114,6 +121,8 @@ class EgressService:
         self._stopped = asyncio.Event()
         #: When the service started serving (Unix time), as /healthz reports it.
         self._started = time.time()
+        #: The keyed digests of the settings it runs with, as /healthz reports them.
+        self._digests: dict[str, str] = {}
 
     # --- lookups used by the proxy and the gateway -------------------------------------------
     def _worker_of(self, worker_id: str) -> ProxyWorker | None:
@@ -243,7 +252,7 @@ class EgressService:
             log.warning("redis relay: cannot reach Redis", error=str(exc))
             writer.close()
             return
-        await splice((reader, writer), upstream)
+        await redis_relay.relay((reader, writer), upstream)  # HELLO refused, the rest as sent
 
     # --- the control socket --------------------------------------------------------------------
     def _control_app(self) -> web.Application:
@@ -264,6 +273,8 @@ class EgressService:
                 "version": service_version(),
                 # Watchers excuse lost heartbeats for a while after this (the relays were down).
                 "started": self._started,
+                # What a manager compares with its own (digests: never a value).
+                "settings": self._digests,
             }
         )
 
@@ -307,6 +318,8 @@ class EgressService:
 
     # --- the process ---------------------------------------------------------------------------
     async def run(self) -> None:
+        # Connections are bounded per worker (egress.limits), not by the host's default limit.
+        raise_open_files_limit()
         self._run.prepare()
         # Held for the life of the process (closed with it): one service per run directory.
         lock = os.open(self._run.root / "service.lock", os.O_CREAT | os.O_RDWR, 0o600)
@@ -317,6 +330,7 @@ class EgressService:
             os.close(lock)
             await self._redis.aclose()
             return
+        self._digests = settings_digests(self._settings, digest_key(self._run.root))
         if self._settings.egress_upstream_ca is not None:
             _write_bundle(
                 self._run.upstream_bundle,
@@ -420,8 +434,3 @@ def _own(path: Path, grant: Grant) -> None:
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-
-
-def run_service(settings: Settings) -> int:
-    asyncio.run(EgressService(settings).run())
-    return 0

@@ -52,20 +52,42 @@ def has_worker_user(labels: dict[str, str] | None) -> bool:
     return (labels or {}).get(LABEL_WORKER_USER) == f"{WORKER_UID}:{WORKER_UID}"
 
 
+#: The wrapper's home in a container: root's, on the read-only root filesystem. The agent's
+#: (``/home/worker``, its own) is given to the agent's processes alone (``WM_AGENT_HOME``).
+WRAPPER_HOME = "/root"
+
+
+def isolated_python(module: str) -> tuple[str, ...]:
+    """The argv that runs ``python3 -m <module>`` from :data:`WRAPPER_DIR` as root may: with
+    ``-I`` (no ``PYTHON*`` variable, no user site-packages, neither the working directory nor a
+    script's directory on ``sys.path``), so that ``sys.path`` is the image's own directories
+    (root's, read-only) plus :data:`WRAPPER_DIR`, and nothing the agent or a repository wrote
+    (an ``asyncio.py`` in ``/workspace``, a ``.pth`` or ``usercustomize.py`` under the agent's
+    ``~/.local``) is ever imported by it."""
+    bootstrap = (
+        f"import runpy, sys; sys.path.insert(0, {WRAPPER_DIR!r}); "
+        f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+    )
+    return ("python3", "-I", "-B", "-u", "-c", bootstrap)
+
+
 @dataclass(frozen=True, slots=True)
 class Runtime:
     """How a container of a worker image is run: set when it is created, not baked into the
     image as ENV/ENTRYPOINT/WORKDIR/USER steps (each one a container commit in the classic
-    builder). The manager's container runtime and the benchmarks' direct start both use it."""
+    builder). The manager's container runtime and the benchmarks' direct start both use it.
 
-    entrypoint: tuple[str, ...] = ("python3", "-m", "worker_base")
-    working_dir: str = WORKDIR
+    The wrapper runs as root, so nothing it starts from may be the agent's: its interpreter is
+    isolated (:func:`isolated_python`), its working directory is ``/`` and its ``HOME`` is
+    :data:`WRAPPER_HOME`, both root's and read-only. The agent still runs in
+    :data:`WORKDIR` with its own home: the wrapper starts each agent process there
+    (``worker_base.runner``)."""
+
+    entrypoint: tuple[str, ...] = isolated_python("worker_base")
+    working_dir: str = "/"
     environment: tuple[tuple[str, str], ...] = (
         ("LANG", "C.UTF-8"),
-        ("PYTHONPATH", WRAPPER_DIR),
-        ("PYTHONUNBUFFERED", "1"),
-        ("PYTHONDONTWRITEBYTECODE", "1"),
-        ("HOME", "/home/worker"),
+        ("HOME", WRAPPER_HOME),
     )
 
 

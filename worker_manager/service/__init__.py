@@ -1,5 +1,6 @@
 """``worker-manager serve``: the wiring of every component (``manager``), its HTTP face
 (``http``, which sees the manager only as a ``HealthSource``) and its metrics.
 
-May import: every package but ``cli``.
+May import: ``core``, ``contract``, ``settings``, ``client``, ``console``, ``images``, ``egress``,
+``workspaces``, ``workers``, ``commands``.
 """

@@ -96,6 +96,7 @@ class HttpServer:
                 redis.keys,
                 ui_token,
                 image_max_age_days=image_max_age_days,
+                secure_cookie=http.ui_secure_cookie,
             )
             if self._console_redis
             else None

@@ -15,6 +15,12 @@ class HttpSettings(BaseModel):
         description="Enables the console at /ui: its login form takes this token (also a bearer "
         "token); unset: no console.",
     )
+    ui_secure_cookie: str = Field(
+        default="auto",
+        pattern="^(auto|on|off)$",
+        description="The console's session cookie is Secure (HTTPS only): auto, when the sign-in "
+        "came over TLS or X-Forwarded-Proto/Forwarded says https; on; off.",
+    )
     http_token: SecretStr | None = Field(
         default=None,
         description="Bearer token required by every HTTP endpoint except /livez; unset: none.",

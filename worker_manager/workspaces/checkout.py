@@ -36,7 +36,7 @@ from worker_manager.core.locks import RenewedLock
 from worker_manager.core.logs import get_logger
 from worker_manager.egress.control import EgressClient
 from worker_manager.egress.grants import CONTAINER_SOCKET_DIR, RELAYS, Grant, proxy_env
-from worker_manager.images.spec import MIRROR_DIR, RUNTIME, WORKDIR
+from worker_manager.images.spec import MIRROR_DIR, RUNTIME, WORKDIR, isolated_python
 from worker_manager.settings import Settings
 from worker_manager.workspaces.volumes import WORKSPACE, WorkerVolumes
 
@@ -171,7 +171,7 @@ class Checkout:
         container = self._docker.containers.create(
             image,
             name=name,
-            entrypoint=["python3", "-m", "worker_base.checkout"],
+            entrypoint=list(isolated_python("worker_base.checkout")),
             user=CHECKOUT_USER,
             working_dir="/",
             environment=env,

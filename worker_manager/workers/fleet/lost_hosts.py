@@ -36,14 +36,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from worker_manager.contract.kinds import WorkerStatus
+from worker_manager.contract.reasons import Ended
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
 from worker_manager.workers.state.heartbeats import Observed, observe
 from worker_manager.workers.transitions.lifecycle import Lifecycle, Outcome
 
 log = get_logger(__name__)
-
-HOST_LOST = "host_lost"
 
 # KEYS: presence live suspended managers   ARGV: manager id
 _FORGET = """
@@ -138,20 +137,20 @@ class LostHosts:
         for worker_id in lost_workers(observed):
             ended = await self._lifecycle.end(
                 worker_id,
-                Outcome.failed(HOST_LOST),
+                Outcome(Ended.HOST_LOST),
                 on_this_host=False,
                 only_if_owner_gone=True,
                 by=f"lost-hosts judge {self._settings.manager_id} (manager {manager_id} gone)",
             )
             if ended:
-                self._observe(HOST_LOST)
+                self._observe(Ended.HOST_LOST)
                 log.warning(
                     "worker judged lost with its host: its manager is gone and its heartbeats "
                     "stopped",
                     worker_id=worker_id,
                     manager_id=manager_id,
                 )
-        forgotten = await self._forget(
+        removed = await self._forget(
             keys=[
                 keys.manager(manager_id),
                 keys.live(manager_id),
@@ -160,7 +159,7 @@ class LostHosts:
             ],
             args=[manager_id],
         )
-        if forgotten:
+        if int(removed) == 1:  # the script answers SREM's count: 1 when it forgot the manager
             log.info(
                 "dead manager forgotten: nothing of it is left to judge", manager_id=manager_id
             )

@@ -25,11 +25,14 @@ from worker_manager.workers.resources.containment import contained, contained_re
 log = get_logger(__name__)
 
 #: Commands a wrapper needs, and nothing else (connection set-up included). No CLIENT SETNAME:
-#: a worker must not be able to dress its connection up as the manager's.
+#: a worker must not be able to dress its connection up as the manager's. Nor HELLO, whose
+#: SETNAME would do the same; but Redis runs AUTH and HELLO for every user whatever its rules
+#: say (``-hello`` is accepted and changes nothing), so the rule cannot be written here: the
+#: wrapper speaks RESP2 and never sends HELLO, and the egress service's Redis relay, a contained
+#: worker's only way to Redis, refuses it (:mod:`worker_manager.egress.redis_relay`).
 WRAPPER_COMMANDS = (
     "+ping",
     "+auth",
-    "+hello",
     "+echo",
     "+client|getname",
     "+client|id",

@@ -13,7 +13,9 @@ worker's own, labelled like its container, removed with it; their size is measur
 ``WM_CONTAINER_DISK`` by :mod:`worker_manager.workers.watching.disk_guard`. The container runs
 as root with only the capabilities the wrapper needs to start its agent as another user
 (``WRAPPER_CAPABILITIES``) and ``no-new-privileges``: the agent, as ``WM_CONTAINER_USER``, holds
-none.
+none. Root's interpreter reads nothing the agent may write: it starts isolated, in ``/``, with a
+home of root's (``images.spec.RUNTIME``), and the create's ``env`` is not a variable of the
+container but data the wrapper gives the agent (``resources.environment``).
 """
 
 from __future__ import annotations

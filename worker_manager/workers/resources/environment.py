@@ -5,6 +5,11 @@ The wrapper's part is a :class:`worker_base.config.WrapperConfig`, which owns ho
 endpoint settings and, only for the agent type that uses them, the API keys from the manager's
 own configuration (never from a command). A pooled container gets the agent's part only: the
 wrapper's comes with its assignment.
+
+The create's ``env`` is not a variable of the container: the wrapper runs as root, and a
+variable of its environment is read by its loader and interpreter (``LD_PRELOAD``,
+``PYTHON*``…). It travels as data inside the wrapper's configuration (``WM_AGENT_ENV``) and the
+wrapper adds it to each agent run's environment only, below the deployment's names.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from worker_base.config import DEFAULT_STATE_DIR, WrapperConfig, parse_user
+from worker_base.config import AGENT_HOME, DEFAULT_STATE_DIR, WrapperConfig, parse_user
 from worker_base.identity import CONTAINER_WRAPPER_DIR
 from worker_manager.contract.commands import CreateCommand
 from worker_manager.contract.kinds import AgentType, Shape
@@ -53,6 +58,8 @@ def wrapper_config(
         relays=relays(settings),
         wrapper_dir_override=Path(CONTAINER_WRAPPER_DIR),
         agent_user=parse_user(settings.container_user),
+        agent_home=Path(AGENT_HOME),
+        agent_env=tuple(sorted(command.env.items())),
         workspace_base=workspace_base,
         workspace_max_bytes=settings.workspace_max_file_bytes,
     )
@@ -65,11 +72,9 @@ def worker_env(
     redis_url: str,
     workspace_base: str = "",
 ) -> dict[str, str]:
-    """The container's whole environment: the create's ``env`` for the agent first (its names
-    cannot be the deployment's: ``contract.workspace.check_env``), then the wrapper's
-    configuration and the agent's settings, which win."""
-    env = dict(command.env)
-    env.update(wrapper_config(settings, worker_id, command, redis_url, workspace_base).to_env())
+    """The container's whole environment: the wrapper's configuration (the create's ``env``
+    inside it, as data for the agent: ``WrapperConfig.agent_env``) and the agent's settings."""
+    env = wrapper_config(settings, worker_id, command, redis_url, workspace_base).to_env()
     env.update(agent_env(settings, command.agent_type, worker_id))
     return env
 

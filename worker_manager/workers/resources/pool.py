@@ -11,8 +11,9 @@ has no Redis user, no agent command, no instructions, and does nothing until a c
   start). If the create is refused (capacity), the id goes back.
 - **Hand-over** (the provisioner's, when the taken worker's create runs): the worker's Redis
   user is created, its instructions copied in, then its assignment (the create's whole wrapper
-  environment); from there it is a worker like any other: STARTING, then RUNNING at its first
-  heartbeat.
+  environment, the create's ``env`` in it as data for the agent: the pooled wrapper, started
+  isolated before any create, never makes it a variable of its own); from there it is a worker
+  like any other: STARTING, then RUNNING at its first heartbeat.
 - **Refill and repair** (``round``, supervised): the pool's containers are listed from Docker
   (label ``worker-manager.pool``); running unassigned ones missing from the set are adopted (a
   restarted manager, a Redis that lost its data), dead ones are removed, and each shape is

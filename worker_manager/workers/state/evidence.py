@@ -4,7 +4,8 @@
 one code that ends workers (``workers.transitions.lifecycle``):
 
 1. the verdict, when the record changes: ``status``, ``reason``, ``ended_by`` (the delete's
-   request id and producer, or the loop that judged it), ``ended_at``, ``manager_id`` and
+   request id and producer, or the part of the service that gives the reason: each reason of
+   ``contract.reasons`` knows its own source), ``ended_at``, ``manager_id`` and
    ``last_output_id`` (the newest entry of the worker's output then);
 2. the container's last words, when its own manager removes it: ``exit_code``, ``oom``,
    ``finished_at`` and ``log_tail``, the last lines of the container's log (bounded, with every
@@ -12,7 +13,7 @@ one code that ends workers (``workers.transitions.lifecycle``):
 
 A worker judged on another host (``host_lost``) has a verdict and no last words: nobody can
 reach its container; if its manager returns, the fenced container's last words are added then.
-The rules (who ended it by default, how a log is bounded and scrubbed) are plain functions.
+The rules (how a log is bounded and scrubbed) are plain functions.
 """
 
 from __future__ import annotations
@@ -24,33 +25,19 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from worker_base.config import hide_url_credentials
+from worker_manager.contract.reasons import EndReason
 from worker_manager.core.clock import iso_now
 from worker_manager.settings import Settings
 
 #: The container log's last lines kept, each cut at this many characters.
 LOG_LINES = 50
 LINE_CHARS = 500
+#: Of a line, at most this many characters are scrubbed (plus the longest secret's length).
+SCRUB_CHARS = 8192
 #: Secrets shorter than this are not searched for (a one-letter "secret" would shred a log).
 _MIN_SECRET = 8
-
-#: The loop that gives each reason, when the caller names nobody.
-_LOOPS = (
-    ("deleted", "delete"),
-    ("idle", "evictor (idle timeout)"),
-    ("ttl", "evictor (lifetime)"),
-    ("budget_exceeded", "watcher (budget: the metered or reported cost)"),
-    ("heartbeat_lost", "watcher (heartbeats)"),
-    ("heartbeat_invalid", "watcher (heartbeats)"),
-    ("output_overflow", "output guard"),
-    ("disk_exceeded", "disk guard"),
-    ("container_lost", "reconciler"),
-    ("host_lost", "lost-hosts judge"),
-    ("oom", "docker events (OOM kill)"),
-    ("exited", "docker events (exit)"),
-    ("build_failed", "create (build)"),
-    ("start failed", "create (start)"),
-    ("workspace_failed", "create (workspace)"),
-)
+#: What ends a word, for the URL a scrubbed window may end in.
+_WORD_ENDS = (" ", "\t", '"', "'", "<", ">", "`")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,27 +49,48 @@ class LastWords:
     log: bytes
 
 
-def ended_by_default(reason: str) -> str:
-    """Which loop ends a worker for ``reason`` (SPEC §3), when the caller names nobody."""
-    for prefix, loop in _LOOPS:
-        if reason.startswith(prefix):
-            return loop
-    return "manager"
-
-
 def scrub(text: str, secrets: Iterable[str]) -> str:
     """``text`` with each known secret and every ``user:secret@`` in a URL replaced."""
-    for secret in sorted({s for s in secrets if len(s) >= _MIN_SECRET}, key=len, reverse=True):
+    for secret in _searched(secrets):
         text = text.replace(secret, "***")
     return hide_url_credentials(text)
 
 
 def log_tail(raw: bytes, secrets: Iterable[str]) -> str:
-    """The last :data:`LOG_LINES` lines of a container log, each cut, scrubbed: bounded text
-    whatever the container wrote (invalid UTF-8 replaced, no line longer than it may be)."""
+    """The last :data:`LOG_LINES` lines of a container log, each scrubbed, then cut: bounded
+    text whatever the container wrote (invalid UTF-8 replaced, no line longer than it may be).
+
+    Scrubbed before it is cut: a secret or a URL's password that the cut runs through would
+    otherwise keep its first part, which no search for the whole finds."""
+    searched = _searched(secrets)
     lines = raw.decode("utf-8", errors="replace").splitlines()[-LOG_LINES:]
-    cut = [line if len(line) <= LINE_CHARS else line[:LINE_CHARS] + "…" for line in lines]
-    return scrub("\n".join(cut), secrets)
+    return "\n".join(_scrubbed_line(line, searched) for line in lines)
+
+
+def _searched(secrets: Iterable[str]) -> list[str]:
+    """The secrets worth searching for, longest first (a secret holding another goes whole)."""
+    return sorted({s for s in secrets if len(s) >= _MIN_SECRET}, key=len, reverse=True)
+
+
+def _scrubbed_line(line: str, searched: list[str]) -> str:
+    """One line scrubbed, then cut at :data:`LINE_CHARS` (``…`` marks a cut).
+
+    Only the line's first :data:`SCRUB_CHARS` (and the longest secret's length) are scrubbed,
+    to bound the work a flood can ask for; what that window's end may have cut through (a
+    secret's first part, a URL whose ``@`` lies beyond it) is dropped, never shown."""
+    longest = len(searched[0]) if searched else 0
+    window = SCRUB_CHARS + longest
+    clean = scrub(line[:window], searched)
+    keep = len(clean)
+    cut = len(line) > window
+    if cut:
+        keep = max(0, keep - longest)  # a secret cut by the window: its last characters
+        last_word = max(clean.rfind(c, 0, keep) for c in _WORD_ENDS) + 1
+        if "://" in clean[last_word:keep]:
+            keep = last_word  # a URL the window ends in: its userinfo may reach past it
+    if cut or keep > LINE_CHARS:
+        return clean[: min(keep, LINE_CHARS)] + "…"
+    return clean
 
 
 def operator_secrets(settings: Settings) -> list[str]:
@@ -131,12 +139,14 @@ class EvidenceBook:
         self._secrets = operator_secrets(settings)
 
     async def verdict(
-        self, worker_id: str, status: str, reason: str, exit_code: int | None, ended_by: str
+        self, worker_id: str, reason: EndReason, exit_code: int | None, ended_by: str
     ) -> None:
+        """``ended_by``: the reason's own source (``contract.reasons``), or who the caller
+        knows did it (a delete's request)."""
         newest = await self._redis.xrevrange(self._keys.output(worker_id), count=1)
         fields = {
-            "status": status,
-            "reason": reason,
+            "status": reason.status.value,
+            "reason": str(reason),
             "ended_by": ended_by,
             "ended_at": iso_now(),
             "manager_id": self._settings.manager_id,

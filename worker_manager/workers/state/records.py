@@ -11,11 +11,13 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from redis.asyncio import Redis
 
 from worker_manager.contract.kinds import LIVE_STATUSES, WorkerStatus
+from worker_manager.contract.reasons import Moved, Reason, Slept, is_reason
 from worker_manager.contract.record import WorkerRecord
 from worker_manager.core.clock import iso_now
 from worker_manager.settings import Settings
@@ -38,6 +40,7 @@ redis.call('SET', KEYS[5], ARGV[5])
 if ARGV[6] ~= '' then redis.call('SET', KEYS[6], ARGV[6]) end
 -- The wrapper's group exists from the start, so input sent while the worker starts waits for it.
 redis.pcall('XGROUP', 'CREATE', KEYS[7], 'wrapper', '0', 'MKSTREAM')
+-- 'created' is contract.reasons.Moved.CREATED.
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'worker_id', ARGV[1], 'from', '',
   'to', 'STARTING', 'reason', 'created', 'timestamp', ARGV[7])
 return {'created', 'STARTING', ARGV[8]}
@@ -160,25 +163,80 @@ return 1
 """
 
 
+class CreateResult(StrEnum):
+    """What the create script did."""
+
+    CREATED = "created"
+    EXISTS = "exists"  # a record with this id was there: nothing written
+    CAPACITY = "capacity"  # a limit is reached: nothing written
+
+
+class Limit(StrEnum):
+    """Which limit refused a create."""
+
+    MANAGER = "manager"  # WM_MAX_WORKERS of this manager
+    OWNER = "owner"  # WM_MAX_WORKERS_PER_OWNER of its metadata.owner
+
+
 @dataclass(frozen=True, slots=True)
 class CreateOutcome:
-    result: str  # "created", "exists" or "capacity"
-    status: str
-    request_id: str
+    result: CreateResult
+    #: CREATED: STARTING; EXISTS: the record's status (None if it is not one a manager writes).
+    status: WorkerStatus | None = None
+    #: EXISTS: the request that created it; CREATED: this one.
+    request_id: str = ""
+    #: CAPACITY: which limit.
+    limit: Limit | None = None
+
+    @classmethod
+    def parse(cls, reply: Sequence[object]) -> CreateOutcome:
+        """The create script's ``{result, status or limit, request_id}``."""
+        result = CreateResult(_text(reply[0]))
+        if result is CreateResult.CAPACITY:
+            return cls(result, limit=Limit(_text(reply[1])))
+        return cls(result, _status(reply[1]), _text(reply[2]))
+
+
+class SleepResult(StrEnum):
+    """What the suspend or resume script did."""
+
+    SUSPENDED = "suspended"
+    RESUMED = "resumed"
+    CAPACITY = "capacity"  # no room (WM_MAX_SUSPENDED, or WM_MAX_WORKERS for a resume)
+    WRONG_STATUS = "status"  # not in the status it must be in: ``status`` says which it is
 
 
 @dataclass(frozen=True, slots=True)
 class SleepOutcome:
-    #: "suspended"/"resumed" when it happened; "capacity" when there is no room; "status" when
-    #: the worker is not in the status it must be in (``status`` says which it is, "" if none).
-    result: str
-    status: str
+    result: SleepResult
+    #: The status it was in (None: no record).
+    status: WorkerStatus | None
+
+    @classmethod
+    def parse(cls, reply: Sequence[object]) -> SleepOutcome:
+        """The suspend or resume script's ``{result, status}``."""
+        return cls(SleepResult(_text(reply[0])), _status(reply[1]))
 
 
 @dataclass(frozen=True, slots=True)
 class Transition:
     changed: bool
-    previous: str  # "" when there is no record
+    #: The status it was in (None: no record, or one a manager does not write).
+    previous: WorkerStatus | None
+
+    @classmethod
+    def parse(cls, reply: Sequence[object]) -> Transition:
+        """The transition script's ``{1 or 0, previous status}``."""
+        return cls(int(_text(reply[0])) == 1, _status(reply[1]))
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _status(value: object) -> WorkerStatus | None:
+    text = _text(value) if value is not None else ""
+    return WorkerStatus(text) if text in WorkerStatus._value2member_map_ else None
 
 
 class WorkerStore:
@@ -203,7 +261,7 @@ class WorkerStore:
     def suspended_key(self) -> str:
         return self._keys.suspended(self._settings.manager_id)
 
-    async def suspend(self, worker_id: str, reason: str) -> SleepOutcome:
+    async def suspend(self, worker_id: str, reason: Slept) -> SleepOutcome:
         """RUNNING -> SUSPENDED, within ``WM_MAX_SUSPENDED``; the container is the caller's to
         remove (``Lifecycle.suspend``)."""
         keys = self._keys
@@ -218,16 +276,16 @@ class WorkerStore:
                 keys.owner_live(""),
             ],
             args=[
-                reason,
+                str(reason),
                 iso_now(),
                 self._settings.lifecycle_maxlen,
                 self._settings.output_maxlen,
                 self._settings.max_suspended,
             ],
         )
-        return SleepOutcome(str(result[0]), str(result[1]))
+        return SleepOutcome.parse(result)
 
-    async def resume(self, worker_id: str, reason: str) -> SleepOutcome:
+    async def resume(self, worker_id: str, reason: Moved) -> SleepOutcome:
         """SUSPENDED -> STARTING within ``WM_MAX_WORKERS``; the provisioner then starts it."""
         keys = self._keys
         result = await self._resume(
@@ -240,14 +298,14 @@ class WorkerStore:
                 keys.owner_live(""),
             ],
             args=[
-                reason,
+                str(reason),
                 iso_now(),
                 self._settings.lifecycle_maxlen,
                 self._settings.output_maxlen,
                 self._settings.max_workers,
             ],
         )
-        return SleepOutcome(str(result[0]), str(result[1]))
+        return SleepOutcome.parse(result)
 
     async def exists(self, key: str) -> bool:
         return bool(await self._redis.exists(key))
@@ -309,13 +367,13 @@ class WorkerStore:
                 *flat,
             ],
         )
-        return CreateOutcome(str(result[0]), str(result[1]), str(result[2]))
+        return CreateOutcome.parse(result)
 
     async def transition(
         self,
         worker_id: str,
         to: WorkerStatus,
-        reason: str,
+        reason: Reason,
         *,
         allowed_from: Sequence[WorkerStatus] = LIVE_STATUSES,
         fields: Mapping[str, str] | None = None,
@@ -326,7 +384,14 @@ class WorkerStore:
         moves STARTING to RUNNING.
 
         ``only_if_owner_gone``: and only while neither its manager's presence key nor its
-        heartbeat exists, both checked in the same script (another manager's verdict)."""
+        heartbeat exists, both checked in the same script (another manager's verdict).
+
+        ``reason`` must be one that leads to ``to`` (``contract.reasons``): the record, the
+        lifecycle entry and the evidence then agree on what happened and who did it."""
+        if not is_reason(reason):
+            raise TypeError(f"a reason of contract.reasons, not {reason!r}")
+        if reason.status is not to:
+            raise ValueError(f"reason {str(reason)!r} leads to {reason.status}, not {to}")
         keys = self._keys
         flat = [item for pair in (fields or {}).items() for item in pair]
         result = await self._transition(
@@ -343,7 +408,7 @@ class WorkerStore:
             ],
             args=[
                 to.value,
-                reason,
+                str(reason),
                 iso_now(),
                 " ".join(allowed_from),
                 self._settings.lifecycle_maxlen,
@@ -356,7 +421,7 @@ class WorkerStore:
                 *flat,
             ],
         )
-        return Transition(bool(int(result[0])), str(result[1]))
+        return Transition.parse(result)
 
     async def update(self, worker_id: str, fields: dict[str, str]) -> bool:
         """Set fields on an existing record; never resurrects a record that expired."""

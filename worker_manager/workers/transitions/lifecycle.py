@@ -23,37 +23,42 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from worker_manager.contract.kinds import LIVE_STATUSES, WorkerStatus
+from worker_manager.contract.reasons import EndReason, exit_reason, is_end_reason
 from worker_manager.core.logs import get_logger
 from worker_manager.workers.resources.acl import WorkerAcl
 from worker_manager.workers.resources.containers import ContainerRuntime
 from worker_manager.workers.resources.containment import Containment
 from worker_manager.workers.resources.tasks import WorkerTasks
-from worker_manager.workers.state.evidence import EvidenceBook, ended_by_default
+from worker_manager.workers.state.evidence import EvidenceBook
 from worker_manager.workers.state.records import WorkerStore
 
 log = get_logger(__name__)
 
-#: A worker's ``reason`` is cut here (a build log's tail must fit).
-MAX_REASON_CHARS = 4000
-
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How a worker ended: STOPPED or FAILED, why (SPEC §3's reasons), and what it reported."""
+    """How a worker ended: why (one of ``contract.reasons``' ending reasons, which also says
+    STOPPED or FAILED and who gives it), and what it reported.
 
-    status: WorkerStatus
-    reason: str
+    A free string is refused here (mypy, and at run time): a reason no part of the service
+    owns would reach the record, the lifecycle stream and the evidence unexplained."""
+
+    reason: EndReason
     exit_code: int | None = None
     #: Other record fields written in the same transition (the last heartbeat's facts).
     fields: Mapping[str, str] = field(default_factory=dict)
 
-    @classmethod
-    def stopped(cls, reason: str, **fields: str) -> Outcome:
-        return cls(WorkerStatus.STOPPED, reason, fields=fields)
+    def __post_init__(self) -> None:
+        if not is_end_reason(self.reason):
+            raise TypeError(
+                f"an ending reason of contract.reasons, not {self.reason!r} "
+                f"({type(self.reason).__name__})"
+            )
 
-    @classmethod
-    def failed(cls, reason: str, **fields: str) -> Outcome:
-        return cls(WorkerStatus.FAILED, reason[:MAX_REASON_CHARS], fields=fields)
+    @property
+    def status(self) -> WorkerStatus:
+        """STOPPED or FAILED, as the reason says."""
+        return self.reason.status
 
     def record_fields(self) -> dict[str, str]:
         written = dict(self.fields)
@@ -64,12 +69,9 @@ class Outcome:
 
 def outcome_of(exit_code: int, oom: bool) -> Outcome:
     """A container's end: OOM-killed is FAILED ``oom``, 0 is STOPPED ``exited``, anything else
-    FAILED ``exited with code N``; the exit code is recorded in every case."""
-    if oom:
-        return Outcome(WorkerStatus.FAILED, "oom", exit_code)
-    if exit_code == 0:
-        return Outcome(WorkerStatus.STOPPED, "exited", exit_code)
-    return Outcome(WorkerStatus.FAILED, f"exited with code {exit_code}", exit_code)
+    FAILED ``exited with code N`` (``contract.reasons.exit_reason``); the exit code is recorded
+    in every case."""
+    return Outcome(exit_reason(exit_code, oom), exit_code)
 
 
 class Lifecycle:
@@ -117,7 +119,8 @@ class Lifecycle:
         when it returns.
         ``only_if_owner_gone``: the transition happens only while that manager's presence key
         and the worker's heartbeat are both absent (``workers.fleet.lost_hosts``).
-        ``by``: who ended it, for the evidence (default: the loop that gives ``outcome.reason``).
+        ``by``: who ended it, for the evidence, when the caller can say more than the reason's
+        own source (a delete's request id, the judging manager).
         """
         result = await self._store.transition(
             worker_id,
@@ -133,17 +136,16 @@ class Lifecycle:
             await self._acl.delete(worker_id)
         if result.changed:
             log.info(
-                "worker ended", worker_id=worker_id, status=outcome.status, reason=outcome.reason
+                "worker ended",
+                worker_id=worker_id,
+                status=outcome.status,
+                reason=str(outcome.reason),
             )
             if on_this_host and not wait:  # at once: nothing written after this delays it
                 self._teardowns.start(worker_id, lambda: self._finish_logged(worker_id))
             if self._evidence is not None:
                 await self._evidence.verdict(
-                    worker_id,
-                    outcome.status.value,
-                    outcome.reason,
-                    outcome.exit_code,
-                    by or ended_by_default(outcome.reason),
+                    worker_id, outcome.reason, outcome.exit_code, by or outcome.reason.source
                 )
         elif outcome.exit_code is not None:
             # Already ended (a delete came first): keep the exit code the container reported.

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from worker_manager.contract.commands import CreateCommand, command_context
-from worker_manager.contract.kinds import AgentType, Module
+from worker_manager.contract.commands import CreateCommand
+from worker_manager.contract.create_spec import load_spec
+from worker_manager.contract.kinds import AgentType
+from worker_manager.contract.reasons import build_failed, start_failed, workspace_failed
 from worker_manager.core.clock import iso_from_unix, iso_now
 from worker_manager.core.logs import get_logger
 from worker_manager.core.outages import OUTAGE_ERRORS, ride_out
@@ -27,6 +29,12 @@ from worker_manager.workers.resources.containment import Containment
 from worker_manager.workers.resources.environment import worker_env
 from worker_manager.workers.resources.tasks import WorkerTasks
 from worker_manager.workers.state.records import WorkerStore
+from worker_manager.workers.transitions.create_plan import (
+    CreatePlan,
+    RepositoryStep,
+    plan_create,
+    repository_of,
+)
 from worker_manager.workers.transitions.lifecycle import Lifecycle, Outcome
 from worker_manager.workspaces.checkout import CheckedOut, Checkout, WorkspaceFailed
 
@@ -94,29 +102,29 @@ class Provisioner:
         bound = log.bind(worker_id=worker_id)
         try:
             spec = await self._store.spec(worker_id)
-            if spec is None:
+            record = await self._store.get(worker_id)
+            if spec is None or record is None:
                 return  # deleted (or expired) before we got here
-            command = CreateCommand.model_validate(
-                spec, context=command_context(self._settings, self._settings.keys.replies)
-            )
-            if await self._store.field(worker_id, "pool") and await self._hand_over(
-                worker_id, command
-            ):
+            # Validated once, when it was accepted: loaded as saved (``contract.create_spec``).
+            command = load_spec(spec)
+            plan = plan_create(command, self._settings, record)
+            if plan.hand_over and await self._hand_over(worker_id, command, plan):
                 return
             await self._store.progress(worker_id, "finding its image")
             image = await self._images.ensure(
-                command.agent_type, list(command.modules), self._reporter(worker_id)
+                plan.shape.agent_type, list(plan.shape.modules), self._reporter(worker_id)
             )
             if not await self._store.update(
                 worker_id, {"image": image.tag, "image_hash": image.hash}
             ):
                 return
-            workspace = await self._check_out(worker_id, image.tag, command, shared=True)
+            workspace = await self._check_out(worker_id, image.tag, command, plan, shared=True)
             if workspace is None:
                 return  # failed (the worker ended), or deleted meanwhile
             await self._store.progress(worker_id, "starting its container")
-            await self._acl.create(worker_id)
-            sockets = await self._containment.admit(worker_id, command)
+            if plan.own_redis_user:
+                await self._acl.create(worker_id)
+            sockets = await self._containment.admit(worker_id, command) if plan.contained else None
             started = await self._containers.launch(
                 LaunchSpec(
                     worker_id=worker_id,
@@ -124,12 +132,8 @@ class Provisioner:
                     image_hash=image.hash,
                     env=self._env(worker_id, command, workspace.commit),
                     mirror=workspace.mirror,
-                    files={command.agent_type.instructions_file: command.instructions}
-                    if command.instructions
-                    else {},
-                    docker_socket=self._settings.docker_module_socket
-                    if Module.DOCKER in command.modules
-                    else None,
+                    files=plan.files,
+                    docker_socket=plan.docker_socket,
                     sockets=sockets,
                 )
             )
@@ -155,36 +159,35 @@ class Provisioner:
             raise  # not the worker's fault: retried by _provision
         except BuildFailed as exc:
             bound.warning("image build failed", error=exc.message.splitlines()[0])
-            await self._lifecycle.end(
-                worker_id, Outcome.failed(f"build_failed: {exc.message}"), wait=True
-            )
+            await self._lifecycle.end(worker_id, Outcome(build_failed(exc.message)), wait=True)
         except Exception as exc:
             bound.exception("provisioning failed")
             await self._lifecycle.end(
-                worker_id, Outcome.failed(f"start failed: {type(exc).__name__}: {exc}"), wait=True
+                worker_id, Outcome(start_failed(f"{type(exc).__name__}: {exc}")), wait=True
             )
 
     async def _check_out(
-        self, worker_id: str, image: str, command: CreateCommand, *, shared: bool
+        self, worker_id: str, image: str, command: CreateCommand, plan: CreatePlan, *, shared: bool
     ) -> CheckedOut | None:
         """The create's repository in the worker's workspace (done once: the commit is kept in
         the record); an empty checkout without one. None when it failed (the worker is FAILED
         ``workspace_failed: <git's message>``) or the worker is gone."""
-        if command.repository is None:
-            return CheckedOut(commit="", branch=None, mirror=None)
+        if plan.repository is RepositoryStep.NONE:
+            return plan.checked_out
         done = await self._store.get(worker_id)
         if done is None or not done.is_live:
             return None
-        if done.text("workspace_base"):
-            return CheckedOut(done.text("workspace_base"), None, done.text("mirror") or None)
+        # Judged again on the record as it is now: a hand-over that found its container gone
+        # may have checked the repository out meanwhile.
+        _step, checked_out = repository_of(command, done)
+        if checked_out is not None or command.repository is None:
+            return checked_out
         await self._store.progress(worker_id, "cloning")
         try:
             checked = await self._checkout.run(worker_id, image, command.repository, shared=shared)
         except WorkspaceFailed as exc:
             log.warning("checkout failed", worker_id=worker_id, error=str(exc).splitlines()[-1:])
-            await self._lifecycle.end(
-                worker_id, Outcome.failed(f"workspace_failed: {exc}"), wait=True
-            )
+            await self._lifecycle.end(worker_id, Outcome(workspace_failed(str(exc))), wait=True)
             return None
         await self._store.update(
             worker_id,
@@ -196,7 +199,7 @@ class Provisioner:
         )
         return checked
 
-    async def _hand_over(self, worker_id: str, command: CreateCommand) -> bool:
+    async def _hand_over(self, worker_id: str, command: CreateCommand, plan: CreatePlan) -> bool:
         """Give a taken warm-pool container its worker: Redis user, its repository, its
         instructions, then the assignment its wrapper waits for. False (nothing done) when the
         container is gone: the ordinary path then starts one under the same name."""
@@ -206,16 +209,16 @@ class Provisioner:
             await self._containers.remove(worker_id)
             return False
         # Its own copy of the objects: the pooled container has no mirror mounted.
-        workspace = await self._check_out(worker_id, image, command, shared=False)
+        workspace = await self._check_out(worker_id, image, command, plan, shared=False)
         if workspace is None:
             return True  # the worker ended (workspace_failed) or was deleted: nothing to do
-        await self._acl.create(worker_id)
-        await self._containment.admit(worker_id, command)  # its grant replaces the pool's
+        if plan.own_redis_user:
+            await self._acl.create(worker_id)
+        if plan.contained:
+            await self._containment.admit(worker_id, command)  # its grant replaces the pool's
         started = await self._containers.assign(
             worker_id,
-            {command.agent_type.instructions_file: command.instructions}
-            if command.instructions
-            else {},
+            plan.files,
             self._env(worker_id, command, workspace.commit),
         )
         if started is None:

@@ -32,17 +32,16 @@ from redis.exceptions import RedisError
 
 from worker_base.config import WRAPPER_GROUP
 from worker_manager.contract.kinds import WorkerStatus
+from worker_manager.contract.reasons import Ended, Moved, Slept
 from worker_manager.core.clock import unix_or_none
 from worker_manager.core.errors import CommandError, ErrorCode
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
-from worker_manager.workers.state.records import SleepOutcome, WorkerStore
+from worker_manager.workers.state.records import SleepOutcome, SleepResult, WorkerStore
 from worker_manager.workers.transitions.lifecycle import Lifecycle, Outcome
 from worker_manager.workers.transitions.provisioner import Provisioner
 
 log = get_logger(__name__)
-
-RETENTION = "retention"
 
 
 def _stream_id(text: object) -> tuple[int, int]:
@@ -84,31 +83,34 @@ class Sleep:
         self._lifecycle = lifecycle
         self._provisioner = provisioner
 
-    async def suspend(self, worker_id: str, reason: str) -> SleepOutcome:
+    async def suspend(self, worker_id: str, reason: Slept) -> SleepOutcome:
         outcome = await self._store.suspend(worker_id, reason)
-        if outcome.result == "suspended":
-            log.info("worker suspended", worker_id=worker_id, reason=reason)
+        if outcome.result is SleepResult.SUSPENDED:
+            log.info("worker suspended", worker_id=worker_id, reason=str(reason))
             await self._lifecycle.put_to_sleep(worker_id)
         return outcome
 
-    async def resume(self, worker_id: str, reason: str) -> SleepOutcome:
+    async def resume(self, worker_id: str, reason: Moved) -> SleepOutcome:
         outcome = await self._store.resume(worker_id, reason)
-        if outcome.result == "resumed":
-            log.info("worker resumed", worker_id=worker_id, reason=reason)
+        if outcome.result is SleepResult.RESUMED:
+            log.info("worker resumed", worker_id=worker_id, reason=str(reason))
             self._provisioner.start(worker_id)
         return outcome
 
     async def suspend_or_refuse(self, worker_id: str) -> None:
         """The ``suspend`` command: CommandError when it cannot be done."""
-        outcome = await self.suspend(worker_id, "suspended")
-        if outcome.result == "capacity":
+        outcome = await self.suspend(worker_id, Slept.SUSPENDED)
+        if outcome.result is SleepResult.CAPACITY:
             raise CommandError(
                 ErrorCode.CAPACITY_EXCEEDED,
                 f"this manager keeps its maximum of {self._settings.max_suspended} suspended "
                 "workers; delete or resume one first",
                 retry_after=self._settings.capacity_retry_after_seconds,
             )
-        if outcome.result == "status" and outcome.status != WorkerStatus.SUSPENDED:
+        if (
+            outcome.result is SleepResult.WRONG_STATUS
+            and outcome.status is not WorkerStatus.SUSPENDED
+        ):
             raise CommandError(
                 ErrorCode.CONFLICT,
                 f"worker {worker_id} is {outcome.status or 'gone'}: only a RUNNING worker "
@@ -117,15 +119,15 @@ class Sleep:
 
     async def resume_or_refuse(self, worker_id: str) -> None:
         """The ``resume`` command: CommandError when it cannot be done."""
-        outcome = await self.resume(worker_id, "resume")
-        if outcome.result == "capacity":
+        outcome = await self.resume(worker_id, Moved.RESUME)
+        if outcome.result is SleepResult.CAPACITY:
             raise CommandError(
                 ErrorCode.CAPACITY_EXCEEDED,
                 f"this manager runs its maximum of {self._settings.max_workers} live workers; "
                 "delete one or retry later",
                 retry_after=self._settings.capacity_retry_after_seconds,
             )
-        if outcome.result == "status" and outcome.status not in (
+        if outcome.result is SleepResult.WRONG_STATUS and outcome.status not in (
             WorkerStatus.STARTING,
             WorkerStatus.RUNNING,
         ):
@@ -152,12 +154,12 @@ class Sleep:
             elif expired(suspended_at, now, self._settings.workspace_retention_days):
                 await self._lifecycle.end(
                     worker_id,
-                    Outcome.stopped(RETENTION),
+                    Outcome(Ended.RETENTION),
                     allowed_from=(WorkerStatus.SUSPENDED,),
                 )
             elif wants_waking(newest, delivered):
-                outcome = await self.resume(worker_id, "input")
-                if outcome.result == "capacity":
+                outcome = await self.resume(worker_id, Moved.INPUT)
+                if outcome.result is SleepResult.CAPACITY:
                     log.info("an input waits, but there is no room to resume", worker_id=worker_id)
 
     async def _look(self, ids: Sequence[str]) -> list[tuple[str, str, str, str]]:

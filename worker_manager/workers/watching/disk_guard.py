@@ -30,6 +30,7 @@ from docker import DockerClient
 from redis.exceptions import RedisError
 
 from worker_manager.contract.labels import LABEL_PREFIX, LABEL_WORKER
+from worker_manager.contract.reasons import Ended
 from worker_manager.core import docker_client
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
@@ -39,7 +40,6 @@ from worker_manager.workers.transitions.lifecycle import Lifecycle, Outcome
 
 log = get_logger(__name__)
 
-DISK_EXCEEDED = "disk_exceeded"
 #: More files and directories than this in a worker's volumes count as over its limit: a walk
 #: must stay cheap whatever the agent made (a million empty files use no blocks, but inodes).
 MAX_ENTRIES = 1_000_000
@@ -140,7 +140,7 @@ class DiskGuard:
                 entries=entries.get(worker_id, 0),
                 limit=self.limit,
             )
-            await self._lifecycle.end(worker_id, Outcome.failed(DISK_EXCEEDED))
+            await self._lifecycle.end(worker_id, Outcome(Ended.DISK_EXCEEDED))
 
     def _measure(self, live: list[str]) -> tuple[dict[str, int], dict[str, int]]:
         """Bytes and entries per worker: each volume walked where it lies, or, for any the

@@ -25,42 +25,43 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from worker_manager.contract.kinds import LIVE_STATUSES, WorkerStatus
+from worker_manager.contract.reasons import Ended, Slept
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import FleetSettings, Settings
 from worker_manager.workers.state.heartbeats import Observed, observe
-from worker_manager.workers.state.records import SleepOutcome, WorkerStore
+from worker_manager.workers.state.records import SleepOutcome, SleepResult, WorkerStore
 from worker_manager.workers.transitions.lifecycle import Lifecycle, Outcome
 
 log = get_logger(__name__)
 
 #: How an idle worker is suspended (``workers.transitions.sleep.Sleep.suspend``).
-Suspend = Callable[[str, str], Awaitable[SleepOutcome]]
+Suspend = Callable[[str, Slept], Awaitable[SleepOutcome]]
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     worker_id: str
-    reason: str  # "idle" or "ttl"
+    reason: Ended  # IDLE or TTL
 
 
-def eviction_reason(seen: Observed, now: float, fleet: FleetSettings) -> str:
-    """``idle``, ``ttl`` or nothing, as a plain function of one observation; a record or
+def eviction_reason(seen: Observed, now: float, fleet: FleetSettings) -> Ended | None:
+    """``idle``, ``ttl`` or None, as a plain function of one observation; a record or
     heartbeat it cannot read is the watcher's to judge (``heartbeat_invalid``), never a reason
     to fail the sweep."""
     record = seen.record
     if record is None or not record.is_live or record.created_at is None:
-        return ""
+        return None
     lifetime = fleet.max_lifetime_seconds
     if lifetime is not None and now - record.created_at > lifetime:
-        return "ttl"
+        return Ended.TTL
     if record.status is not WorkerStatus.RUNNING or seen.beat is None:
-        return ""  # STARTING, lost or invalid: the watcher decides, not us
+        return None  # STARTING, lost or invalid: the watcher decides, not us
     seen_at = [seen.beat.activity] + [
         t for t in (record.last_activity_at, record.started_at) if t is not None
     ]
     if now - max(seen_at) > idle_timeout(record.idle_timeout_seconds, fleet):
-        return "idle"
-    return ""
+        return Ended.IDLE
+    return None
 
 
 def idle_timeout(own: float | None, fleet: FleetSettings) -> float:
@@ -85,7 +86,6 @@ class Evictor:
         self._store = store
         self._lifecycle = lifecycle
         self._suspend = suspend
-        self.evicted = 0
         #: Called with the reason of each eviction (the manager passes its metrics' counter).
         self._observe = observe
 
@@ -106,31 +106,29 @@ class Evictor:
         verdicts: list[Verdict] = []
         for seen in await observe(self._raw, self._settings.keys, ids, now):
             reason = eviction_reason(seen, now, self._settings)
-            if reason:
+            if reason is not None:
                 verdicts.append(Verdict(seen.worker_id, reason))
         return verdicts
 
     async def _evict(self, verdict: Verdict) -> None:
         if (
-            verdict.reason == "idle"
+            verdict.reason is Ended.IDLE
             and self._settings.idle_action == "suspend"
             and self._suspend is not None
         ):
-            result = await self._suspend(verdict.worker_id, "idle")
-            if result.result == "suspended":
-                self.evicted += 1
-                self._observe("idle")
+            result = await self._suspend(verdict.worker_id, Slept.IDLE)
+            if result.result is SleepResult.SUSPENDED:
+                self._observe(Slept.IDLE)
                 return
-            if result.result != "capacity":
+            if result.result is not SleepResult.CAPACITY:
                 return  # not RUNNING any more: another verdict came first
             log.info(
                 "no room to suspend an idle worker: it is stopped", worker_id=verdict.worker_id
             )
         # Idle applies to RUNNING only: a worker that went elsewhere meanwhile is left alone.
-        allowed = (WorkerStatus.RUNNING,) if verdict.reason == "idle" else LIVE_STATUSES
+        allowed = (WorkerStatus.RUNNING,) if verdict.reason is Ended.IDLE else LIVE_STATUSES
         ended = await self._lifecycle.end(
-            verdict.worker_id, Outcome.stopped(verdict.reason), allowed_from=allowed
+            verdict.worker_id, Outcome(verdict.reason), allowed_from=allowed
         )
         if ended:
-            self.evicted += 1
             self._observe(verdict.reason)

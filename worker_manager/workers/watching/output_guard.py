@@ -24,6 +24,7 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from worker_manager.contract.reasons import Ended
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
 from worker_manager.workers.state.records import WorkerStore
@@ -80,7 +81,7 @@ class OutputGuard:
             reason = overflow(trimmed, size, s.output_maxlen, s)
             if reason is not None:
                 log.warning("worker output overflows; stopping it", worker_id=worker_id, why=reason)
-                await self._lifecycle.end(worker_id, Outcome.failed("output_overflow"))
+                await self._lifecycle.end(worker_id, Outcome(Ended.OUTPUT_OVERFLOW))
 
 
 def overflow(trimmed: object, size: object, maxlen: int, settings: Settings) -> str | None:

@@ -39,13 +39,13 @@ from docker import DockerClient
 
 from worker_manager.contract.kinds import WorkerStatus
 from worker_manager.contract.labels import LABEL_POOL, LABEL_WORKER
+from worker_manager.contract.reasons import Ended, parse_end_reason
 from worker_manager.contract.record import WorkerRecord
 from worker_manager.core import docker_client
 from worker_manager.core.clock import unix_or_none
 from worker_manager.core.logs import get_logger
 from worker_manager.core.outages import OUTAGE_ERRORS
 from worker_manager.settings import Settings
-from worker_manager.workers.fleet.lost_hosts import HOST_LOST
 from worker_manager.workers.resources.acl import WorkerAcl
 from worker_manager.workers.resources.containers import ContainerRuntime
 from worker_manager.workers.resources.containment import Containment
@@ -298,9 +298,9 @@ class Reconciler:
             report.orphans.append(worker_id)
         elif step == "finish":
             await self._lifecycle.finish(worker_id)
-            reason = await self._store.field(worker_id, "reason")
-            (report.fenced if reason == HOST_LOST else report.removed).append(worker_id)
-            if reason == HOST_LOST:
+            fenced = parse_end_reason(await self._store.field(worker_id, "reason") or "")
+            (report.fenced if fenced is Ended.HOST_LOST else report.removed).append(worker_id)
+            if fenced is Ended.HOST_LOST:
                 log.warning(
                     "fenced: the other managers judged this worker lost with its host while "
                     "this manager was away; its container and Redis user are removed",
@@ -318,7 +318,7 @@ class Reconciler:
             ):
                 report.ended.append(worker_id)
         elif step == "lost_if_absent":
-            if await self._lifecycle.end(worker_id, Outcome.failed("container_lost"), wait=True):
+            if await self._lifecycle.end(worker_id, Outcome(Ended.CONTAINER_LOST), wait=True):
                 report.lost.append(worker_id)
         else:  # adopt
             if await self._restore_user(worker_id):

@@ -39,6 +39,7 @@ from redis.exceptions import RedisError
 
 from worker_manager.contract.kinds import WorkerStatus
 from worker_manager.contract.labels import LABEL_MANAGER, LABEL_PREFIX, LABEL_WORKER
+from worker_manager.contract.reasons import Ended, Moved, never_ready
 from worker_manager.core.clock import iso_from_unix
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
@@ -198,7 +199,7 @@ class StatusWatcher:
             changed = await self._store.transition(
                 worker_id,
                 WorkerStatus.RUNNING,
-                "ready",
+                Moved.READY,
                 allowed_from=(WorkerStatus.STARTING,),
                 fields=verdict.fields,
             )
@@ -303,7 +304,7 @@ class StatusWatcher:
         action = event.get("Action") or event.get("status")
         if action == "oom":
             self._oom.add(worker_id)
-            await self._lifecycle.end(worker_id, Outcome.failed("oom"))
+            await self._lifecycle.end(worker_id, Outcome(Ended.OOM))
             return
         if action != "die":
             return
@@ -363,7 +364,7 @@ def heartbeat_verdict(
     if record.status is None:
         return Verdict()  # a status no manager writes: nothing here to judge it by
     if seen.problem is not None:
-        return Verdict(end=Outcome.failed("heartbeat_invalid"), problem=seen.problem)
+        return Verdict(end=Outcome(Ended.HEARTBEAT_INVALID), problem=seen.problem)
     beat = seen.beat
     if beat is not None:
         fields = {}
@@ -375,7 +376,7 @@ def heartbeat_verdict(
         if cost is not None and cost != record.cost_usd:
             fields["cost_usd"] = cost
         if beat.budget_exceeded or seen.metered_budget_exceeded:
-            return Verdict(end=Outcome.stopped("budget_exceeded", **fields))
+            return Verdict(end=Outcome(Ended.BUDGET_EXCEEDED, fields=fields))
         if record.status is WorkerStatus.STARTING:
             return Verdict(running=True, fields=fields)
         return Verdict(fields=fields)
@@ -383,7 +384,7 @@ def heartbeat_verdict(
     if in_grace:
         return Verdict(awaiting_first_beat=started)
     if record.status is WorkerStatus.RUNNING:
-        return Verdict(end=Outcome.failed("heartbeat_lost"))
+        return Verdict(end=Outcome(Ended.HEARTBEAT_LOST))
     if started and record.started_at is not None and now - record.started_at > start_timeout:
-        return Verdict(end=Outcome.failed(f"wrapper never became ready within {start_timeout:g}s"))
+        return Verdict(end=Outcome(never_ready(start_timeout)))
     return Verdict(awaiting_first_beat=started)

@@ -1,0 +1,90 @@
+"""What a create needs, decided from its spec, the settings and its record: a plain function.
+
+The provisioner carries a create out (image, repository, Redis user, grant, container) against
+Redis and Docker; what it does at each step is decided here first, over data alone, the way the
+ending path's rule is :func:`~worker_manager.workers.transitions.lifecycle.outcome_of`:
+
+* **the image**: the create's shape (agent type and sorted modules), found or built once;
+* **the start**: hand a warm-pool container over when the create took one (the record's
+  ``pool``), or start a container of its own;
+* **the repository**: none to check out, a checkout already done (the record keeps its commit
+  and mirror: a resume, or a create finished after a crash, never clones again), or a clone;
+* **what is copied in before it starts**: the instructions, as the agent type's own file
+  (``CLAUDE.md`` or ``AGENTS.md``), never baked into an image;
+* **containment**: whether the worker gets sockets at the host's egress service (and with them
+  no network) and which destinations it is granted; whether it gets a Redis user of its own;
+  whether the Docker socket is mounted (the ``DOCKER`` module, when the operator configured one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from worker_manager.contract.commands import CreateCommand
+from worker_manager.contract.kinds import Module, Shape
+from worker_manager.contract.record import WorkerRecord
+from worker_manager.settings import Settings
+from worker_manager.workers.resources.containment import contained
+from worker_manager.workspaces.checkout import CheckedOut
+
+
+class RepositoryStep(StrEnum):
+    #: The create names no repository: the workspace starts empty.
+    NONE = "none"
+    #: Checked out before (its commit is in the record): used as it is.
+    DONE = "done"
+    #: To be cloned from its mirror into the workspace.
+    CLONE = "clone"
+
+
+@dataclass(frozen=True, slots=True)
+class CreatePlan:
+    shape: Shape
+    #: A warm-pool container was taken for this create: assign it rather than start one.
+    hand_over: bool
+    repository: RepositoryStep
+    #: The workspace as it is when nothing is to be cloned (None with a clone to do).
+    checked_out: CheckedOut | None = None
+    #: Written into the container before it starts (file name in the workspace -> text).
+    files: dict[str, str] = field(default_factory=dict)
+    #: Sockets at the host's egress service (and no network), with this grant.
+    contained: bool = False
+    egress: tuple[str, ...] = ()
+    #: A Redis ACL user of its own (``WM_WORKER_ACL``).
+    own_redis_user: bool = True
+    #: The host's Docker socket, mounted for the ``DOCKER`` module (None: not mounted).
+    docker_socket: str | None = None
+
+
+def repository_of(
+    command: CreateCommand, record: WorkerRecord
+) -> tuple[RepositoryStep, CheckedOut | None]:
+    """The repository step, and the workspace as it is when there is nothing to clone (the
+    record keeps the commit and the mirror of a checkout once it is done)."""
+    if command.repository is None:
+        return RepositoryStep.NONE, CheckedOut(commit="", branch=None, mirror=None)
+    if record.text("workspace_base"):
+        done = CheckedOut(record.text("workspace_base"), None, record.text("mirror") or None)
+        return RepositoryStep.DONE, done
+    return RepositoryStep.CLONE, None
+
+
+def plan_create(command: CreateCommand, settings: Settings, record: WorkerRecord) -> CreatePlan:
+    """The plan of one create. ``command`` is the saved spec (its ``egress`` already the grant
+    as granted: ``contract.create_spec``); ``record`` the worker's record as it is now."""
+    step, checked_out = repository_of(command, record)
+    granted = command.egress if command.egress is not None else settings.egress_default
+    return CreatePlan(
+        shape=Shape(command.agent_type, tuple(sorted(set(command.modules)))),
+        hand_over=bool(record.pool),
+        repository=step,
+        checked_out=checked_out,
+        files={command.agent_type.instructions_file: command.instructions}
+        if command.instructions
+        else {},
+        contained=contained(settings),
+        egress=tuple(granted),
+        own_redis_user=settings.worker_acl,
+        docker_socket=settings.docker_module_socket if Module.DOCKER in command.modules else None,
+    )
