@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.against import against_figure
+from benchmarks.agents_bench import agent_start_figure
 from benchmarks.control import roundtrip_figures, throughput_figures
 from benchmarks.dataplane import latency_figure, throughput_figure
 from benchmarks.egress_bench import egress_figures
 from benchmarks.env import AGENT_COMMAND, BenchEnv
-from benchmarks.gateway import gateway_figures
+from benchmarks.envbuild_bench import envbuild_figure
+from benchmarks.gateway import gateway_figures, responses_figure
 from benchmarks.gc_bench import gc_figure
 from benchmarks.harness import Figure, console, machine, table, write_results
 from benchmarks.hosts_bench import hosts_figures
@@ -32,6 +34,7 @@ from benchmarks.workspace_bench import workspace_figures
 
 FIGURES = (
     "start",
+    "agents",
     "control",
     "throughput",
     "data",
@@ -43,6 +46,7 @@ FIGURES = (
     "workspace",
     "sentinel",
     "hosts",
+    "envbuild",
     "against",
 )
 #: Figures that need neither the manager nor Docker (they bring their own processes).
@@ -134,6 +138,7 @@ async def run(plan: Plan, only: set[str], against: str | None = None) -> list[Fi
         standalone += await gateway_figures(
             plan.gateway_ttfb_runs, plan.gateway_bytes, plan.gateway_runs
         )
+        standalone.append(await responses_figure(plan.gateway_ttfb_runs))
     if "relays" in only:
         out.print("[bold]7c. bare relays[/bold] (the same GET through relays without mitmproxy)")
         with tempfile.TemporaryDirectory(prefix="wm-relays-") as scratch:
@@ -154,6 +159,9 @@ async def run(plan: Plan, only: set[str], against: str | None = None) -> list[Fi
         if "start" in only:
             out.print("[bold]1. start latency[/bold] (warm, then cold: builds take a while)")
             figures += await start_figures(env, plan.warm_runs, plan.cold_runs)
+        if "agents" in only:
+            out.print("[bold]1g. CODEX against CLAUDE[/bold] (create → RUNNING, images cached)")
+            figures.append(await agent_start_figure(env, plan.warm_runs))
         fleet: list[str] = []
         if only & {"control", "throughput", "data", "scale"}:
             env.overlay.reset()
@@ -184,6 +192,9 @@ async def run(plan: Plan, only: set[str], against: str | None = None) -> list[Fi
         if "egress" in only:
             out.print("[bold]7. egress proxy[/bold] (a GET through it and direct)")
             figures += await egress_figures(env, plan.egress_runs)
+        if "envbuild" in only:
+            out.print("[bold]12. environment build[/bold] (apt through the egress service)")
+            figures.append(await envbuild_figure(env, plan.cold_runs))
         if "against" in only and against:
             out.print(f"[bold]1e. cold create against {against}[/bold] (two builds a pair)")
             figures += await against_figure(

@@ -14,6 +14,9 @@ straight over TCP, alternately, each over its own kept-alive connection.
   shape the API streams in), request sent → last byte, the fake encoding each 64 KiB batch of
   events just before writing it, as an API produces as it goes (only far faster: the fake
   produces tens of MB/s where the API produces kB/s). Goal: ratio ≥ 0.9.
+- 8d. time to first byte of a streamed Responses API call (OpenAI's, what CODEX workers make),
+  through the gateway serving that API (:data:`~worker_manager.egress.gateway.OPENAI_API`)
+  against the same call direct to :mod:`tests.support.fake_openai`: the same goal as 8.
 - 8c. the relay's capacity, reported without a goal: the same answer encoded whole before its
   first byte (``FAKE size N at-once``), first byte → last byte, so that the direct client reads
   at the speed of the socket and the gateway, a Python process copying every byte between two
@@ -42,7 +45,7 @@ from redis.asyncio import Redis
 from benchmarks.env import REPO_ROOT
 from benchmarks.harness import Figure, alternate
 from tests.support.redis_server import RedisServer
-from worker_manager.egress.gateway import GatewayWorker, LlmGateway
+from worker_manager.egress.gateway import APIS, GatewayWorker, LlmGateway
 
 #: The worker's token (the gateway's only worker; not a secret of anyone's).
 TOKEN = "wm-gw-bench-token"
@@ -65,7 +68,11 @@ async def _stream(
     session: aiohttp.ClientSession, url: str, body: dict[str, Any], key: str
 ) -> tuple[float, float, int]:
     """(seconds to the first body byte, seconds to the last, bytes) of one streamed call."""
-    headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    headers = {
+        "x-api-key": key,
+        "authorization": f"Bearer {key}",
+        "anthropic-version": "2023-06-01",
+    }
     started = time.perf_counter()
     async with session.post(url, json=body, headers=headers) as response:
         if response.status != 200:
@@ -81,7 +88,8 @@ async def _stream(
 class GatewayBench:
     """The three processes and the two clients; :meth:`close` ends what it started."""
 
-    def __init__(self) -> None:
+    def __init__(self, api: str = "anthropic") -> None:
+        self.api = api
         self.tmp = Path(tempfile.mkdtemp(prefix="wm-gwb-"))
         self.socket = self.tmp / "gateway.sock"
         self.redis = RedisServer(self.tmp / "redis", binary=shutil.which("redis-server") or "")
@@ -96,7 +104,7 @@ class GatewayBench:
         await asyncio.to_thread(self.redis.start)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("WM_", "ANTHROPIC_"))}
         fake = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.fake_anthropic", "0"],
+            [sys.executable, "-m", f"tests.support.fake_{self.api}", "0"],
             cwd=REPO_ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -108,7 +116,7 @@ class GatewayBench:
         if not self.api_url.startswith("http"):
             raise RuntimeError("the fake Messages API did not start")
         gateway = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.gateway", str(self.socket), self.api_url],
+            [sys.executable, "-m", "benchmarks.gateway", str(self.socket), self.api_url, self.api],
             cwd=REPO_ROOT,
             env={**env, "BENCH_REDIS_URL": self.redis.url},
             stdin=subprocess.DEVNULL,
@@ -122,6 +130,12 @@ class GatewayBench:
         self.through = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(self.socket)))
 
     async def call(self, via_gateway: bool, body: dict[str, Any]) -> tuple[float, float, int]:
+        if self.api == "openai":  # the base URL names the version: the gateway's root is it
+            if via_gateway:
+                assert self.through is not None
+                return await _stream(self.through, "http://worker/responses", body, TOKEN)
+            assert self.direct is not None
+            return await _stream(self.direct, f"{self.api_url}/responses", body, "sk-direct")
         if via_gateway:
             assert self.through is not None
             return await _stream(self.through, "http://worker/v1/messages", body, TOKEN)
@@ -226,7 +240,50 @@ async def gateway_figures(ttfb_runs: int, answer_bytes: int, bytes_runs: int) ->
     return [ttfb, throughput, capacity]
 
 
-async def _serve(socket: str, upstream: str) -> None:
+def _responses_body(prompt: str) -> dict[str, Any]:
+    """A Codex-sized Responses request: ~100 KB of instructions, one user message."""
+    return {
+        "model": "gpt-5-codex",
+        "stream": True,
+        "instructions": PADDING,
+        "input": [
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": prompt}]}
+        ],
+    }
+
+
+async def responses_figure(ttfb_runs: int) -> Figure:
+    """8d: the gateway's added time to first byte for a streamed Responses API call."""
+    bench = GatewayBench("openai")
+    try:
+        await bench.start()
+        body = _responses_body("FAKE say hello")
+
+        async def direct_ttfb(_: int) -> float:
+            return (await bench.call(False, body))[0] * 1000
+
+        async def gateway_ttfb(_: int) -> float:
+            return (await bench.call(True, body))[0] * 1000
+
+        direct_ms, gateway_ms = await alternate(ttfb_runs, direct_ttfb, gateway_ttfb, warmup=3)
+    finally:
+        await bench.close()
+    return Figure(
+        name="gateway.responses_ttfb",
+        title="8d. gateway: time to first byte, streamed Responses call (~100 KB request)",
+        unit="ms",
+        ours_label="added by the gateway (gateway − direct, per pair)",
+        baseline_label="direct",
+        goal="value_max",
+        bound=5.0,
+        ours=[g - d for d, g in zip(direct_ms, gateway_ms, strict=True)],
+        baseline=direct_ms,
+        note=f"through the gateway: median {statistics.median(gateway_ms):.2f} ms",
+        extra={"gateway_ms": gateway_ms},
+    )
+
+
+async def _serve(socket: str, upstream: str, api: str = "anthropic") -> None:
     """The gateway process of the benchmark: one worker, with a budget it never reaches."""
     redis = Redis.from_url(os.environ["BENCH_REDIS_URL"], decode_responses=True)
     worker = GatewayWorker("bench", "bench", TOKEN, max_cost_usd=1e9)
@@ -236,6 +293,7 @@ async def _serve(socket: str, upstream: str) -> None:
         api_key=None,
         oauth_token=None,
         resolve=lambda name: worker if name == socket else None,
+        api=APIS[api],
     )
     runner = web.AppRunner(gateway.app(), access_log=None)
     await runner.setup()
@@ -255,4 +313,4 @@ async def _serve(socket: str, upstream: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(_serve(sys.argv[1], sys.argv[2]))
+    asyncio.run(_serve(*sys.argv[1:4]))

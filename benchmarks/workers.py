@@ -28,18 +28,18 @@ async def create_worker(
     timeout: float = 300.0,
     pooled: bool = False,
     prompt: str | None = None,
+    agent_type: str = "CUSTOM",
 ) -> str:
-    """Create a CUSTOM worker; with ``wait``, until it is RUNNING (raises if it fails).
+    """Create a worker (CUSTOM unless said: then ``agent_command`` is not sent); with
+    ``wait``, until it is RUNNING (raises if it fails).
 
     ``pooled``: name no worker id, so a warm pool's worker is taken when there is one (a create
     that names its worker always starts a container)."""
     after = await lifecycle_tail(env) if wait else "0-0"
     requester = Requester(env.redis, f"{env.keys.replies}:bench:{uuid.uuid4().hex}")
-    fields = {
-        "command": "create",
-        "agent_type": "CUSTOM",
-        "agent_command": json.dumps(agent_command),
-    }
+    fields = {"command": "create", "agent_type": agent_type}
+    if agent_type == "CUSTOM":
+        fields["agent_command"] = json.dumps(agent_command)
     if not pooled:
         worker_id = worker_id or str(uuid.uuid4())
         fields["worker_id"] = worker_id

@@ -335,19 +335,27 @@ def build_shell_gate(config: AllowlistConfig, directory: Path) -> Path | None:
 
 
 def agent_env(
-    config: AllowlistConfig, env: dict[str, str], shell_prefix_env: str | None = None
+    config: AllowlistConfig,
+    env: dict[str, str],
+    shell_prefix_env: str | None = None,
+    *,
+    keep_path: bool = False,
 ) -> dict[str, str]:
     """The environment for the agent process. Unchanged (a copy) when unrestricted.
 
     By default ``PATH`` becomes the shim directory alone, so every program the agent starts is
     checked. An agent that takes a prefix for the commands of its shell tool (``shell_prefix_env``,
     Claude Code) keeps its own ``PATH``, and the prefix, a gate script, applies the shims to the
-    commands that shell runs: the agent's own helpers are not the agent's commands.
+    commands that shell runs: the agent's own helpers are not the agent's commands. With
+    ``keep_path`` (Codex), the shims are built and the agent keeps its ``PATH``: its driver gives
+    :func:`shim_dir` to the agent's own configuration as the ``PATH`` of the commands it runs.
     """
     result = dict(env)
     if config.allowed_commands is None:
         return result
     directory = build_shims(config, env)
+    if keep_path:
+        return result
     if shell_prefix_env is not None:
         gate = build_shell_gate(config, directory)
         if gate is not None:

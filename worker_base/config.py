@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from worker_base.redis_urls import is_sentinel_url, parse_sentinel_url
 
-AGENT_TYPES = ("CLAUDE", "FACTORY", "CUSTOM")
+AGENT_TYPES = ("CLAUDE", "CODEX", "FACTORY", "CUSTOM")
 FACTORY_AUTONOMY = ("low", "medium", "high")
 
 #: The consumer group and consumer name the wrapper reads its input stream with.

@@ -3,10 +3,12 @@ shims) and ``worker_base.refusals`` (reporting what they refused).
 
 Those modules are optional for the core, so every call site works without them:
 
-* ``allowlist.agent_env(config: WrapperConfig, env: dict[str, str], shell_prefix_env=None)
-  -> dict[str, str]`` receives the agent's complete environment for one run and returns the one
-  to use (e.g. with a PATH of command shims, or a gate in ``shell_prefix_env`` for an agent that
-  prefixes its shell commands). Called once per run, last, after the driver's own variables.
+* ``allowlist.agent_env(config: WrapperConfig, env: dict[str, str], shell_prefix_env=None,
+  *, keep_path=False) -> dict[str, str]`` receives the agent's complete environment for one
+  run and returns the one to use (e.g. with a PATH of command shims, or a gate in
+  ``shell_prefix_env`` for an agent that prefixes its shell commands; with ``keep_path`` the
+  shims are built and ``PATH`` is left alone). Called once per run, last, after the driver's
+  own variables.
   Absent: the environment is used unchanged.
 * ``refusals.refusals(config: WrapperConfig) -> AsyncIterator[str]``
   yields one human sentence per refused command; the wrapper turns each into an ``error``
@@ -49,12 +51,18 @@ def optional_module(name: str) -> ModuleType | None:
 
 
 def agent_env(
-    config: WrapperConfig, env: dict[str, str], shell_prefix_env: str | None = None
+    config: WrapperConfig,
+    env: dict[str, str],
+    shell_prefix_env: str | None = None,
+    *,
+    keep_path: bool = False,
 ) -> dict[str, str]:
     module = optional_module(ALLOWLIST_MODULE)
     hook = getattr(module, "agent_env", None)
     if hook is None:
         return env
+    if keep_path:
+        return cast("dict[str, str]", hook(config, env, shell_prefix_env, keep_path=True))
     return cast("dict[str, str]", hook(config, env, shell_prefix_env))
 
 

@@ -71,7 +71,9 @@ def agent_environment(
     env["WM_INPUT_ID"] = input_id
     if not invocation.confined:
         return env
-    return hooks.agent_env(config, env, invocation.shell_prefix_env)
+    return hooks.agent_env(
+        config, env, invocation.shell_prefix_env, keep_path=invocation.shims_by_agent
+    )
 
 
 class LineSplitter:
@@ -270,9 +272,15 @@ class AgentRun:
             feeder = asyncio.create_task(_feed(proc.stdin, invocation.stdin), name="agent-stdin")
         assert proc.stdout is not None
         assert proc.stderr is not None
+
+        async def sink(events: list[Event]) -> None:
+            await self._sink(events)
+            if self._driver.take_stop():  # e.g. max_turns for an agent without such a flag
+                self.cancel()
+
         pumps = [
-            _Pump(proc.stdout, self._driver.on_stdout, EventType.STDOUT, self._sink),
-            _Pump(proc.stderr, self._driver.on_stderr, EventType.STDERR, self._sink),
+            _Pump(proc.stdout, self._driver.on_stdout, EventType.STDOUT, sink),
+            _Pump(proc.stderr, self._driver.on_stderr, EventType.STDERR, sink),
         ]
         returncode = await self._wait_within_deadline(proc)
         if not await _all_eof(pumps, DRAIN_GRACE):

@@ -8,10 +8,11 @@ tests can hand a component a stand-in without building the rest of the service.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["CommandObserver", "HealthSource", "Load"]
+__all__ = ["BuildNetwork", "BuildRoute", "CommandObserver", "HealthSource", "Load"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,3 +53,24 @@ class CommandObserver(Protocol):
     """Told of every handled command: its name, its result and how long it took."""
 
     def __call__(self, command: str, result: str, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BuildRoute:
+    """How one image build reaches the network: the ``docker build --network`` value and the
+    build arguments that name its proxy (Docker's predefined proxy arguments: in no layer and
+    no history)."""
+
+    network_mode: str
+    build_args: Mapping[str, str] = field(default_factory=dict)
+
+
+class BuildNetwork(Protocol):
+    """The network of the builds that install packages (``environments.build_network``): the
+    image builder asks for a route and gives it back when the build is over, failed or
+    cancelled. ``images`` knows only this, not the egress service behind it."""
+
+    def route(self, image_hash: str, base_image: str) -> AbstractAsyncContextManager[BuildRoute]:
+        """A route for the build of ``image_hash`` (FROM ``base_image``), open until the
+        context ends."""
+        ...

@@ -120,7 +120,13 @@ def done_code(events: list[dict[str, str]]) -> int:
 
 
 def exec_in(harness: Harness, worker_id: str, command: str, user: str = "1000") -> str:
-    result = harness.container(worker_id).exec_run(["sh", "-c", command], user=user)
+    # In the agent's working directory and home (the container's own are the wrapper's: root's).
+    result = harness.container(worker_id).exec_run(
+        ["sh", "-c", command],
+        user=user,
+        workdir="/workspace",
+        environment={"HOME": "/home/worker"} if user != "0" else None,
+    )
     output: bytes = result.output
     assert result.exit_code == 0, output
     return output.decode()

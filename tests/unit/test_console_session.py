@@ -76,8 +76,20 @@ def test_failures_from_many_addresses_drain_one_global_bucket() -> None:
     for i in range(10):
         assert throttle.retry_after(f"10.0.0.{i}", now) == 0
         throttle.failed(f"10.0.0.{i}", now)
-    assert throttle.retry_after("10.0.1.1", now) == 2  # one token back in 2 s
-    assert throttle.retry_after("10.0.1.1", now + 2) == 0
+    # Those who failed wait for the bucket: one token back in 2 s.
+    assert throttle.retry_after("10.0.0.3", now) == 2
+    # A client without a failure on record is not held up (the operator, a bearer script):
+    # its one wrong guess puts it among those who wait.
+    assert throttle.retry_after("10.0.1.1", now) == 0
+    throttle.failed("10.0.1.1", now)
+    assert throttle.retry_after("10.0.1.1", now) == 2
+    now += 2
+    assert throttle.retry_after("10.0.0.3", now) == 0
+    throttle.failed("10.0.0.4", now)  # takes the token back
+    # Failures forgotten after a quiet hour no longer count.
+    later = now + ThrottleRules().forget_after + 1
+    throttle.failed("10.0.1.2", later)  # keeps the bucket empty
+    assert throttle.retry_after("10.0.0.3", later) == 0
 
 
 def test_remembered_clients_are_bounded() -> None:

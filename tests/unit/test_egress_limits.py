@@ -8,7 +8,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker_manager.egress.limits import ConnectionLimit, DenialLog, raise_open_files_limit
+from worker_manager.egress.limits import (
+    ByteLimit,
+    ConnectionLimit,
+    DenialLog,
+    raise_open_files_limit,
+)
 
 
 def test_each_worker_holds_at_most_its_bound_and_gets_back_what_it_closes() -> None:
@@ -71,3 +76,17 @@ def test_the_denial_log_remembers_a_bounded_number_of_workers() -> None:
     for n in range(10_000):
         log.admit(f"w{n}")
     assert len(log._buckets) == 10
+
+
+def test_bytes_held_per_worker_are_bounded_and_given_back() -> None:
+    limit = ByteLimit(100)
+    assert limit.take("a", 60) and limit.take("a", 40)
+    assert not limit.take("a", 1)
+    assert limit.held("a") == 100
+    assert limit.take("b", 100)  # another worker has its own bound
+    limit.give_back("a", 40)
+    assert limit.take("a", 30) and limit.held("a") == 90
+    limit.give_back("a", 90)
+    assert limit.held("a") == 0
+    with pytest.raises(ValueError, match="at least one byte"):
+        ByteLimit(0)

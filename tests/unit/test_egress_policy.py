@@ -14,6 +14,7 @@ from worker_manager.contract.egress import (
     canonical_egress,
     effective_address,
     embedded_ipv4,
+    non_public_kind,
     parse_destination,
     parse_egress,
 )
@@ -334,6 +335,8 @@ def test_ipv6_loopback_and_ipv4_mapped_addresses_are_not_public() -> None:
         ("::127.0.0.1", "loopback"),  # IPv4-compatible
         ("64:ff9b::7f00:1", "loopback"),  # NAT64
         ("64:ff9b:1::7f00:1", "loopback"),  # local-use NAT64
+        ("::ffff:0:7f00:1", "loopback"),  # SIIT's IPv4-translated form
+        ("::ffff:0:a9fe:a9fe", "link-local"),
         ("2002:7f00:1::1", "loopback"),  # 6to4
         ("64:ff9b::a9fe:a9fe", "link-local"),
         ("2002:a9fe:a9fe::", "link-local"),
@@ -398,6 +401,30 @@ def test_non_public_ranges(address: str) -> None:
 @pytest.mark.parametrize("address", ["8.8.8.8", "140.82.112.5", "100.128.0.1", "2606:4700::1111"])
 def test_public_addresses(address: str) -> None:
     assert is_public(ip(address))
+
+
+def test_site_local_ipv6_is_not_public() -> None:
+    # fec0::/10 is deprecated, but still routed inside some sites: Python calls it global.
+    verdict = policy("*").decide("x.example.com", 443, [ip("fec0::1")])
+    assert verdict.reason == "site-local address fec0::1 not granted literally"
+    assert policy("fec0::/10").decide("fec0::1", 443, [ip("fec0::1")]).allowed
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "64:ff9b:1:a9fe:a9:fe00:808:808",  # /48 form of 169.254.169.254; its last 32 bits public
+        "64:ff9b:1:7f:0:100:808:808",  # /56 form of 127.0.0.1
+        "64:ff9b:1:0:7f:1:808:808",  # /64 form of 127.0.0.1
+    ],
+)
+def test_a_local_use_nat64_address_whose_ipv4_cannot_be_read_is_not_public(address: str) -> None:
+    # Where the IPv4 address sits depends on the site translator's prefix length: unknown.
+    assert non_public_kind(ip(address)) == "translated"
+    for grant in ("*", "::/0", "2000::/3", "::/1", "8.8.8.0/24"):
+        assert not policy(grant).decide(address, 80, [ip(address)]).allowed, grant
+    # Named by a network inside the local-use range, it is the operator's choice.
+    assert policy("64:ff9b:1::/48").decide(address, 80, [ip(address)]).allowed
 
 
 def test_the_reason_names_the_kind_of_address() -> None:

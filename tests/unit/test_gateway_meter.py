@@ -24,6 +24,7 @@ from worker_manager.egress.meter import (
 )
 from worker_manager.egress.pricing import (
     PRICES,
+    SERVER_TOOL_REQUEST_USD,
     UNKNOWN_MODEL_PRICE,
     Price,
     Usage,
@@ -394,3 +395,46 @@ def test_connection_headers_stay_behind_and_a_decoded_body_loses_its_encoding() 
     }
     identity = CIMultiDictProxy(CIMultiDict([("Content-Length", "12"), ("Keep-Alive", "5")]))
     assert dict(gateway._client_headers(identity)) == {"Content-Length": "12"}
+
+
+def test_server_tool_requests_are_charged_their_fee_and_counted() -> None:
+    """Refused before the API, so never expected; should one get through, every kind of
+    server-tool request costs web search's fee (more, not less)."""
+    usage = Usage(input_tokens=100_000, model="claude-sonnet-4-5")
+    usage.update(
+        {
+            "output_tokens": 0,
+            "server_tool_use": {"web_search_requests": 3, "web_fetch_requests": 2, "x": "y"},
+        }
+    )
+    assert usage.server_tool_requests == 5
+    assert usage.cost_usd() == pytest.approx(0.3 + 5 * SERVER_TOOL_REQUEST_USD)
+    assert increments(usage)["server_tool_requests"] == 5
+    only_tools = Usage()
+    only_tools.update({"server_tool_use": {"web_search_requests": 1}})
+    assert not only_tools.empty
+
+
+def test_a_stream_reporting_web_searches_is_charged_for_them() -> None:
+    metered = UsageMeter("text/event-stream")
+    metered.feed(
+        sse(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {"model": "claude-sonnet-4-5", "usage": {"input_tokens": 0}},
+            },
+        )
+        + sse(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "usage": {"output_tokens": 0, "server_tool_use": {"web_search_requests": 4}},
+            },
+        )
+    )
+    assert metered.finish().cost_usd() == pytest.approx(4 * SERVER_TOOL_REQUEST_USD)
+
+
+def test_usage_without_server_tools_adds_no_field() -> None:
+    assert "server_tool_requests" not in Usage(input_tokens=5).counts()

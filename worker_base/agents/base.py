@@ -33,13 +33,19 @@ class Invocation:
     #: commands the agent runs through that shell, not on the agent process's own ``PATH``, so
     #: the CLI's own helpers are never refused.
     shell_prefix_env: str | None = None
+    #: The agent takes the ``PATH`` of the commands it runs in its own configuration (Codex's
+    #: ``shell_environment_policy``) and the driver hands it the shim directory there
+    #: (``allowlist.shim_dir``): the shims are built, the agent process keeps its own ``PATH``
+    #: (its own helpers, e.g. Codex's ``git`` calls, are never refused).
+    shims_by_agent: bool = False
     #: Whether ``allowed_commands`` applies: the agent's runs, yes; an ``exec`` the orchestrator
     #: asked for (SPEC §8), no: it runs what it names, as the agent's user.
     confined: bool = True
 
 
 class AgentDriver(ABC):
-    """Subclasses: ``custom.CustomDriver``, ``claude.ClaudeDriver``, ``factory.FactoryDriver``."""
+    """Subclasses: ``custom.CustomDriver``, ``claude.ClaudeDriver``, ``codex.CodexDriver``,
+    ``factory.FactoryDriver``."""
 
     #: The worker's spend, for drivers whose agent reports cost; the wrapper uses this one (or
     #: makes its own when the driver has none), so there is one ledger per worker.
@@ -59,6 +65,11 @@ class AgentDriver(ABC):
     def on_exit(self, exit_code: int) -> list[Event]:
         """Events after the process ended, before the wrapper's ``done``; e.g. a missing result."""
         return []
+
+    def take_stop(self) -> bool:
+        """After each batch of lines: whether the run must be stopped now (the driver has
+        already said why, e.g. a turn limit the agent itself does not enforce)."""
+        return False
 
     def take_retry(self) -> str | None:
         """After ``on_exit``: why this input should run once more from scratch, or None.

@@ -1,8 +1,8 @@
 """Which driver runs which ``WM_AGENT_TYPE``.
 
-Every driver class is constructed as ``Driver(config: WrapperConfig)``. The CLAUDE and FACTORY
-drivers are imported on demand, so an image (or a checkout) without them still runs CUSTOM
-workers, and asking for them gives one clear sentence instead of a traceback.
+Every driver class is constructed as ``Driver(config: WrapperConfig)``. The CLAUDE, CODEX and
+FACTORY drivers are imported on demand, so an image (or a checkout) without them still runs
+CUSTOM workers, and asking for them gives one clear sentence instead of a traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from worker_base.config import WrapperConfig
 
 _LAZY_DRIVERS = {
     "CLAUDE": ("worker_base.agents.claude", "ClaudeDriver"),
+    "CODEX": ("worker_base.agents.codex", "CodexDriver"),
     "FACTORY": ("worker_base.agents.factory", "FactoryDriver"),
 }
 

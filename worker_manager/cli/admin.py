@@ -1,10 +1,12 @@
-"""The operator's commands: ``serve``, the base image, ``build``, ``producer-acl`` and ``gc``."""
+"""The operator's commands: ``serve``, the base image, ``build``, ``environments``,
+``producer-acl`` and ``gc``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 
@@ -13,6 +15,12 @@ from worker_manager.core import logs
 from worker_manager.core.connections import connect
 from worker_manager.settings import Settings
 from worker_manager.settings.commands import PRODUCER_RE
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+
+    from worker_manager.egress.control import EgressClient
+    from worker_manager.environments.build_network import EgressBuildNetwork
 
 
 @command("serve")
@@ -63,14 +71,24 @@ async def _build(args: argparse.Namespace, settings: Settings) -> int:
     """The same build a create would run (and joins), its steps as a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from worker_manager.contract.kinds import AgentType, Module
+    from worker_manager.contract.kinds import Shape
     from worker_manager.core import docker_client
+    from worker_manager.egress.control import EgressClient
     from worker_manager.images.build import BuildFailed
     from worker_manager.images.service import ImageService
 
-    shape = "+".join([args.agent_type, *sorted(set(args.modules))])
+    if args.environment is not None and args.environment not in settings.environments:
+        known = ", ".join(sorted(settings.environments)) or "none"
+        err_console.print(
+            f"--environment: {args.environment!r} is not in WM_ENVIRONMENTS ({known})"
+        )
+        return 2
+    parts = [args.agent_type, *sorted(set(args.modules))]
+    text = "+".join(parts) + (f"@{args.environment}" if args.environment else "")
+    shape = str(Shape.parse(text))
     redis = connect(settings, name="build")
     docker = docker_client.connect()
+    egress = EgressClient(settings) if args.environment and settings.egress == "on" else None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     try:
         with Progress(*columns, TimeElapsedColumn(), console=err_console) as bar:
@@ -79,8 +97,9 @@ async def _build(args: argparse.Namespace, settings: Settings) -> int:
             def on_progress(step: int, steps: int) -> None:
                 bar.update(task, description=f"{shape}: building", completed=step, total=steps)
 
-            ref = await ImageService(settings, redis, docker).ensure(
-                AgentType(args.agent_type), [Module(m) for m in args.modules], on_progress
+            network = await _build_network(settings, docker, egress)
+            ref = await ImageService(settings, redis, docker, build_network=network).ensure_shape(
+                Shape.parse(shape), on_progress
             )
             done = bar.tasks[0].total or 1
             bar.update(task, description=f"{shape}: ready", completed=done, total=done)
@@ -88,6 +107,8 @@ async def _build(args: argparse.Namespace, settings: Settings) -> int:
         err_console.print(Text.assemble(("build failed", "red"), ": ", exc.message))
         return 1
     finally:
+        if egress is not None:
+            await egress.close()
         await redis.aclose()
         docker.close()
     if args.json:
@@ -96,6 +117,65 @@ async def _build(args: argparse.Namespace, settings: Settings) -> int:
         console.print(
             f"{ref.tag} ({'built now' if ref.built else 'already built'})", soft_wrap=True
         )
+    return 0
+
+
+async def _build_network(
+    settings: Settings, docker: DockerClient, egress: EgressClient | None
+) -> EgressBuildNetwork | None:
+    """The network of a build that installs an environment's packages: through the egress
+    service (started if none answers), as ``serve`` builds them; None uncontained."""
+    from worker_manager.environments.build_network import EgressBuildNetwork
+
+    if egress is None:
+        return None
+    await egress.ensure_running()
+    return EgressBuildNetwork(settings, docker, egress)
+
+
+@command("environments")
+async def _environments(args: argparse.Namespace, settings: Settings) -> int:
+    """The catalogue, each entry with the images built from it (from Redis alone: the image
+    records' specs and ``<prefix>:images``), so it runs from any host."""
+    from worker_manager.environments.catalogue import listing
+
+    redis = connect(settings, name="cli")
+    try:
+        used = await redis.zrange(settings.keys.images, 0, -1, withscores=True)
+        async with redis.pipeline(transaction=False) as pipe:
+            for image_hash, _score in used:
+                pipe.hget(settings.keys.image(image_hash), "spec")
+            specs = await pipe.execute()
+    finally:
+        await redis.aclose()
+    images = {
+        str(image_hash): (str(spec or ""), float(score))
+        for (image_hash, score), spec in zip(used, specs, strict=True)
+    }
+    entries = listing(settings, images)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": entry.name,
+                        "base": entry.base,
+                        "images": [
+                            {"tag": i.tag, "shape": i.shape, "last_used": i.last_used}
+                            for i in entry.images
+                        ],
+                    }
+                    for entry in entries
+                ]
+            )
+        )
+        return 0
+    if not entries:
+        console.print("no environments (WM_ENVIRONMENTS is empty)")
+        return 0
+    from worker_manager.cli.views import environments_table
+
+    console.print(environments_table(entries))
     return 0
 
 

@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     create = sub.add_parser("create", parents=[common], help="create a worker")
-    create.add_argument("--agent-type", required=True, choices=["CLAUDE", "FACTORY", "CUSTOM"])
+    create.add_argument(
+        "--agent-type", required=True, choices=["CLAUDE", "CODEX", "FACTORY", "CUSTOM"]
+    )
     create.add_argument("--worker-id", help="choose the worker's UUID")
     create.add_argument("--instructions", help="text for CLAUDE.md / AGENTS.md")
     create.add_argument("--instructions-file", type=Path, help="read the instructions from a file")
@@ -90,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--depth", type=int, help="with --repository: a shallow checkout")
     create.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE", help="for the agent; repeat"
+    )
+    create.add_argument(
+        "--environment",
+        metavar="NAME|JSON",
+        help="its toolchain: a name from WM_ENVIRONMENTS, or a JSON spec such as "
+        '\'{"apt": ["jq"], "pip": ["pytest"]}\'',
     )
     create.add_argument(
         "--wait",
@@ -189,13 +197,22 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="build the image of a worker shape now, with progress (run on the Docker host)",
     )
-    build.add_argument("--agent-type", required=True, choices=["CLAUDE", "FACTORY", "CUSTOM"])
+    build.add_argument(
+        "--agent-type", required=True, choices=["CLAUDE", "CODEX", "FACTORY", "CUSTOM"]
+    )
     build.add_argument(
         "--module",
         action="append",
         dest="modules",
         default=[],
         choices=["GIT", "GITHUB_CLI", "COPIER", "CURL", "DOCKER"],
+    )
+    build.add_argument("--environment", metavar="NAME", help="an environment of WM_ENVIRONMENTS")
+
+    sub.add_parser(
+        "environments",
+        parents=[common],
+        help="list the catalogue (WM_ENVIRONMENTS): each entry's base, images and last use",
     )
 
     producer = sub.add_parser(

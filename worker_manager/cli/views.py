@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -20,7 +20,8 @@ from rich.text import Text
 
 from worker_base.events import EventType
 from worker_manager.client.api import Client, Event, LifecycleEvent, WorkerInfo
-from worker_manager.core.clock import unix_or_none
+from worker_manager.core.clock import iso_from_unix, unix_or_none
+from worker_manager.environments.catalogue import CatalogueEntry
 
 STATUS_STYLE = {"STARTING": "yellow", "RUNNING": "green", "STOPPED": "dim", "FAILED": "red"}
 EVENT_STYLE: dict[str, str] = {
@@ -66,6 +67,15 @@ def select(
     ]
 
 
+def agent_of(info: WorkerInfo) -> str:
+    """``CLAUDE``, ``CLAUDE@node20`` (its environment), ``CLAUDE@sha256:1f2e3d4c5b6a`` (an ad
+    hoc spec, its digest cut)."""
+    environment = info.environment
+    if environment.startswith("sha256:"):
+        environment = environment[:19]
+    return f"{info.agent_type}@{environment}" if environment else info.agent_type
+
+
 def workers_table(workers: list[WorkerInfo], *, wide: bool = False) -> Table:
     """Full ids always; ``wide`` adds times, cost, manager, image and metadata."""
     now = time.time()
@@ -85,7 +95,7 @@ def workers_table(workers: list[WorkerInfo], *, wide: bool = False) -> Table:
         row: list[Text | str] = [
             Text(w.worker_id),
             status_text(w.status),
-            Text(w.agent_type),
+            Text(agent_of(w)),
             age(w.created_at, now),
         ]
         if wide:
@@ -98,6 +108,23 @@ def workers_table(workers: list[WorkerInfo], *, wide: bool = False) -> Table:
             ]
         row.append(Text(w.progress if w.status == "STARTING" and w.progress else w.reason))
         table.add_row(*row)
+    return table
+
+
+def environments_table(entries: Sequence[CatalogueEntry], now: float | None = None) -> Table:
+    """``worker-manager environments``: one row per image of each entry (a row saying "not
+    built yet" for an entry without one)."""
+    moment = time.time() if now is None else now
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in ("ENVIRONMENT", "BASE", "IMAGE", "SHAPE", "LAST USED"):
+        table.add_column(name, no_wrap=name != "IMAGE", overflow="fold")
+    for entry in entries:
+        if not entry.images:
+            table.add_row(Text(entry.name), Text(entry.base), Text("(not built yet)"), "", "")
+        for image in entry.images:
+            last = image.last_used
+            ago = age(iso_from_unix(last), moment) + " ago" if last is not None else ""
+            table.add_row(Text(entry.name), Text(entry.base), Text(image.tag), image.shape, ago)
     return table
 
 

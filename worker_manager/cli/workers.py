@@ -68,6 +68,7 @@ async def _create(args: argparse.Namespace, settings: Settings) -> int:
         "max_cost_usd": args.max_cost_usd,
         "repository": repository,
         "env": env or None,
+        "environment": args.environment or None,
     }
 
     async def body(client: CommandClient, redis: Redis) -> int:

@@ -135,14 +135,24 @@ class Client:
         reply = await self._commands.request(command, timeout=self.timeout, **fields)
         return raise_for(reply)
 
-    async def create(self, *, egress: list[str] | None = None, **fields: Any) -> Worker:
+    async def create(
+        self,
+        *,
+        egress: list[str] | None = None,
+        environment: str | dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> Worker:
         """A new worker (the create fields of SPEC §1 as keyword arguments: lists and dicts
         are sent as JSON). Answered as soon as it is accepted: ``await worker.wait_running()``.
 
         ``egress``: the destinations it may reach (``["api.github.com:443", "*.pypi.org"]``);
-        None sends none, so the deployment's default applies; ``[]`` grants nothing."""
+        None sends none, so the deployment's default applies; ``[]`` grants nothing.
+        ``environment``: its toolchain (SPEC §9), the name of a catalogue entry (``"node20"``)
+        or a spec (``{"apt": ["jq"], "pip": ["pytest==8.3.3"]}``)."""
         if egress is not None:
             fields["egress"] = list(egress)
+        if environment is not None:
+            fields["environment"] = environment
         reply = await self.request("create", **fields)
         assert reply.worker_id is not None
         return Worker(self, reply.worker_id)

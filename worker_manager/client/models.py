@@ -38,6 +38,9 @@ class WorkerInfo:
     #: ``conflicts``); None before the first one.
     workspace: dict[str, Any] | None = None
     suspended_at: str = ""
+    #: Its environment (SPEC §9): the catalogue's name, or ``sha256:<hex>`` of an ad hoc spec;
+    #: "" without one.
+    environment: str = ""
 
     @property
     def is_live(self) -> bool:
@@ -101,6 +104,7 @@ class WorkerInfo:
             egress=[str(entry) for entry in egress] if egress is not None else None,
             workspace=workspace,
             suspended_at=str(fields.get("suspended_at") or ""),
+            environment=str(fields.get("environment") or ""),
         )
 
 

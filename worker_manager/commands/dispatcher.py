@@ -32,6 +32,7 @@ from worker_manager.contract.reply import Reply
 from worker_manager.core.durability import replicated
 from worker_manager.core.errors import CommandError, ErrorCode, InvalidCommand
 from worker_manager.core.logs import get_logger
+from worker_manager.environments import catalogue
 from worker_manager.settings import Settings
 from worker_manager.typing import CommandObserver
 
@@ -131,6 +132,15 @@ class Dispatcher:
         if problem is not None:
             await self._refuse(delivery, ErrorCode.INVALID_COMMAND, problem, problem)
             return "invalid"
+        if isinstance(cmd, CreateCommand):
+            # Against this deployment's catalogue: a refusal is an invalid command (answered
+            # and dead-lettered), the resolved spec is what the create is saved with.
+            try:
+                environment = catalogue.resolve(cmd.environment, self._settings)
+            except InvalidCommand as exc:
+                await self._refuse(delivery, ErrorCode.INVALID_COMMAND, exc.message, exc.message)
+                return "invalid"
+            cmd = cmd.model_copy(update={"environment": environment})
         if self._producer is not None and isinstance(cmd, CreateCommand):
             # The owner is who sent it: its stream says so, whatever the field said.
             owned = {**cmd.metadata, "owner": self._producer}

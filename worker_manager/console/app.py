@@ -112,8 +112,11 @@ class Console:
         return _html(views.login_page(failed=False))
 
     async def _login(self, request: web.Request) -> web.Response:
-        self._check_throttle(request)
+        # The form is read first, and then checked, judged and counted with no ``await`` in
+        # between: a guess checked before its body came in would pass the check with every
+        # other guess sent in parallel, before any of their failures was counted.
         form = await request.post()
+        self._check_throttle(request)
         if not session.valid_token(self._token, str(form.get("token", ""))):
             self._throttle.failed(_client(request), time.time())
             return _html(views.login_page(failed=True), status=401)

@@ -9,7 +9,12 @@ plain data over the time it is given (no Redis, no clock of its own; testable as
   that client out for twice as long as the last, up to :attr:`ThrottleRules.max_delay`; a success
   forgets the client's failures, and so does :attr:`ThrottleRules.forget_after` without any;
 - **globally** (many addresses, one guesser): a bucket of :attr:`ThrottleRules.burst` failures,
-  refilled at :attr:`ThrottleRules.refill_per_second`; while it is empty every sign-in waits.
+  refilled at :attr:`ThrottleRules.refill_per_second`; while it is empty, a client with a failure
+  on record waits for it, so each address gets one guess and then waits. A client without one
+  (the operator, a script with its bearer token) does not: an anonymous guesser keeping the
+  bucket empty (one wrong try every 2 s) would otherwise shut every sign-in out, bearer
+  scripts on every route included. The lock is per address; the bucket only stops addresses
+  that already guessed wrong from guessing again.
 
 A shut-out attempt is refused before the token is looked at (429 with ``Retry-After``): were a
 right token let through meanwhile, the refusal would itself answer the guess. A valid session
@@ -70,10 +75,12 @@ class SignInThrottle:
         """Seconds until ``client`` may try again (0: now), rounded up for ``Retry-After``."""
         wait = 0.0
         found = self._clients.get(client)
+        if found is not None and now - found.last_failure > self.rules.forget_after:
+            found = None  # forgotten (failed() starts it afresh)
         if found is not None:
             wait = max(wait, found.blocked_until - now)
         tokens = self._refill(now)
-        if tokens < 1.0:
+        if tokens < 1.0 and found is not None:  # the bucket holds back those who failed
             wait = max(wait, (1.0 - tokens) / self.rules.refill_per_second)
         return math.ceil(wait) if wait > 0 else 0
 

@@ -84,6 +84,12 @@ def metadata_of(record: WorkerRecord) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
+def environment_of(record: WorkerRecord) -> str:
+    """Its environment (SPEC §9): a catalogue name, or an ad hoc spec's digest, cut."""
+    label = record.text("environment")
+    return label[:19] + "…" if label.startswith("sha256:") else label
+
+
 def rows(records: Sequence[WorkerRecord], now: float) -> str:
     """The fleet table's rows (also served alone, for the live refresh)."""
     out = []
@@ -93,7 +99,8 @@ def rows(records: Sequence[WorkerRecord], now: float) -> str:
         out.append(
             f'<tr id="w-{e(r.worker_id)}"><td><a href="/ui/workers/{quote(r.worker_id)}">'
             f"{e(r.worker_id)}</a></td><td>{e(r.status.value if r.status else '?')}</td>"
-            f"<td>{e(r.text('agent_type'))}</td><td>{e(_age(r.created_at, now))}</td>"
+            f"<td>{e(r.text('agent_type'))}</td><td>{e(environment_of(r))}</td>"
+            f"<td>{e(_age(r.created_at, now))}</td>"
             f"<td>{e(_age(r.last_activity_at, now))}</td><td>{e(r.cost_usd)}</td>"
             f"<td>{e(why)}</td><td>{e(meta)}</td><td>{e(r.manager_id)}</td></tr>"
         )
@@ -126,7 +133,8 @@ def fleet_page(
         "<button type=submit>Filter</button></form>"
     )
     table = (
-        "<table><thead><tr><th>worker</th><th>status</th><th>agent</th><th>age</th>"
+        "<table><thead><tr><th>worker</th><th>status</th><th>agent</th><th>environment</th>"
+        "<th>age</th>"
         "<th>idle</th><th>cost</th><th>reason / progress</th><th>metadata</th>"
         f'<th>manager</th></tr></thead><tbody id="fleet">{rows(records, now)}</tbody></table>'
     )
@@ -193,6 +201,8 @@ def worker_page(
     body = (
         f'<p>status <b id="status">{e(record.text("status"))}</b> '
         f'<span id="reason">{e(record.text("reason"))}</span></p>'
+        f"<p>agent <b>{e(record.text('agent_type'))}</b> environment "
+        f'<b id="environment">{e(record.text("environment") or "none")}</b></p>'
         f'<form method=post action="{action}/send">{hidden}'
         "<textarea name=content rows=3 cols=80></textarea><br>"
         "<button type=submit>Send</button></form>"

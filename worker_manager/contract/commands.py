@@ -26,6 +26,11 @@ from pydantic import (
 
 from worker_manager.contract.egress import EgressEntryError, canonical_egress
 from worker_manager.contract.env import check_env
+from worker_manager.contract.environments import (
+    EnvironmentSpec,
+    ResolvedEnvironment,
+    parse_environment,
+)
 from worker_manager.contract.kinds import AgentType, Module
 from worker_manager.contract.limits import CommandLimits
 from worker_manager.contract.workspace import Repository, SourceError, checkout_grant
@@ -153,6 +158,9 @@ class CreateCommand(_Command):
     repository: Repository | None = None
     #: Variables for the agent's processes only (``contract.env``: the names refused).
     env: dict[str, str] = Field(default_factory=dict)
+    #: The toolchain (SPEC §9): as sent, a catalogue name or a spec (``contract.environments``);
+    #: as saved, resolved against the catalogue (``environments.catalogue``).
+    environment: str | EnvironmentSpec | ResolvedEnvironment | None = None
 
     @field_validator("worker_id", mode="before")
     @classmethod
@@ -249,6 +257,13 @@ class CreateCommand(_Command):
         if not isinstance(value, dict):
             raise ValueError("must be an object of variable name to value")
         return check_env(value)
+
+    @field_validator("environment", mode="before")
+    @classmethod
+    def _environment(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lstrip().startswith("{"):
+            value = _json_text(value, "an environment spec")
+        return parse_environment(value)
 
     @field_validator("modules", mode="before")
     @classmethod

@@ -1,11 +1,13 @@
 """A create as the manager keeps it: validated once where it enters, loaded back as it was saved.
 
-A create is validated where it enters (:class:`~worker_manager.contract.commands.CreateCommand`,
-against this deployment's limits, repository sources and reply prefix). What the manager needs
-of it afterwards (to provision it, to start it again on resume, to finish it after a crash,
-perhaps on another manager) is saved once, as ``<prefix>:<id>:spec``, by :func:`spec_of`: the
-command as granted (the egress grant resolved, so every manager starts it with the grant the
-record shows) without its ``prompt`` (which waits in its own key for the first heartbeat).
+A create is validated where it enters
+(:class:`~worker_manager.contract.commands.CreateCommand`, against this deployment's limits,
+repository sources and reply prefix). What the manager needs of it afterwards (to provision it,
+to start it again on resume, to finish it after a crash, perhaps on another manager) is saved
+once, as ``<prefix>:<id>:spec``, by :func:`spec_of`: the command as granted (the egress grant
+resolved, so every manager starts it with the grant the record shows; its ``environment``
+resolved against the catalogue, so a catalogue changed since never changes its image) without
+its ``prompt`` (which waits in its own key for the first heartbeat).
 
 Loading it back (:func:`load_spec`) does not validate it again. The validators judge a command
 against *today's* settings: a limit lowered since, a repository source removed, another
@@ -23,14 +25,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from worker_manager.contract.commands import CreateCommand
+from worker_manager.contract.environments import ResolvedEnvironment
 from worker_manager.contract.kinds import AgentType, Module
 from worker_manager.contract.workspace import Repository
 
 
-def spec_of(command: CreateCommand, egress: Sequence[str]) -> dict[str, Any]:
-    """What is saved of a validated create: JSON-ready, the grant as granted, no prompt."""
-    spec = command.model_dump(mode="json", exclude={"prompt"})
+def spec_of(
+    command: CreateCommand,
+    egress: Sequence[str],
+    environment: ResolvedEnvironment | None = None,
+) -> dict[str, Any]:
+    """What is saved of a validated create: JSON-ready, the grant as granted, the environment
+    as resolved (``environments.catalogue``), no prompt."""
+    spec = command.model_dump(mode="json", exclude={"prompt", "environment"})
     spec["egress"] = list(egress)
+    spec["environment"] = environment.model_dump(mode="json") if environment else None
     return spec
 
 
@@ -44,6 +53,10 @@ def load_spec(spec: Mapping[str, Any]) -> CreateCommand:
     fields["agent_type"] = AgentType(fields["agent_type"])
     fields["modules"] = [Module(name) for name in fields.get("modules") or ()]
     fields["prompt"] = None
+    environment = fields.get("environment")
+    fields["environment"] = (
+        ResolvedEnvironment.from_saved(environment) if isinstance(environment, Mapping) else None
+    )
     repository = fields.get("repository")
     if isinstance(repository, Mapping):
         known = {k: v for k, v in repository.items() if k in Repository.model_fields}

@@ -33,7 +33,7 @@ entry, so a producer learns what it typed wrong instead of getting a grant it di
 Which addresses are special is decided here too, once, for the proxy's decision and the
 checkout grant alike (:func:`non_public_kind`, :func:`network_contains`): an address is judged
 where a connection to it leads, so an IPv6 form that carries an IPv4 address (mapped,
-compatible, NAT64, 6to4, Teredo) is that IPv4 address, and ``::/0`` does not name it.
+compatible, SIIT, NAT64, 6to4, Teredo) is that IPv4 address, and ``::/0`` does not name it.
 """
 
 from __future__ import annotations
@@ -236,13 +236,21 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _SHARED = ipaddress.ip_network("100.64.0.0/10")
 #: IPv6 ranges whose addresses lead to the IPv4 address in their last 32 bits: IPv4-mapped (the
 #: kernel connects to the IPv4 address itself), IPv4-compatible (deprecated, same idea), the
-#: well-known and the local-use NAT64 prefixes (a translator connects to it).
+#: IPv4-translated addresses of SIIT (``::ffff:0:a.b.c.d``, RFC 2765) and the well-known NAT64
+#: prefix (a translator connects to it).
 _LAST_32_BITS = (
     ipaddress.ip_network("::ffff:0:0/96"),
     ipaddress.ip_network("::/96"),
+    ipaddress.ip_network("::ffff:0:0:0/96"),
     ipaddress.ip_network("64:ff9b::/96"),
-    ipaddress.ip_network("64:ff9b:1::/48"),
 )
+#: The local-use NAT64 range (RFC 8215). Where the IPv4 address sits in it depends on the
+#: prefix length the site's translator uses (RFC 6052: /32 to /96). Only ``64:ff9b:1::/96``
+#: reads the same under every length (the others see ``0.x.x.x`` there, which leads nowhere);
+#: any other address of the range carries an IPv4 address this cannot know, so it is judged
+#: non-public and named only by an IPv6 network inside the range.
+_LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
+_LOCAL_NAT64_LAST_32_BITS = ipaddress.ip_network("64:ff9b:1::/96")
 _SIXTOFOUR = ipaddress.ip_network("2002::/16")
 _TEREDO = ipaddress.ip_network("2001::/32")
 
@@ -257,6 +265,8 @@ def embedded_ipv4(address: IPAddress) -> tuple[ipaddress.IPv4Address, Network] |
     for prefix in _LAST_32_BITS:
         if address in prefix:
             return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF), prefix
+    if address in _LOCAL_NAT64_LAST_32_BITS:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF), _LOCAL_NAT64
     if address.sixtofour is not None:
         return address.sixtofour, _SIXTOFOUR
     if address.teredo is not None:
@@ -277,6 +287,8 @@ def non_public_kind(address: IPAddress) -> str | None:
     (:func:`effective_address`), so ``::ffff:127.0.0.1`` and ``64:ff9b::a9fe:a9fe`` are
     loopback and link-local like the IPv4 addresses they carry."""
     address = effective_address(address)
+    if address in _LOCAL_NAT64:  # an IPv4 address that cannot be read (see _LOCAL_NAT64)
+        return "translated"
     if address.is_loopback:
         return "loopback"
     if address.is_link_local:
@@ -285,6 +297,8 @@ def non_public_kind(address: IPAddress) -> str | None:
         return "unspecified"
     if address.is_multicast:
         return "multicast"
+    if isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
+        return "site-local"  # fec0::/10: deprecated, yet routed inside some sites
     if isinstance(address, ipaddress.IPv4Address) and address in _SHARED:
         return "shared"
     if address.is_private or address.is_reserved or not address.is_global:
@@ -307,6 +321,8 @@ def network_contains(network: Network, address: IPAddress) -> bool:
     metadata address behind ``::ffff:127.0.0.1``, NAT64 or 6to4."""
     embedded = embedded_ipv4(address)
     if embedded is None:
+        if address in _LOCAL_NAT64:  # carries an IPv4 address that cannot be read
+            return address in network and network.subnet_of(_LOCAL_NAT64)  # type: ignore[arg-type]
         return address.version == network.version and address in network
     ipv4, carrier = embedded
     if isinstance(network, ipaddress.IPv4Network):

@@ -5,12 +5,17 @@ Plain enums and one dataclass, imported by every layer; they import nothing of o
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
+
+#: An environment's name in the catalogue (``contract.environments`` holds the rest of §9).
+ENVIRONMENT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class AgentType(StrEnum):
     CLAUDE = "CLAUDE"
+    CODEX = "CODEX"
     FACTORY = "FACTORY"
     CUSTOM = "CUSTOM"
 
@@ -29,24 +34,36 @@ class Module(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Shape:
-    """What an image is built for: an agent type and its sorted modules (``CLAUDE+GIT``)."""
+    """What an image is built for: an agent type, its sorted modules and optionally an
+    environment of the catalogue (``CLAUDE+GIT``, ``CLAUDE+GIT@node20``)."""
 
     agent_type: AgentType
     modules: tuple[Module, ...] = ()
+    #: A catalogue name (``WM_ENVIRONMENTS``, SPEC §9); None: no environment.
+    environment: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> Shape:
-        """``CLAUDE``, ``CUSTOM+CURL+GIT`` (modules in any order); ValueError naming the part."""
-        head, *rest = [part.strip().upper() for part in text.split("+")]
+        """``CLAUDE``, ``CUSTOM+CURL+GIT`` (modules in any order), ``CLAUDE+GIT@node20``;
+        ValueError naming the part."""
+        kinds, at, environment = text.partition("@")
+        if at and not ENVIRONMENT_NAME.fullmatch(environment):
+            raise ValueError(
+                f"shape {text!r}: {environment!r} is not an environment name "
+                "(1 to 64 of [A-Za-z0-9._-])"
+            )
+        head, *rest = [part.strip().upper() for part in kinds.split("+")]
         if head not in AgentType.__members__:
             raise ValueError(f"shape {text!r}: {head!r} is not one of {', '.join(AgentType)}")
         for name in rest:
             if name not in Module.__members__:
                 raise ValueError(f"shape {text!r}: {name!r} is not one of {', '.join(Module)}")
-        return cls(AgentType(head), tuple(sorted({Module(name) for name in rest})))
+        modules = tuple(sorted({Module(name) for name in rest}))
+        return cls(AgentType(head), modules, environment if at else None)
 
     def __str__(self) -> str:
-        return "+".join([self.agent_type.value, *(m.value for m in self.modules)])
+        kinds = "+".join([self.agent_type.value, *(m.value for m in self.modules)])
+        return f"{kinds}@{self.environment}" if self.environment else kinds
 
 
 class WorkerStatus(StrEnum):

@@ -19,3 +19,5 @@ LABEL_VOLUME = "worker-manager.volume"
 LABEL_MIRROR = "worker-manager.mirror"
 #: On a checkout's short-lived container: the worker it checks out for.
 LABEL_CHECKOUT = "worker-manager.checkout"
+#: On an image build's network sidecar (``environments.build_network``): the image's hash.
+LABEL_BUILD_NETWORK = "worker-manager.build-network"

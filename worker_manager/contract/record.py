@@ -37,6 +37,7 @@ RECORD_FIELDS = (
     "egress",
     "workspace",
     "suspended_at",
+    "environment",
 )
 
 

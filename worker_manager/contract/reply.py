@@ -29,6 +29,7 @@ STATUS_DETAILS = (
     "egress",
     "workspace",
     "suspended_at",
+    "environment",
 )
 
 

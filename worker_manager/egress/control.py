@@ -20,6 +20,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import aiohttp
 from pydantic import AliasChoices
@@ -73,6 +74,11 @@ class EgressClient:
         self._warned_version: object = service_version()
         self._digests: dict[str, str] | None = None
         self._lease = Lease(self._run.root, settings.manager_id)
+        #: Whether the service has served with this manager's settings since it started.
+        self._served = False
+        #: Why the service may not serve this manager's workers now (a conflict found by a
+        #: periodic check), or None.
+        self.conflict: str | None = None
 
     @property
     def run_dir(self) -> RunDir:
@@ -102,7 +108,11 @@ class EgressClient:
         return data
 
     async def grant(self, grant: Grant) -> Path:
-        """Serve this worker (its sockets exist when this returns); its socket directory."""
+        """Serve this worker (its sockets exist when this returns); its socket directory.
+        Refused while the service runs with other settings (:attr:`conflict`): a worker is
+        never served with settings other than its manager's."""
+        if self.conflict is not None:
+            raise EgressRefused(f"not granted: {self.conflict}")
         await self._call("PUT", f"/workers/{grant.worker_id}", grant.to_json())
         return self._run.sockets(grant.worker_id)
 
@@ -202,16 +212,17 @@ class EgressClient:
                 may_restart=self._settings.egress_spawn,
             )
             if decision.verdict is Verdict.KEEP:
+                if self.conflict is not None:
+                    log.info("the egress service runs with this manager's settings again")
+                self._served, self.conflict = True, None
                 return
             if decision.verdict is Verdict.RESTART and started:
-                self._lease.release()
-                raise EgressSettingsConflict(
+                self._conflicting(
                     f"the egress service started with this manager's settings reports others "
                     f"({', '.join(decision.differing)}): see {self._run.root / 'service.log'}"
                 )
             if decision.verdict is Verdict.REFUSE:
-                self._lease.release()
-                raise EgressSettingsConflict(decision.explain(self._run.root))
+                self._conflicting(decision.explain(self._run.root))
             log.warning(
                 "the egress service runs with other settings: restarting it with this "
                 "manager's (its grants are kept)",
@@ -224,6 +235,24 @@ class EgressClient:
             )
             await self._start(wait_seconds)
             started = True
+
+    def _conflicting(self, message: str) -> NoReturn:
+        """Raise :class:`EgressSettingsConflict`. At start-up the manager does not start and
+        gives its lease up. Found later (the service was restarted under it, by a supervisor
+        or another manager), the lease is kept: this manager's workers are still served there,
+        and giving it up would let another manager restart the service under them every few
+        seconds. Its grants are refused meanwhile (:meth:`grant`: no create is served with
+        other settings) and the periodic check that raises this shows in ``/readyz``."""
+        if not self._served:
+            self._lease.release()
+        elif self.conflict != message:
+            log.error(
+                "the egress service now runs with other settings than this manager's: "
+                "its creates are refused until they agree again",
+                reason=message,
+            )
+        self.conflict = message
+        raise EgressSettingsConflict(message)
 
     async def _start(self, wait_seconds: float) -> None:
         spawn(self._settings)
@@ -307,7 +336,13 @@ def spawn(settings: Settings) -> None:
     log.info("egress service started", run_dir=str(run.root), log=str(log_path))
 
 
-def stop_service(run_dir: Path, *, timeout: float = 10.0, pid: int | None = None) -> bool:
+#: How long a stopped service gets to end by itself before it is killed: well beyond what its
+#: own stop takes (the answers it cuts are charged within ``service.ANSWER_SETTLE_SECONDS``,
+#: then the gateway and the proxy close, a few seconds each at most). A kill charges nothing.
+STOP_SECONDS = 30.0
+
+
+def stop_service(run_dir: Path, *, timeout: float = STOP_SECONDS, pid: int | None = None) -> bool:
     """SIGTERM the service of this run directory (tests, ``egress --stop``, a restart with
     other settings); True if one ran. ``pid``: only if that one still runs there (a manager
     never stops the service another one has just started)."""
@@ -328,14 +363,30 @@ def stop_service(run_dir: Path, *, timeout: float = 10.0, pid: int | None = None
         return False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if _ended(pid):
             return True
         time.sleep(0.02)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     return True
+
+
+def _ended(pid: int) -> bool:
+    """Whether process ``pid`` has ended. A service this process spawned stays a zombie
+    (signal 0 still reaches it) until it is reaped: reaped here, and a zombie of another
+    parent counts as ended (its stop was otherwise taken for a hang and waited out)."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def wm_families(text: str) -> str:

@@ -4,7 +4,7 @@ Two kinds, both the operator's, both read by the egress service from its own env
 secret files, never from a command:
 
 * **Git hosts** (``WM_GIT_CREDENTIALS``: a JSON object, host or ``host:port`` -> a token, or
-  -> ``{"username": …, "password": …}``): every request of any worker to such a host gets
+  -> ``{"username": …, "password": …}``): every HTTPS request of any worker to such a host gets
   ``Authorization: Basic`` with those (a bare token as ``x-access-token:<token>``, which GitHub
   takes and GitLab and Gitea accept with any user name), replacing whatever the agent sent. The
   worker reaches the host only if its ``egress`` grants it; the token never enters a container.
@@ -18,7 +18,10 @@ secret files, never from a command:
   secret swapping). Another worker's placeholder, or none, is sent on unchanged, so a worker
   can spend the key only as itself.
 
-To add a header to an HTTPS request the proxy must read it: TLS to these hosts (and to no
+Only HTTPS requests: the proxy adds nothing to plain HTTP, whatever the port or the key
+(``egress.proxy.carries_credentials``), since without a certificate nothing proves where the
+request goes, and anyone on the path would read the credential. To add a header to an HTTPS
+request the proxy must read it: TLS to these hosts (and to no
 others) is intercepted with the service's own CA (:meth:`Credentials.intercepts`), which every
 contained container trusts through ``/run/wm/ca-bundle.pem`` (the public roots plus that CA;
 see ``egress.service``). Everything here is a plain function of data, tested without a proxy.

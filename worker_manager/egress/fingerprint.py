@@ -21,10 +21,12 @@ What follows a difference, and why:
   bundle included), so nothing can be half reconfigured; every grant is kept on disk and served
   again before the new service answers, so no worker is cut off: the open connections break
   once, which the design rides out already (the wrapper reconnects its Redis relay, watchers
-  excuse lost heartbeats after the service's ``started``, the CLI retries an API call). A key
-  rotation is this case, and takes effect for every worker's next request, old workers' too. A
-  reconfiguration in place would spare those connections but needs every component to swap its
-  settings live, for an event as rare as a rotation;
+  excuse lost heartbeats after the service's ``started``, the CLI retries an API call); an
+  answer the LLM gateway was still streaming is cut, and charged for what the worker got of it
+  before the old service ends (``EgressService.close``). A key rotation is this case, and
+  takes effect for every worker's next request, old workers' too. A reconfiguration in place
+  would spare those connections but needs every component to swap its settings live, for an
+  event as rare as a rotation;
 * **refuse** (:class:`EgressSettingsConflict`, naming the settings), when another live manager
   relies on what restarting would change (it would be served with other settings than its own:
   two managers would take the service from each other every few seconds), or when the manager
@@ -63,6 +65,8 @@ SERVICE_SETTINGS: tuple[tuple[str, str], ...] = (
     ("anthropic_base_url", "WM_ANTHROPIC_BASE_URL"),
     ("anthropic_api_key", "WM_ANTHROPIC_API_KEY"),
     ("claude_code_oauth_token", "WM_CLAUDE_CODE_OAUTH_TOKEN"),
+    ("openai_base_url", "WM_OPENAI_BASE_URL"),
+    ("openai_api_key", "WM_OPENAI_API_KEY"),
     ("factory_api_key", "WM_FACTORY_API_KEY"),
     ("factory_api_host", "WM_FACTORY_API_HOST"),
     ("git_credentials", "WM_GIT_CREDENTIALS"),

@@ -65,7 +65,14 @@ def proxy_env() -> dict[str, str]:
     return env
 
 
+#: The APIs the LLM gateway serves (``Grant.gateway_api``).
+GATEWAY_APIS = ("anthropic", "openai")
+
 _WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: An image build's grant is ``build-<hash12>`` (``environments.build_network``): it belongs
+#: to a build, not to a worker, so the reconciler's sweep of workers' grants leaves it to the
+#: build network's own (a worker id is a UUID: never this).
+BUILD_GRANT_PREFIX = "build-"
 
 
 class GrantError(ValueError):
@@ -80,6 +87,8 @@ class Grant:
     egress: tuple[str, ...] = ()
     #: What the worker sends the LLM gateway as its API key; empty: no gateway for it.
     gateway_token: str = ""
+    #: Which API its gateway serves it: ``anthropic`` (CLAUDE) or ``openai`` (CODEX).
+    gateway_api: str = "anthropic"
     #: What a FACTORY worker holds as its ``FACTORY_API_KEY``, swapped for the operator's key in
     #: its requests to Factory's API (``egress.credentials``); empty: none.
     factory_token: str = ""
@@ -97,6 +106,10 @@ class Grant:
     gid: int = 1000
     output_maxlen: int = 10_000
     extra: dict[str, str] = field(default_factory=dict)
+    #: Whether refusals are written to the owner's output stream. An image build's grant
+    #: (``build-<hash>``) has no worker and no output: its refusals reach the build's log as
+    #: the proxy's answer, and nothing is written to Redis for it.
+    report: bool = True
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -121,6 +134,7 @@ class Grant:
                 key_prefix=key_prefix,
                 egress=egress,
                 gateway_token=str(data.get("gateway_token") or ""),
+                gateway_api=str(data.get("gateway_api") or "anthropic"),
                 factory_token=str(data.get("factory_token") or ""),
                 max_cost_usd=None if budget is None else float(budget),
                 redis_url=str(data.get("redis_url") or ""),
@@ -129,9 +143,12 @@ class Grant:
                 gid=int(data.get("gid", 1000)),
                 output_maxlen=int(data.get("output_maxlen", 10_000)),
                 extra={str(k): str(v) for k, v in (data.get("extra") or {}).items()},
+                report=bool(data.get("report", True)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise GrantError(f"a grant is missing or has a bad field ({exc})") from None
+        if grant.gateway_api not in GATEWAY_APIS:
+            raise GrantError(f"gateway_api must be one of {', '.join(GATEWAY_APIS)}")
         for name in (grant.worker_id, grant.reports_to or grant.worker_id):
             if not _WORKER_ID.match(name):
                 raise GrantError(f"worker_id {name!r} is not a worker id")

@@ -119,3 +119,33 @@ class DenialLog:
         bucket.tokens -= 1
         left_out, bucket.left_out = bucket.left_out, 0
         return left_out
+
+
+class ByteLimit:
+    """Bytes held per worker at once (request bodies the gateway is reading or sending), at
+    most ``per_worker`` each: a worker's many large bodies at once cannot fill the service's
+    memory (hole g through the gateway)."""
+
+    def __init__(self, per_worker: int) -> None:
+        if per_worker < 1:
+            raise ValueError("a worker must be allowed at least one byte")
+        self.per_worker = per_worker
+        self._held: dict[str, int] = {}
+
+    def take(self, worker_id: str, size: int) -> bool:
+        """Count ``size`` more bytes of ``worker_id``; False (nothing counted) past its bound."""
+        held = self._held.get(worker_id, 0) + size
+        if held > self.per_worker:
+            return False
+        self._held[worker_id] = held
+        return True
+
+    def give_back(self, worker_id: str, size: int) -> None:
+        held = self._held.get(worker_id, 0) - size
+        if held > 0:
+            self._held[worker_id] = held
+        else:
+            self._held.pop(worker_id, None)
+
+    def held(self, worker_id: str) -> int:
+        return self._held.get(worker_id, 0)

@@ -4,7 +4,8 @@ Every token a contained worker spends comes back through the gateway, so the gat
 spend is known without trusting the worker. This module is that knowledge, apart from the relay
 (:mod:`worker_manager.egress.gateway`, which only moves bytes and calls in here):
 
-* :class:`UsageMeter` reads the API's own ``usage`` from the bytes of one answer as they pass;
+* :class:`UsageMeter` reads the Messages API's own ``usage`` from the bytes of one answer as they
+  pass, :class:`ResponsesMeter` the Responses API's (OpenAI, for CODEX workers);
 * :func:`charge` adds an answer's usage and cost to the worker's usage hash (``Keys.usage``) in
   one ``MULTI`` and flags the budget as spent once it is; :func:`spent` reads the spend back
   before a request, :func:`budget_refusal` words the refusal.
@@ -29,20 +30,23 @@ from __future__ import annotations
 import json
 import math
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from worker_manager.core.logs import get_logger
-from worker_manager.egress.pricing import Usage
+from worker_manager.egress.pricing import OpenAIUsage, Usage
 
 log = get_logger(__name__)
 
 __all__ = [
     "BYTES_PER_TOKEN",
     "GATEWAY_TOKENS",
+    "AnswerMeter",
+    "MeteredUsage",
+    "ResponsesMeter",
     "UsageMeter",
     "budget_refusal",
     "charge",
@@ -78,7 +82,15 @@ _DELTA_EVENT = (
 LINES_PER_EVENT = _DELTA_EVENT.count(b"\n")
 LINE_FRAMING = len(_DELTA_EVENT) // LINES_PER_EVENT
 
-TOKEN_KINDS = ("input", "output", "cache_creation", "cache_read")
+TOKEN_KINDS = ("input", "output", "cache_creation", "cache_read", "reasoning")
+#: The usage hash's fields, by the token kind the metric counts them as.
+_KIND_OF_FIELD = {
+    "input_tokens": "input",
+    "output_tokens": "output",
+    "cache_creation_input_tokens": "cache_creation",
+    "cache_read_input_tokens": "cache_read",
+    "reasoning_tokens": "reasoning",
+}
 GATEWAY_TOKENS = Counter(
     "wm_gateway_tokens",
     "Tokens metered by the LLM gateway from the API's usage, by kind.",
@@ -86,6 +98,25 @@ GATEWAY_TOKENS = Counter(
 )
 for _kind in TOKEN_KINDS:
     GATEWAY_TOKENS.labels(_kind)
+
+
+class MeteredUsage(Protocol):
+    """What the meter charges: one answer's tokens, as hash fields, and their price."""
+
+    def counts(self) -> dict[str, int]: ...
+
+    def cost_usd(self) -> float: ...
+
+
+class AnswerMeter(Protocol):
+    """Reads one answer's usage as its bytes pass (one per API: Messages, Responses)."""
+
+    @property
+    def is_stream(self) -> bool: ...
+
+    def feed(self, chunk: bytes) -> None: ...
+
+    def finish(self, *, cut: bool = False) -> MeteredUsage: ...
 
 
 def estimated_tokens(text_bytes: int, events: int = 0) -> int:
@@ -250,6 +281,146 @@ class UsageMeter:
         return None
 
 
+#: The start of an SSE ``data:`` line (after the previous line's newline).
+_DATA_LINE = b"\ndata:"
+#: The Responses API's final events: each carries the response with its ``usage``.
+_FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
+#: The stream's head is kept this far, for ``response.created`` (the model, should the final
+#: event never come).
+RESPONSES_HEAD = 64 * 1024
+
+
+class ResponsesMeter:
+    """Reads one Responses API answer's ``usage`` as its bytes pass, without holding a stream.
+
+    A stream's usage is in its last event (``response.completed``, or ``response.incomplete`` /
+    ``response.failed``), whose data line also repeats the whole answer, so it may be long. The
+    meter keeps the bytes from the start of the newest ``data:`` line on (a JSON line holds no
+    raw newline, so the last line start found in a chunk is a real one), and parses that line
+    once at the end. A stream that ends without a final event (the API broke off) is charged an
+    estimate: every byte it carried at :data:`BYTES_PER_TOKEN` bytes a token (framing included,
+    and an answer's text is repeated in its stream, so the estimate errs high) and the request's
+    bytes as input.
+    """
+
+    __slots__ = (
+        "_body",
+        "_capture",
+        "_captured",
+        "_final",
+        "_head",
+        "_lines",
+        "_mode",
+        "_relayed",
+        "_request_bytes",
+        "_tail",
+        "usage",
+    )
+
+    def __init__(self, content_type: str, request_bytes: int = 0) -> None:
+        self.usage = OpenAIUsage()
+        kind = content_type.split(";", 1)[0].strip().lower()
+        self._mode = "sse" if kind == "text/event-stream" else "json" if "json" in kind else ""
+        self._request_bytes = request_bytes
+        self._head = b""
+        self._tail = b"\n"  # the stream's first line starts a line, as if after a newline
+        self._capture: list[bytes] = []
+        self._captured = 0
+        self._body: list[bytes] = []
+        self._relayed = 0
+        self._lines = 0
+        self._final = False
+
+    @property
+    def is_stream(self) -> bool:
+        return self._mode == "sse"
+
+    def feed(self, chunk: bytes) -> None:
+        self._relayed += len(chunk)
+        if self._mode == "json":
+            if self._relayed <= MAX_METERED_BODY:
+                self._body.append(chunk)
+            return
+        if self._mode != "sse":
+            return
+        self._lines += chunk.count(b"\n")
+        if len(self._head) < RESPONSES_HEAD:
+            self._head += chunk[: RESPONSES_HEAD - len(self._head)]
+        joined = self._tail + chunk
+        hit = joined.rfind(_DATA_LINE)
+        if hit >= 0:
+            start = joined[hit + 1 :]
+            self._capture, self._captured = [start], len(start)
+        elif self._capture and self._captured <= MAX_METERED_BODY:
+            self._capture.append(chunk)
+            self._captured += len(chunk)
+        self._tail = joined[-(len(_DATA_LINE) - 1) :]
+
+    def finish(self, *, cut: bool = False) -> OpenAIUsage:
+        if self._mode == "sse":
+            if self._captured <= MAX_METERED_BODY:
+                for line in b"".join(self._capture).splitlines():
+                    self._data_line(line)
+            if not self._final:
+                self._estimate()
+        elif self._mode == "json" and self._body and self._relayed <= MAX_METERED_BODY:
+            try:
+                answer = json.loads(b"".join(self._body))
+            except ValueError:
+                answer = None
+            if isinstance(answer, dict):
+                self._take(answer)
+            elif cut:
+                self._estimate()
+        self._capture, self._body, self._head = [], [], b""
+        return self.usage
+
+    def _data_line(self, line: bytes) -> None:
+        if not line.startswith(b"data:") or not any(e.encode() in line for e in _FINAL_EVENTS):
+            return
+        try:
+            event = json.loads(line[5:])
+        except ValueError:
+            return
+        if isinstance(event, dict) and event.get("type") in _FINAL_EVENTS:
+            response = event.get("response")
+            if isinstance(response, dict):
+                self._take(response)
+
+    def _take(self, response: dict[str, Any]) -> None:
+        """The usage and model of a whole response object."""
+        model = response.get("model")
+        if isinstance(model, str):
+            self.usage.model = model
+        if isinstance(response.get("usage"), dict):
+            self.usage.update(response["usage"])
+            self._final = True
+
+    def _estimate(self) -> None:
+        if self.usage.model is None:
+            self._model_from_head()
+        # Every byte of the stream counts as text: its framing is a small part of an answer's
+        # bytes, and charging it errs toward more, as the docstring says.
+        estimate = estimated_tokens(self._relayed, self._lines // 3)
+        self.usage.output_tokens = max(self.usage.output_tokens, estimate)
+        self.usage.input_tokens = max(
+            self.usage.input_tokens, estimated_tokens(self._request_bytes)
+        )
+
+    def _model_from_head(self) -> None:
+        for line in self._head.splitlines():
+            if line.startswith(b"data:") and b"response.created" in line:
+                try:
+                    event = json.loads(line[5:])
+                except ValueError:
+                    return
+                response = event.get("response") if isinstance(event, dict) else None
+                model = response.get("model") if isinstance(response, dict) else None
+                if isinstance(model, str):
+                    self.usage.model = model
+                return
+
+
 # --- money -----------------------------------------------------------------------------------
 def usd(value: float) -> str:
     """``5.00``, ``0.42``, ``0.0003``: cents always, more digits only where they matter."""
@@ -276,15 +447,9 @@ def spend_of(raw: Any) -> float:
         return 0.0
 
 
-def increments(usage: Usage) -> dict[str, int]:
+def increments(usage: MeteredUsage) -> dict[str, int]:
     """What one answer adds to the integer fields of the worker's usage hash."""
-    return {
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cache_creation_input_tokens": usage.cache_creation_input_tokens,
-        "cache_read_input_tokens": usage.cache_read_input_tokens,
-        "requests": 1,
-    }
+    return {**usage.counts(), "requests": 1}
 
 
 # --- the worker's spend in Redis ---------------------------------------------------------------
@@ -302,7 +467,7 @@ async def flag_spent(redis: redis.asyncio.Redis, usage_key: str) -> None:
 async def charge(
     redis: redis.asyncio.Redis,
     usage_key: str,
-    usage: Usage,
+    usage: MeteredUsage,
     *,
     max_cost_usd: float | None,
     worker_id: str,
@@ -325,11 +490,7 @@ async def charge(
             cost_usd=cost,
             error=type(exc).__name__,
         )
-    for kind, count in (
-        ("input", usage.input_tokens),
-        ("output", usage.output_tokens),
-        ("cache_creation", usage.cache_creation_input_tokens),
-        ("cache_read", usage.cache_read_input_tokens),
-    ):
-        if count:
+    for field, count in usage.counts().items():
+        kind = _KIND_OF_FIELD.get(field)
+        if kind is not None and count:
             GATEWAY_TOKENS.labels(kind).inc(count)

@@ -1,4 +1,10 @@
-"""What the LLM gateway charges a worker: Anthropic's list prices, in USD per million tokens.
+"""What the LLM gateway charges a worker: Anthropic's and OpenAI's list prices, USD per million
+tokens.
+
+OpenAI's table is ``worker_base.agents.openai_pricing`` (the CODEX driver prices Codex's own
+usage reports with the same rows, and the wrapper cannot import the manager); this module adds
+:class:`OpenAIUsage`, the Responses API's ``usage`` as the gateway meters it. The rest of this
+docstring is Anthropic's.
 
 The gateway meters each response from the API's own ``usage`` and adds its cost to the worker's
 spend, which its ``max_cost_usd`` is checked against. The table is matched by model *family*, a
@@ -14,7 +20,12 @@ Cache writes are priced as Anthropic prices them: a 5-minute cache write at 1.25
 price, a 1-hour write (``usage.cache_creation.ephemeral_1h_input_tokens``) at 2 ×, a cache read
 at 0.1 ×. Sonnet 4.x requests whose prompt (input, cache write and cache read together) exceeds
 200 000 tokens, possible with the 1M-context beta, are charged the API's long-context rate
-(input 2 ×, output 1.5 ×). Per-request server-tool fees (web search) are not metered.
+(input 2 ×, output 1.5 ×).
+
+Server tools (web search, web fetch, code execution) are refused by the gateway before the API
+(:mod:`worker_manager.egress.routes`), so an answer should never report any. Should one get
+through all the same, every request its ``usage.server_tool_use`` counts is charged at web
+search's fee (:data:`SERVER_TOOL_REQUEST_USD`, the dearest per-request fee): more, not less.
 """
 
 from __future__ import annotations
@@ -22,7 +33,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from worker_base.agents.openai_pricing import (
+    OPENAI_PRICES,
+    UNKNOWN_OPENAI_PRICE,
+    OpenAIPrice,
+    openai_cost_usd,
+    openai_price_of,
+)
+
+__all__ = [
+    "LONG_CONTEXT_TOKENS",
+    "OPENAI_PRICES",
+    "PRICES",
+    "SERVER_TOOL_REQUEST_USD",
+    "UNKNOWN_MODEL_PRICE",
+    "UNKNOWN_OPENAI_PRICE",
+    "OpenAIPrice",
+    "OpenAIUsage",
+    "Price",
+    "Usage",
+    "openai_price_of",
+    "price_of",
+]
+
 PER_MILLION = 1_000_000
+#: What each server-tool request an answer reports costs (web search: 10 USD per 1 000).
+SERVER_TOOL_REQUEST_USD = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +122,8 @@ class Usage:
     cache_read_input_tokens: int = 0
     #: Of ``cache_creation_input_tokens``, those written to the 1-hour cache (priced higher).
     cache_creation_1h_tokens: int = 0
+    #: Server-tool requests (``usage.server_tool_use``, every kind together).
+    server_tool_requests: int = 0
     model: str | None = None
 
     def update(self, usage: Any) -> None:
@@ -107,6 +145,11 @@ class Usage:
             hour = creation.get("ephemeral_1h_input_tokens")
             if isinstance(hour, int) and not isinstance(hour, bool) and hour >= 0:
                 self.cache_creation_1h_tokens = hour
+        tools = usage.get("server_tool_use")
+        if isinstance(tools, dict):
+            self.server_tool_requests = sum(
+                count for count in map(_count, tools.values()) if count is not None
+            )
 
     @property
     def empty(self) -> bool:
@@ -115,7 +158,20 @@ class Usage:
             or self.output_tokens
             or self.cache_creation_input_tokens
             or self.cache_read_input_tokens
+            or self.server_tool_requests
         )
+
+    def counts(self) -> dict[str, int]:
+        """What this usage adds to the integer fields of the worker's usage hash."""
+        counts = {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+        }
+        if self.server_tool_requests:
+            counts["server_tool_requests"] = self.server_tool_requests
+        return counts
 
     def cost_usd(self) -> float:
         price = price_of(self.model)
@@ -130,4 +186,57 @@ class Usage:
             + minutes * price.cache_write
             + hour * price.cache_write_1h
             + self.cache_read_input_tokens * price.cache_read
-        ) / PER_MILLION
+        ) / PER_MILLION + self.server_tool_requests * SERVER_TOOL_REQUEST_USD
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+@dataclass(slots=True)
+class OpenAIUsage:
+    """The tokens of one Responses API answer, as its ``usage`` reports them: ``input_tokens``
+    includes the ``cached_tokens`` read from the prompt cache, ``output_tokens`` the
+    ``reasoning_tokens`` (both billed as output)."""
+
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    model: str | None = None
+
+    def update(self, usage: Any) -> None:
+        """Take the counts present in a ``usage`` object (the final one supersedes)."""
+        if not isinstance(usage, dict):
+            return
+        for field in ("input_tokens", "output_tokens"):
+            value = _count(usage.get(field))
+            if value is not None:
+                setattr(self, field, value)
+        for details, key, field in (
+            ("input_tokens_details", "cached_tokens", "cached_tokens"),
+            ("output_tokens_details", "reasoning_tokens", "reasoning_tokens"),
+        ):
+            inner = usage.get(details)
+            value = _count(inner.get(key)) if isinstance(inner, dict) else None
+            if value is not None:
+                setattr(self, field, value)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.input_tokens or self.output_tokens)
+
+    def counts(self) -> dict[str, int]:
+        """The usage hash's fields: input without the cached part, as Anthropic's counts are."""
+        cached = min(self.cached_tokens, self.input_tokens)
+        return {
+            "input_tokens": self.input_tokens - cached,
+            "output_tokens": self.output_tokens,
+            "cache_read_input_tokens": cached,
+            "reasoning_tokens": self.reasoning_tokens,
+        }
+
+    def cost_usd(self) -> float:
+        return openai_cost_usd(
+            self.model, self.input_tokens, self.cached_tokens, self.output_tokens
+        )

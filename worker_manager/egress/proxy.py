@@ -13,8 +13,11 @@ before any byte of it goes anywhere (mitmproxy's ``requestheaders``, so a large 
 through only once it is decided), the addon resolves the name itself, asks
 :class:`worker_manager.egress.policy.EgressPolicy` and, when allowed, pins the upstream
 connection to the address it checked (so a name cannot re-resolve to a private address between
-the check and the connect: DNS rebinding). Each server connection then has a *route*: the
-destination the proxy decided and connected to (the name as granted, or the IP literal).
+the check and the connect: DNS rebinding). A plain request is sent to that address (its
+``Host`` as the client wrote it), so mitmproxy finds the upstream connection it already holds
+there: keep-alive works, instead of a new connection per request. Each server connection then
+has a *route*: the destination the proxy decided and connected to (the name as granted, or the
+IP literal).
 
 **What the client says inside must name that destination.** A grant is checked by name and
 connected by address, and one address (a CDN's shared front end) serves many names, routing by
@@ -35,9 +38,10 @@ memory behind a slow DNS answer.
 ports, not content), except to the hosts the operator holds a credential for
 (:mod:`worker_manager.egress.credentials`): there the addon lets mitmproxy open the tunnel with
 the service's CA and adds the credential to each request, chosen by the tunnel's route, never by
-anything the client wrote. mitmproxy checks those upstreams' certificates against the route's
-name (against the public roots, plus ``WM_EGRESS_UPSTREAM_CA`` for an operator's own servers).
-Inside a tunnel, anything that is neither TLS nor HTTP is relayed as raw bytes.
+anything the client wrote. Only there: never into plain HTTP (:func:`carries_credentials`).
+mitmproxy checks those upstreams' certificates against the route's name (against the public
+roots, plus ``WM_EGRESS_UPSTREAM_CA`` for an operator's own servers). Inside a tunnel,
+anything that is neither TLS nor HTTP is relayed as raw bytes.
 """
 
 from __future__ import annotations
@@ -234,9 +238,11 @@ class EgressAddon:
         self._resolve = resolver or resolve
         self.credentials = credentials or Credentials()
         self.denials = DenialLog()
-        #: client connection id -> {(host, port): the address checked for it}
-        self._pinned: dict[str, dict[tuple[str, int], str]] = {}
-        #: server connection id -> the route of a CONNECT tunnel
+        #: client connection id -> {(host, port): the route decided for it}
+        self._pinned: dict[str, dict[tuple[str, int], Route]] = {}
+        #: server connection id -> the route of a CONNECT tunnel. Kept until its client
+        #: disconnects: every request in the tunnel carries the tunnel's first server
+        #: connection, also after mitmproxy reconnected to the upstream that closed it.
         self._tunnels: dict[str, Route] = {}
         #: client connection id -> the server connection ids of its tunnels
         self._client_tunnels: dict[str, list[str]] = {}
@@ -280,6 +286,7 @@ class EgressAddon:
         route = self._tunnels.get(flow.server_conn.id)
         if route is not None and flow.request.host != route.address:
             route = None  # not a request the tunnel carries (those go to its address)
+        in_tunnel = route is not None
         if route is None:
             route = await self._decide(flow, _host_of(flow), flow.request.port)
             if route is None:
@@ -296,7 +303,17 @@ class EgressAddon:
                 flow, route.worker_id, target, f"Host names another host than {route.target}"
             )
             return
-        self._add_credential(flow, route)
+        if not in_tunnel:
+            # The upstream connection is chosen by the address checked, not the name: so
+            # mitmproxy finds the connection it already holds there (keep-alive) instead of
+            # opening one per request. Only the target changes; Host stays as the client sent it.
+            flow.request.data.host = route.address
+        if carries_credentials(
+            in_tunnel=in_tunnel,
+            client_tls=flow.client_conn.tls_established,
+            upstream_tls=flow.request.scheme == "https",
+        ):
+            self._add_credential(flow, route)
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         """A tunnel's ClientHello must name its route; its TLS is opened only where a
@@ -331,13 +348,13 @@ class EgressAddon:
         if address is None or (address[0], address[1]) not in pinned:
             data.server.error = "egress denied: no decision for this connection"
             return
-        checked = pinned[(address[0], address[1])]
-        if data.server.sni is None and not _is_literal(address[0]):
-            data.server.sni = _bare(address[0])
-        data.server.address = (checked, address[1])
-
-    def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
-        self._tunnels.pop(data.server.id, None)
+        route = pinned[(address[0], address[1])]
+        if not _is_literal(route.name) and data.server.sni in (None, address[0], route.address):
+            # TLS names the destination decided, not the address: also for a plain request
+            # addressed by the checked IP, and for a tunnel's reconnect after its upstream
+            # closed (the client's SNI, if any, was already checked to be this name).
+            data.server.sni = route.name
+        data.server.address = (route.address, address[1])
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._pinned.pop(client.id, None)
@@ -361,15 +378,16 @@ class EgressAddon:
             await self._refuse(flow, worker, target, verdict.reason)
             return None
         CONNECTIONS.labels("allowed").inc()
-        address = str(addresses[0])
+        route = Route(worker, host, port, str(addresses[0]))
         pinned = self._pinned.setdefault(flow.client_conn.id, {})
-        pinned[(flow.request.host, port)] = address
-        # A later connection of this client to the address checked (mitmproxy reconnects by
-        # address inside a tunnel whose upstream closed) is the same decision.
-        pinned[(address, port)] = address
+        pinned[(flow.request.host, port)] = route
+        # A later connection of this client to the address checked (a plain request is sent
+        # to it; mitmproxy reconnects by address inside a tunnel whose upstream closed) is the
+        # same decision.
+        pinned[(route.address, port)] = route
         while len(pinned) > _MAX_PINNED:  # a connection is used right after its decision
             del pinned[next(iter(pinned))]
-        return Route(worker, host, port, address)
+        return route
 
     def _add_credential(self, flow: http.HTTPFlow, route: Route) -> None:
         worker = self._lookup(route.worker_id)
@@ -481,15 +499,33 @@ async def _answer_too_many(
 ) -> None:
     """Answer 429 and close. The request is read first (a second at most, 64 KiB at most):
     a socket closed with unread bytes is reset, and the client would never see the answer."""
-    with contextlib.suppress(OSError, ValueError, TimeoutError, asyncio.IncompleteReadError):
-        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 1)
-    body = (
-        f"egress: this worker has {limit} connections open, the most it may; close one and retry\n"
-    ).encode()
-    with contextlib.suppress(OSError):
-        writer.write(_TOO_MANY % (len(body), body))
-        await writer.drain()
-    writer.close()
+    try:
+        with contextlib.suppress(
+            OSError,
+            ValueError,
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,  # 64 KiB without a head's end
+        ):
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 1)
+        body = (
+            f"egress: this worker has {limit} connections open, the most it may; "
+            "close one and retry\n"
+        ).encode()
+        with contextlib.suppress(OSError):
+            writer.write(_TOO_MANY % (len(body), body))
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+def carries_credentials(*, in_tunnel: bool, client_tls: bool, upstream_tls: bool) -> bool:
+    """Whether an operator's credential may go into a request: only inside a tunnel whose TLS
+    the proxy opened (so the request is bound to the tunnel's route), going on over TLS that
+    mitmproxy verifies against the route's name. Never over plain HTTP, on any port: the
+    address the proxy connected to proves nothing without a certificate, and anyone on the
+    path (or who poisons the service's DNS) would read the token."""
+    return in_tunnel and client_tls and upstream_tls
 
 
 def _host_of(flow: http.HTTPFlow) -> str:

@@ -52,10 +52,10 @@ from worker_manager.core.clock import iso_now
 from worker_manager.core.connections import connect
 from worker_manager.core.keys import Keys
 from worker_manager.core.logs import get_logger
-from worker_manager.egress import redis_relay
+from worker_manager.egress import meter, redis_relay
 from worker_manager.egress.credentials import Credentials
 from worker_manager.egress.fingerprint import digest_key, settings_digests
-from worker_manager.egress.gateway import GatewayWorker, LlmGateway
+from worker_manager.egress.gateway import ANTHROPIC_API, OPENAI_API, GatewayWorker, LlmGateway
 from worker_manager.egress.grants import (
     GATEWAY_SOCKET,
     PROXY_SOCKET,
@@ -83,6 +83,8 @@ class _Served:
     policy: EgressPolicy
     servers: list[asyncio.AbstractServer] = field(default_factory=list)
     gateway_site: web.UnixSite | None = None
+    #: The API its gateway site speaks (``Grant.gateway_api`` when it was opened).
+    gateway_api: str = ""
 
 
 class EgressService:
@@ -107,14 +109,31 @@ class EgressService:
             confdir=str(self._run.ca_dir),
             upstream_ca=str(self._run.upstream_bundle) if settings.egress_upstream_ca else None,
         )
-        self._gateway = LlmGateway(
-            redis=self._redis,
-            upstream_url=settings.anthropic_base_url or PUBLIC_ANTHROPIC_API,
-            api_key=settings.anthropic_api_key,
-            oauth_token=settings.claude_code_oauth_token,
-            resolve=self._gateway_worker,
-        )
-        self._gateway_runner = web.AppRunner(self._gateway.app(), access_log=None)
+        # One gateway per API (Grant.gateway_api): a worker's socket is served by its API's.
+        self._gateways = {
+            "anthropic": LlmGateway(
+                redis=self._redis,
+                upstream_url=settings.anthropic_base_url or PUBLIC_ANTHROPIC_API,
+                api_key=settings.anthropic_api_key,
+                oauth_token=settings.claude_code_oauth_token,
+                resolve=lambda sockname: self._gateway_worker(sockname, "anthropic"),
+                api=ANTHROPIC_API,
+            ),
+            "openai": LlmGateway(
+                redis=self._redis,
+                upstream_url=settings.openai_base_url,
+                api_key=settings.openai_api_key,
+                oauth_token=None,
+                resolve=lambda sockname: self._gateway_worker(sockname, "openai"),
+                api=OPENAI_API,
+            ),
+        }
+        self._gateway_runners = {
+            name: web.AppRunner(self._tracked(gateway.app()), access_log=None, shutdown_timeout=1.0)
+            for name, gateway in self._gateways.items()
+        }
+        #: The gateway requests in flight (their handlers' tasks), to charge them at a stop.
+        self._answers: set[asyncio.Task[Any]] = set()
         self._control_runner: web.AppRunner | None = None
         self._served: dict[str, _Served] = {}
         self._lock = asyncio.Lock()
@@ -131,13 +150,13 @@ class EgressService:
             return None
         return ProxyWorker(served.policy, served.grant.factory_token)
 
-    def _gateway_worker(self, sockname: str) -> GatewayWorker | None:
+    def _gateway_worker(self, sockname: str, api: str) -> GatewayWorker | None:
         try:
             worker_id = Path(sockname).parent.parent.name
         except (TypeError, ValueError):
             return None
         served = self._served.get(worker_id)
-        if served is None or not served.grant.gateway_token:
+        if served is None or not served.grant.gateway_token or served.grant.gateway_api != api:
             return None
         if Path(sockname) != self._run.sockets(worker_id) / GATEWAY_SOCKET:
             return None
@@ -151,7 +170,7 @@ class EgressService:
 
     async def _report(self, worker_id: str, target: str, reason: str) -> None:
         served = self._served.get(worker_id)
-        if served is None:
+        if served is None or not served.grant.report:
             return
         keys = Keys(served.grant.key_prefix)
         await self._redis.xadd(
@@ -214,9 +233,14 @@ class EgressService:
 
     async def _sync_gateway(self, served: _Served) -> None:
         path = self._run.sockets(served.grant.worker_id) / GATEWAY_SOCKET
+        api = served.grant.gateway_api
+        if served.gateway_site is not None and served.gateway_api != api:
+            await served.gateway_site.stop()  # another API now: served by its own gateway
+            served.gateway_site = None
         if served.grant.gateway_token and served.gateway_site is None:
             _unlink(path)
-            site = web.UnixSite(self._gateway_runner, str(path))
+            site = web.UnixSite(self._gateway_runners[api], str(path))
+            served.gateway_api = api
             await site.start()
             _own(path, served.grant)
             served.gateway_site = site
@@ -341,7 +365,8 @@ class EgressService:
         # mitmproxy made its CA (or found it) in ca/: what containers must trust.
         _write_bundle(self._run.ca_cert, str(self._run.ca_dir / MITM_CA_CERT))
         _write_bundle(self._run.ca_bundle, certifi.where(), str(self._run.ca_cert))
-        await self._gateway_runner.setup()
+        for runner in self._gateway_runners.values():
+            await runner.setup()
         for grant in self._run.stored_grants():
             try:
                 await self.serve(grant)
@@ -374,19 +399,74 @@ class EgressService:
     def stop(self) -> None:
         self._stopped.set()
 
+    def _tracked(self, app: web.Application) -> web.Application:
+        """``app`` with its requests' tasks kept in :attr:`_answers` while they run."""
+
+        @web.middleware
+        async def track(request: web.Request, handler: Any) -> web.StreamResponse:
+            task = asyncio.current_task()
+            assert task is not None
+            self._answers.add(task)
+            try:
+                response: web.StreamResponse = await handler(request)
+                return response
+            finally:
+                self._answers.discard(task)
+
+        app.middlewares.append(track)
+        return app
+
+    async def _charge_answers_in_flight(self) -> None:
+        """Cut every gateway answer still streaming and wait (bounded) until each is charged.
+
+        A stop (a restart on a settings change or key rotation) must not lose what workers
+        spent: the gateway charges a cancelled answer for what it read of it (the meter's cut
+        estimate, ``LlmGateway._forward``), and that charge has to reach Redis before the
+        process ends. aiohttp would wait its ``shutdown_timeout`` for the answers to end by
+        themselves, longer than a manager waits before it kills the service
+        (``control.stop_service``), and the kill charges nothing."""
+        answers = list(self._answers)
+        for task in answers:
+            task.cancel()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ANSWER_SETTLE_SECONDS
+        if answers:
+            await asyncio.wait(answers, timeout=ANSWER_SETTLE_SECONDS)
+        # A charge already under way when its answer was cancelled runs on, shielded.
+        charges = [task for task in asyncio.all_tasks() if _is_charge(task)]
+        if charges:
+            await asyncio.wait(charges, timeout=max(0.1, deadline - loop.time()))
+        if answers:
+            log.info("answers in flight cut and charged at stop", answers=len(answers))
+
     async def close(self) -> None:
         for served in list(self._served.values()):
             await self._close(served)
         self._served.clear()
         if self._control_runner is not None:
             await self._control_runner.cleanup()
-        await self._gateway_runner.cleanup()
-        await self._gateway.close()
+        await self._charge_answers_in_flight()
+        for runner in self._gateway_runners.values():
+            await runner.cleanup()  # a request that came in meanwhile is cancelled here
+        await self._charge_answers_in_flight()
+        for gateway in self._gateways.values():
+            await gateway.close()
         await self._proxy.close()
         await self._redis.aclose()
         with contextlib.suppress(OSError):
             if self._run.pid_file.read_text().strip() == str(os.getpid()):
                 self._run.pid_file.unlink()
+
+
+#: How long a stop waits for the answers it cut to be charged (``control.stop_service`` waits
+#: well beyond it before it kills the service).
+ANSWER_SETTLE_SECONDS = 5.0
+
+
+def _is_charge(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` runs :func:`worker_manager.egress.meter.charge` (a shielded one)."""
+    coroutine = task.get_coro()
+    return getattr(coroutine, "cr_code", None) is meter.charge.__code__
 
 
 async def _open_redis(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

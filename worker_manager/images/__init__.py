@@ -2,5 +2,5 @@
 ``build``), the agents' binaries, the bootstrapped base, and the collector (``gc_plan`` decides,
 ``gc_execute`` carries it out, ``gc_report`` shows it).
 
-May import: ``core``, ``contract``, ``settings``.
+May import: ``core``, ``contract``, ``settings``, ``environments``.
 """

@@ -8,11 +8,16 @@ A build never reaches the network for an agent: the binary is put into the build
   ``WM_AGENT_CACHE_DIR``), extracts the binary, checks that it runs (``--version``) and keeps it
   with its digest and version beside it. ``WM_CLAUDE_SDK_VERSION`` bumps it; ``WM_CLAUDE_BINARY``
   names a binary the operator provides instead.
+- **OpenAI's Codex CLI** is published the same way, as OpenAI's own wheel
+  ``openai-codex-cli-bin`` (``codex_cli_bin/bin/codex``, a static binary of ~300 MB; the wheel's
+  ``rg`` and sandbox helpers are left out: Codex runs without its own sandbox in a worker, see
+  ``worker_base.agents.codex``). ``WM_CODEX_CLI_VERSION`` bumps it; ``WM_CODEX_BINARY`` names a
+  binary the operator provides instead.
 - **Factory's droid** has no such package: ``WM_FACTORY_BINARY`` names one the operator
   provides (or ``WM_FACTORY_NPM_VERSION`` installs it with npm inside the build).
 
 Each binary's digest and version are part of the image hash, so a new binary means new images.
-Everything here is synchronous and slow the first time (a download of ~165 MB); the image service
+Everything here is synchronous and slow the first time (a download of 140-165 MB); the image service
 calls it in a worker thread, and the result is cached per process.
 """
 
@@ -50,6 +55,47 @@ _DOWNLOAD_TIMEOUT = 900
 _CHECK_TIMEOUT = 60
 
 
+@dataclass(frozen=True, slots=True)
+class WheelSource:
+    """Where one agent's binary comes from: a PyPI wheel, the file inside it, the settings."""
+
+    #: The binary's name in images (``agent-bin/<name>``) and in the cache.
+    name: str
+    #: The distribution on PyPI, and the prefix of its wheel files.
+    package: str
+    wheel_prefix: str
+    #: The binary inside the wheel, and a file holding its version (None: ask ``--version``).
+    member: str
+    version_member: str | None
+    #: The settings that pin the wheel and replace it, named in every error.
+    version_setting: str
+    binary_setting: str
+    #: What a person calls it.
+    title: str
+
+
+CLAUDE_WHEEL = WheelSource(
+    name="claude",
+    package="claude-agent-sdk",
+    wheel_prefix="claude_agent_sdk",
+    member=WHEEL_BINARY,
+    version_member=WHEEL_VERSION,
+    version_setting="WM_CLAUDE_SDK_VERSION",
+    binary_setting="WM_CLAUDE_BINARY",
+    title="Claude Code",
+)
+CODEX_WHEEL = WheelSource(
+    name="codex",
+    package="openai-codex-cli-bin",
+    wheel_prefix="openai_codex_cli_bin",
+    member="codex_cli_bin/bin/codex",
+    version_member=None,
+    version_setting="WM_CODEX_CLI_VERSION",
+    binary_setting="WM_CODEX_BINARY",
+    title="Codex CLI",
+)
+
+
 class AgentBinaryError(Exception):
     """The agent's binary cannot be had; the message names the setting that fixes it."""
 
@@ -76,18 +122,32 @@ def claude_binary(settings: Settings, architecture: str) -> AgentBinary:
     """The Claude Code binary for workers on a Docker host of ``architecture``."""
     if settings.claude_binary is not None:
         return provided_binary("claude", settings.claude_binary, "WM_CLAUDE_BINARY")
-    version = settings.claude_sdk_version
+    return wheel_binary(CLAUDE_WHEEL, settings, settings.claude_sdk_version, architecture)
+
+
+def codex_binary(settings: Settings, architecture: str) -> AgentBinary:
+    """The Codex CLI binary for workers on a Docker host of ``architecture``."""
+    if settings.codex_binary is not None:
+        return provided_binary("codex", settings.codex_binary, "WM_CODEX_BINARY")
+    return wheel_binary(CODEX_WHEEL, settings, settings.codex_cli_version, architecture)
+
+
+def wheel_binary(
+    source: WheelSource, settings: Settings, version: str, architecture: str
+) -> AgentBinary:
+    """``source``'s binary at ``version`` for ``architecture``, downloaded once per cache."""
     platform = WHEEL_PLATFORMS.get(architecture)
     if platform is None:
         raise AgentBinaryError(
-            f"no claude-agent-sdk wheel is known for the Docker host's architecture "
-            f"{architecture!r}; set WM_CLAUDE_BINARY to a Claude Code binary built for it"
+            f"no {source.package} wheel is known for the Docker host's architecture "
+            f"{architecture!r}; set {source.binary_setting} to a {source.title} binary built "
+            "for it"
         )
-    key = ("claude-wheel", version, platform, str(settings.agent_cache_dir))
+    key = (f"{source.name}-wheel", version, platform, str(settings.agent_cache_dir))
     with _cache_lock:
         if key in _cache:
             return _cache[key]
-        binary = _wheel_binary(settings.agent_cache_dir, version, platform, architecture)
+        binary = _wheel_binary(source, settings.agent_cache_dir, version, platform, architecture)
         _cache[key] = binary
         return binary
 
@@ -118,63 +178,72 @@ def provided_binary(name: str, path: Path, setting: str) -> AgentBinary:
         return binary
 
 
-def _wheel_binary(cache_dir: Path, version: str, platform: str, architecture: str) -> AgentBinary:
-    home = cache_dir / f"claude-agent-sdk-{version}-{platform}"
-    binary = home / "claude"
-    digest_file, version_file = home / "claude.sha256", home / "claude.version"
+def _wheel_binary(
+    source: WheelSource, cache_dir: Path, version: str, platform: str, architecture: str
+) -> AgentBinary:
+    home = cache_dir / f"{source.package}-{version}-{platform}"
+    binary = home / source.name
+    digest_file = home / f"{source.name}.sha256"
+    version_file = home / f"{source.name}.version"
     if not digest_file.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
         with _file_lock(cache_dir / f".{home.name}.lock"):
             if not digest_file.is_file():  # another process may have finished it meanwhile
-                _download_and_extract(home, version, platform, architecture)
+                _download_and_extract(source, home, version, platform, architecture)
     try:
         return AgentBinary(
-            "claude",
+            source.name,
             binary,
             version_file.read_text().strip(),
             digest_file.read_text().strip(),
         )
     except OSError as exc:
         raise AgentBinaryError(
-            f"the cached Claude Code binary in {home} is incomplete ({exc}); remove that "
+            f"the cached {source.title} binary in {home} is incomplete ({exc}); remove that "
             "directory and try again"
         ) from None
 
 
-def _download_and_extract(home: Path, version: str, platform: str, architecture: str) -> None:
-    with tempfile.TemporaryDirectory(prefix=".claude-", dir=home.parent) as tmp:
+def _download_and_extract(
+    source: WheelSource, home: Path, version: str, platform: str, architecture: str
+) -> None:
+    name = source.name
+    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=home.parent) as tmp:
         work = Path(tmp)
-        wheel = _download_wheel(work, version, platform)
+        wheel = _download_wheel(source, work, version, platform)
         staged = work / "out"
         staged.mkdir()
+        bundled_version = None
         try:
             with zipfile.ZipFile(wheel) as archive:
-                with archive.open(WHEEL_BINARY) as src, (staged / "claude").open("wb") as dst:
+                with archive.open(source.member) as src, (staged / name).open("wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
-                bundled_version = _first_version(archive.read(WHEEL_VERSION).decode())
+                if source.version_member is not None:
+                    bundled_version = _first_version(archive.read(source.version_member).decode())
         except (KeyError, zipfile.BadZipFile) as exc:
             raise AgentBinaryError(
-                f"{wheel.name} has no bundled Claude Code binary ({exc}); pick a platform wheel "
-                "version with WM_CLAUDE_SDK_VERSION or set WM_CLAUDE_BINARY"
+                f"{wheel.name} has no bundled {source.title} binary ({exc}); pick a platform "
+                f"wheel version with {source.version_setting} or set {source.binary_setting}"
             ) from None
-        (staged / "claude").chmod(0o755)
-        ran = _run_version(staged / "claude") if _host_runs(architecture) else None
+        (staged / name).chmod(0o755)
+        ran = _run_version(staged / name) if _host_runs(architecture) else None
         if _host_runs(architecture) and ran is None:
             raise AgentBinaryError(
-                f"the Claude Code binary of claude-agent-sdk {version} does not run here "
-                "(`claude --version` failed); set WM_CLAUDE_SDK_VERSION to another version "
-                "or WM_CLAUDE_BINARY to a working binary"
+                f"the {source.title} binary of {source.package} {version} does not run here "
+                f"(`{name} --version` failed); set {source.version_setting} to another version "
+                f"or {source.binary_setting} to a working binary"
             )
-        cli_version = ran or bundled_version or "unknown"
-        (staged / "claude.version").write_text(cli_version + "\n")
-        (staged / "claude.sha256").write_text(_sha256(staged / "claude") + "\n")
+        cli_version = ran or bundled_version or version
+        (staged / f"{name}.version").write_text(cli_version + "\n")
+        (staged / f"{name}.sha256").write_text(_sha256(staged / name) + "\n")
         (staged / "wheel").write_text(wheel.name + "\n")
         if home.exists():
             shutil.rmtree(home)
         os.replace(staged, home)
 
 
-def _download_wheel(work: Path, version: str, platform: str) -> Path:
+def _download_wheel(source: WheelSource, work: Path, version: str, platform: str) -> Path:
+    requirement = f"{source.package}=={version}"
     command = [
         sys.executable,
         "-m",
@@ -190,7 +259,7 @@ def _download_wheel(work: Path, version: str, platform: str) -> Path:
         "--quiet",
         "--dest",
         str(work),
-        f"claude-agent-sdk=={version}",
+        requirement,
     ]
     try:
         done = subprocess.run(
@@ -198,16 +267,16 @@ def _download_wheel(work: Path, version: str, platform: str) -> Path:
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise AgentBinaryError(
-            f"downloading claude-agent-sdk=={version} failed ({exc}); check that PyPI is "
-            "reachable from the manager's host, or set WM_CLAUDE_BINARY to a Claude Code binary"
+            f"downloading {requirement} failed ({exc}); check that PyPI is reachable from the "
+            f"manager's host, or set {source.binary_setting} to a {source.title} binary"
         ) from None
-    wheels = sorted(work.glob("claude_agent_sdk-*.whl"))
+    wheels = sorted(work.glob(f"{source.wheel_prefix}-*.whl"))
     if done.returncode != 0 or not wheels:
         detail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no wheel"]
         raise AgentBinaryError(
-            f"downloading claude-agent-sdk=={version} for {platform} failed ({detail[0][:300]}); "
-            "fix WM_CLAUDE_SDK_VERSION, make PyPI reachable from the manager's host, or set "
-            "WM_CLAUDE_BINARY to a Claude Code binary"
+            f"downloading {requirement} for {platform} failed ({detail[0][:300]}); fix "
+            f"{source.version_setting}, make PyPI reachable from the manager's host, or set "
+            f"{source.binary_setting} to a {source.title} binary"
         )
     return wheels[0]
 

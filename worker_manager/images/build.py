@@ -2,7 +2,10 @@
 
 The context is the generated Dockerfile, the wrapper with its vendored dependencies, the
 templates' extra files and the agent's binary. The build log's ``Step N/M`` lines are progress;
-its last lines are what a failed create's ``reason`` ends with (without terminal escapes).
+its last lines are what a failed create's ``reason`` ends with (without terminal escapes), after
+the package manager's own words when it failed (``environments.recipe.failure_lines``), so the
+reason names the package. A build that installs an environment's packages runs on the route
+its caller opened (``environments.build_network``); others on Docker's default network.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from docker import DockerClient
 
 from worker_manager.contract.labels import LABEL_HASH, LABEL_PREFIX
 from worker_manager.core.logs import get_logger
+from worker_manager.environments.recipe import failure_lines, is_failure_line
 from worker_manager.images import agent_binaries
 from worker_manager.images.spec import VENDORED, ImageSpec, wrapper_dir
+from worker_manager.typing import BuildRoute
 
 log = get_logger(__name__)
 
@@ -61,13 +66,20 @@ def build_image(
     key_prefix: str,
     timeout: float,
     progress: Progress = lambda _n, _m: None,
+    route: BuildRoute | None = None,
 ) -> tuple[str, int]:
     """Classic builder, intermediate containers always removed (``forcerm``), log streamed.
 
+    ``route``: the network of a build that installs packages (``--network container:<its
+    sidecar>`` and the proxy's build arguments, ``environments.build_network``); without one,
+    Docker's default, as for the modules' own snippets.
+
     A failed build would leave the image of its last good step behind as a dangling
-    layer that nothing references: it is removed here.
+    layer that nothing references: it is removed here. Its message starts with what the
+    package manager said (``E: Unable to locate package …``), when it said anything.
     """
     tail: deque[str] = deque(maxlen=_LOG_TAIL)
+    said: deque[str] = deque(maxlen=_LOG_TAIL)
     error: str | None = None
     last_step: str | None = None
     try:
@@ -75,6 +87,9 @@ def build_image(
             context = Path(tmp)
             labels = {LABEL_HASH: spec.hash, LABEL_PREFIX: key_prefix}
             write_build_context(spec, context, labels)
+            network: dict[str, Any] = {}
+            if route is not None:
+                network["network_mode"] = route.network_mode
             stream = client.api.build(
                 path=str(context),
                 tag=spec.tag,
@@ -82,14 +97,17 @@ def build_image(
                 forcerm=True,
                 pull=False,
                 decode=True,
-                buildargs=dict(spec.build_args),
+                buildargs={**dict(spec.build_args), **(route.build_args if route else {})},
                 timeout=int(timeout),
+                **network,
             )
             for chunk in stream:
                 for raw in str(chunk.get("stream", "")).splitlines():
                     line = clean_log_line(raw)
                     if numbered := _STEP_LINE.match(line):
                         progress(int(numbered.group(1)), int(numbered.group(2)))
+                    if is_failure_line(line):
+                        said.append(line.strip()[:_LINE_CHARS])
                     if line.strip():
                         tail.append(line.rstrip()[:_LINE_CHARS])
                         log.debug("build", tag=spec.tag, line=line.rstrip())
@@ -104,7 +122,9 @@ def build_image(
     if error is not None:
         if last_step is not None:
             _drop_dangling(client, last_step)
-        head = f"building {spec.tag} failed: {error}\n"
+        own_words = failure_lines(said)
+        head = f"{own_words}\n" if own_words else ""
+        head += f"building {spec.tag} failed: {error}\n"
         while tail and len(head) + sum(len(line) + 1 for line in tail) > _MESSAGE_CHARS:
             tail.popleft()  # keep the *last* lines within what a worker's reason holds
         raise BuildFailed(head + "\n".join(tail))

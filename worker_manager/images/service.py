@@ -12,6 +12,7 @@ does not set off a rebuild storm; every waiting create fails with the build log'
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -22,11 +23,15 @@ import docker.errors
 from docker import DockerClient
 from redis.asyncio import Redis
 
+from worker_manager.contract.environments import ResolvedEnvironment
 from worker_manager.contract.kinds import AgentType, Module, Shape
 from worker_manager.core import docker_client
 from worker_manager.core.clock import iso_now
 from worker_manager.core.locks import RenewedLock
 from worker_manager.core.logs import get_logger
+from worker_manager.environments import catalogue
+from worker_manager.environments.build_network import BuildNetworkError
+from worker_manager.environments.recipe import needs_network
 from worker_manager.images import agent_binaries
 from worker_manager.images.agent_binaries import AgentBinary, AgentBinaryError
 from worker_manager.images.build import BuildFailed, Progress, build_image
@@ -37,6 +42,7 @@ from worker_manager.images.spec import (
     packaged_images_dir,
 )
 from worker_manager.settings import Settings
+from worker_manager.typing import BuildNetwork
 
 log = get_logger(__name__)
 
@@ -62,8 +68,12 @@ class ImageService:
         redis: Redis,
         docker: DockerClient,
         observe_build: ObserveBuild = lambda _result, _seconds: None,
+        build_network: BuildNetwork | None = None,
     ) -> None:
         self._settings = settings
+        #: Where a build that installs an environment's packages connects (the egress
+        #: service's build grant); None (``WM_EGRESS=off``): Docker's default network.
+        self._build_network = build_network
         self._redis = redis
         self._docker = docker
         self._keys = settings.keys
@@ -72,17 +82,27 @@ class ImageService:
         )
         self._building: dict[str, asyncio.Future[ImageRef]] = {}
         self._listeners: dict[str, set[Progress]] = {}
-        self._base: tuple[float, str, bool] | None = None
+        #: Per base image: (when looked up, its ID, whether it has the worker's user).
+        self._bases: dict[str, tuple[float, str, bool]] = {}
         self._docker_arch: str | None = None
         self.builds = 0  # builds this process ran (for tests and metrics)
         self._observe_build = observe_build
 
-    async def spec_for(self, agent_type: AgentType, modules: list[Module]) -> ImageSpec:
+    async def spec_for(
+        self,
+        agent_type: AgentType,
+        modules: list[Module],
+        environment: ResolvedEnvironment | None = None,
+    ) -> ImageSpec:
+        """What shapes the image of this shape; with an environment (resolved: its base
+        filled in), built FROM the environment's base with its steps (SPEC §9)."""
         template, binary, args = await self._agent_install(agent_type)
         build_args = {**self._settings.build_args, **args}
-        base_id, base_has_user = await self._base_image()
+        base = environment.spec.base if environment is not None else None
+        base = base or self._settings.base_image
+        base_id, base_has_user = await self._base_image(base)
         return ImageSpec(
-            base_image=self._settings.base_image,
+            base_image=base,
             base_image_id=base_id,
             base_has_worker_user=base_has_user,
             agent_type=agent_type,
@@ -91,6 +111,7 @@ class ImageService:
             build_args=tuple(sorted(build_args.items())),
             agent_template=template,
             agent_binary=binary,
+            environment=environment.spec if environment is not None else None,
         )
 
     def agent_install_problem(self, agent_type: AgentType) -> str | None:
@@ -128,6 +149,12 @@ class ImageService:
                     agent_binaries.claude_binary, self._settings, architecture
                 )
                 return None, binary, {}
+            if agent_type is AgentType.CODEX:
+                architecture = await self._architecture()
+                binary = await asyncio.to_thread(
+                    agent_binaries.codex_binary, self._settings, architecture
+                )
+                return None, binary, {}
             problem = self.agent_install_problem(agent_type)
             if problem is not None:
                 raise BuildFailed(problem)
@@ -145,21 +172,27 @@ class ImageService:
             self._docker_arch = str(info.get("Architecture") or os.uname().machine)
         return self._docker_arch
 
-    async def _base_image(self) -> tuple[str, bool]:
-        """The base's ID and whether it has the worker's user; cached for a minute: a create
+    async def _base_image(self, name: str) -> tuple[str, bool]:
+        """A base's ID and whether it has the worker's user; cached for a minute: a create
         must not pay a Docker round trip for it each time."""
         now = time.monotonic()
-        if self._base and now - self._base[0] < 60:
-            return self._base[1], self._base[2]
+        cached = self._bases.get(name)
+        if cached and now - cached[0] < 60:
+            return cached[1], cached[2]
         try:
-            image = await docker_client.call(self._docker.images.get, self._settings.base_image)
+            image = await docker_client.call(self._docker.images.get, name)
         except docker.errors.ImageNotFound as exc:
+            if name != self._settings.base_image:
+                raise BuildFailed(
+                    f"base image {name!r} (an environment's) is missing on this host: pull or "
+                    "load it first"
+                ) from exc
             raise BuildFailed(
-                f"base image {self._settings.base_image!r} is missing; run "
+                f"base image {name!r} is missing; run "
                 "`worker-manager ensure-base` (or `make base-image`) on the manager's host"
             ) from exc
         image_id, has_user = str(image.id), has_worker_user(image.labels)
-        self._base = (now, image_id, has_user)
+        self._bases[name] = (now, image_id, has_user)
         return image_id, has_user
 
     async def prebuild(self, shapes: list[str]) -> None:
@@ -168,7 +201,7 @@ class ImageService:
         for text in shapes:
             shape = Shape.parse(text)
             try:
-                image = await self.ensure(shape.agent_type, list(shape.modules))
+                image = await self.ensure_shape(shape)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a build failure is logged; the next shape still goes
@@ -176,16 +209,26 @@ class ImageService:
             else:
                 log.info("prebuilt", shape=text, tag=image.tag, built=image.built)
 
+    async def ensure_shape(self, shape: Shape, on_progress: Progress | None = None) -> ImageRef:
+        """The image of a shape as the settings name it (``WM_PREBUILD``, ``WM_WARM_POOL``,
+        ``build``): its ``@environment`` resolved against the catalogue."""
+        environment = catalogue.of_name(shape.environment, self._settings)
+        return await self.ensure(
+            shape.agent_type, list(shape.modules), on_progress, environment=environment
+        )
+
     async def ensure(
         self,
         agent_type: AgentType,
         modules: list[Module],
         on_progress: Progress | None = None,
+        *,
+        environment: ResolvedEnvironment | None = None,
     ) -> ImageRef:
         """The image for this shape, built if missing. ``on_progress(step, steps)`` hears the
         build's own "Step N/M" lines, also when this call joins a build already under way
-        (another create's, a prebuild)."""
-        spec = await self.spec_for(agent_type, modules)
+        (another create's, a prebuild). ``environment``: the create's, resolved (SPEC §9)."""
+        spec = await self.spec_for(agent_type, modules, environment)
         if on_progress is None:
             return await self._ensure(spec)
         listeners = self._listeners.setdefault(spec.hash, set())
@@ -286,14 +329,24 @@ class ImageService:
             def progress(step: int, steps: int) -> None:
                 loop.call_soon_threadsafe(self._notify, spec.hash, step, steps)
 
-            image_id, size = await docker_client.call(
-                build_image,
-                self._docker,
-                spec,
-                key_prefix=self._settings.key_prefix,
-                timeout=self._settings.build_timeout_seconds,
-                progress=progress,
-            )
+            async with contextlib.AsyncExitStack() as stack:
+                route = None
+                if self._build_network is not None and needs_network(spec.environment):
+                    try:
+                        route = await stack.enter_async_context(
+                            self._build_network.route(spec.hash, spec.base_image)
+                        )
+                    except BuildNetworkError as exc:
+                        raise BuildFailed(str(exc)) from None
+                image_id, size = await docker_client.call(
+                    build_image,
+                    self._docker,
+                    spec,
+                    key_prefix=self._settings.key_prefix,
+                    timeout=self._settings.build_timeout_seconds,
+                    progress=progress,
+                    route=route,
+                )
         except BuildFailed as exc:
             self._observe_build("failure", time.monotonic() - started)
             if self._settings.build_failure_ttl_seconds:

@@ -2,8 +2,10 @@
 
 Everything that can change the built image is an input here: the base image (name and ID, so a
 rebuilt base gives new worker images), the agent type, the sorted modules, the content of every
-template file used, the wrapper's version and the digest of its source, and the versions of the
-dependencies vendored beside it. Nothing per-worker (instructions, prompt, allowed commands) is.
+template file used, the environment's resolved spec (SPEC §9: its canonical form, and the
+version of the recipe that renders it), the wrapper's version and the digest of its source, and
+the versions of the dependencies vendored beside it. Nothing per-worker (instructions, prompt,
+allowed commands) is.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from string import Template
 from typing import Any
 
 import worker_base
+from worker_manager.contract.environments import EnvironmentSpec
 from worker_manager.contract.kinds import AgentType, Module
+from worker_manager.environments.recipe import RECIPE_VERSION, render_steps
 from worker_manager.images.agent_binaries import AgentBinary
 
 SCHEMA = 3
@@ -63,12 +67,15 @@ def isolated_python(module: str) -> tuple[str, ...]:
     script's directory on ``sys.path``), so that ``sys.path`` is the image's own directories
     (root's, read-only) plus :data:`WRAPPER_DIR`, and nothing the agent or a repository wrote
     (an ``asyncio.py`` in ``/workspace``, a ``.pth`` or ``usercustomize.py`` under the agent's
-    ``~/.local``) is ever imported by it."""
+    ``~/.local``) is ever imported by it. And with ``-S`` (no ``site``): no site-packages at
+    all, so neither a package an environment installed (``environments.recipe``: its venv is
+    first on ``PATH``, so ``python3`` may be the venv's) nor its ``.pth`` files run in the root
+    wrapper; the wrapper needs only the standard library and what it vendors."""
     bootstrap = (
         f"import runpy, sys; sys.path.insert(0, {WRAPPER_DIR!r}); "
         f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
     )
-    return ("python3", "-I", "-B", "-u", "-c", bootstrap)
+    return ("python3", "-I", "-S", "-B", "-u", "-c", bootstrap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +181,8 @@ class ImageSpec:
     agent_binary: AgentBinary | None = None
     #: The base already has the worker's user (:func:`has_worker_user` of its labels).
     base_has_worker_user: bool = False
+    #: The environment's spec, resolved (its ``base`` is :attr:`base_image`); None: none.
+    environment: EnvironmentSpec | None = None
 
     @property
     def agent_snippet(self) -> str:
@@ -209,6 +218,8 @@ class ImageSpec:
             "files": digest_tree(files) if files else None,
             "build_args": dict(sorted(self.build_args)),
             "agent_binary": self.agent_binary.identity() if self.agent_binary else None,
+            "environment": self.environment.canonical() if self.environment else None,
+            "recipe": RECIPE_VERSION,
             "wrapper": wrapper_identity(),
         }
 
@@ -254,6 +265,7 @@ class ImageSpec:
             base_image=self.base_image,
             modules=modules or "# (none)",
             agent=agent,
+            environment=render_steps(self.environment),
             worker_user=worker_user,
             labels=label_line,
         )

@@ -2,5 +2,5 @@
 (``http``, which sees the manager only as a ``HealthSource``) and its metrics.
 
 May import: ``core``, ``contract``, ``settings``, ``client``, ``console``, ``images``, ``egress``,
-``workspaces``, ``workers``, ``commands``.
+``environments``, ``workspaces``, ``workers``, ``commands``.
 """

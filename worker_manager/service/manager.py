@@ -28,6 +28,7 @@ from worker_manager.core.logs import get_logger, redact_url
 from worker_manager.core.outages import ride_out
 from worker_manager.core.supervisor import Supervisor
 from worker_manager.egress.control import wm_families
+from worker_manager.environments.build_network import EgressBuildNetwork
 from worker_manager.images.gc_execute import gc_loop
 from worker_manager.images.service import ImageService
 from worker_manager.service.http import HttpServer
@@ -84,9 +85,17 @@ class Manager:
         # --- the worker lifecycle ------------------------------------------------------------
         self.store = WorkerStore(self.redis, s)
         self.acl = WorkerAcl(self.redis, s)
-        self.images = ImageService(s, self.redis, self.docker, self.metrics.image_build)
-        self.containers = ContainerRuntime(s, self.docker)
         self.containment = Containment(s)
+        #: An environment's build reaches only WM_BUILD_EGRESS, through the egress service.
+        self.build_network = (
+            EgressBuildNetwork(s, self.docker, self.containment.client)
+            if self.containment.enabled
+            else None
+        )
+        self.images = ImageService(
+            s, self.redis, self.docker, self.metrics.image_build, build_network=self.build_network
+        )
+        self.containers = ContainerRuntime(s, self.docker)
         creates = WorkerTasks("provision")
         self.evidence = EvidenceBook(self.redis, s)
         self.lifecycle = Lifecycle(
@@ -306,6 +315,8 @@ class Manager:
         await self.acl.check_admin()
         if self.containment.enabled:
             await self.containment.client.ensure_running()
+        if self.build_network is not None:
+            await self.build_network.sweep()  # what a crashed build left
         await self._ensure_groups()
         await self.presence.beat()
         await self.reconciler.reconcile()

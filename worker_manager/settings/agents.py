@@ -32,6 +32,26 @@ class AgentSettings(BaseModel):
         default=None,
         description="A Claude Code binary on the manager's host to use instead of the wheel's.",
     )
+    codex_cli_version: str = Field(
+        default="0.163.0",
+        pattern=r"^[0-9][0-9A-Za-z.+-]*$",
+        description="The openai-codex-cli-bin wheel (OpenAI's own) whose Codex CLI binary CODEX "
+        "workers run; bump it to upgrade the CLI.",
+    )
+    codex_binary: Path | None = Field(
+        default=None,
+        description="A Codex CLI binary on the manager's host to use instead of the wheel's.",
+    )
+    openai_base_url: str = Field(
+        default="https://api.openai.com/v1",
+        validation_alias=AliasChoices("WM_OPENAI_BASE_URL", "OPENAI_BASE_URL"),
+        description="OpenAI's API (the Responses API, `/responses`) as the LLM gateway forwards "
+        "CODEX workers' requests to it; uncontained (WM_EGRESS=off), given to CODEX workers as "
+        "OPENAI_BASE_URL (a loopback host replaced by the Docker bridge gateway).",
+    )
+    openai_model: str | None = Field(
+        default=None, description="Given to CODEX workers as OPENAI_MODEL; unset: the CLI's."
+    )
     agent_cache_dir: Path = Field(
         default_factory=lambda: Path.home() / ".cache" / "worker-manager",
         description="Where downloaded agent wheels and their extracted binaries are kept.",
@@ -72,6 +92,9 @@ class AgentSettings(BaseModel):
         default=None,
         validation_alias=AliasChoices("WM_CLAUDE_CODE_OAUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"),
     )
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("WM_OPENAI_API_KEY", "OPENAI_API_KEY")
+    )
     factory_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("WM_FACTORY_API_KEY", "FACTORY_API_KEY")
     )
@@ -82,3 +105,8 @@ class AgentSettings(BaseModel):
         if not self.anthropic_base_url:
             return None
         return container_reachable_url(self.anthropic_base_url)
+
+    @cached_property
+    def workers_openai_base_url(self) -> str:
+        """``openai_base_url`` as uncontained workers reach it (resolved once: it asks Docker)."""
+        return container_reachable_url(self.openai_base_url)

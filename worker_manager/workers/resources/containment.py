@@ -4,7 +4,8 @@ With ``WM_EGRESS=on`` a worker's container has no network (``--network none``); 
 starts, this registers the worker with the host's egress service (:mod:`worker_manager.egress`),
 which creates its socket directory, and the container gets that directory at ``/run/wm`` and
 an environment that names only loopback relays: the proxy variables, the LLM gateway as
-``ANTHROPIC_BASE_URL`` and a per-worker token as ``ANTHROPIC_API_KEY``. When the worker ends
+``ANTHROPIC_BASE_URL`` (CODEX: ``OPENAI_BASE_URL``) and a per-worker token as
+``ANTHROPIC_API_KEY`` (``OPENAI_API_KEY``). When the worker ends
 its grant is revoked (its sockets disappear and its token stops working). ``WM_EGRESS=off``
 keeps the open bridge network of earlier versions (unsafe, documented so).
 """
@@ -37,6 +38,8 @@ from worker_manager.workers.resources.containers import WRAPPER_USER
 log = get_logger(__name__)
 
 WRAPPER_UID = int(WRAPPER_USER.partition(":")[0])
+#: The agents served by the LLM gateway, and the API it speaks for each (``Grant.gateway_api``).
+GATEWAY_AGENTS = {AgentType.CLAUDE: "anthropic", AgentType.CODEX: "openai"}
 
 
 class Containment:
@@ -67,7 +70,8 @@ class Containment:
             worker_id=worker_id,
             key_prefix=self._settings.key_prefix,
             egress=tuple(egress),
-            gateway_token=self.gateway_token(worker_id) if agent is AgentType.CLAUDE else "",
+            gateway_token=self.gateway_token(worker_id) if agent in GATEWAY_AGENTS else "",
+            gateway_api=GATEWAY_AGENTS.get(agent, "anthropic") if agent else "anthropic",
             factory_token=factory_token(self._settings, worker_id) if factory else "",
             max_cost_usd=command.max_cost_usd if command is not None else None,
             # Only the wrapper may connect: the agent runs as another user (WM_CONTAINER_USER)
@@ -148,12 +152,16 @@ def pooled_relays_env(settings: Settings) -> dict[str, str]:
 def contained_env(settings: Settings, agent_type: AgentType, worker_id: str) -> dict[str, str]:
     """What a contained container's environment says for the agent: its proxy, the roots its
     TLS clients trust (the public ones plus the egress service's CA, with which the proxy opens
-    the tunnels it adds an operator's credential to) and, for CLAUDE, the LLM gateway and the
-    worker's token in place of the operator's key; for FACTORY, a placeholder key."""
+    the tunnels it adds an operator's credential to) and, for CLAUDE and CODEX, the LLM gateway
+    and the worker's token in place of the operator's key; for FACTORY, a placeholder key."""
     env = proxy_env()
     if agent_type is AgentType.CLAUDE:
         env["ANTHROPIC_BASE_URL"] = GATEWAY_URL
         env["ANTHROPIC_API_KEY"] = gateway_token(settings, worker_id)
+    elif agent_type is AgentType.CODEX:
+        # OpenAI's base URL names its version (``…/v1``): the gateway's root stands for it.
+        env["OPENAI_BASE_URL"] = GATEWAY_URL
+        env["OPENAI_API_KEY"] = gateway_token(settings, worker_id)
     elif agent_type is AgentType.FACTORY:
         env["FACTORY_API_KEY"] = factory_token(settings, worker_id)
     return env

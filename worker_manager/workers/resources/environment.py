@@ -100,6 +100,8 @@ def agent_env(settings: Settings, agent_type: AgentType, worker_id: str) -> dict
     if contained(settings):
         if agent_type is AgentType.CLAUDE:
             env.update(_claude_settings(settings))
+        elif agent_type is AgentType.CODEX:
+            env.update(_codex_settings(settings))
         env.update(contained_env(settings, agent_type, worker_id))
         return env
     wanted: dict[str, SecretStr | None] = {}
@@ -112,6 +114,10 @@ def agent_env(settings: Settings, agent_type: AgentType, worker_id: str) -> dict
             "ANTHROPIC_API_KEY": settings.anthropic_api_key,
             "CLAUDE_CODE_OAUTH_TOKEN": settings.claude_code_oauth_token,
         }
+    elif agent_type is AgentType.CODEX:
+        env["OPENAI_BASE_URL"] = settings.workers_openai_base_url
+        env.update(_codex_settings(settings))
+        wanted = {"OPENAI_API_KEY": settings.openai_api_key}
     elif agent_type is AgentType.FACTORY:
         wanted = {"FACTORY_API_KEY": settings.factory_api_key}
     env.update({name: secret.get_secret_value() for name, secret in wanted.items() if secret})
@@ -125,3 +131,7 @@ def _claude_settings(settings: Settings) -> dict[str, str]:
     if settings.claude_max_retries is not None:
         env["CLAUDE_CODE_MAX_RETRIES"] = str(settings.claude_max_retries)
     return env
+
+
+def _codex_settings(settings: Settings) -> dict[str, str]:
+    return {"OPENAI_MODEL": settings.openai_model} if settings.openai_model else {}

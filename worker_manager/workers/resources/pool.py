@@ -1,8 +1,9 @@
 """Warm pools (``WM_WARM_POOL``): containers started before any create asks for them.
 
-Each shape (``CUSTOM``, ``CLAUDE+GIT``) may keep some started, unassigned workers on this manager.
-A pooled container runs a wrapper that waits for its assignment (``worker_base.assignment``): it
-has no Redis user, no agent command, no instructions, and does nothing until a create takes it.
+Each shape (``CUSTOM``, ``CLAUDE+GIT``, ``CLAUDE+GIT@node20`` with an environment of the
+catalogue) may keep some started, unassigned workers on this manager. A pooled container runs a
+wrapper that waits for its assignment (``worker_base.assignment``): it has no Redis user, no
+agent command, no instructions, and does nothing until a create takes it.
 
 - **Take.** A create of a pooled shape that names no ``worker_id`` takes one: a Lua script pops
   an id from ``<prefix>:pool:<manager>:<shape>`` (a set: two creates never get the same one) and
@@ -201,7 +202,7 @@ class WarmPool:
         worker_id = str(uuid.uuid4())
         self._launching.add(worker_id)
         try:
-            image = await self._images.ensure(shape.agent_type, list(shape.modules))
+            image = await self._images.ensure_shape(shape)
             sockets = await self._containment.admit(worker_id, None)
             await self._containers.launch(
                 LaunchSpec(

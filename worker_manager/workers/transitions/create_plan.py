@@ -4,7 +4,8 @@ The provisioner carries a create out (image, repository, Redis user, grant, cont
 Redis and Docker; what it does at each step is decided here first, over data alone, the way the
 ending path's rule is :func:`~worker_manager.workers.transitions.lifecycle.outcome_of`:
 
-* **the image**: the create's shape (agent type and sorted modules), found or built once;
+* **the image**: the create's shape (agent type and sorted modules) and its environment as it
+  was resolved when the create was accepted (SPEC §9), found or built once;
 * **the start**: hand a warm-pool container over when the create took one (the record's
   ``pool``), or start a container of its own;
 * **the repository**: none to check out, a checkout already done (the record keeps its commit
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from worker_manager.contract.commands import CreateCommand
+from worker_manager.contract.environments import ResolvedEnvironment
 from worker_manager.contract.kinds import Module, Shape
 from worker_manager.contract.record import WorkerRecord
 from worker_manager.settings import Settings
@@ -55,6 +57,8 @@ class CreatePlan:
     own_redis_user: bool = True
     #: The host's Docker socket, mounted for the ``DOCKER`` module (None: not mounted).
     docker_socket: str | None = None
+    #: The toolchain its image is built with (as saved: resolved); None: none.
+    environment: ResolvedEnvironment | None = None
 
 
 def repository_of(
@@ -75,8 +79,16 @@ def plan_create(command: CreateCommand, settings: Settings, record: WorkerRecord
     as granted: ``contract.create_spec``); ``record`` the worker's record as it is now."""
     step, checked_out = repository_of(command, record)
     granted = command.egress if command.egress is not None else settings.egress_default
+    environment = command.environment
+    if not isinstance(environment, ResolvedEnvironment):
+        # Saved specs are resolved (``contract.create_spec``); anything else is a bug upstream.
+        assert environment is None, "a saved create's environment is resolved"
     return CreatePlan(
-        shape=Shape(command.agent_type, tuple(sorted(set(command.modules)))),
+        shape=Shape(
+            command.agent_type,
+            tuple(sorted(set(command.modules))),
+            environment.name if environment is not None else None,
+        ),
         hand_over=bool(record.pool),
         repository=step,
         checked_out=checked_out,
@@ -87,4 +99,5 @@ def plan_create(command: CreateCommand, settings: Settings, record: WorkerRecord
         egress=tuple(granted),
         own_redis_user=settings.worker_acl,
         docker_socket=settings.docker_module_socket if Module.DOCKER in command.modules else None,
+        environment=environment,
     )

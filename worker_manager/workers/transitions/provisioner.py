@@ -112,7 +112,10 @@ class Provisioner:
                 return
             await self._store.progress(worker_id, "finding its image")
             image = await self._images.ensure(
-                plan.shape.agent_type, list(plan.shape.modules), self._reporter(worker_id)
+                plan.shape.agent_type,
+                list(plan.shape.modules),
+                self._reporter(worker_id),
+                environment=plan.environment,
             )
             if not await self._store.update(
                 worker_id, {"image": image.tag, "image_hash": image.hash}

@@ -45,6 +45,7 @@ from worker_manager.core import docker_client
 from worker_manager.core.clock import unix_or_none
 from worker_manager.core.logs import get_logger
 from worker_manager.core.outages import OUTAGE_ERRORS
+from worker_manager.egress.grants import BUILD_GRANT_PREFIX
 from worker_manager.settings import Settings
 from worker_manager.workers.resources.acl import WorkerAcl
 from worker_manager.workers.resources.containers import ContainerRuntime
@@ -263,6 +264,8 @@ class Reconciler:
             owner = grant.owner or grant.worker_id
             if grant.key_prefix != self._settings.key_prefix or owner in known:
                 continue
+            if grant.worker_id.startswith(BUILD_GRANT_PREFIX):
+                continue  # an image build's, removed with its build (or its sweep at start)
             if grant.age_seconds < 60 or self._provisioner.is_active(owner):
                 continue
             await self._containment.release(grant.worker_id)
