@@ -90,6 +90,13 @@ def test_first_heartbeat_makes_a_starting_worker_running() -> None:
     assert v.fields == {"last_activity_at": iso_from_unix(NOW), "cost_usd": "0.5"}
 
 
+def test_a_beat_before_the_container_started_is_an_earlier_containers() -> None:
+    """A suspended wrapper may beat once more while it stops; on resume that beat must not make
+    the worker RUNNING before its new container has started (then expire: heartbeat_lost)."""
+    stale = verdict(Observed("w", record("STARTING"), beat(NOW - 3, "0.5")))
+    assert not stale.running and stale.end is None and stale.fields == {}
+
+
 def test_a_running_worker_only_gets_what_changed() -> None:
     same = record("RUNNING", last_activity_at=NOW, cost_usd="0.5")
     assert verdict(Observed("w", same, beat(NOW, "0.5"))).fields == {}

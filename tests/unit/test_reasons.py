@@ -282,6 +282,20 @@ async def test_the_transition_and_sleep_steps_answer_in_typed_results() -> None:
     assert none == records.Transition(False, None)
 
 
+async def test_a_resume_forgets_the_heartbeat_the_stopping_wrapper_left() -> None:
+    """The suspend deletes the heartbeat, but the wrapper may beat once more while it stops;
+    the resume deletes it again, so only the new container's beat makes the worker RUNNING."""
+    s = await store()
+    await create(s, "w1")
+    await s.transition("w1", WorkerStatus.RUNNING, Moved.READY)
+    await s.suspend("w1", Slept.SUSPENDED)
+    heartbeat = s._keys.heartbeat("w1")
+    await s._redis.set(heartbeat, "1800000000.0", ex=15)  # the last beat, after the suspend
+    woke = await s.resume("w1", Moved.RESUME)
+    assert woke.result is SleepResult.RESUMED
+    assert not await s._redis.exists(heartbeat)
+
+
 async def test_a_transition_refuses_a_reason_that_leads_elsewhere() -> None:
     s = await store()
     await create(s, "w1")

@@ -336,11 +336,19 @@ class LlmGateway:
         self._owns_session = session is None
         self._in_flight = ConnectionLimit(max_requests_per_worker)
         self._body_bytes = ByteLimit(max_body_bytes_per_worker)
+        #: Charges under way (shielded: an answer cancelled at a stop still charges what it read);
+        #: ``settle_charges`` waits for them before the service ends.
+        self._charges: set[asyncio.Future[None]] = set()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_REQUEST_BYTES)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         return app
+
+    async def settle_charges(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) for the charges under way to reach Redis."""
+        if self._charges:
+            await asyncio.wait(set(self._charges), timeout=timeout)
 
     async def close(self) -> None:
         if self._owns_session and self._session is not None:
@@ -501,7 +509,7 @@ class LlmGateway:
             else:
                 upstream.close()  # one left mid-answer must not
             GATEWAY_REQUESTS.labels(outcome).inc()
-            await asyncio.shield(
+            charge = asyncio.ensure_future(
                 meter.charge(
                     self._redis,
                     usage_key,
@@ -510,6 +518,9 @@ class LlmGateway:
                     worker_id=worker.worker_id,
                 )
             )
+            self._charges.add(charge)
+            charge.add_done_callback(self._charges.discard)
+            await asyncio.shield(charge)
 
         try:
             try:

@@ -52,7 +52,7 @@ from worker_manager.core.clock import iso_now
 from worker_manager.core.connections import connect
 from worker_manager.core.keys import Keys
 from worker_manager.core.logs import get_logger
-from worker_manager.egress import meter, redis_relay
+from worker_manager.egress import redis_relay
 from worker_manager.egress.credentials import Credentials
 from worker_manager.egress.fingerprint import digest_key, settings_digests
 from worker_manager.egress.gateway import ANTHROPIC_API, OPENAI_API, GatewayWorker, LlmGateway
@@ -433,9 +433,8 @@ class EgressService:
         if answers:
             await asyncio.wait(answers, timeout=ANSWER_SETTLE_SECONDS)
         # A charge already under way when its answer was cancelled runs on, shielded.
-        charges = [task for task in asyncio.all_tasks() if _is_charge(task)]
-        if charges:
-            await asyncio.wait(charges, timeout=max(0.1, deadline - loop.time()))
+        for gateway in self._gateways.values():
+            await gateway.settle_charges(max(0.1, deadline - loop.time()))
         if answers:
             log.info("answers in flight cut and charged at stop", answers=len(answers))
 
@@ -461,12 +460,6 @@ class EgressService:
 #: How long a stop waits for the answers it cut to be charged (``control.stop_service`` waits
 #: well beyond it before it kills the service).
 ANSWER_SETTLE_SECONDS = 5.0
-
-
-def _is_charge(task: asyncio.Task[Any]) -> bool:
-    """Whether ``task`` runs :func:`worker_manager.egress.meter.charge` (a shielded one)."""
-    coroutine = task.get_coro()
-    return getattr(coroutine, "cr_code", None) is meter.charge.__code__
 
 
 async def _open_redis(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -135,8 +135,10 @@ redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'type', 'status',
 return {'suspended', 'RUNNING'}
 """
 
-# SUSPENDED -> STARTING: back onto the live set when there is room (as a create claims it).
-# KEYS: record lifecycle output live suspended owner_live_prefix
+# SUSPENDED -> STARTING: back onto the live set when there is room (as a create claims it), the
+# heartbeat gone: the suspended wrapper may have beaten once more while it stopped, after the
+# suspend deleted it, and that beat must not pass for the new container's first.
+# KEYS: record lifecycle output live suspended owner_live_prefix heartbeat
 # ARGV: reason timestamp lifecycle_maxlen output_maxlen max_live
 _RESUME = """
 local cur = redis.call('HMGET', KEYS[1], 'status', 'worker_id', 'owner')
@@ -148,6 +150,7 @@ redis.call('HDEL', KEYS[1], 'reason', 'started_at', 'container_id', 'suspended_a
 redis.call('SREM', KEYS[5], cur[2])
 redis.call('SADD', KEYS[4], cur[2])
 if cur[3] and cur[3] ~= '' then redis.call('SADD', KEYS[6] .. cur[3], cur[2]) end
+redis.call('DEL', KEYS[7])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'worker_id', cur[2], 'from',
   'SUSPENDED', 'to', 'STARTING', 'reason', ARGV[1], 'timestamp', ARGV[2])
 redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'type', 'status',
@@ -296,6 +299,7 @@ class WorkerStore:
                 self.live_key,
                 self.suspended_key,
                 keys.owner_live(""),
+                keys.heartbeat(worker_id),
             ],
             args=[
                 str(reason),

@@ -378,6 +378,10 @@ def heartbeat_verdict(
         if beat.budget_exceeded or seen.metered_budget_exceeded:
             return Verdict(end=Outcome(Ended.BUDGET_EXCEEDED, fields=fields))
         if record.status is WorkerStatus.STARTING:
+            if record.started_at is None:
+                # No container of this start yet: the beat is an earlier container's (a
+                # suspended wrapper beats while it stops), so it says nothing of this one.
+                return Verdict()
             return Verdict(running=True, fields=fields)
         return Verdict(fields=fields)
     started = record.status is WorkerStatus.STARTING and record.started_at is not None
