@@ -9,6 +9,7 @@ rules in isolation and the shapes it cannot be made to print on demand. The line
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,31 @@ def test_argv_runs_codex_inside_our_containment(
     # Unrestricted: no shims at all.
     assert not invocation.shims_by_agent
     assert not any(s.startswith("shell_environment_policy") for s in settings)
+
+
+def _provider(argv: list[str]) -> dict[str, Any]:
+    """The ``model_providers.wm`` table of an argv, read as Codex reads it (TOML)."""
+    setting = next(a for a in argv if a.startswith("model_providers.wm="))
+    table: dict[str, Any] = tomllib.loads(setting.replace("model_providers.wm=", "wm=", 1))["wm"]
+    return table
+
+
+@pytest.mark.parametrize(("value", "retries"), [("0", 0), (" 2 ", 2), (None, None), ("-1", None)])
+def test_the_retry_setting_bounds_codexs_retries(
+    config: FakeConfig, monkeypatch: pytest.MonkeyPatch, value: str | None, retries: int | None
+) -> None:
+    """Codex retries a failed request and a broken stream about five times (6-15 s) before a
+    turn fails; ``CODEX_MAX_RETRIES`` (from ``WM_CODEX_MAX_RETRIES``) sets both bounds."""
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:3129")
+    if value is None:
+        monkeypatch.delenv("CODEX_MAX_RETRIES", raising=False)
+    else:
+        monkeypatch.setenv("CODEX_MAX_RETRIES", value)
+    provider = _provider(CodexDriver(config, executable="/bin/true").invocation("x").argv)
+    assert provider["base_url"] == "http://127.0.0.1:3129"
+    assert provider["wire_api"] == "responses" and provider["env_key"] == "OPENAI_API_KEY"
+    assert provider.get("request_max_retries") == retries
+    assert provider.get("stream_max_retries") == retries
 
 
 def test_allowed_commands_set_the_path_of_codex_commands(config: FakeConfig) -> None:

@@ -56,6 +56,7 @@ async def codex(private_egress_dir: Path, harness: Harness, fake_openai: FakeOpe
         openai_base_url=fake_openai.url,
         openai_api_key=SecretStr(OPERATOR_KEY),
         openai_model=MODEL,
+        codex_max_retries=0,  # a failing API answers at once instead of after ~5 retries
         start_timeout_seconds=600,  # the first create downloads the wheel and builds the image
     )
     return harness
@@ -164,7 +165,11 @@ async def test_api_failures_turn_limits_timeouts_and_cancel(
     worker_id = await start_worker(codex, input_timeout_seconds=60, max_turns=1)
 
     for status in (401, 500):
+        calls = len(fake_openai.calls)
         events = await run_input(codex, worker_id, f"FAKE status {status}", timeout=120)
+        # WM_CODEX_MAX_RETRIES=0: asked once, not retried (Codex's default is ~5, 6-15 s).
+        asked = [call for call in fake_openai.calls[calls:] if call == ("POST", "/v1/responses")]
+        assert len(asked) == 1, fake_openai.calls[calls:]
         assert done_code(events) != 0, events
         assert result_of(events)["is_error"] is True
         errors = of(events, "error")

@@ -21,12 +21,18 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from tests.support.fake_openai import FakeOpenAI
 from worker_manager.core.keys import Keys
-from worker_manager.egress.gateway import OPENAI_API, GatewayWorker, LlmGateway
+from worker_manager.egress.gateway import (
+    MAX_BODY_BYTES_PER_WORKER,
+    OPENAI_API,
+    GatewayWorker,
+    LlmGateway,
+)
 from worker_manager.egress.pricing import OpenAIUsage
 from worker_manager.settings import Settings
 
@@ -86,7 +92,12 @@ async def start_gateway(
     root = Path(tempfile.mkdtemp(prefix="wm-gwo-"))
     cleanups: list[Callable[[], Awaitable[None]]] = []
 
-    async def start(*, max_cost_usd: float | None = None, upstream_url: str | None = None) -> Gw:
+    async def start(
+        *,
+        max_cost_usd: float | None = None,
+        upstream_url: str | None = None,
+        max_body_bytes_per_worker: int = MAX_BODY_BYTES_PER_WORKER,
+    ) -> Gw:
         socket = root / f"{len(cleanups)}" / "gateway.sock"
         socket.parent.mkdir()
         worker = GatewayWorker(
@@ -102,6 +113,7 @@ async def start_gateway(
             oauth_token=None,
             resolve={str(socket): worker}.get,
             api=OPENAI_API,
+            max_body_bytes_per_worker=max_body_bytes_per_worker,
         )
         runner = web.AppRunner(gateway.app(), access_log=None)
         await runner.setup()
@@ -194,6 +206,86 @@ async def test_refusals_come_in_openais_error_shape(
     async with gw.client.post("http://gateway/responses", json=body, headers=headers) as r:
         assert r.status == 200
     assert fake_openai.calls[calls:] == [("GET", "/v1/models"), ("POST", "/v1/responses")]
+
+
+def counter(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _asking(part: dict[str, Any], *, in_tool_output: bool = False) -> dict[str, Any]:
+    text = {"type": "input_text", "text": "FAKE say fetched"}
+    if in_tool_output:
+        items: list[Any] = [
+            {"type": "message", "role": "user", "content": [text]},
+            {"type": "function_call_output", "call_id": "c1", "output": [part]},
+        ]
+    else:
+        items = [{"type": "message", "role": "user", "content": [text, part]}]
+    return {"model": MODEL, "stream": True, "input": items}
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        (_asking({"type": "input_image", "image_url": "https://evil.example/a.png"}), "image_url"),
+        (_asking({"type": "input_image", "file_id": "file-operator"}), "file_id"),
+        (_asking({"type": "input_file", "file_url": "https://evil.example/a.pdf"}), "file_url"),
+        (_asking({"type": "input_file", "file_id": "file-operator"}), "file_id"),
+        (
+            _asking(
+                {"type": "input_image", "image_url": "http://169.254.169.254/"},
+                in_tool_output=True,
+            ),
+            "image_url",
+        ),
+    ],
+    ids=["image-url", "image-file-id", "file-url", "file-file-id", "url-in-tool-output"],
+)
+async def test_an_input_the_api_would_fetch_never_reaches_it(
+    start_gateway: Factory, fake_openai: FakeOpenAI, body: dict[str, Any], named: str
+) -> None:
+    gw = await start_gateway()
+    headers = {"Authorization": f"Bearer {gw.worker.token}"}
+    calls = len(fake_openai.calls)
+    refused = counter("wm_gateway_requests_total", outcome="refused_body")
+    async with gw.client.post("http://gateway/responses", json=body, headers=headers) as r:
+        assert r.status == 403
+        error = (await r.json())["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "permission_denied"
+    assert named in error["message"] and "data: URI" in error["message"]
+    assert fake_openai.calls[calls:] == []
+    assert counter("wm_gateway_requests_total", outcome="refused_body") == refused + 1
+    assert "cost_usd" not in await gw.usage()
+    # The same image carried in the body itself (a data: URI) goes through.
+    image = {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}
+    async with gw.client.post(
+        "http://gateway/responses", json=_asking(image, in_tool_output=True), headers=headers
+    ) as r:
+        assert r.status == 200
+        await r.read()
+    assert fake_openai.calls[calls:] == [("POST", "/v1/responses")]
+
+
+async def test_a_worker_past_its_bounds_is_told_in_openais_words(
+    start_gateway: Factory, fake_openai: FakeOpenAI
+) -> None:
+    """Codex retries OpenAI's rate limit (``type: requests``), and stops on a too-large body."""
+    gw = await start_gateway(max_body_bytes_per_worker=256 * 1024)
+    too_many = counter("wm_gateway_requests_total", outcome="too_many")
+    async with gw.post("FAKE say big\n" + "x" * (300 * 1024)) as response:
+        assert response.status == 429
+        error = (await response.json())["error"]
+    assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
+    assert counter("wm_gateway_requests_total", outcome="too_many") == too_many + 1
+    gw = await start_gateway()
+    body = b'{"model": "x", "input": "' + b"a" * (33 * 1024 * 1024) + b'"}'
+    headers = {"Authorization": f"Bearer {gw.worker.token}", "content-type": "application/json"}
+    async with gw.client.post("http://gateway/responses", data=body, headers=headers) as r:
+        assert r.status == 413
+        error = (await r.json())["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "request_too_large")
+    assert "32 MiB" in error["message"]
+    assert fake_openai.calls == []
 
 
 async def test_a_spent_budget_is_refused_as_insufficient_quota(

@@ -16,7 +16,10 @@ How it is run (flags of ``codex exec`` 0.163):
   Codex has no one to ask. The container is the boundary (SPEC §7), as for Claude Code.
 - the provider is the LLM gateway: ``model_providers.wm`` with ``base_url`` from
   ``OPENAI_BASE_URL``, ``env_key="OPENAI_API_KEY"`` (the worker's gateway token) and
-  ``wire_api="responses"``; ``OPENAI_MODEL`` picks the model when set;
+  ``wire_api="responses"``; ``OPENAI_MODEL`` picks the model when set; ``CODEX_MAX_RETRIES``
+  (the manager's ``WM_CODEX_MAX_RETRIES``), when set, is the provider's ``request_max_retries``
+  and ``stream_max_retries`` (Codex retries a failed request or stream about five times by
+  default, 6-15 s before a 401 or a 500 fails the turn);
 - ``allow_login_shell=false``: Codex runs commands as ``bash -c`` rather than ``bash -lc``,
   whose ``/etc/profile`` would reset ``PATH``; ``web_search="disabled"``: a search OpenAI runs
   on the worker's behalf would step around the egress proxy; :data:`DISABLED_FEATURES` and
@@ -125,13 +128,25 @@ def allowlist_instructions(allowed: Sequence[str]) -> str:
     )
 
 
-def provider_config(base_url: str) -> str:
+def provider_config(base_url: str, max_retries: int | None = None) -> str:
     """The ``model_providers.wm`` table: the Responses API at ``base_url``, keyed by
-    ``OPENAI_API_KEY`` (the worker's gateway token when contained)."""
+    ``OPENAI_API_KEY`` (the worker's gateway token when contained); ``max_retries``, when given,
+    bounds both Codex's retries of a request and of a broken stream (unset: Codex's default)."""
+    retries = (
+        ""
+        if max_retries is None
+        else f", request_max_retries={max_retries}, stream_max_retries={max_retries}"
+    )
     return (
         f"{{name={toml_string(PROVIDER)}, base_url={toml_string(base_url)}, "
-        f'env_key="OPENAI_API_KEY", wire_api="responses"}}'
+        f'env_key="OPENAI_API_KEY", wire_api="responses"{retries}}}'
     )
+
+
+def max_retries_of(value: str | None) -> int | None:
+    """``CODEX_MAX_RETRIES`` as a count, or None (unset, or not a count ≥ 0: Codex's default)."""
+    text = (value or "").strip()
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 class CodexDriver(StreamJsonDriver):
@@ -146,6 +161,7 @@ class CodexDriver(StreamJsonDriver):
             CostLedger(private_dir(config), config.max_cost_usd),
         )
         self._model = os.environ.get("OPENAI_MODEL") or None
+        self._max_retries = max_retries_of(os.environ.get("CODEX_MAX_RETRIES"))
         self._started_at = 0.0
         self._requests = 0
         self._last_message: str | None = None
@@ -185,7 +201,7 @@ class CodexDriver(StreamJsonDriver):
             "analytics.enabled=false",
             *(arg for feature in DISABLED_FEATURES for arg in ("--disable", feature)),
             "-c",
-            f"model_providers.{PROVIDER}={provider_config(base_url)}",
+            f"model_providers.{PROVIDER}={provider_config(base_url, self._max_retries)}",
             "-c",
             f"model_provider={toml_string(PROVIDER)}",
         ]

@@ -209,6 +209,10 @@ _OPENAI_KINDS: dict[str, tuple[str, str | None]] = {
     "invalid_request_error": ("invalid_request_error", None),
     "api_error": ("server_error", None),
     "insufficient_quota": ("insufficient_quota", "insufficient_quota"),
+    # Too many requests in flight / body bytes at once: as OpenAI's rate limit, which Codex
+    # and the SDKs retry (``insufficient_quota`` they do not).
+    "rate_limit_error": ("requests", "rate_limit_exceeded"),
+    "request_too_large": ("invalid_request_error", "request_too_large"),
 }
 
 

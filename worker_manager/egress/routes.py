@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -40,6 +40,7 @@ __all__ = [
     "forwarded_betas",
     "is_normal_path",
     "judge",
+    "openai_fetched",
 ]
 
 #: One segment of a path in normal form: RFC 3986 unreserved characters only.
@@ -152,6 +153,9 @@ class BodyPolicy:
     refused_sources: frozenset[str]
     #: Beta flags forwarded (``anthropic-beta``); the rest are dropped.
     betas: frozenset[str]
+    #: ``body`` -> what in it the API would fetch or read for the agent, named, or None; for a
+    #: body shaped unlike the Messages API's (OpenAI's ``input[]``, :func:`openai_fetched`).
+    fetched: Callable[[dict[str, Any]], str | None] | None = None
 
 
 #: What Claude Code sends (seen with the real CLI, tests/integration/test_gateway_claude.py:
@@ -243,6 +247,7 @@ OPENAI_BODY = BodyPolicy(
     tool_prefixes=(),
     refused_sources=frozenset(),
     betas=frozenset(),
+    fetched=lambda body: openai_fetched(body),  # defined below, with the other checks
 )
 
 
@@ -312,6 +317,43 @@ def body_refusal(policy: BodyPolicy, body: dict[str, Any]) -> str | None:
                 "(the API would fetch it for the agent); send the content itself (base64 or "
                 "text)"
             )
+    return policy.fetched(body) if policy.fetched is not None else None
+
+
+#: Keys of a Responses API input part that name something the API fetches: an image or a file
+#: by URL (only a ``data:`` URI carries the content itself), or one of the account's files.
+_URL_KEYS = ("image_url", "file_url")
+
+
+def openai_fetched(body: dict[str, Any]) -> str | None:
+    """What in a Responses API request's ``input`` the API would fetch or read for the agent,
+    named, or None: an ``input_image``/``input_file`` (anywhere: in a message's content, in a
+    tool call's output, a screenshot) given by an ``image_url``/``file_url`` that is not a
+    ``data:`` URI, or by a ``file_id`` (the account's files are the operator's). Annotations
+    (citations of a file in the model's own earlier answer) are not fetched, and are skipped."""
+    pending: list[Any] = [body.get("input")]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, list):
+            pending.extend(value)
+            continue
+        if not isinstance(value, dict):
+            continue
+        if value.get("file_id") is not None:
+            return (
+                f"the gateway does not forward an input by file_id ({_shown(value['file_id'])!r}:"
+                " the account's files are the operator's); send the content itself (a data: URI)"
+            )
+        for key in _URL_KEYS:
+            url = value.get(key)
+            if isinstance(url, dict):  # ``{"url": …}``, as Chat Completions words it
+                url = url.get("url")
+            if url is not None and not (isinstance(url, str) and url[:5].lower() == "data:"):
+                return (
+                    f"the gateway does not forward an input by URL ({key} {_shown(url)!r}: the "
+                    "API would fetch it for the agent); send the content itself (a data: URI)"
+                )
+        pending.extend(v for k, v in value.items() if k != "annotations")
     return None
 
 

@@ -52,6 +52,13 @@ class AgentSettings(BaseModel):
     openai_model: str | None = Field(
         default=None, description="Given to CODEX workers as OPENAI_MODEL; unset: the CLI's."
     )
+    codex_max_retries: int | None = Field(
+        default=None,
+        ge=0,
+        description="How often Codex retries a failed API request or a broken stream before it "
+        "reports the error (its provider's request_max_retries and stream_max_retries); unset: "
+        "the CLI's default (about 5, 6-15 s before a 401 or a 500 fails the turn).",
+    )
     agent_cache_dir: Path = Field(
         default_factory=lambda: Path.home() / ".cache" / "worker-manager",
         description="Where downloaded agent wheels and their extracted binaries are kept.",

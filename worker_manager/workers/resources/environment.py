@@ -134,4 +134,9 @@ def _claude_settings(settings: Settings) -> dict[str, str]:
 
 
 def _codex_settings(settings: Settings) -> dict[str, str]:
-    return {"OPENAI_MODEL": settings.openai_model} if settings.openai_model else {}
+    env: dict[str, str] = {}
+    if settings.openai_model:
+        env["OPENAI_MODEL"] = settings.openai_model
+    if settings.codex_max_retries is not None:
+        env["CODEX_MAX_RETRIES"] = str(settings.codex_max_retries)  # read by the Codex driver
+    return env
