@@ -19,6 +19,7 @@ from worker_manager.environments.recipe import (
     needs_network,
     render_steps,
 )
+from worker_manager.images.build import LogLines
 from worker_manager.settings import Settings
 from worker_manager.settings.environments import DEFAULT_BUILD_EGRESS
 
@@ -155,3 +156,19 @@ def test_a_build_grant_reports_nothing_and_old_grants_still_do() -> None:
     assert quiet.report is False
     assert Grant.from_json(grant.to_json()).report is True
     assert Grant.from_json('{"worker_id": "w1", "key_prefix": "w"}').report is True
+
+
+def test_a_message_split_across_stream_chunks_is_read_whole() -> None:
+    """The Engine's build stream is not cut at line ends: apt's ``E: `` and the rest of its
+    message can arrive in two chunks (seen in a CI run), and the reason must name the package."""
+    lines = LogLines()
+    read = [*lines.feed("Building dependency tree...\nE: "), *lines.feed("Unable to locate ")]
+    read += lines.feed("package nosuchpkg-wm\nReading")
+    read += lines.flush()
+    assert read == [
+        "Building dependency tree...",
+        "E: Unable to locate package nosuchpkg-wm",
+        "Reading",
+    ]
+    assert failure_lines(read) == "E: Unable to locate package nosuchpkg-wm"
+    assert lines.flush() == [] and lines.feed("") == []

@@ -51,6 +51,25 @@ def clean_log_line(line: str) -> str:
     return _CONTROL.sub("", _ANSI.sub("", line))
 
 
+class LogLines:
+    """Whole lines out of a build's stream chunks, which are not cut at line ends: apt writes
+    ``E: `` and the rest of its message apart, and the two may arrive in separate chunks (a
+    reason must read ``E: Unable to locate package …`` whole)."""
+
+    def __init__(self) -> None:
+        self._pending = ""
+
+    def feed(self, text: str) -> list[str]:
+        """The lines ``text`` completes; an unfinished last line waits for the next chunk."""
+        whole, _, self._pending = (self._pending + text).rpartition("\n")
+        return whole.splitlines() if whole else []
+
+    def flush(self) -> list[str]:
+        """What is left at the end of the stream."""
+        rest, self._pending = self._pending, ""
+        return rest.splitlines()
+
+
 class BuildFailed(Exception):
     """The image could not be built; ``message`` ends with the build log's last lines."""
 
@@ -101,8 +120,11 @@ def build_image(
                 timeout=int(timeout),
                 **network,
             )
-            for chunk in stream:
-                for raw in str(chunk.get("stream", "")).splitlines():
+            lines = LogLines()
+
+            def read(raws: list[str]) -> None:
+                nonlocal last_step
+                for raw in raws:
                     line = clean_log_line(raw)
                     if numbered := _STEP_LINE.match(line):
                         progress(int(numbered.group(1)), int(numbered.group(2)))
@@ -114,9 +136,14 @@ def build_image(
                         step = _STEP_IMAGE.match(line.rstrip())
                         if step:
                             last_step = step.group(1)
+
+            for chunk in stream:
+                read(lines.feed(str(chunk.get("stream", ""))))
                 if "error" in chunk:
+                    read(lines.flush())
                     error = clean_log_line(str(chunk["error"])).strip()
                     tail.append(error[:_LINE_CHARS])
+            read(lines.flush())
     except (docker.errors.DockerException, OSError) as exc:  # incl. requests' errors
         error = f"{type(exc).__name__}: {exc}"[:_LINE_CHARS]
     if error is not None:
