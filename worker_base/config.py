@@ -78,6 +78,12 @@ class WrapperConfig:
     #: Loopback ports the wrapper relays to Unix sockets (a contained worker's proxy and LLM
     #: gateway, ``WM_RELAYS``: JSON object port -> socket path).
     relays: tuple[tuple[int, str], ...] = ()
+    #: Loopback ports of the worker's services (SPEC §9, ``WM_SERVICE_PORTS``): no input is
+    #: read before each answers (or ``service_wait`` has passed: the manager judges a service
+    #: that never does), so an input that wakes a suspended worker never meets a service still
+    #: starting.
+    service_ports: tuple[int, ...] = ()
+    service_wait: float = 120.0
     # --- ours, not set by the manager: tuning knobs with safe defaults -----------------------
     #: Seconds between SIGTERM and SIGKILL when a run is cancelled.
     cancel_grace: float = 5.0
@@ -145,6 +151,9 @@ class WrapperConfig:
             env["WM_MAX_COST_USD"] = repr(self.max_cost_usd)
         if self.relays:
             env["WM_RELAYS"] = relays_env(self.relays)
+        if self.service_ports:
+            env["WM_SERVICE_PORTS"] = ",".join(str(port) for port in self.service_ports)
+            env["WM_SERVICE_WAIT_SECONDS"] = repr(self.service_wait)
         if self.wrapper_dir_override is not None:
             env["WM_WRAPPER_DIR"] = str(self.wrapper_dir_override)
         if self.agent_user is not None:
@@ -236,6 +245,8 @@ class WrapperConfig:
             max_turns=None if max_turns is None else int(max_turns),
             max_cost_usd=_optional(environ, "WM_MAX_COST_USD", minimum=0),
             relays=relays_from_env(environ),
+            service_ports=_ports(environ, "WM_SERVICE_PORTS"),
+            service_wait=_number(environ, "WM_SERVICE_WAIT_SECONDS", 120.0, minimum=0),
             cancel_grace=_number(environ, "WM_CANCEL_GRACE_SECONDS", 5.0, minimum=0),
             block_ms=block_ms,
             socket_timeout=socket_timeout,
@@ -342,6 +353,17 @@ def parse_user(text: str | None) -> tuple[int, int] | None:
     if not uid.isdigit() or (gid and not gid.isdigit()):
         raise ConfigError(f"WM_AGENT_USER must be uid or uid:gid in numbers, not {text!r}.")
     return int(uid), int(gid or uid)
+
+
+def _ports(environ: Mapping[str, str], name: str) -> tuple[int, ...]:
+    """A comma-separated list of TCP ports (1-65535)."""
+    raw = environ.get(name, "").strip()
+    ports: list[int] = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        if not (item.isdigit() and 0 < int(item) < 65536):
+            raise ConfigError(f"{name} must be a comma-separated list of ports (1-65535).")
+        ports.append(int(item))
+    return tuple(ports)
 
 
 def relays_env(relays: tuple[tuple[int, str], ...]) -> str:

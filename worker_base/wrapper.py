@@ -116,6 +116,7 @@ class Wrapper:
             if pending is None:
                 log.info("stopped before Redis was reachable")
                 return 0
+            await self._await_services()
             self._begin(pending)
             while True:
                 job = await self._next_job()
@@ -166,6 +167,19 @@ class Wrapper:
                 return pending
             await self._sleep_unless_stopped(backoff.failed(exc))
         return None
+
+    async def _await_services(self) -> None:
+        """Until each of the worker's services answers on its loopback port (SPEC §9), or the
+        wait is over (the manager judges a service that never answers), or a stop."""
+        ports = list(self._config.service_ports)
+        deadline = asyncio.get_running_loop().time() + self._config.service_wait
+        while ports and not self._stop.is_set():
+            ports = [port for port in ports if not await _answers(port)]
+            if not ports or asyncio.get_running_loop().time() >= deadline:
+                break
+            await self._sleep_unless_stopped(0.05)
+        if ports:
+            log.warning("services on ports %s did not answer; reading inputs anyway", ports)
 
     def _begin(self, pending: list[InputEntry]) -> None:
         """Ready: the status event, the first heartbeat, then the background tasks."""
@@ -434,3 +448,15 @@ class Wrapper:
         if not await self._writer.flush(SHUTDOWN_FLUSH):
             log.error("%d output events were not written (Redis unreachable)", self._writer.pending)
         log.info("stopped")
+
+
+async def _answers(port: int) -> bool:
+    """Whether something accepts a connection on ``127.0.0.1:port``."""
+    try:
+        _reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True

@@ -100,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
         '\'{"apt": ["jq"], "pip": ["pytest"]}\'',
     )
     create.add_argument(
+        "--service",
+        action="append",
+        default=[],
+        dest="services",
+        metavar="JSON",
+        help="a service beside it, reached on 127.0.0.1: a JSON object such as "
+        '\'{"name": "db", "image": "pg16", "command": ["postgres"], "port": 5432}\'; repeat',
+    )
+    create.add_argument(
         "--wait",
         action="store_true",
         help="after the reply, wait until the worker is RUNNING (or has failed)",

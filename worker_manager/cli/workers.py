@@ -52,6 +52,13 @@ async def _create(args: argparse.Namespace, settings: Settings) -> int:
             err_console.print(f"[red]--metadata wants KEY=VALUE, got {item!r}[/red]")
             return 2
         metadata[key] = value
+    services: list[object] = []
+    for text in args.services:
+        try:
+            services.append(json.loads(text))
+        except ValueError as exc:
+            err_console.print(f"[red]--service wants a JSON object: {exc}[/red]", markup=True)
+            return 2
     fields: dict[str, object] = {
         "agent_type": args.agent_type,
         "worker_id": args.worker_id,
@@ -69,6 +76,7 @@ async def _create(args: argparse.Namespace, settings: Settings) -> int:
         "repository": repository,
         "env": env or None,
         "environment": args.environment or None,
+        "services": services or None,
     }
 
     async def body(client: CommandClient, redis: Redis) -> int:

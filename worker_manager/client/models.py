@@ -41,6 +41,9 @@ class WorkerInfo:
     #: Its environment (SPEC §9): the catalogue's name, or ``sha256:<hex>`` of an ad hoc spec;
     #: "" without one.
     environment: str = ""
+    #: Its services (SPEC §9): name -> state (``starting``, ``running``, ``stopped`` while it
+    #: is suspended, ``exited with code N``, ``removed``); empty without any.
+    services: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_live(self) -> bool:
@@ -105,6 +108,7 @@ class WorkerInfo:
             workspace=workspace,
             suspended_at=str(fields.get("suspended_at") or ""),
             environment=str(fields.get("environment") or ""),
+            services={str(k): str(v) for k, v in as_json("services", {}).items()},
         )
 
 

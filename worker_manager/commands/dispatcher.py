@@ -33,6 +33,7 @@ from worker_manager.core.durability import replicated
 from worker_manager.core.errors import CommandError, ErrorCode, InvalidCommand
 from worker_manager.core.logs import get_logger
 from worker_manager.environments import catalogue
+from worker_manager.services.resolve import resolve as resolve_services
 from worker_manager.settings import Settings
 from worker_manager.typing import CommandObserver
 
@@ -140,7 +141,12 @@ class Dispatcher:
             except InvalidCommand as exc:
                 await self._refuse(delivery, ErrorCode.INVALID_COMMAND, exc.message, exc.message)
                 return "invalid"
-            cmd = cmd.model_copy(update={"environment": environment})
+            try:
+                services = resolve_services(cmd.services, self._settings)
+            except InvalidCommand as exc:
+                await self._refuse(delivery, ErrorCode.INVALID_COMMAND, exc.message, exc.message)
+                return "invalid"
+            cmd = cmd.model_copy(update={"environment": environment, "services": services})
         if self._producer is not None and isinstance(cmd, CreateCommand):
             # The owner is who sent it: its stream says so, whatever the field said.
             owned = {**cmd.metadata, "owner": self._producer}

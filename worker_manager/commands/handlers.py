@@ -24,6 +24,8 @@ from worker_manager.contract.reply import Reply
 from worker_manager.core.errors import CommandError, ErrorCode
 from worker_manager.core.logs import get_logger
 from worker_manager.environments import catalogue
+from worker_manager.services.plan import STARTING as SERVICE_STARTING
+from worker_manager.services.resolve import resolve as resolve_services
 from worker_manager.settings import Settings
 from worker_manager.workers.resources.pool import WarmPool
 from worker_manager.workers.state.records import CreateResult, Limit, WorkerStore
@@ -63,6 +65,7 @@ class Handlers:
             raise CommandError(ErrorCode.BUILD_FAILED, problem)
         # Resolved by the dispatcher already (refusals are dead-lettered there); a no-op then.
         environment = catalogue.resolve(cmd.environment, self._settings)
+        services = resolve_services(cmd.services, self._settings)
         # A catalogue environment is part of the pool's shape (``CLAUDE@node20``); an ad hoc
         # spec is in no pool.
         name = environment.name if environment is not None else None
@@ -71,14 +74,15 @@ class Handlers:
         # A create that names its own worker takes the ordinary path; otherwise a ready pooled
         # worker of its shape, if this manager keeps one (the same one on a redelivery).
         pooled = None
-        if cmd.worker_id is None and self._pool is not None and not adhoc:
+        # A pooled container has no services beside it.
+        if cmd.worker_id is None and self._pool is not None and not adhoc and not services:
             pooled = await self._pool.take(shape, cmd.request_id)
         worker_id = cmd.worker_id or pooled or str(uuid.uuid5(WORKER_ID_NAMESPACE, cmd.request_id))
         # The grant as granted: the create's, or this deployment's default when it names none
         # (an explicit [] grants nothing). Kept in the spec too, so the container enforces
         # what the record shows even if another manager, with another default, starts it.
         egress = cmd.egress if cmd.egress is not None else list(self._settings.egress_default)
-        spec = spec_of(cmd, egress, environment)
+        spec = spec_of(cmd, egress, environment, services)
         owner = cmd.metadata.get("owner", "")
         fields = {
             "agent_type": cmd.agent_type.value,
@@ -88,6 +92,10 @@ class Handlers:
         }
         if environment is not None:
             fields["environment"] = environment.label
+        if services:
+            fields["services"] = json.dumps(
+                {service.name: SERVICE_STARTING for service in services}, separators=(",", ":")
+            )
         if pooled is not None:
             fields["pool"] = str(shape)
         if cmd.idle_timeout_seconds is not None:

@@ -84,6 +84,17 @@ def metadata_of(record: WorkerRecord) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
+def services_of(record: WorkerRecord) -> str:
+    """Its services and their states (SPEC §9): ``db running, cache stopped``."""
+    try:
+        states = json.loads(record.text("services") or "{}")
+    except ValueError:
+        return ""
+    if not isinstance(states, dict):
+        return ""
+    return ", ".join(f"{name} {state}" for name, state in sorted(states.items()))
+
+
 def environment_of(record: WorkerRecord) -> str:
     """Its environment (SPEC §9): a catalogue name, or an ad hoc spec's digest, cut."""
     label = record.text("environment")
@@ -202,7 +213,8 @@ def worker_page(
         f'<p>status <b id="status">{e(record.text("status"))}</b> '
         f'<span id="reason">{e(record.text("reason"))}</span></p>'
         f"<p>agent <b>{e(record.text('agent_type'))}</b> environment "
-        f'<b id="environment">{e(record.text("environment") or "none")}</b></p>'
+        f'<b id="environment">{e(record.text("environment") or "none")}</b> services '
+        f'<b id="services">{e(services_of(record) or "none")}</b></p>'
         f'<form method=post action="{action}/send">{hidden}'
         "<textarea name=content rows=3 cols=80></textarea><br>"
         "<button type=submit>Send</button></form>"

@@ -33,6 +33,7 @@ from worker_manager.contract.environments import (
 )
 from worker_manager.contract.kinds import AgentType, Module
 from worker_manager.contract.limits import CommandLimits
+from worker_manager.contract.services import ResolvedService, ServiceSpec, parse_services
 from worker_manager.contract.workspace import Repository, SourceError, checkout_grant
 from worker_manager.core.errors import InvalidCommand
 
@@ -161,6 +162,9 @@ class CreateCommand(_Command):
     #: The toolchain (SPEC §9): as sent, a catalogue name or a spec (``contract.environments``);
     #: as saved, resolved against the catalogue (``environments.catalogue``).
     environment: str | EnvironmentSpec | ResolvedEnvironment | None = None
+    #: Services beside the worker (SPEC §9): as sent (``contract.services``); as saved, their
+    #: images resolved against the deployment (``services.resolve``).
+    services: tuple[ServiceSpec | ResolvedService, ...] = ()
 
     @field_validator("worker_id", mode="before")
     @classmethod
@@ -264,6 +268,11 @@ class CreateCommand(_Command):
         if isinstance(value, str) and value.lstrip().startswith("{"):
             value = _json_text(value, "an environment spec")
         return parse_environment(value)
+
+    @field_validator("services", mode="before")
+    @classmethod
+    def _services(cls, value: Any) -> Any:
+        return parse_services(value)
 
     @field_validator("modules", mode="before")
     @classmethod

@@ -6,7 +6,8 @@ repository sources and reply prefix). What the manager needs of it afterwards (t
 to start it again on resume, to finish it after a crash, perhaps on another manager) is saved
 once, as ``<prefix>:<id>:spec``, by :func:`spec_of`: the command as granted (the egress grant
 resolved, so every manager starts it with the grant the record shows; its ``environment``
-resolved against the catalogue, so a catalogue changed since never changes its image) without
+and its services' images resolved against the catalogue, so a catalogue changed since never
+changes them) without
 its ``prompt`` (which waits in its own key for the first heartbeat).
 
 Loading it back (:func:`load_spec`) does not validate it again. The validators judge a command
@@ -27,6 +28,7 @@ from typing import Any
 from worker_manager.contract.commands import CreateCommand
 from worker_manager.contract.environments import ResolvedEnvironment
 from worker_manager.contract.kinds import AgentType, Module
+from worker_manager.contract.services import ResolvedService
 from worker_manager.contract.workspace import Repository
 
 
@@ -34,12 +36,15 @@ def spec_of(
     command: CreateCommand,
     egress: Sequence[str],
     environment: ResolvedEnvironment | None = None,
+    services: Sequence[ResolvedService] = (),
 ) -> dict[str, Any]:
     """What is saved of a validated create: JSON-ready, the grant as granted, the environment
-    as resolved (``environments.catalogue``), no prompt."""
-    spec = command.model_dump(mode="json", exclude={"prompt", "environment"})
+    and the services' images as resolved (``environments.catalogue``, ``services.resolve``), no
+    prompt."""
+    spec = command.model_dump(mode="json", exclude={"prompt", "environment", "services"})
     spec["egress"] = list(egress)
     spec["environment"] = environment.model_dump(mode="json") if environment else None
+    spec["services"] = [service.model_dump(mode="json") for service in services]
     return spec
 
 
@@ -56,6 +61,12 @@ def load_spec(spec: Mapping[str, Any]) -> CreateCommand:
     environment = fields.get("environment")
     fields["environment"] = (
         ResolvedEnvironment.from_saved(environment) if isinstance(environment, Mapping) else None
+    )
+    services = fields.get("services")
+    fields["services"] = tuple(
+        ResolvedService.from_saved(service)
+        for service in (services if isinstance(services, list) else ())
+        if isinstance(service, Mapping)
     )
     repository = fields.get("repository")
     if isinstance(repository, Mapping):

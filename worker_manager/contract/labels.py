@@ -21,3 +21,7 @@ LABEL_MIRROR = "worker-manager.mirror"
 LABEL_CHECKOUT = "worker-manager.checkout"
 #: On an image build's network sidecar (``environments.build_network``): the image's hash.
 LABEL_BUILD_NETWORK = "worker-manager.build-network"
+#: On a service's container (SPEC §9): the worker it serves (not ``LABEL_WORKER``: it is not
+#: the worker's container) and the service's name.
+LABEL_SERVICE_OF = "worker-manager.service_of"
+LABEL_SERVICE = "worker-manager.service"

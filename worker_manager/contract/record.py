@@ -38,6 +38,7 @@ RECORD_FIELDS = (
     "workspace",
     "suspended_at",
     "environment",
+    "services",
 )
 
 

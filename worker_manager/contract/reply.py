@@ -30,6 +30,7 @@ STATUS_DETAILS = (
     "workspace",
     "suspended_at",
     "environment",
+    "services",
 )
 
 

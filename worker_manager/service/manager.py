@@ -33,6 +33,8 @@ from worker_manager.images.gc_execute import gc_loop
 from worker_manager.images.service import ImageService
 from worker_manager.service.http import HttpServer
 from worker_manager.service.metrics import Metrics
+from worker_manager.services.runtime import ServiceRuntime
+from worker_manager.services.starter import ServiceStarter
 from worker_manager.settings import Settings
 from worker_manager.typing import CommandObserver, Load
 from worker_manager.workers.fleet.lost_hosts import LostHosts
@@ -96,10 +98,17 @@ class Manager:
             s, self.redis, self.docker, self.metrics.image_build, build_network=self.build_network
         )
         self.containers = ContainerRuntime(s, self.docker)
+        self.services = ServiceRuntime(s, self.docker)
         creates = WorkerTasks("provision")
         self.evidence = EvidenceBook(self.redis, s)
         self.lifecycle = Lifecycle(
-            self.store, self.containers, self.acl, creates, self.containment, self.evidence
+            self.store,
+            self.containers,
+            self.acl,
+            creates,
+            self.containment,
+            self.evidence,
+            services=self.services,
         )
         #: Set when a container has started: the watcher looks for its first heartbeat at once.
         heartbeat_soon = asyncio.Event()
@@ -119,6 +128,7 @@ class Manager:
                 self.containers.volumes,
                 self.containment.client if self.containment.enabled else None,
             ),
+            services=ServiceStarter(s, self.services, self.images),
             on_started=lambda _worker_id: heartbeat_soon.set(),
         )
         self.pool = WarmPool(
@@ -143,6 +153,7 @@ class Manager:
             self.acl,
             self._ensure_groups,
             self.containment,
+            services=self.services,
         )
         self.watcher = StatusWatcher(
             s,

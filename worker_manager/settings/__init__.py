@@ -5,6 +5,7 @@ docs/configuration.md), kept by concern: each concern is a model of its own
 (:class:`RedisSettings`, :class:`CommandSettings`, :class:`CommandLimits`,
 :class:`FleetSettings`, :class:`ContainerSettings`, :class:`EgressSettings`,
 :class:`WorkspaceSettings`, :class:`ImageSettings`, :class:`EnvironmentSettings`,
+:class:`ServiceSettings`,
 :class:`HttpSettings`, :class:`AgentSettings`),
 and :class:`Settings` is all of them, read from
 the environment. A component that needs one concern takes that model (``HttpServer`` an
@@ -32,6 +33,7 @@ from worker_manager.settings.fleet import FleetSettings
 from worker_manager.settings.http import HttpSettings, LogSettings
 from worker_manager.settings.images import BOOTSTRAP_BASE_TAG, ImageSettings
 from worker_manager.settings.redis import RedisSettings
+from worker_manager.settings.services import ServiceSettings
 from worker_manager.settings.workspaces import WorkspaceSettings
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "ImageSettings",
     "LogSettings",
     "RedisSettings",
+    "ServiceSettings",
     "Settings",
     "WorkspaceSettings",
 ]
@@ -63,6 +66,7 @@ class Settings(
     WorkspaceSettings,
     ImageSettings,
     EnvironmentSettings,
+    ServiceSettings,
     HttpSettings,
     AgentSettings,
     LogSettings,

@@ -11,5 +11,6 @@ Owns: how a worker ends (``transitions.lifecycle``: ``end`` and ``outcome_of``, 
 that ends one), what crosses into a container (``transitions.provisioner`` builds
 ``worker_base.config.WrapperConfig``). The verdicts (``watching.watcher``, ``watching.eviction``,
 ``watching.reconciler``) are plain functions over data.
-May import: ``core``, ``contract``, ``settings``, ``images``, ``egress``, ``workspaces``.
+May import: ``core``, ``contract``, ``settings``, ``images``, ``egress``, ``workspaces``,
+``services``.
 """

@@ -105,7 +105,15 @@ class WorkerVolumes:
         return name
 
     def remove(self, worker_id: str) -> None:
-        for name in self.names(worker_id):
+        """Its home and workspace, and every other volume labelled as its own (its services'
+        data, SPEC §9)."""
+        names = set(self.names(worker_id))
+        names.update(
+            str(v.get("Name", ""))
+            for v in self._listed(f"{LABEL_WORKER}={worker_id}")
+            if v.get("Name")
+        )
+        for name in sorted(names):
             self._remove_one(name)
 
     def remove_mirror(self, name: str) -> None:

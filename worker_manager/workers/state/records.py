@@ -165,6 +165,40 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
 
+# A service's state in the record's ``services`` (JSON name -> state, SPEC §9), and, when the
+# service ended while its worker ran, an ``error`` event on the worker's output naming it.
+# KEYS: record output   ARGV: state status_required expected_state error output_maxlen timestamp
+#   names...   (status_required / expected_state: '' for any; error: '' for no event)
+_SERVICES = """
+local cur = redis.call('HMGET', KEYS[1], 'status', 'services')
+if not cur[1] then return 0 end
+if ARGV[2] ~= '' and cur[1] ~= ARGV[2] then return 0 end
+local states = {}
+if cur[2] then
+  local ok, decoded = pcall(cjson.decode, cur[2])
+  if ok and type(decoded) == 'table' then states = decoded end
+end
+local changed = 0
+for i = 7, #ARGV do
+  local name = ARGV[i]
+  if ARGV[3] == '' or states[name] == ARGV[3] then
+    states[name] = ARGV[1]
+    changed = changed + 1
+  end
+end
+if changed == 0 then return 0 end
+if next(states) == nil then
+  redis.call('HSET', KEYS[1], 'services', '{}')
+else
+  redis.call('HSET', KEYS[1], 'services', cjson.encode(states))
+end
+if ARGV[4] ~= '' then
+  redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'type', 'error', 'content', ARGV[4],
+    'timestamp', ARGV[6], 'input_id', '')
+end
+return changed
+"""
+
 
 class CreateResult(StrEnum):
     """What the create script did."""
@@ -255,6 +289,7 @@ class WorkerStore:
         self._progress = redis.register_script(_PROGRESS)
         self._suspend = redis.register_script(_SUSPEND)
         self._resume = redis.register_script(_RESUME)
+        self._services = redis.register_script(_SERVICES)
 
     @property
     def live_key(self) -> str:
@@ -441,6 +476,33 @@ class WorkerStore:
         keys = [self._keys.worker(worker_id), self._keys.output(worker_id)]
         args = [text, content, self._settings.output_maxlen, iso_now()]
         return bool(await self._progress(keys=keys, args=args))
+
+    async def service_states(
+        self,
+        worker_id: str,
+        names: list[str],
+        state: str,
+        *,
+        only_while: WorkerStatus | None = None,
+        only_from: str = "",
+        error: str = "",
+    ) -> bool:
+        """Set the state of some of the worker's services in its record's ``services``;
+        ``only_while`` its status is that, ``only_from`` each one's state was that; ``error``:
+        also say so on its output (an ``error`` event). False when nothing was written."""
+        if not names:
+            return False
+        keys = [self._keys.worker(worker_id), self._keys.output(worker_id)]
+        args = [
+            state,
+            only_while.value if only_while is not None else "",
+            only_from,
+            error,
+            self._settings.output_maxlen,
+            iso_now(),
+            *names,
+        ]
+        return bool(await self._services(keys=keys, args=args))
 
     async def field(self, worker_id: str, name: str) -> str | None:
         value: str | None = await self._redis.hget(self._keys.worker(worker_id), name)

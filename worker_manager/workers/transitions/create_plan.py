@@ -12,6 +12,8 @@ ending path's rule is :func:`~worker_manager.workers.transitions.lifecycle.outco
   and mirror: a resume, or a create finished after a crash, never clones again), or a clone;
 * **what is copied in before it starts**: the instructions, as the agent type's own file
   (``CLAUDE.md`` or ``AGENTS.md``), never baked into an image;
+* **its services**: started in its network namespace after its container, ready before it is
+  RUNNING (``services``);
 * **containment**: whether the worker gets sockets at the host's egress service (and with them
   no network) and which destinations it is granted; whether it gets a Redis user of its own;
   whether the Docker socket is mounted (the ``DOCKER`` module, when the operator configured one).
@@ -26,6 +28,7 @@ from worker_manager.contract.commands import CreateCommand
 from worker_manager.contract.environments import ResolvedEnvironment
 from worker_manager.contract.kinds import Module, Shape
 from worker_manager.contract.record import WorkerRecord
+from worker_manager.contract.services import ResolvedService
 from worker_manager.settings import Settings
 from worker_manager.workers.resources.containment import contained
 from worker_manager.workspaces.checkout import CheckedOut
@@ -59,6 +62,8 @@ class CreatePlan:
     docker_socket: str | None = None
     #: The toolchain its image is built with (as saved: resolved); None: none.
     environment: ResolvedEnvironment | None = None
+    #: Started in its network namespace, and ready, before it is RUNNING (as saved: resolved).
+    services: tuple[ResolvedService, ...] = ()
 
 
 def repository_of(
@@ -100,4 +105,5 @@ def plan_create(command: CreateCommand, settings: Settings, record: WorkerRecord
         own_redis_user=settings.worker_acl,
         docker_socket=settings.docker_module_socket if Module.DOCKER in command.modules else None,
         environment=environment,
+        services=tuple(s for s in command.services if isinstance(s, ResolvedService)),
     )

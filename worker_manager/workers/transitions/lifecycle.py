@@ -6,7 +6,8 @@ evictor, the output guard, the reconciler, a failed create):
 1. its record changes in one Lua transition (``WorkerStore.transition``): a concurrent end wins
    or loses cleanly, and the lifecycle stream and the worker's output say so;
 2. its create, if one is still running in this process, is cancelled;
-3. its container and its Redis ACL user are removed;
+3. its services' containers, its container and its Redis ACL user are removed (the services
+   first: they live in its container's network namespace);
 4. the exit code the container reported is recorded.
 
 Steps 2-4 run in the background unless the caller waits for them (a delete answers once the
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 from worker_manager.contract.kinds import LIVE_STATUSES, WorkerStatus
 from worker_manager.contract.reasons import EndReason, exit_reason, is_end_reason
 from worker_manager.core.logs import get_logger
+from worker_manager.services.plan import STOPPED
+from worker_manager.services.runtime import ServiceRuntime
 from worker_manager.workers.resources.acl import WorkerAcl
 from worker_manager.workers.resources.containers import ContainerRuntime
 from worker_manager.workers.resources.containment import Containment
@@ -86,8 +89,10 @@ class Lifecycle:
         creates: WorkerTasks,
         containment: Containment,
         evidence: EvidenceBook | None = None,
+        services: ServiceRuntime | None = None,
     ) -> None:
         self._store = store
+        self._services = services
         self._containers = containers
         self._acl = acl
         self._containment = containment
@@ -171,6 +176,7 @@ class Lifecycle:
     async def remove(self, worker_id: str) -> int | None:
         """Stop and remove the container, the Redis user and the egress grant; the container's
         exit code if any."""
+        await self._remove_services(worker_id, "removed")
         exit_code = await self._containers.remove(worker_id)
         await self._acl.delete(worker_id)
         await self._containment.release(worker_id)
@@ -180,9 +186,19 @@ class Lifecycle:
         """What a suspend removes (SPEC §8): the container, the Redis user and the egress
         grant; the volumes stay. Idempotent (the reconciler finishes one cut short)."""
         await self._creates.cancel(worker_id)
+        await self._remove_services(worker_id, STOPPED)
         await self._containers.remove(worker_id, keep_volumes=True)
         await self._acl.delete(worker_id)
         await self._containment.release(worker_id)
+
+    async def _remove_services(self, worker_id: str, state: str) -> None:
+        """Its services' containers (their volumes are the worker's: kept or removed with its
+        own), and the record says so of each."""
+        if self._services is None:
+            return
+        removed = await self._services.remove(worker_id)
+        if removed:
+            await self._store.service_states(worker_id, [n for n in removed if n], state)
 
     async def _finish_logged(self, worker_id: str) -> None:
         try:

@@ -1,11 +1,13 @@
-"""The slow half of a create, after the reply: image, repository, Redis user, container.
+"""The slow half of a create, after the reply: image, repository, Redis user, container, services.
 
 A create is answered as soon as its record exists (status STARTING). This module then finds or
 builds the image, checks the create's ``repository`` out into the worker's workspace
 (``progress``: ``cloning``; ``workspaces.checkout``), creates the worker's ACL user and starts
-the container (or hands a pooled one over). Each step is idempotent (the image by hash, the
-checkout by its recorded commit, the user by name, the container by name), so a create
-interrupted by a crash is finished by running it again, without a second container.
+the container (or hands a pooled one over), then its services (SPEC §9: ready before the
+worker's first heartbeat counts, since its ``started_at`` is written only then). Each step is
+idempotent (the image by hash, the checkout by its recorded commit, the user by name, the
+container and the services by name), so a create interrupted by a crash is finished by running
+it again, without a second container.
 """
 
 from __future__ import annotations
@@ -16,12 +18,18 @@ from collections.abc import Callable
 from worker_manager.contract.commands import CreateCommand
 from worker_manager.contract.create_spec import load_spec
 from worker_manager.contract.kinds import AgentType
-from worker_manager.contract.reasons import build_failed, start_failed, workspace_failed
+from worker_manager.contract.reasons import (
+    build_failed,
+    service_failed,
+    start_failed,
+    workspace_failed,
+)
 from worker_manager.core.clock import iso_from_unix, iso_now
 from worker_manager.core.logs import get_logger
 from worker_manager.core.outages import OUTAGE_ERRORS, ride_out
 from worker_manager.images.build import BuildFailed
 from worker_manager.images.service import ImageService
+from worker_manager.services.starter import Prepared, ServiceFailed, ServiceStarter, ports_of
 from worker_manager.settings import Settings
 from worker_manager.workers.resources.acl import WorkerAcl
 from worker_manager.workers.resources.containers import ContainerRuntime, LaunchSpec
@@ -54,6 +62,7 @@ class Provisioner:
         containment: Containment,
         checkout: Checkout,
         *,
+        services: ServiceStarter | None = None,
         on_started: Callable[[str], None] = lambda _worker_id: None,
     ) -> None:
         self._settings = settings
@@ -66,6 +75,8 @@ class Provisioner:
         self._creates = creates
         self._containment = containment
         self._checkout = checkout
+        #: Starts a worker's services (SPEC §9).
+        self._services = services
         #: Told when a worker's container has started (the watcher then looks at once).
         self._on_started = on_started
 
@@ -124,32 +135,37 @@ class Provisioner:
             workspace = await self._check_out(worker_id, image.tag, command, plan, shared=True)
             if workspace is None:
                 return  # failed (the worker ended), or deleted meanwhile
+            services = await self._prepare_services(worker_id, plan)
             await self._store.progress(worker_id, "starting its container")
             if plan.own_redis_user:
                 await self._acl.create(worker_id)
             sockets = await self._containment.admit(worker_id, command) if plan.contained else None
+            env = self._env(worker_id, command, workspace.commit)
+            if services:
+                env.update(self._service_wait_env(services))
             started = await self._containers.launch(
                 LaunchSpec(
                     worker_id=worker_id,
                     image_tag=image.tag,
                     image_hash=image.hash,
-                    env=self._env(worker_id, command, workspace.commit),
+                    env=env,
                     mirror=workspace.mirror,
                     files=plan.files,
                     docker_socket=plan.docker_socket,
                     sockets=sockets,
                 )
             )
-            await self._store.update(
-                worker_id,
-                {
-                    "container_id": started.container_id,
-                    "ip_address": started.ip_address,
-                    "started_at": iso_from_unix(started.started_at)
-                    if started.started_at
-                    else iso_now(),
-                },
-            )
+            fields = {"container_id": started.container_id, "ip_address": started.ip_address}
+            if not plan.services:
+                # Its first heartbeat makes it RUNNING from now on; with services, only once
+                # they are ready (``_start_services``).
+                fields["started_at"] = (
+                    iso_from_unix(started.started_at) if started.started_at else iso_now()
+                )
+            await self._store.update(worker_id, fields)
+            if services:
+                await self._start_services(worker_id, started.container_id, services, plan)
+                await self._store.update(worker_id, {"started_at": iso_now()})
             self._on_started(worker_id)
             record = await self._store.get(worker_id)
             if record is None or not record.is_live:
@@ -160,6 +176,9 @@ class Provisioner:
             raise
         except OUTAGE_ERRORS:
             raise  # not the worker's fault: retried by _provision
+        except ServiceFailed as exc:
+            bound.warning("a service did not start", service=exc.name, error=exc.detail[:200])
+            await self._lifecycle.end(worker_id, Outcome(service_failed(str(exc))), wait=True)
         except BuildFailed as exc:
             bound.warning("image build failed", error=exc.message.splitlines()[0])
             await self._lifecycle.end(worker_id, Outcome(build_failed(exc.message)), wait=True)
@@ -168,6 +187,45 @@ class Provisioner:
             await self._lifecycle.end(
                 worker_id, Outcome(start_failed(f"{type(exc).__name__}: {exc}")), wait=True
             )
+
+    async def _prepare_services(self, worker_id: str, plan: CreatePlan) -> list[Prepared]:
+        """Its services' images, found or built before its container starts."""
+        if not plan.services:
+            return []
+        if self._services is None:
+            raise ServiceFailed(plan.services[0].name, "this manager runs no services")
+        await self._store.progress(worker_id, "finding its services' images")
+        return await self._services.prepare(plan.services)
+
+    def _service_wait_env(self, services: list[Prepared]) -> dict[str, str]:
+        """What its wrapper waits for before it reads an input (``WrapperConfig``)."""
+        ports = ports_of(services)
+        if not ports:
+            return {}
+        wait = self._settings.service_start_timeout_seconds + 10
+        return {
+            "WM_SERVICE_PORTS": ",".join(map(str, ports)),
+            "WM_SERVICE_WAIT_SECONDS": f"{wait:g}",
+        }
+
+    async def _start_services(
+        self, worker_id: str, container_id: str, services: list[Prepared], plan: CreatePlan
+    ) -> None:
+        """The worker's services, in its network namespace, each ready (``services.starter``);
+        their states in its record as they go. :class:`ServiceFailed` for one that is not."""
+        assert self._services is not None
+        await self._store.progress(worker_id, "starting its services")
+
+        async def on_state(name: str, state: str) -> None:
+            await self._store.service_states(worker_id, [name], state)
+
+        await self._services.start(
+            worker_id,
+            (self._containers.name(worker_id), container_id),
+            services,
+            contained=plan.contained,
+            on_state=on_state,
+        )
 
     async def _check_out(
         self, worker_id: str, image: str, command: CreateCommand, plan: CreatePlan, *, shared: bool

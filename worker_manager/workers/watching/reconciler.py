@@ -19,7 +19,9 @@ so several managers can share one Redis. For each worker:
   unless it is a warm-pool container nobody has taken yet (the pool repairs those);
 - SUSPENDED record whose container is still there (a crash during the suspend): the container
   is removed, its volumes kept;
-- volumes of workers that are neither live, nor suspended, nor have a container here: removed.
+- volumes of workers that are neither live, nor suspended, nor have a container here: removed;
+- service containers (SPEC §9) of a worker that ended or sleeps: removed (their volumes are the
+  worker's); one that exited unseen while its worker ran: reported (``service_exits``).
 
 Every "gone" verdict is confirmed by name against Docker right before it is acted on, so a
 create finishing concurrently is never mistaken for a loss. The verdicts themselves are
@@ -29,8 +31,9 @@ create finishing concurrently is never mistaken for a loss. The verdicts themsel
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -38,7 +41,12 @@ import docker.errors
 from docker import DockerClient
 
 from worker_manager.contract.kinds import WorkerStatus
-from worker_manager.contract.labels import LABEL_POOL, LABEL_WORKER
+from worker_manager.contract.labels import (
+    LABEL_POOL,
+    LABEL_SERVICE,
+    LABEL_SERVICE_OF,
+    LABEL_WORKER,
+)
 from worker_manager.contract.reasons import Ended, parse_end_reason
 from worker_manager.contract.record import WorkerRecord
 from worker_manager.core import docker_client
@@ -46,6 +54,7 @@ from worker_manager.core.clock import unix_or_none
 from worker_manager.core.logs import get_logger
 from worker_manager.core.outages import OUTAGE_ERRORS
 from worker_manager.egress.grants import BUILD_GRANT_PREFIX
+from worker_manager.services.runtime import ServiceRuntime
 from worker_manager.settings import Settings
 from worker_manager.workers.resources.acl import WorkerAcl
 from worker_manager.workers.resources.containers import ContainerRuntime
@@ -53,6 +62,7 @@ from worker_manager.workers.resources.containment import Containment
 from worker_manager.workers.state.records import WorkerStore
 from worker_manager.workers.transitions.lifecycle import Lifecycle, Outcome, outcome_of
 from worker_manager.workers.transitions.provisioner import Provisioner
+from worker_manager.workers.watching.service_exits import service_ended
 
 log = get_logger(__name__)
 
@@ -140,6 +150,8 @@ class Report:
     users_restored: list[str] = field(default_factory=list)
     grants_revoked: list[str] = field(default_factory=list)
     volumes_removed: list[str] = field(default_factory=list)
+    #: Workers whose services' containers were removed (the worker ended or is suspended).
+    services_removed: list[str] = field(default_factory=list)
 
     def changed(self) -> bool:
         return any(
@@ -153,8 +165,52 @@ class Report:
                 self.users_restored,
                 self.grants_revoked,
                 self.volumes_removed,
+                self.services_removed,
             )
         )
+
+
+#: What the reconciler does with one service's container: ``remove`` it (its worker ended or
+#: sleeps: a teardown cut short), or report that it ``exited`` unseen (its worker runs on).
+ServiceStep = Literal["remove", "exited"]
+
+
+@dataclass(frozen=True, slots=True)
+class FoundService:
+    """One of this manager's service containers, as listed."""
+
+    worker_id: str
+    name: str
+    state: str
+    exit_code: int | None
+
+
+_EXITED = re.compile(r"^Exited \((\d+)\)")
+
+
+def exit_code_of(status: str) -> int | None:
+    """The exit code in a listing's ``Status`` (``Exited (1) 3 seconds ago``)."""
+    match = _EXITED.match(status)
+    return int(match.group(1)) if match else None
+
+
+def service_steps(
+    found: Sequence[FoundService],
+    records: Mapping[str, WorkerRecord | None],
+    busy: Collection[str],
+) -> list[tuple[FoundService, ServiceStep]]:
+    """What to do with each service container: a STARTING worker's are its create's (which
+    replaces a stopped one), a RUNNING worker's running ones are in order."""
+    steps: list[tuple[FoundService, ServiceStep]] = []
+    for service in found:
+        if service.worker_id in busy:
+            continue
+        record = records.get(service.worker_id)
+        if record is None or not record.is_live:
+            steps.append((service, "remove"))
+        elif record.status is WorkerStatus.RUNNING and service.state in ("exited", "dead"):
+            steps.append((service, "exited"))
+    return steps
 
 
 class Reconciler:
@@ -169,6 +225,8 @@ class Reconciler:
         acl: WorkerAcl,
         ensure_groups: EnsureGroups,
         containment: Containment,
+        *,
+        services: ServiceRuntime | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -179,6 +237,7 @@ class Reconciler:
         self._acl = acl
         self._ensure_groups = ensure_groups
         self._containment = containment
+        self._services = services
         self._lock = asyncio.Lock()
         self.runs = 0
         #: The newest pass that changed something (what an operator or a test asks after).
@@ -211,6 +270,7 @@ class Reconciler:
                 users_restored=len(report.users_restored),
                 grants_revoked=len(report.grants_revoked),
                 volumes_removed=report.volumes_removed,
+                services_removed=report.services_removed,
             )
         return report
 
@@ -231,12 +291,41 @@ class Reconciler:
         report = Report()
         for worker_id, step in reconcile_steps(live, found, records, busy):
             await self._carry_out(worker_id, step, report)
+        await self._sweep_services(report)
         await self._sweep_grants(live | set(found), report)
         # A suspended worker has no container, and its volumes are all it has.
         suspended = set(await self._store.suspended_ids())
         await self._sweep_volumes(live | set(found) | suspended, report)
         await self._sweep_mirrors(live | suspended, report)
         return report
+
+    async def _sweep_services(self, report: Report) -> None:
+        """Service containers left by a teardown cut short are removed; one that exited unseen
+        while its worker ran is reported (``service_exits``)."""
+        if self._services is None:
+            return
+        found = [
+            FoundService(
+                str(labels.get(LABEL_SERVICE_OF, "")),
+                str(labels.get(LABEL_SERVICE, "")),
+                str(c.get("State", "")),
+                exit_code_of(str(c.get("Status", ""))),
+            )
+            for c in await self._services.listed()
+            if (labels := c.get("Labels") or {}).get(LABEL_SERVICE_OF)
+        ]
+        if not found:
+            return
+        ids = sorted({s.worker_id for s in found})
+        records = await self._store.get_many(ids)
+        busy = {w for w in ids if self._provisioner.is_active(w)}
+        for service, step in service_steps(found, records, busy):
+            if step == "remove":
+                if service.worker_id not in report.services_removed:
+                    await self._services.remove(service.worker_id)
+                    report.services_removed.append(service.worker_id)
+            else:
+                await service_ended(self._store, service.worker_id, service.name, service.exit_code)
 
     async def _sweep_volumes(self, known: set[str], report: Report) -> None:
         """Remove this manager's worker volumes whose worker is neither live nor has a

@@ -38,7 +38,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from worker_manager.contract.kinds import WorkerStatus
-from worker_manager.contract.labels import LABEL_MANAGER, LABEL_PREFIX, LABEL_WORKER
+from worker_manager.contract.labels import (
+    LABEL_MANAGER,
+    LABEL_PREFIX,
+    LABEL_SERVICE,
+    LABEL_SERVICE_OF,
+    LABEL_WORKER,
+)
 from worker_manager.contract.reasons import Ended, Moved, never_ready
 from worker_manager.core.clock import iso_from_unix
 from worker_manager.core.logs import get_logger
@@ -47,6 +53,7 @@ from worker_manager.workers.state.heartbeats import Observed, observe
 from worker_manager.workers.state.records import WorkerStore
 from worker_manager.workers.state.summaries import Summaries
 from worker_manager.workers.transitions.lifecycle import Lifecycle, Outcome, outcome_of
+from worker_manager.workers.watching.service_exits import service_ended
 
 log = get_logger(__name__)
 
@@ -298,6 +305,9 @@ class StatusWatcher:
 
     async def on_event(self, event: dict[str, Any]) -> None:
         attrs = (event.get("Actor") or {}).get("Attributes") or {}
+        if attrs.get(LABEL_SERVICE_OF):
+            await self._on_service_event(event, attrs)
+            return
         worker_id = attrs.get(LABEL_WORKER)
         if not worker_id:
             return
@@ -312,6 +322,19 @@ class StatusWatcher:
         oom = worker_id in self._oom or (exit_code == 137 and await self._oom_killed(attrs))
         self._oom.discard(worker_id)
         await self._lifecycle.end(worker_id, outcome_of(exit_code, oom))
+
+    async def _on_service_event(self, event: dict[str, Any], attrs: dict[str, Any]) -> None:
+        """A service of a worker ended (``service_exits``); its worker goes on."""
+        if (event.get("Action") or event.get("status")) != "die":
+            return
+        if attrs.get(LABEL_MANAGER) != self._settings.manager_id:
+            return
+        code = str(attrs.get("exitCode") or "")
+        exit_code = int(code) if code.isdigit() else None
+        oom = exit_code == 137 and await self._oom_killed(attrs)
+        worker_id, name = str(attrs[LABEL_SERVICE_OF]), str(attrs.get(LABEL_SERVICE, ""))
+        if await service_ended(self._store, worker_id, name, exit_code, oom):
+            log.warning("a service ended", worker_id=worker_id, service=name, exit_code=code)
 
     async def _oom_killed(self, attrs: dict[str, Any]) -> bool:
         name = attrs.get("name")
