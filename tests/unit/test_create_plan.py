@@ -103,8 +103,22 @@ def test_a_redis_user_of_its_own_unless_acls_are_off() -> None:
     assert not plan_create(create(off), off, record()).own_redis_user
 
 
-def test_the_docker_socket_only_for_the_docker_module() -> None:
-    s = settings(docker_module_socket="/run/docker.sock")
+def test_the_docker_socket_only_for_the_docker_module_where_the_operator_chose_it() -> None:
+    s = settings(docker_module="socket", docker_module_socket="/run/docker.sock")
     assert plan_create(create(s), s, record()).docker_socket is None
     docker = plan_create(create(s, modules='["DOCKER"]'), s, record())
-    assert docker.docker_socket == "/run/docker.sock"
+    assert docker.docker_socket == "/run/docker.sock" and not docker.docker_engine
+    default = settings(docker_module="socket")
+    assert plan_create(create(default, modules='["DOCKER"]'), default, record()).docker_socket == (
+        "/var/run/docker.sock"
+    )
+
+
+def test_the_docker_module_gets_an_engine_of_its_own_by_default() -> None:
+    s = settings(docker_module_socket="/run/docker.sock")  # the socket alone is not a choice
+    assert not plan_create(create(s), s, record()).docker_engine
+    docker = plan_create(create(s, modules='["DOCKER"]'), s, record())
+    assert docker.docker_engine and docker.docker_socket is None
+    off = settings(docker_module="off")
+    plan = plan_create(create(off, modules='["DOCKER"]'), off, record())
+    assert not plan.docker_engine and plan.docker_socket is None

@@ -142,7 +142,7 @@ class Dispatcher:
                 await self._refuse(delivery, ErrorCode.INVALID_COMMAND, exc.message, exc.message)
                 return "invalid"
             try:
-                services = resolve_services(cmd.services, self._settings)
+                services = resolve_services(cmd.services, self._settings, cmd.modules)
             except InvalidCommand as exc:
                 await self._refuse(delivery, ErrorCode.INVALID_COMMAND, exc.message, exc.message)
                 return "invalid"

@@ -18,10 +18,10 @@ from worker_manager.contract.commands import (
     format_cursor,
 )
 from worker_manager.contract.create_spec import spec_of
-from worker_manager.contract.kinds import ENDABLE_STATUSES, Shape, WorkerStatus
+from worker_manager.contract.kinds import ENDABLE_STATUSES, Module, Shape, WorkerStatus
 from worker_manager.contract.reasons import Ended
 from worker_manager.contract.reply import Reply
-from worker_manager.core.errors import CommandError, ErrorCode
+from worker_manager.core.errors import CommandError, ErrorCode, InvalidCommand
 from worker_manager.core.logs import get_logger
 from worker_manager.environments import catalogue
 from worker_manager.services.plan import STARTING as SERVICE_STARTING
@@ -64,8 +64,11 @@ class Handlers:
         if problem is not None:
             raise CommandError(ErrorCode.BUILD_FAILED, problem)
         # Resolved by the dispatcher already (refusals are dead-lettered there); a no-op then.
+        docker = await self._provisioner.docker_problem(cmd.modules)
+        if docker is not None:
+            raise InvalidCommand(f"field 'modules': DOCKER: {docker}", field="modules")
         environment = catalogue.resolve(cmd.environment, self._settings)
-        services = resolve_services(cmd.services, self._settings)
+        services = resolve_services(cmd.services, self._settings, cmd.modules)
         # A catalogue environment is part of the pool's shape (``CLAUDE@node20``); an ad hoc
         # spec is in no pool.
         name = environment.name if environment is not None else None
@@ -74,8 +77,11 @@ class Handlers:
         # A create that names its own worker takes the ordinary path; otherwise a ready pooled
         # worker of its shape, if this manager keeps one (the same one on a redelivery).
         pooled = None
-        # A pooled container has no services beside it.
-        if cmd.worker_id is None and self._pool is not None and not adhoc and not services:
+        # A pooled container has no services (nor Docker Engine) beside it.
+        alone = not services and not (
+            Module.DOCKER in cmd.modules and self._settings.docker_module == "rootless"
+        )
+        if cmd.worker_id is None and self._pool is not None and not adhoc and alone:
             pooled = await self._pool.take(shape, cmd.request_id)
         worker_id = cmd.worker_id or pooled or str(uuid.uuid5(WORKER_ID_NAMESPACE, cmd.request_id))
         # The grant as granted: the create's, or this deployment's default when it names none

@@ -33,6 +33,7 @@ from worker_manager.images.gc_execute import gc_loop
 from worker_manager.images.service import ImageService
 from worker_manager.service.http import HttpServer
 from worker_manager.service.metrics import Metrics
+from worker_manager.services.engine import EngineStarter
 from worker_manager.services.runtime import ServiceRuntime
 from worker_manager.services.starter import ServiceStarter
 from worker_manager.settings import Settings
@@ -129,6 +130,7 @@ class Manager:
                 self.containment.client if self.containment.enabled else None,
             ),
             services=ServiceStarter(s, self.services, self.images),
+            engine=EngineStarter(s, self.docker, self.images),
             on_started=lambda _worker_id: heartbeat_soon.set(),
         )
         self.pool = WarmPool(

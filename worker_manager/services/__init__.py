@@ -5,8 +5,10 @@ The request and its bounds are the contract's (``contract.services``); here it m
 deployment and the Engine: which image each service runs (``resolve``: an image of
 ``WM_SERVICE_IMAGES`` or an environment), the container's options and the readiness rule as plain
 functions over data (``plan``), the containers themselves (``runtime``: created, probed, removed,
-found again by label), and the start of a worker's services with its deadline (``starter``).
+found again by label), the start of a worker's services with its deadline (``starter``), and a
+``DOCKER`` worker's own Docker Engine, its ``docker`` service (``engine``).
 
 Owns: a service's container and volumes, and when a service is ready.
-May import: ``core``, ``contract``, ``settings``, ``images``, ``environments``, ``egress``.
+May import: ``core``, ``contract``, ``settings``, ``images``, ``environments``, ``egress``,
+``docker_engine``.
 """

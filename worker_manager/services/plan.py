@@ -48,6 +48,8 @@ from worker_manager.settings import Settings
 #: entry points of database images do; signal its own processes (KILL). Nothing else: no
 #: NET_RAW, no NET_ADMIN on the namespace it shares with the worker.
 SERVICE_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL")
+#: A ``DOCKER`` worker's own engine's name among its services (``services.engine``).
+ENGINE = "docker"
 #: Where a service keeps its data when its image declares no volume of its own.
 DATA_DIR = "/data"
 #: Without a port to probe, a service is ready when its process still runs this long after it

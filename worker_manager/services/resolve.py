@@ -11,20 +11,32 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from worker_manager.contract.environments import ResolvedEnvironment
+from worker_manager.contract.kinds import Module
 from worker_manager.contract.services import ResolvedService, ServiceSpec
 from worker_manager.core.errors import InvalidCommand
 from worker_manager.environments import catalogue
-from worker_manager.services.plan import problem_of
+from worker_manager.services.plan import ENGINE, problem_of
 from worker_manager.settings import Settings
 
 FIELD = "services"
 
 
 def resolve(
-    services: Sequence[ServiceSpec | ResolvedService], settings: Settings
+    services: Sequence[ServiceSpec | ResolvedService],
+    settings: Settings,
+    modules: Sequence[Module] = (),
 ) -> tuple[ResolvedService, ...]:
     """Each service's image judged and resolved; :class:`InvalidCommand` (``field='services'``)
-    naming the first one refused."""
+    naming the first one refused. With the ``DOCKER`` module's own engine, ``docker`` is its
+    name among the services: no other may take it."""
+    engine = Module.DOCKER in modules and settings.docker_module == "rootless"
+    for service in services:
+        if engine and service.name == ENGINE:
+            raise InvalidCommand(
+                f"field 'services': service {ENGINE!r}: the name is the DOCKER module's own "
+                "engine's; choose another",
+                field=FIELD,
+            )
     resolved = tuple(_one(service, settings) for service in services)
     for service in resolved:
         problem = problem_of(service, settings.container_runtime)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from worker_manager.contract.kinds import Shape
+from worker_manager.contract.kinds import Module, Shape
 from worker_manager.contract.limits import CommandLimits
 from worker_manager.core.secret_files import SecretFilesSource
 from worker_manager.settings.agents import AgentSettings
@@ -104,6 +104,13 @@ class Settings(
                 raise ValueError(
                     f"WM_ENVIRONMENTS: environment {name!r}: base {spec.base!r} is not "
                     "WM_BASE_IMAGE nor in WM_BASE_IMAGES"
+                )
+        for text in self.warm_pool:
+            if Module.DOCKER in Shape.parse(text).modules and self.docker_module == "rootless":
+                raise ValueError(
+                    f"WM_WARM_POOL: shape {text!r} has the DOCKER module, whose workers each get "
+                    "an engine of their own at their create (WM_DOCKER_MODULE=rootless): it "
+                    "cannot be pooled"
                 )
         for setting, shapes in (("WM_PREBUILD", self.prebuild), ("WM_WARM_POOL", self.warm_pool)):
             for text in shapes:

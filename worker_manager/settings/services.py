@@ -9,6 +9,8 @@ counted in the worker's ``WM_CONTAINER_DISK``.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field, field_validator
 
 from worker_manager.contract.environments import IMAGE_NAME
@@ -37,10 +39,29 @@ class ServiceSettings(BaseModel):
         "stay up) before its worker is FAILED service_failed.",
     )
 
-    @field_validator("service_images")
+    # --- the DOCKER module (SPEC §9 "Docker inside a worker") ------------------------------
+    docker_module: Literal["rootless", "socket", "off"] = Field(
+        default="rootless",
+        description="rootless: a DOCKER worker gets a Docker Engine of its own beside it; "
+        "socket: the host's Engine (WM_DOCKER_MODULE_SOCKET, root-equivalent on the host); "
+        "off: the DOCKER module is refused.",
+    )
+    docker_images: list[str] = Field(
+        default_factory=list,
+        description="Images of the host loaded into each new DOCKER worker's own engine (JSON "
+        "list), so that `docker run` and `docker build` work inside without a registry.",
+    )
+    docker_preload_max_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=0,
+        description="The most WM_DOCKER_IMAGES may weigh together (as the host's Engine "
+        "reports their size); more refuses the worker's start.",
+    )
+
+    @field_validator("service_images", "docker_images")
     @classmethod
     def _images(cls, value: list[str]) -> list[str]:
         for image in value:
             if not IMAGE_NAME.fullmatch(image):
-                raise ValueError(f"WM_SERVICE_IMAGES: {image[:80]!r} is not an image name")
+                raise ValueError(f"{image[:80]!r} is not an image name")
         return value

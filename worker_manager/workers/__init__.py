@@ -12,5 +12,5 @@ that ends one), what crosses into a container (``transitions.provisioner`` build
 ``worker_base.config.WrapperConfig``). The verdicts (``watching.watcher``, ``watching.eviction``,
 ``watching.reconciler``) are plain functions over data.
 May import: ``core``, ``contract``, ``settings``, ``images``, ``egress``, ``workspaces``,
-``services``.
+``services``, ``docker_engine``.
 """

@@ -31,7 +31,7 @@ from typing import Any
 import docker.errors
 from docker import DockerClient
 from docker.models.containers import Container
-from docker.types import LogConfig
+from docker.types import LogConfig, Mount
 
 from worker_base.assignment import ASSIGNMENT, READY
 from worker_base.identity import CONTAINER_WRAPPER_DIR, PRIVATE
@@ -75,6 +75,8 @@ class LaunchSpec:
     sockets: str | None = None
     #: The mirror volume its workspace borrows objects from (a repository's), read-only.
     mirror: str | None = None
+    #: Mounts besides its own volumes (a ``DOCKER`` worker's engine socket volume).
+    extra_mounts: tuple[Mount, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +211,7 @@ class ContainerRuntime:
                 cap_drop=["ALL"],
                 cap_add=list(WRAPPER_CAPABILITIES),
                 read_only=True,
-                mounts=self.volumes.mounts(spec.worker_id, spec.mirror),
+                mounts=[*self.volumes.mounts(spec.worker_id, spec.mirror), *spec.extra_mounts],
                 tmpfs={"/tmp": f"rw,nosuid,nodev,size={s.container_tmp_size},mode=1777"},
                 mem_limit=s.container_memory,
                 memswap_limit=s.container_memory,

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from worker_base.config import relays_env
 from worker_base.redis_urls import is_sentinel_url, parse_sentinel_url
 from worker_manager.contract.commands import CreateCommand
-from worker_manager.contract.kinds import AgentType
+from worker_manager.contract.kinds import AgentType, Module
 from worker_manager.core.logs import get_logger
 from worker_manager.egress.control import EgressClient
 from worker_manager.egress.credentials import factory_grant
@@ -165,3 +166,15 @@ def contained_env(settings: Settings, agent_type: AgentType, worker_id: str) -> 
     elif agent_type is AgentType.FACTORY:
         env["FACTORY_API_KEY"] = factory_token(settings, worker_id)
     return env
+
+
+#: The host's socket when ``WM_DOCKER_MODULE=socket`` names none (``WM_DOCKER_MODULE_SOCKET``).
+DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+def docker_socket(settings: Settings, modules: Sequence[Module]) -> str | None:
+    """The host's Docker socket, for a ``DOCKER`` worker where the operator chose it
+    (``WM_DOCKER_MODULE=socket``: root-equivalent on the host); None otherwise."""
+    if Module.DOCKER not in modules or settings.docker_module != "socket":
+        return None
+    return settings.docker_module_socket or DEFAULT_DOCKER_SOCKET

@@ -33,14 +33,14 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 
-from worker_manager.contract.kinds import Module, Shape
+from worker_manager.contract.kinds import Shape
 from worker_manager.contract.labels import LABEL_POOL, LABEL_WORKER
 from worker_manager.core.logs import get_logger
 from worker_manager.core.outages import OUTAGE_ERRORS
 from worker_manager.images.service import ImageService
 from worker_manager.settings import Settings
 from worker_manager.workers.resources.containers import ContainerRuntime, LaunchSpec
-from worker_manager.workers.resources.containment import Containment
+from worker_manager.workers.resources.containment import Containment, docker_socket
 from worker_manager.workers.resources.environment import pool_env
 
 log = get_logger(__name__)
@@ -211,9 +211,7 @@ class WarmPool:
                     image_hash=image.hash,
                     env=pool_env(self._settings, shape, worker_id),
                     files={},
-                    docker_socket=self._settings.docker_module_socket
-                    if Module.DOCKER in shape.modules
-                    else None,
+                    docker_socket=docker_socket(self._settings, shape.modules),
                     extra_labels=((LABEL_POOL, name),),
                     sockets=sockets,
                 )

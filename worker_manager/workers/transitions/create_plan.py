@@ -16,7 +16,8 @@ ending path's rule is :func:`~worker_manager.workers.transitions.lifecycle.outco
   RUNNING (``services``);
 * **containment**: whether the worker gets sockets at the host's egress service (and with them
   no network) and which destinations it is granted; whether it gets a Redis user of its own;
-  whether the Docker socket is mounted (the ``DOCKER`` module, when the operator configured one).
+  whether the ``DOCKER`` module gets an Engine of its own beside it (``WM_DOCKER_MODULE=rootless``,
+  the default) or the host's socket (``socket``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from worker_manager.contract.kinds import Module, Shape
 from worker_manager.contract.record import WorkerRecord
 from worker_manager.contract.services import ResolvedService
 from worker_manager.settings import Settings
-from worker_manager.workers.resources.containment import contained
+from worker_manager.workers.resources.containment import contained, docker_socket
 from worker_manager.workspaces.checkout import CheckedOut
 
 
@@ -58,8 +59,11 @@ class CreatePlan:
     egress: tuple[str, ...] = ()
     #: A Redis ACL user of its own (``WM_WORKER_ACL``).
     own_redis_user: bool = True
-    #: The host's Docker socket, mounted for the ``DOCKER`` module (None: not mounted).
+    #: The host's Docker socket, mounted for the ``DOCKER`` module with
+    #: ``WM_DOCKER_MODULE=socket`` (None: not mounted).
     docker_socket: str | None = None
+    #: A Docker Engine of its own beside it (the ``DOCKER`` module, ``WM_DOCKER_MODULE=rootless``).
+    docker_engine: bool = False
     #: The toolchain its image is built with (as saved: resolved); None: none.
     environment: ResolvedEnvironment | None = None
     #: Started in its network namespace, and ready, before it is RUNNING (as saved: resolved).
@@ -103,7 +107,8 @@ def plan_create(command: CreateCommand, settings: Settings, record: WorkerRecord
         contained=contained(settings),
         egress=tuple(granted),
         own_redis_user=settings.worker_acl,
-        docker_socket=settings.docker_module_socket if Module.DOCKER in command.modules else None,
+        docker_socket=docker_socket(settings, command.modules),
+        docker_engine=Module.DOCKER in command.modules and settings.docker_module == "rootless",
         environment=environment,
         services=tuple(s for s in command.services if isinstance(s, ResolvedService)),
     )

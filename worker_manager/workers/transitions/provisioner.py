@@ -13,11 +13,13 @@ it again, without a second container.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+from docker.types import Mount
 
 from worker_manager.contract.commands import CreateCommand
 from worker_manager.contract.create_spec import load_spec
-from worker_manager.contract.kinds import AgentType
+from worker_manager.contract.kinds import AgentType, Module
 from worker_manager.contract.reasons import (
     build_failed,
     service_failed,
@@ -27,9 +29,18 @@ from worker_manager.contract.reasons import (
 from worker_manager.core.clock import iso_from_unix, iso_now
 from worker_manager.core.logs import get_logger
 from worker_manager.core.outages import OUTAGE_ERRORS, ride_out
+from worker_manager.docker_engine.sidecar import agent_docker_env
 from worker_manager.images.build import BuildFailed
-from worker_manager.images.service import ImageService
-from worker_manager.services.starter import Prepared, ServiceFailed, ServiceStarter, ports_of
+from worker_manager.images.service import ImageRef, ImageService
+from worker_manager.services.engine import EngineStarter
+from worker_manager.services.plan import ENGINE
+from worker_manager.services.starter import (
+    OnState,
+    Prepared,
+    ServiceFailed,
+    ServiceStarter,
+    ports_of,
+)
 from worker_manager.settings import Settings
 from worker_manager.workers.resources.acl import WorkerAcl
 from worker_manager.workers.resources.containers import ContainerRuntime, LaunchSpec
@@ -63,6 +74,7 @@ class Provisioner:
         checkout: Checkout,
         *,
         services: ServiceStarter | None = None,
+        engine: EngineStarter | None = None,
         on_started: Callable[[str], None] = lambda _worker_id: None,
     ) -> None:
         self._settings = settings
@@ -77,6 +89,8 @@ class Provisioner:
         self._checkout = checkout
         #: Starts a worker's services (SPEC §9).
         self._services = services
+        #: Starts a ``DOCKER`` worker's own Docker Engine (``WM_DOCKER_MODULE=rootless``).
+        self._engine = engine
         #: Told when a worker's container has started (the watcher then looks at once).
         self._on_started = on_started
 
@@ -136,6 +150,7 @@ class Provisioner:
             if workspace is None:
                 return  # failed (the worker ended), or deleted meanwhile
             services = await self._prepare_services(worker_id, plan)
+            engine = await self._prepare_engine(worker_id, plan)
             await self._store.progress(worker_id, "starting its container")
             if plan.own_redis_user:
                 await self._acl.create(worker_id)
@@ -143,6 +158,10 @@ class Provisioner:
             env = self._env(worker_id, command, workspace.commit)
             if services:
                 env.update(self._service_wait_env(services))
+            mounts: list[Mount] = []
+            if engine is not None and self._engine is not None:
+                env.update(agent_docker_env())
+                mounts = self._engine.worker_mounts(worker_id, self._containers.name(worker_id))
             started = await self._containers.launch(
                 LaunchSpec(
                     worker_id=worker_id,
@@ -153,18 +172,31 @@ class Provisioner:
                     files=plan.files,
                     docker_socket=plan.docker_socket,
                     sockets=sockets,
+                    extra_mounts=tuple(mounts),
                 )
             )
             fields = {"container_id": started.container_id, "ip_address": started.ip_address}
-            if not plan.services:
-                # Its first heartbeat makes it RUNNING from now on; with services, only once
-                # they are ready (``_start_services``).
+            beside = bool(services) or engine is not None
+            if not beside:
+                # Its first heartbeat makes it RUNNING from now on; with services (its engine
+                # among them), only once they are ready.
                 fields["started_at"] = (
                     iso_from_unix(started.started_at) if started.started_at else iso_now()
                 )
             await self._store.update(worker_id, fields)
-            if services:
-                await self._start_services(worker_id, started.container_id, services, plan)
+            if beside:
+                worker = (self._containers.name(worker_id), started.container_id)
+                if engine is not None and self._engine is not None:
+                    await self._store.progress(worker_id, "starting its Docker Engine")
+                    await self._engine.start(
+                        worker_id,
+                        worker,
+                        engine,
+                        contained=plan.contained,
+                        on_state=self._on_service_state(worker_id),
+                    )
+                if services:
+                    await self._start_services(worker_id, started.container_id, services, plan)
                 await self._store.update(worker_id, {"started_at": iso_now()})
             self._on_started(worker_id)
             record = await self._store.get(worker_id)
@@ -197,6 +229,21 @@ class Provisioner:
         await self._store.progress(worker_id, "finding its services' images")
         return await self._services.prepare(plan.services)
 
+    async def _prepare_engine(self, worker_id: str, plan: CreatePlan) -> ImageRef | None:
+        """A ``DOCKER`` worker's own engine: its image and volumes, before its container."""
+        if not plan.docker_engine:
+            return None
+        if self._engine is None:
+            raise ServiceFailed(ENGINE, "this manager runs no Docker Engines")
+        await self._store.progress(worker_id, "finding its Docker Engine's image")
+        return await self._engine.prepare(worker_id, self._containers.name(worker_id))
+
+    def _on_service_state(self, worker_id: str) -> OnState:
+        async def on_state(name: str, state: str) -> None:
+            await self._store.service_states(worker_id, [name], state)
+
+        return on_state
+
     def _service_wait_env(self, services: list[Prepared]) -> dict[str, str]:
         """What its wrapper waits for before it reads an input (``WrapperConfig``)."""
         ports = ports_of(services)
@@ -215,16 +262,12 @@ class Provisioner:
         their states in its record as they go. :class:`ServiceFailed` for one that is not."""
         assert self._services is not None
         await self._store.progress(worker_id, "starting its services")
-
-        async def on_state(name: str, state: str) -> None:
-            await self._store.service_states(worker_id, [name], state)
-
         await self._services.start(
             worker_id,
             (self._containers.name(worker_id), container_id),
             services,
             contained=plan.contained,
-            on_state=on_state,
+            on_state=self._on_service_state(worker_id),
         )
 
     async def _check_out(
@@ -330,6 +373,19 @@ class Provisioner:
 
     def _env(self, worker_id: str, command: CreateCommand, base: str = "") -> dict[str, str]:
         return worker_env(self._settings, worker_id, command, self._acl.worker_url(worker_id), base)
+
+    async def docker_problem(self, modules: Sequence[Module]) -> str | None:
+        """Why a worker with these modules cannot get what ``DOCKER`` promises here (SPEC §9: a
+        sentence for its refusal), or None."""
+        if Module.DOCKER not in modules:
+            return None
+        if self._settings.docker_module == "off":
+            return "the DOCKER module is off in this deployment (WM_DOCKER_MODULE=off)"
+        if self._settings.docker_module != "rootless":
+            return None
+        if self._engine is None:
+            return "this manager runs no Docker Engines for DOCKER workers"
+        return await self._engine.problem()
 
     def install_problem(self, agent_type: AgentType) -> str | None:
         """Why workers of this agent type cannot be built here at all (checked before a create
