@@ -7,6 +7,11 @@ syscall per 64 KiB rather than per line); a line
 longer than ``MAX_LINE`` bytes is emitted in pieces, cut on a UTF-8 character boundary, so a
 runaway line cannot exhaust memory or stall the stream. Reading waits while the output buffer is
 full, which leaves the agent blocked on its pipe: backpressure instead of unbounded memory.
+
+The agent's stdin is the prompt, written and closed, or nothing; or, for a driver whose
+invocation asks to ``converse`` (droid's stream-jsonrpc), a :class:`StdinChannel` the driver
+keeps for the run: it writes requests and answers from its line handler while the pumps read,
+and closes it when the turn is over. Everything else (deadline, cancel, bounds) is the same.
 """
 
 from __future__ import annotations
@@ -230,7 +235,7 @@ class AgentRun:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL
-                if invocation.stdin is None
+                if invocation.stdin is None and not invocation.converse
                 else asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -268,7 +273,19 @@ class AgentRun:
         if self.cancelled:  # cancelled while it was being started
             self._terminator = asyncio.create_task(self._terminate(proc), name="terminate")
         feeder = None
-        if proc.stdin is not None and invocation.stdin is not None:
+        channel = None
+        if proc.stdin is not None and invocation.converse:
+            channel = StdinChannel(proc.stdin)
+            if invocation.stdin:
+                channel.send_bytes(invocation.stdin)
+            try:
+                self._driver.converse(channel)
+            except Exception:
+                log.exception(
+                    "the %s driver failed to start its conversation", self._config.agent_type
+                )
+                channel.close()
+        elif proc.stdin is not None and invocation.stdin is not None:
             feeder = asyncio.create_task(_feed(proc.stdin, invocation.stdin), name="agent-stdin")
         assert proc.stdout is not None
         assert proc.stderr is not None
@@ -297,6 +314,8 @@ class AgentRun:
             feeder.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await feeder
+        if channel is not None:
+            await channel.finish()
         if self._terminator is not None:
             await self._terminator
         code = TIMED_OUT if self.timed_out else exit_status(returncode)
@@ -397,6 +416,60 @@ async def _all_eof(pumps: list[_Pump], grace: float) -> bool:
                     if waited >= grace:
                         return False
     return True
+
+
+class StdinChannel:
+    """The agent's stdin, kept open for a conversing driver (:class:`~worker_base.agents.base.
+    AgentStdin`): ``send`` queues a line and returns at once (the driver calls it from its line
+    handler, which must not block the pump); one task at a time drains the pipe, so an agent
+    that is slow to read holds back only what is written to it, never its output. Closing
+    flushes what was queued first (asyncio's transports write their buffer out before closing).
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._closed = False
+        self._broken = False
+        self._drainer: asyncio.Task[None] | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self._broken
+
+    def send(self, line: str) -> None:
+        self.send_bytes(line.encode("utf-8", "replace") + b"\n")
+
+    def send_bytes(self, data: bytes) -> None:
+        if self.closed or not data:
+            return
+        try:
+            self._writer.write(data)
+        except (BrokenPipeError, ConnectionResetError, RuntimeError):
+            self._broken = True
+            return
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain(), name="agent-stdin")
+
+    async def _drain(self) -> None:
+        try:
+            await self._writer.drain()
+        except (OSError, RuntimeError):
+            self._broken = True  # the agent closed its end: nothing more reaches it
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
+            self._writer.close()
+
+    async def finish(self) -> None:
+        """After the process has ended: close, and stop waiting on a pipe nobody reads."""
+        self.close()
+        if self._drainer is not None and not self._drainer.done():
+            self._drainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drainer
 
 
 async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:

@@ -1,9 +1,10 @@
 """The fake droid's stream-jsonrpc mode speaks exactly Factory's published protocol.
 
 Every line the fake prints, and every request this test sends it, is validated against the
-pydantic models of Factory's ``droid-sdk`` (a dev dependency, never shipped in images). The
-FACTORY driver still speaks stream-json; this keeps the fake ready for the move the comparison
-in docs/agents.md describes, and catches drift when the SDK's schemas change.
+pydantic models of Factory's ``droid-sdk`` (a dev dependency, never shipped in images), and so
+is every line the FACTORY driver writes (its requests and its answers to droid's requests),
+which the wrapper cannot check at run time (it speaks the protocol with the standard library).
+This catches drift on either side when the SDK's schemas change.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 from droid_sdk.schemas import (
     AddUserMessageRequestParams,
     AddUserMessageResult,
+    AskUserRequest,
+    AskUserResult,
     InitializeSessionRequestParams,
     InitializeSessionResult,
     JsonRpcRequest,
@@ -24,12 +27,17 @@ from droid_sdk.schemas import (
     JsonRpcResponseSuccess,
     LoadSessionRequestParams,
     LoadSessionResult,
+    RequestPermissionRequest,
+    RequestPermissionResult,
     SessionNotification,
 )
 from droid_sdk.schemas.constants import FACTORY_PROTOCOL_VERSION
 from pydantic import BaseModel
 
-from tests.agents.helpers import FAKES
+from tests.agents.helpers import FAKES, FakeConfig
+from worker_base.agents import droid_rpc
+from worker_base.agents.base import Event
+from worker_base.agents.factory import FactoryDriver
 
 ARGV = [
     str(FAKES / "droid"),
@@ -154,3 +162,113 @@ def test_unknown_session_and_failures(tmp_path: Path) -> None:
     _, notes = converse(home, init, fail)
     assert [n.type.value for n in notes] == ["create_message", "error", "agent_turn_completed"]
     assert notes[-1].reason.value == "error"
+
+
+DROID_REQUESTS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
+    "droid.request_permission": (RequestPermissionRequest, RequestPermissionResult),
+    "droid.ask_user": (AskUserRequest, AskUserResult),
+}
+
+
+class Conversation:
+    """The FACTORY driver against the fake, every line both ways checked against the SDK."""
+
+    def __init__(self, tmp_path: Path, allowed: list[str] | None = None) -> None:
+        (tmp_path / "work").mkdir(exist_ok=True)
+        self.config = FakeConfig(tmp_path / "state", tmp_path / "work", allowed_commands=allowed)
+        self.home = tmp_path / "home"
+        self.sent: list[dict[str, Any]] = []
+        self.received: list[dict[str, Any]] = []
+        self._proc: subprocess.Popen[str] | None = None
+        self._methods: dict[str, str] = {}
+        self._asked: dict[str, str] = {}
+
+    @property
+    def closed(self) -> bool:
+        return self._proc is None or self._proc.stdin is None or self._proc.stdin.closed
+
+    def send(self, line: str) -> None:
+        obj = json.loads(line)
+        if obj["type"] == "request":
+            exact(JsonRpcRequest, obj)
+            exact(PARAMS[obj["method"]], obj["params"])
+            self._methods[obj["id"]] = obj["method"]
+        elif "error" in obj:
+            exact(JsonRpcResponseFailure, obj)
+        else:
+            exact(JsonRpcResponseSuccess, obj)
+            exact(DROID_REQUESTS[self._asked[obj["id"]]][1], obj["result"])
+        self.sent.append(obj)
+        assert self._proc is not None and self._proc.stdin is not None
+        self._proc.stdin.write(line + "\n")
+        self._proc.stdin.flush()
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.stdin is not None:
+            self._proc.stdin.close()
+
+    def run(self, prompt: str) -> tuple[int, list[Event]]:
+        driver = FactoryDriver(self.config, executable=str(FAKES / "droid"), home=self.home)
+        invocation = driver.invocation(prompt)
+        self._proc = subprocess.Popen(
+            invocation.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env(self.home),
+            cwd=self.config.workdir,
+        )
+        driver.converse(self)
+        events: list[Event] = []
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self.check(json.loads(line))
+            events += driver.on_stdout(line.rstrip("\n"))
+        code = self._proc.wait(timeout=60)
+        return code, events + driver.on_exit(code)
+
+    def check(self, obj: dict[str, Any]) -> None:
+        self.received.append(obj)
+        if obj["type"] == "notification":
+            exact(SessionNotification, obj)
+        elif obj["type"] == "request":
+            exact(DROID_REQUESTS[obj["method"]][0], obj)
+            self._asked[obj["id"]] = obj["method"]
+        elif "error" in obj:
+            exact(JsonRpcResponseFailure, obj)
+        else:
+            exact(JsonRpcResponseSuccess, obj)
+            exact(RESULTS[self._methods[obj["id"]]], obj["result"])
+
+
+def test_the_drivers_lines_are_the_sdks(tmp_path: Path) -> None:
+    talk = Conversation(tmp_path, allowed=["echo"])
+    code, events = talk.run("PERMIT: echo allowed-by-list\nASK: Proceed?")
+    assert code == 0
+    assert [obj["method"] for obj in talk.sent if obj["type"] == "request"] == [
+        "droid.initialize_session",
+        "droid.add_user_message",
+    ]
+    answers = [obj["result"] for obj in talk.sent if obj["type"] == "response"]
+    assert answers == [{"cancelled": True, "answers": []}, {"selectedOption": "proceed_once"}]
+    assert [e.type for e in events].count("error") == 1  # the question nobody could answer
+
+    code, events = talk.run("PERMIT: touch nope")  # load_session, then a refused command
+    assert code == 0
+    assert [obj["method"] for obj in talk.sent if obj["type"] == "request"][2] == (
+        "droid.load_session"
+    )
+    assert talk.sent[-1]["result"] == {"selectedOption": "cancel"}
+    resolved = [
+        obj["params"]["notification"]
+        for obj in talk.received
+        if obj["type"] == "notification"
+        and obj["params"]["notification"]["type"] == "permission_resolved"
+    ]
+    assert [n["selectedOption"] for n in resolved] == ["proceed_once", "cancel"]
+    assert "refused: `touch nope`" in next(e.content for e in events if e.type == "error")
+
+
+def test_the_drivers_refusal_of_an_unknown_request_is_the_sdks() -> None:
+    line = droid_rpc.error_response("r-1", droid_rpc.METHOD_NOT_FOUND, "Method not found: x")
+    exact(JsonRpcResponseFailure, json.loads(line))

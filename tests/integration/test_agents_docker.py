@@ -1,7 +1,7 @@
 """Agents in real containers: the FACTORY driver and the allowlist shims of CUSTOM workers.
 
 No real ``droid`` can be fetched on these machines, so the FACTORY image is built through the
-manager's images overlay (``tests/fakes/images``), whose snippet installs the stream-json fake of
+manager's images overlay (``tests/fakes/images``), whose snippet installs the stream-jsonrpc fake of
 ``tests/fakes/droid``: everything else (the image build, the wrapper, the driver's argv, the
 session kept under ``/home/worker/.wm``, the shims) is the production path. CLAUDE runs the real
 CLI: ``test_claude_real.py``.
@@ -71,9 +71,9 @@ async def test_factory_streams_every_step_and_resumes_its_session(harness: Harne
     assert_in_order(first, "status", "assistant", "tool_use", "tool_result", "result", "done")
     assert first[-1]["content"] == "0"
     tool_use = json.loads(next(e["content"] for e in first if e["type"] == "tool_use"))
-    assert tool_use["parameters"] == {"command": "echo fake-tool-ok"}
+    assert tool_use["input"] == {"command": "echo fake-tool-ok"}
     result = result_of(first)
-    assert result["is_error"] is False and result["num_turns"] == 1
+    assert result["is_error"] is False
     session = result["session_id"]
     assert any("at autonomy low" in e["content"] for e in first if e["type"] == "assistant")
     container = harness.container(worker_id)
@@ -82,7 +82,7 @@ async def test_factory_streams_every_step_and_resumes_its_session(harness: Harne
 
     second = await run_input(harness, worker_id, "And again.")
     again = result_of(second)
-    assert again["session_id"] == session and again["num_turns"] == 2
+    assert again["session_id"] == session
     await delete(harness, worker_id)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from worker_base.events import EventType
 from worker_base.ledger import CostLedger
@@ -41,6 +42,27 @@ class Invocation:
     #: Whether ``allowed_commands`` applies: the agent's runs, yes; an ``exec`` the orchestrator
     #: asked for (SPEC §8), no: it runs what it names, as the agent's user.
     confined: bool = True
+    #: Keep the agent's stdin open and converse on it: after ``stdin`` (if any) the wrapper
+    #: hands the pipe to :meth:`AgentDriver.converse` before reading a line, and closes it when
+    #: the driver does or the process ends (droid's stream-jsonrpc: ``agents/droid_rpc.py``).
+    converse: bool = False
+
+
+class AgentStdin(Protocol):
+    """The agent's stdin as a conversing driver sees it: whole lines out, never blocking.
+
+    Writes are queued and flushed by the wrapper; a line sent after :meth:`close`, or once the
+    agent has closed its end, is dropped (the process is ending: its exit says the rest).
+    """
+
+    def send(self, line: str) -> None:
+        """Queue ``line`` (without its newline) for the agent's stdin."""
+
+    def close(self) -> None:
+        """End of input for the agent, once what was sent has been written."""
+
+    @property
+    def closed(self) -> bool: ...
 
 
 class AgentDriver(ABC):
@@ -65,6 +87,13 @@ class AgentDriver(ABC):
     def on_exit(self, exit_code: int) -> list[Event]:
         """Events after the process ended, before the wrapper's ``done``; e.g. a missing result."""
         return []
+
+    def converse(self, stdin: AgentStdin) -> None:
+        """For an invocation with ``converse``: called once the agent has started, before any of
+        its lines are read. The driver keeps ``stdin`` and writes to it from ``on_stdout``
+        (answers to the agent's requests mid-turn), closing it when the turn is over. Lines,
+        bounds, the deadline and cancelling stay the wrapper's, as for every run."""
+        stdin.close()
 
     def take_stop(self) -> bool:
         """After each batch of lines: whether the run must be stopped now (the driver has
