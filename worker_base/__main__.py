@@ -18,11 +18,11 @@ import signal
 import sys
 import threading
 
-from worker_base import __version__
+from worker_base import __version__, forks
 from worker_base.agents.registry import DriverUnavailableError, driver_for
 from worker_base.assignment import AssignmentError, wait_for_assignment
 from worker_base.config import ConfigError, WrapperConfig
-from worker_base.identity import AgentIdentity, prepare
+from worker_base.identity import AgentIdentity, prepare, private_dir
 from worker_base.isolation import wrapper_exposures
 from worker_base.wrapper import Wrapper
 
@@ -62,6 +62,8 @@ def main() -> int:
         return 2
     try:
         prepare(config, identity)
+        # A copy of another worker (SPEC §10) settles before its ledger and driver are read.
+        forks.settle(private_dir(config))
     except OSError as exc:
         log.error("cannot start: the wrapper's or the agent's directories: %s", exc)
         return 2

@@ -12,7 +12,9 @@ from redis.asyncio import Redis
 
 from tests.support.availability import require_redis_server
 from tests.support.flows import Harness
+from tests.support.git_server import GitServer
 from tests.support.sentinel import SentinelGroup
+from worker_manager.core.bridge import docker_bridge_gateway
 from worker_manager.service.manager import Manager
 from worker_manager.settings import Settings
 
@@ -40,3 +42,16 @@ def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
         yield group
     finally:
         group.stop()
+
+
+@pytest.fixture
+async def http_git(tmp_path: Path) -> AsyncIterator[GitServer]:
+    """Git repositories served over plain HTTP from the host (``tests.support.git_server``),
+    on the Docker bridge's address, where workers' checkouts reach them."""
+    root = tmp_path / "repos"
+    root.mkdir()
+    server = await GitServer(root, host=docker_bridge_gateway()).start()
+    try:
+        yield server
+    finally:
+        await server.close()

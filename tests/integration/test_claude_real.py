@@ -325,3 +325,34 @@ async def test_a_session_survives_a_suspend(claude: Harness, fake_anthropic: Fak
     assert result_of(woken)["session_id"] == session
     resumed = requests_with(fake_anthropic, "after-the-sleep")
     assert resumed and "before-the-sleep" in resumed[-1]
+
+
+async def test_a_fork_continues_the_conversation_on_a_thread_of_its_own(
+    claude: Harness, fake_anthropic: FakeAnthropic
+) -> None:
+    """SPEC §10: the copy's first input reaches the API with the source's earlier turn; the
+    copy's session is forked (a new id: ``--fork-session``), so the source's next turn does not
+    carry the copy's, nor the copy's the source's."""
+    source = await start_worker(claude)
+    first = await run_input(claude, source, "FAKE say source-before-fork")
+    session = result_of(first)["session_id"]
+    reply = await claude.client.request("fork", worker_id=source, count="1")
+    assert reply.ok, reply
+    (copy,) = json.loads(reply.to_fields()["worker_ids"])
+    assert await claude.wait_status(copy, "RUNNING", "FAILED", timeout=300) == "RUNNING"
+
+    forked = await run_input(claude, copy, "FAKE say copy-after-fork", timeout=180)
+    assert done_code(forked) == 0 and not of(forked, "error"), forked
+    copy_session = result_of(forked)["session_id"]
+    assert copy_session != session
+    (seen,) = requests_with(fake_anthropic, "copy-after-fork")[-1:]
+    assert "source-before-fork" in seen
+
+    later = await run_input(claude, source, "FAKE say source-after-fork")
+    assert result_of(later)["session_id"] == session
+    (seen,) = requests_with(fake_anthropic, "source-after-fork")[-1:]
+    assert "source-before-fork" in seen and "copy-after-fork" not in seen
+    again = await run_input(claude, copy, "FAKE say copy-again")
+    assert result_of(again)["session_id"] == copy_session
+    (seen,) = requests_with(fake_anthropic, "copy-again")[-1:]
+    assert "copy-after-fork" in seen and "source-after-fork" not in seen

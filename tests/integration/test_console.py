@@ -166,3 +166,48 @@ async def test_a_form_post_without_its_csrf_token_is_refused(harness: Harness) -
             f"{base}/ui/login", data={"token": "wrong"}, allow_redirects=False
         ) as response:
             assert response.status == 401
+
+
+async def test_fork_and_snapshot_from_a_workers_page(harness: Harness, browser: Any) -> None:
+    """SPEC §10 from the console: Fork opens the copy's page; Snapshot keeps the worker's state
+    and lists it; both go through the command stream like any producer's."""
+    from selenium.webdriver.common.by import By
+
+    manager = await harness.start(http=True, http_addr="127.0.0.1:0", ui_token=SecretStr(TOKEN))
+    assert manager.http is not None
+    base = manager.http.url
+    source = await harness.client.request("create", agent_type="CUSTOM", agent_command=CAT)
+    assert source.ok and source.worker_id
+    assert await harness.wait_status(source.worker_id, "RUNNING", "FAILED") == "RUNNING"
+
+    await off_loop(lambda: browser.get(f"{base}/ui/workers/{source.worker_id}"))
+    token_box = await wait_for(browser, lambda d: d.find_element(By.NAME, "token"), "login")
+    await off_loop(lambda: token_box.send_keys(TOKEN))
+    await off_loop(lambda: token_box.submit())
+    await off_loop(lambda: browser.get(f"{base}/ui/workers/{source.worker_id}"))
+    fork = await wait_for(
+        browser, lambda d: d.find_element(By.CSS_SELECTOR, "form[action$='/fork'] button"), "Fork"
+    )
+    await off_loop(fork.click)
+    await wait_for(
+        browser,
+        lambda d: "/ui/workers/" in d.current_url and source.worker_id not in d.current_url,
+        "the copy's page",
+    )
+    copy_id = str(await off_loop(lambda: browser.current_url)).rsplit("/", 1)[-1]
+    record = await harness.redis.hgetall(harness.keys.worker(copy_id))
+    assert record["forked_from"] == source.worker_id
+
+    await off_loop(lambda: browser.get(f"{base}/ui/workers/{source.worker_id}"))
+    name_box = await wait_for(browser, lambda d: d.find_element(By.NAME, "name"), "name box")
+    await off_loop(lambda: name_box.send_keys("from-the-console"))
+    snap = await off_loop(
+        lambda: browser.find_element(By.CSS_SELECTOR, "form[action$='/snapshot'] button")
+    )
+    await off_loop(snap.click)
+    table = await wait_for(browser, by_id("snapshots"), "the snapshots page")
+    text = await off_loop(lambda: table.text)
+    assert "from-the-console" in text and source.worker_id in text
+    for worker_id in (source.worker_id, copy_id):
+        assert (await harness.client.request("delete", worker_id=worker_id)).ok
+    assert (await harness.client.request("delete_snapshot", name="from-the-console")).ok

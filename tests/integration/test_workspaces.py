@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,23 +19,11 @@ from tests.support.flows import Harness
 from tests.support.git_server import GitServer, git
 from tests.support.readme import run_example
 from worker_manager import Client, Worker, WorkspaceRequestError
-from worker_manager.core.bridge import docker_bridge_gateway
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 
 #: Runs the prompt as a shell script, in the workspace.
 SHELL_AGENT = ["sh", "-c", 'cd /workspace && eval "$(cat)"']
-
-
-@pytest.fixture
-async def http_git(tmp_path: Path) -> AsyncIterator[GitServer]:
-    root = tmp_path / "repos"
-    root.mkdir()
-    server = await GitServer(root, host=docker_bridge_gateway()).start()
-    try:
-        yield server
-    finally:
-        await server.close()
 
 
 def source_of(server: GitServer) -> str:

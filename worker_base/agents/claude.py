@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from worker_base import forks
 from worker_base.agents.base import Event, Invocation
 from worker_base.agents.stream_json import (
     SessionStore,
@@ -110,6 +111,15 @@ class ClaudeDriver(StreamJsonDriver):
             SessionStore(private_dir(config) / "claude-session"),
             CostLedger(private_dir(config), config.max_cost_usd),
         )
+        #: This run resumes with ``--fork-session`` (``worker_base.forks``).
+        self._forking = False
+
+    def _remember_session(self, value: object) -> None:
+        super()._remember_session(value)
+        # The new id the fork got: the next input resumes it like any other.
+        if self._forking and isinstance(value, str) and value and value != self._resumed_from:
+            forks.forked(private_dir(self._config))
+            self._forking = False
 
     @property
     def config_dir(self) -> Path:
@@ -128,6 +138,11 @@ class ClaudeDriver(StreamJsonDriver):
         ]
         if resume is not None:
             argv += ["--resume", resume]
+            # A copy of another worker (SPEC §10): its first resume forks the session, so the
+            # copies' threads go on under ids of their own.
+            self._forking = forks.fork_pending(private_dir(self._config))
+            if self._forking:
+                argv += ["--fork-session"]
         if self._config.max_turns is not None:
             argv += ["--max-turns", str(self._config.max_turns)]
         remaining = self.ledger.remaining_usd if self.ledger is not None else None

@@ -109,10 +109,31 @@ def build_parser() -> argparse.ArgumentParser:
         '\'{"name": "db", "image": "pg16", "command": ["postgres"], "port": 5432}\'; repeat',
     )
     create.add_argument(
+        "--from-snapshot",
+        metavar="NAME",
+        help="start from a snapshot: its workspace and agent session (SPEC §10)",
+    )
+    create.add_argument(
         "--wait",
         action="store_true",
         help="after the reply, wait until the worker is RUNNING (or has failed)",
     )
+
+    fork = sub.add_parser(
+        "fork", parents=[common], help="copy a worker (workspace and session) into new ones"
+    )
+    fork.add_argument("worker_id")
+    fork.add_argument("--count", type=int, default=1, help="how many copies (default 1)")
+    fork.add_argument("--request-id", help="idempotency key")
+    snapshot = sub.add_parser(
+        "snapshot", parents=[common], help="keep a worker's state under a name"
+    )
+    snapshot.add_argument("worker_id")
+    snapshot.add_argument("name")
+    snapshot.add_argument("--request-id", help="idempotency key")
+    sub.add_parser("snapshots", parents=[common], help="list the snapshots")
+    forget = sub.add_parser("delete-snapshot", parents=[common], help="delete a snapshot")
+    forget.add_argument("name")
 
     for name, text in (
         ("status", "show a worker's status"),

@@ -77,6 +77,7 @@ async def _create(args: argparse.Namespace, settings: Settings) -> int:
         "env": env or None,
         "environment": args.environment or None,
         "services": services or None,
+        "from_snapshot": args.from_snapshot or None,
     }
 
     async def body(client: CommandClient, redis: Redis) -> int:
@@ -161,6 +162,65 @@ async def _delete(args: argparse.Namespace, settings: Settings) -> int:
 @command("suspend")
 async def _suspend(args: argparse.Namespace, settings: Settings) -> int:
     return await _simple(args, settings, "suspend")
+
+
+@command("fork")
+async def _fork(args: argparse.Namespace, settings: Settings) -> int:
+    async def body(client: CommandClient, _redis: Redis) -> int:
+        extra = {"request_id": args.request_id} if args.request_id else {}
+        reply = await client.request(
+            "fork", timeout=args.timeout, worker_id=args.worker_id, count=str(args.count), **extra
+        )
+        if args.json or not reply.ok:
+            return print_reply(reply, args.json)
+        for worker_id in reply.worker_ids or []:
+            console.print(worker_id)
+        return 0
+
+    return await with_client(settings, body)
+
+
+@command("snapshot")
+async def _snapshot(args: argparse.Namespace, settings: Settings) -> int:
+    async def body(client: CommandClient, _redis: Redis) -> int:
+        extra = {"request_id": args.request_id} if args.request_id else {}
+        reply = await client.request(
+            "snapshot", timeout=args.timeout, worker_id=args.worker_id, name=args.name, **extra
+        )
+        if args.json or not reply.ok:
+            return print_reply(reply, args.json)
+        snapshot = reply.snapshot or {}
+        console.print(f"snapshot {snapshot.get('name')}: {snapshot.get('size_bytes')} bytes")
+        return 0
+
+    return await with_client(settings, body)
+
+
+@command("snapshots")
+async def _snapshots(args: argparse.Namespace, settings: Settings) -> int:
+    async def body(client: CommandClient, _redis: Redis) -> int:
+        reply = await client.request("list_snapshots", timeout=args.timeout)
+        if args.json or not reply.ok:
+            return print_reply(reply, args.json)
+        table = Table("name", "worker", "agent", "created", "last used", "manager", "bytes")
+        for s in reply.snapshots or []:
+            table.add_row(
+                *(str(s.get(k, "")) for k in ("name", "worker_id", "agent_type", "created_at")),
+                *(str(s.get(k, "")) for k in ("last_used_at", "manager_id", "size_bytes")),
+            )
+        console.print(table)
+        return 0
+
+    return await with_client(settings, body)
+
+
+@command("delete-snapshot")
+async def _delete_snapshot(args: argparse.Namespace, settings: Settings) -> int:
+    async def body(client: CommandClient, _redis: Redis) -> int:
+        reply = await client.request("delete_snapshot", timeout=args.timeout, name=args.name)
+        return print_reply(reply, args.json)
+
+    return await with_client(settings, body)
 
 
 @command("resume")

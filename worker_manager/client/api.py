@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from types import TracebackType
@@ -148,7 +149,8 @@ class Client:
         ``egress``: the destinations it may reach (``["api.github.com:443", "*.pypi.org"]``);
         None sends none, so the deployment's default applies; ``[]`` grants nothing.
         ``environment``: its toolchain (SPEC §9), the name of a catalogue entry (``"node20"``)
-        or a spec (``{"apt": ["jq"], "pip": ["pytest==8.3.3"]}``)."""
+        or a spec (``{"apt": ["jq"], "pip": ["pytest==8.3.3"]}``). ``from_snapshot=<name>``
+        starts it from a snapshot (SPEC §10): its workspace and agent session."""
         if egress is not None:
             fields["egress"] = list(egress)
         if environment is not None:
@@ -156,6 +158,15 @@ class Client:
         reply = await self.request("create", **fields)
         assert reply.worker_id is not None
         return Worker(self, reply.worker_id)
+
+    async def snapshots(self) -> list[dict[str, Any]]:
+        """Every snapshot (SPEC §10): name, worker_id, agent_type, created_at, last_used_at,
+        manager_id, size_bytes."""
+        reply = await self.request("list_snapshots")
+        return list(reply.snapshots or [])
+
+    async def delete_snapshot(self, name: str) -> None:
+        await self.request("delete_snapshot", name=name)
 
     def worker(self, worker_id: str) -> Worker:
         """A handle on an existing worker (nothing is sent)."""
@@ -328,6 +339,19 @@ class Worker:
         sent to a suspended worker resumes it too."""
         reply = await self.client.request("resume", worker_id=self.id)
         return WorkerInfo.from_reply(reply)
+
+    async def fork(self, count: int = 1) -> builtins.list[Worker]:
+        """``count`` copies of it (SPEC §10): its workspace as it is and its agent's session,
+        each continuing from here with its own id and budget. It must be RUNNING between
+        inputs (``ConflictError`` while busy) or SUSPENDED."""
+        reply = await self.client.request("fork", worker_id=self.id, count=str(count))
+        return [Worker(self.client, worker_id) for worker_id in reply.worker_ids or []]
+
+    async def snapshot(self, name: str) -> dict[str, Any]:
+        """Keep its state under ``name``; ``Client.create(from_snapshot=name, ...)`` starts
+        workers from it."""
+        reply = await self.client.request("snapshot", worker_id=self.id, name=name)
+        return dict(reply.snapshot or {})
 
 
 async def _read(

@@ -9,6 +9,7 @@ reply is written, so a crash before that means redelivery, never loss.
 
 from __future__ import annotations
 
+import json
 import time
 
 from redis.asyncio import Redis
@@ -21,8 +22,12 @@ from worker_manager.contract.commands import (
     AnyCommand,
     CreateCommand,
     DeleteCommand,
+    DeleteSnapshotCommand,
+    ForkCommand,
     ListCommand,
+    ListSnapshotsCommand,
     ResumeCommand,
+    SnapshotCommand,
     StatusCommand,
     SuspendCommand,
     parse_command,
@@ -154,6 +159,10 @@ class Dispatcher:
 
         if isinstance(cmd, StatusCommand | ListCommand):
             return await self._read_only(delivery, cmd)
+        if isinstance(cmd, CreateCommand) and cmd.from_snapshot is not None:
+            owner = await self._snapshot_host(cmd.from_snapshot)
+            if owner is not None:
+                return await self._hand_to(owner, delivery, cmd)
 
         claim = await self._book.claim(cmd.request_id, delivery.entry_id)
         if claim.reply is not None:
@@ -181,6 +190,26 @@ class Dispatcher:
             remember_seconds=self._settings.idempotency_ttl_seconds,
         )
         return result
+
+    async def _snapshot_host(self, name: str) -> str | None:
+        """The live manager, other than this one, whose host holds the snapshot; None when it
+        is this one's (or unknown, or gone: the handler then says so)."""
+        keys = self._settings.keys
+        owner = await self._redis.hget(keys.snapshot(name), "manager_id")
+        if not owner or owner == self._settings.manager_id:
+            return None
+        return str(owner) if await self._redis.exists(keys.manager(str(owner))) else None
+
+    async def _hand_to(self, owner: str, delivery: Delivery, cmd: CreateCommand) -> str:
+        """A create from another host's snapshot goes to that host's manager, as sent (the
+        same request id and ``reply_to``: it answers the producer itself, once)."""
+        fields = dict(delivery.fields)
+        if self._producer is not None:  # who sent it, said by its stream, travels with it
+            fields["metadata"] = json.dumps(cmd.metadata, separators=(",", ":"))
+        await self._redis.xadd(self._settings.keys.manager_commands(owner), fields)
+        await self._book.finish(delivery.entry_id, None, None)
+        log.info("create handed to the snapshot's host", snapshot=cmd.from_snapshot, owner=owner)
+        return "forwarded"
 
     async def _replicated(self, cmd: AnyCommand) -> None:
         """With ``WM_REDIS_WAIT_REPLICAS``: the change is on that many replicas before its
@@ -254,10 +283,22 @@ class Dispatcher:
         )
 
     async def _handle(
-        self, cmd: CreateCommand | DeleteCommand | SuspendCommand | ResumeCommand
+        self,
+        cmd: CreateCommand
+        | DeleteCommand
+        | SuspendCommand
+        | ResumeCommand
+        | ForkCommand
+        | SnapshotCommand
+        | ListSnapshotsCommand
+        | DeleteSnapshotCommand,
     ) -> Reply:
         if isinstance(cmd, CreateCommand):
             return await self._handlers.create(cmd)
+        if isinstance(cmd, ListSnapshotsCommand):
+            return await self._handlers.forks.list_snapshots(cmd)
+        if isinstance(cmd, DeleteSnapshotCommand):
+            return await self._handlers.forks.delete_snapshot(cmd)
         if self._producer is not None:
             record = self._settings.keys.worker(cmd.worker_id)
             status, owner = await self._redis.hmget(record, "status", "owner")
@@ -271,4 +312,8 @@ class Dispatcher:
             return await self._handlers.suspend(cmd)
         if isinstance(cmd, ResumeCommand):
             return await self._handlers.resume(cmd)
+        if isinstance(cmd, ForkCommand):
+            return await self._handlers.forks.fork(cmd)
+        if isinstance(cmd, SnapshotCommand):
+            return await self._handlers.forks.snapshot(cmd)
         return await self._handlers.delete(cmd, producer=self._producer)

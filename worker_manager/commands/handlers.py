@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 
+from worker_manager.commands.forks import Forks
 from worker_manager.commands.routing import Router
 from worker_manager.contract.commands import (
     CreateCommand,
@@ -50,6 +51,7 @@ class Handlers:
         router: Router | None = None,
         pool: WarmPool | None = None,
         sleep: Sleep | None = None,
+        forks: Forks | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -58,11 +60,23 @@ class Handlers:
         self._router = router
         self._pool = pool
         self._sleep = sleep
+        #: fork, snapshots and creates from them (SPEC §10).
+        self._forks = forks
+
+    @property
+    def forks(self) -> Forks:
+        if self._forks is None:
+            raise CommandError(ErrorCode.INTERNAL, "this manager does not fork")
+        return self._forks
 
     async def create(self, cmd: CreateCommand) -> Reply:
         problem = self._provisioner.install_problem(cmd.agent_type)
         if problem is not None:
             raise CommandError(ErrorCode.BUILD_FAILED, problem)
+        started_from: dict[str, str] = {}
+        if cmd.from_snapshot is not None:
+            # Its shape, workspace and session from the snapshot (SPEC §10), the rest its own.
+            cmd, started_from = await self.forks.from_snapshot(cmd)
         # Resolved by the dispatcher already (refusals are dead-lettered there); a no-op then.
         docker = await self._provisioner.docker_problem(cmd.modules)
         if docker is not None:
@@ -81,6 +95,7 @@ class Handlers:
         alone = not services and not (
             Module.DOCKER in cmd.modules and self._settings.docker_module == "rootless"
         )
+        alone = alone and cmd.from_snapshot is None
         if cmd.worker_id is None and self._pool is not None and not adhoc and alone:
             pooled = await self._pool.take(shape, cmd.request_id)
         worker_id = cmd.worker_id or pooled or str(uuid.uuid5(WORKER_ID_NAMESPACE, cmd.request_id))
@@ -98,6 +113,11 @@ class Handlers:
         }
         if environment is not None:
             fields["environment"] = environment.label
+        fields.update(started_from)
+        copied = False
+        if cmd.from_snapshot is not None and await self._store.get(worker_id) is None:
+            await self.forks.copy_snapshot(cmd.from_snapshot, worker_id)
+            copied = True
         if services:
             fields["services"] = json.dumps(
                 {service.name: SERVICE_STARTING for service in services}, separators=(",", ":")
@@ -118,6 +138,8 @@ class Handlers:
             owner=owner,
             max_per_owner=self._settings.max_workers_per_owner,
         )
+        if copied and outcome.result is not CreateResult.CREATED:
+            await self.forks.drop_volumes(worker_id)
         full = outcome.result is CreateResult.CAPACITY
         if full and pooled is not None and self._pool is not None:
             await self._pool.give_back(shape, pooled, cmd.request_id)

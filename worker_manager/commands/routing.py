@@ -20,7 +20,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from worker_manager.client.requests import CommandClient, ReplyTimeout
-from worker_manager.contract.commands import DeleteCommand, ResumeCommand, SuspendCommand
+from worker_manager.contract.commands import (
+    DeleteCommand,
+    ForkCommand,
+    ResumeCommand,
+    SnapshotCommand,
+    SuspendCommand,
+)
 from worker_manager.contract.reply import Reply
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
@@ -43,7 +49,10 @@ class Router:
         return bool(await self._redis.exists(self._keys.manager(manager_id)))
 
     async def forward(
-        self, cmd: DeleteCommand | SuspendCommand | ResumeCommand, owner: str
+        self,
+        cmd: DeleteCommand | SuspendCommand | ResumeCommand | ForkCommand | SnapshotCommand,
+        owner: str,
+        extra: dict[str, str] | None = None,
     ) -> Reply | None:
         """The owning manager's answer to ``cmd``; None when that manager is gone (before or
         while we waited), so the caller ends the worker in Redis alone."""
@@ -61,6 +70,7 @@ class Router:
                 "worker_id": cmd.worker_id,
                 "request_id": request_id,
                 "reply_to": reply_to,
+                **(extra or {}),
             },
         )
         log.info(

@@ -15,7 +15,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 from redis.asyncio import Redis
@@ -69,7 +69,10 @@ class Console:
         app.router.add_get("/events", self._lifecycle_events)
         app.router.add_get("/workers/{worker_id}", self._worker)
         app.router.add_get("/workers/{worker_id}/output", self._output_events)
-        app.router.add_post("/workers/{worker_id}/{action:send|cancel|delete}", self._act)
+        app.router.add_post(
+            "/workers/{worker_id}/{action:send|cancel|delete|fork|snapshot}", self._act
+        )
+        app.router.add_get("/snapshots", self._snapshots)
         return app
 
     # --- who may look ------------------------------------------------------------------------
@@ -198,11 +201,45 @@ class Console:
                 await self._commands.send_input(worker_id, content)
         elif action == "cancel":
             await self._commands.send_input(worker_id, "", "cancel")
+        elif action in ("fork", "snapshot"):
+            raise await self._copy(worker_id, action, form)
         else:
             await self._commands.request(
                 "delete", worker_id=worker_id, request_id=f"ui-{uuid.uuid4().hex}", timeout=120
             )
         raise web.HTTPSeeOther(f"/ui/workers/{worker_id}")
+
+    async def _copy(
+        self, worker_id: str, action: str, form: Mapping[str, object]
+    ) -> web.HTTPException:
+        """A fork (to the first copy's page) or a snapshot (to the list), as any producer sends
+        them; a refusal is shown as the manager worded it."""
+        fields: dict[str, str] = {"worker_id": worker_id, "request_id": f"ui-{uuid.uuid4().hex}"}
+        if action == "fork":
+            count = str(form.get("count", "1"))
+            fields["count"] = count if count.isdigit() else "1"
+        else:
+            fields["name"] = str(form.get("name", ""))
+        reply = await self._commands.request(action, timeout=120, **fields)
+        if not reply.ok:
+            return web.HTTPConflict(text=f"{reply.error}: {reply.message}\n")
+        if action == "fork" and reply.worker_ids:
+            return web.HTTPSeeOther(f"/ui/workers/{reply.worker_ids[0]}")
+        return web.HTTPSeeOther("/ui/snapshots")
+
+    async def _snapshots(self, request: web.Request) -> web.Response:
+        names = await self._redis.zrevrange(self._keys.snapshots, 0, 199)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(self._keys.snapshot(name))
+            found = await pipe.execute()
+        keep = ("name", "worker_id", "agent_type", "created_at", "last_used_at", "manager_id")
+        rows: list[dict[str, object]] = [
+            {**{k: v.get(k, "") for k in keep}, "size_bytes": v.get("size_bytes", "")}
+            for v in found
+            if v
+        ]
+        return _html(views.snapshots_page(rows))
 
     async def _images(self) -> list[views.ImageRow]:
         """The worker images by last use, and whether age alone makes the next GC remove one

@@ -45,7 +45,8 @@ def page(title: str, body: str, *, script: str = "") -> str:
     return (
         "<!doctype html><html><head><meta charset=utf-8>"
         f"<title>{e(title)}</title><style>{_STYLE}</style></head><body>"
-        f'<nav><a href="/ui">fleet</a></nav><h1>{e(title)}</h1>{body}'
+        '<nav><a href="/ui">fleet</a> <a href="/ui/snapshots">snapshots</a></nav>'
+        f"<h1>{e(title)}</h1>{body}"
         + (f"<script>{script}</script>" if script else "")
         + "</body></html>"
     )
@@ -222,6 +223,12 @@ def worker_page(
         "<button type=submit>Cancel</button></form> "
         f'<form class=inline method=post action="{action}/delete">{hidden}'
         "<button type=submit>Delete</button></form>"
+        f'<form class=inline method=post action="{action}/fork">{hidden}'
+        "<input name=count type=number min=1 value=1 size=3> "
+        "<button type=submit>Fork</button></form> "
+        f'<form class=inline method=post action="{action}/snapshot">{hidden}'
+        '<input name=name placeholder="snapshot name" size=16> '
+        "<button type=submit>Snapshot</button></form>"
         f'<h2>Output</h2><div class=out id="output">{lines}</div>'
         f"<h2>Record</h2><table>{fields}</table>"
         f"<h2>Lifecycle</h2><table>{changes}</table>"
@@ -248,3 +255,23 @@ def _js(value: str) -> str:
 
 def now() -> float:
     return time.time()
+
+
+def snapshots_page(snapshots: list[dict[str, object]]) -> str:
+    """The snapshots (SPEC §10): what each was taken of, where it lives, its size, its use."""
+    rows = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{e(str(s.get(k, '')))}</td>"
+            for k in ("name", "worker_id", "agent_type", "created_at", "last_used_at")
+        )
+        + f"<td>{e(str(s.get('manager_id', '')))}</td><td>{e(str(s.get('size_bytes', '')))}</td>"
+        + "</tr>"
+        for s in snapshots
+    )
+    body = (
+        "<table id=snapshots><thead><tr><th>name</th><th>of worker</th><th>agent</th>"
+        "<th>taken</th><th>last used</th><th>manager</th><th>bytes</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+    )
+    return page("Snapshots", body)

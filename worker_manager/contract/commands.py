@@ -165,6 +165,9 @@ class CreateCommand(_Command):
     #: Services beside the worker (SPEC §9): as sent (``contract.services``); as saved, their
     #: images resolved against the deployment (``services.resolve``).
     services: tuple[ServiceSpec | ResolvedService, ...] = ()
+    #: Start from a snapshot (SPEC §10): its workspace and agent session; its shape unless the
+    #: create names its own (an ``agent_type`` that differs is refused).
+    from_snapshot: str | None = None
 
     @field_validator("worker_id", mode="before")
     @classmethod
@@ -269,6 +272,11 @@ class CreateCommand(_Command):
             value = _json_text(value, "an environment spec")
         return parse_environment(value)
 
+    @field_validator("from_snapshot", mode="before")
+    @classmethod
+    def _from_snapshot(cls, value: Any) -> str | None:
+        return None if value in (None, "") else _snapshot_name(value)
+
     @field_validator("services", mode="before")
     @classmethod
     def _services(cls, value: Any) -> Any:
@@ -355,6 +363,80 @@ class ResumeCommand(_WorkerCommand):
     command: Literal["resume"]
 
 
+#: A snapshot's name (SPEC §1 ``name``): unique among this deployment's snapshots.
+SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _snapshot_name(value: Any) -> str:
+    if not isinstance(value, str) or not SNAPSHOT_NAME.fullmatch(value):
+        raise ValueError("must be 1 to 64 characters of [A-Za-z0-9._-]")
+    return value
+
+
+class ForkCommand(_WorkerCommand):
+    """Copy a worker (RUNNING between inputs, or SUSPENDED) into ``count`` new ones (SPEC §10)."""
+
+    command: Literal["fork"]
+    count: int = Field(default=1, ge=1)
+    #: The copies' ids, as many as ``count``; None: made by the manager (from the request id).
+    worker_ids: list[str] | None = None
+
+    @field_validator("count")
+    @classmethod
+    def _count(cls, value: int, info: ValidationInfo) -> int:
+        most = _context(info)[0].max_fork
+        if value > most:
+            raise ValueError(f"is {value}; at most {most} (WM_MAX_FORK)")
+        return value
+
+    @field_validator("worker_ids", mode="before")
+    @classmethod
+    def _worker_ids(cls, value: Any) -> list[str] | None:
+        value = _json_text(value, "a list of UUIDs")
+        if value in (None, ""):
+            return None
+        if not isinstance(value, list):
+            raise ValueError("must be a JSON list of UUIDs")
+        ids = [normalize_uuid(item) for item in value]
+        if len(set(ids)) != len(ids):
+            raise ValueError("names one id twice")
+        return ids
+
+    @model_validator(mode="after")
+    def _as_many_ids_as_copies(self) -> ForkCommand:
+        if self.worker_ids is not None and len(self.worker_ids) != self.count:
+            raise ValueError(f"worker_ids: has {len(self.worker_ids)} ids for count {self.count}")
+        if self.worker_ids is not None and self.worker_id in self.worker_ids:
+            raise ValueError("worker_ids: names the source itself")
+        return self
+
+
+class SnapshotCommand(_WorkerCommand):
+    """Keep a worker's state under a name (SPEC §10)."""
+
+    command: Literal["snapshot"]
+    name: str
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> str:
+        return _snapshot_name(value)
+
+
+class ListSnapshotsCommand(_Command):
+    command: Literal["list_snapshots"]
+
+
+class DeleteSnapshotCommand(_Command):
+    command: Literal["delete_snapshot"]
+    name: str
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> str:
+        return _snapshot_name(value)
+
+
 class ListCommand(_Command):
     command: Literal["list"]
     #: Where the page starts: ``next_cursor`` of the previous reply (``<ms>:<worker_id>``).
@@ -386,11 +468,31 @@ def format_cursor(position: tuple[int, str]) -> str:
 
 
 AnyCommand = (
-    CreateCommand | DeleteCommand | StatusCommand | ListCommand | SuspendCommand | ResumeCommand
+    CreateCommand
+    | DeleteCommand
+    | StatusCommand
+    | ListCommand
+    | SuspendCommand
+    | ResumeCommand
+    | ForkCommand
+    | SnapshotCommand
+    | ListSnapshotsCommand
+    | DeleteSnapshotCommand
 )
 Command = Annotated[AnyCommand, Field(discriminator="command")]
 _COMMAND = TypeAdapter(Command)
-COMMAND_NAMES = ("create", "delete", "status", "list", "suspend", "resume")
+COMMAND_NAMES = (
+    "create",
+    "delete",
+    "status",
+    "list",
+    "suspend",
+    "resume",
+    "fork",
+    "snapshot",
+    "list_snapshots",
+    "delete_snapshot",
+)
 
 
 def _check_bytes(value: str, limit: int) -> None:

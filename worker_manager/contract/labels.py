@@ -25,3 +25,5 @@ LABEL_BUILD_NETWORK = "worker-manager.build-network"
 #: the worker's container) and the service's name.
 LABEL_SERVICE_OF = "worker-manager.service_of"
 LABEL_SERVICE = "worker-manager.service"
+#: On a snapshot's volume (SPEC §10): the snapshot's name.
+LABEL_SNAPSHOT = "worker-manager.snapshot"

@@ -36,6 +36,8 @@ class CommandLimits(BaseModel):
     max_allowed_commands: int = 256
     max_allowed_command_chars: int = 256
     max_metadata_pairs: int = 64
+    #: The most copies one ``fork`` makes (SPEC §1 ``count``, ``WM_MAX_FORK``).
+    max_fork: int = Field(default=16, ge=1, le=1000)
     workspace_sources: list[str] = Field(
         default_factory=lambda: list(DEFAULT_SOURCES),
         description="The repositories a create may name (scheme://destination, the "

@@ -31,6 +31,8 @@ STATUS_DETAILS = (
     "suspended_at",
     "environment",
     "services",
+    "forked_from",
+    "snapshot",
 )
 
 
@@ -53,6 +55,11 @@ class Reply(BaseModel):
     details: dict[str, str] | None = None
     #: For list: where the next page starts (absent on the last page).
     next_cursor: str | None = None
+    #: For fork: the new workers' ids (SPEC §2).
+    worker_ids: list[str] | None = None
+    #: For snapshot: the snapshot kept; for list_snapshots: all of them (SPEC §2).
+    snapshot: dict[str, Any] | None = None
+    snapshots: list[dict[str, Any]] | None = None
 
     def to_fields(self) -> dict[str, str]:
         out: dict[str, str] = {
@@ -66,6 +73,10 @@ class Reply(BaseModel):
                 out[name] = str(value)
         if self.workers is not None:
             out["workers"] = json.dumps(self.workers, separators=(",", ":"))
+        for name in ("worker_ids", "snapshot", "snapshots"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = json.dumps(value, separators=(",", ":"))
         if self.retry_after is not None:
             out["retry_after"] = f"{self.retry_after:g}"
         for name, value in (self.details or {}).items():
@@ -77,6 +88,11 @@ class Reply(BaseModel):
     def from_fields(cls, fields: dict[str, str]) -> Reply:
         workers = fields.get("workers")
         retry = fields.get("retry_after")
+        parsed = {
+            name: json.loads(fields[name])
+            for name in ("worker_ids", "snapshot", "snapshots")
+            if fields.get(name) and fields.get("command") != "status"
+        }
         return cls(
             request_id=fields.get("request_id", ""),
             command=fields.get("command", ""),
@@ -89,5 +105,8 @@ class Reply(BaseModel):
             message=fields.get("message"),
             retry_after=float(retry) if retry else None,
             next_cursor=fields.get("next_cursor") or None,
+            worker_ids=parsed.get("worker_ids"),
+            snapshot=parsed.get("snapshot"),
+            snapshots=parsed.get("snapshots"),
             details={k: v for k, v in fields.items() if k in STATUS_DETAILS} or None,
         )

@@ -92,6 +92,15 @@ class Keys:
         """Which pooled worker a create took, so its redelivery takes the same one."""
         return f"{self.prefix}:pool-take:{request_id}"
 
+    @property
+    def snapshots(self) -> str:
+        """Sorted set of snapshot names, scored by when each was last used (SPEC §10)."""
+        return f"{self.prefix}:snapshots"
+
+    def snapshot(self, name: str) -> str:
+        """One snapshot's record (hash): its source, shape, spec, host, size, times."""
+        return f"{self.prefix}:snapshot:{name}"
+
     def build_lock(self, image_hash: str) -> str:
         return f"{self.prefix}:lock:build:{image_hash}"
 

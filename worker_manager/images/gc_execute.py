@@ -72,6 +72,10 @@ class Collector:
             str(h): float(s)
             for h, s in await self._redis.zrange(self._keys.images, 0, -1, withscores=True)
         }
+        # An image a snapshot needs counts as used now: a create from it runs that image.
+        now = time.time()
+        for image_hash in await self._snapshot_images():
+            records[image_hash] = now
         engine = await docker_client.call(read_engine, self._docker)
         rows = plan_rows(
             records,
@@ -85,6 +89,17 @@ class Collector:
         report.prunes_build_cache = self._prune_build_cache
         report.seconds = time.monotonic() - started
         return report
+
+    async def _snapshot_images(self) -> set[str]:
+        """The images the snapshots' workers ran (``snapshots.store``: ``image_hash``)."""
+        names = await self._redis.zrange(self._keys.snapshots, 0, -1)
+        if not names:
+            return set()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hget(self._keys.snapshot(str(name)), "image_hash")
+            found = await pipe.execute()
+        return {str(h) for h in found if h}
 
     async def run(
         self,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import Awaitable, Callable
 
 from docker import DockerClient
@@ -19,6 +20,7 @@ from redis.asyncio import Redis
 
 from worker_manager.commands.consumer import CommandConsumer, Gate
 from worker_manager.commands.dispatcher import Dispatcher
+from worker_manager.commands.forks import Forks
 from worker_manager.commands.handlers import Handlers
 from worker_manager.commands.replies import ReplyBook
 from worker_manager.commands.routing import Router
@@ -37,6 +39,9 @@ from worker_manager.services.engine import EngineStarter
 from worker_manager.services.runtime import ServiceRuntime
 from worker_manager.services.starter import ServiceStarter
 from worker_manager.settings import Settings
+from worker_manager.snapshots.copies import StateCopier
+from worker_manager.snapshots.retention import expired
+from worker_manager.snapshots.store import SnapshotStore
 from worker_manager.typing import CommandObserver, Load
 from worker_manager.workers.fleet.lost_hosts import LostHosts
 from worker_manager.workers.fleet.placement import Placement
@@ -190,6 +195,17 @@ class Manager:
         self.disk_guard = DiskGuard(s, self.docker, self.containers, self.store, self.lifecycle)
         # --- the command path ----------------------------------------------------------------
         self.book = ReplyBook(self.redis, s)
+        self.forks = Forks(
+            s,
+            self.redis,
+            self.store,
+            SnapshotStore(self.redis, s.keys),
+            StateCopier(s, self.docker),
+            self.containers.volumes,
+            self.provisioner,
+            self.lifecycle,
+            Router(s, self.redis),
+        )
         self.handlers = Handlers(
             s,
             self.store,
@@ -198,6 +214,7 @@ class Manager:
             Router(s, self.redis),
             pool=self.pool,
             sleep=self.sleep,
+            forks=self.forks,
         )
         observer = _observers(self.metrics.observe_command, observe)
         self._readers: list[Redis] = []
@@ -253,6 +270,16 @@ class Manager:
             self.settings, self.redis, reader, dispatcher, stream=stream, gate=gate
         )
 
+    async def _expire_snapshots(self) -> None:
+        """Snapshots of this host unused for ``WM_SNAPSHOT_RETENTION_DAYS`` (SPEC §10)."""
+        for snapshot in expired(
+            await self.forks.snapshots.all(),
+            manager_id=self.settings.manager_id,
+            now=time.time(),
+            retention_days=self.settings.snapshot_retention_days,
+        ):
+            await self.forks.remove(snapshot)
+
     # --- HealthSource: what /readyz and /metrics see -------------------------------------------
     def intake(self) -> str:
         if self.stop.is_set() or self.draining.is_set():
@@ -294,6 +321,7 @@ class Manager:
         sup.every("output-trim", self.output_guard.round, s.output_trim_interval_seconds)
         sup.every("disk", self.disk_guard.round, s.disk_check_interval_seconds, wait_first=True)
         sup.every("sleepers", self.sleep.round, s.watch_interval_seconds, wait_first=True)
+        sup.every("snapshots", self._expire_snapshots, 3600, wait_first=True)
         sup.every(
             "reconcile", self.reconciler.periodic, s.reconcile_interval_seconds, wait_first=True
         )

@@ -36,6 +36,12 @@ class WorkspaceSettings(BaseModel):
         description="Suspended workers one manager keeps at most (they do not count against "
         "WM_MAX_WORKERS); a suspend past it is refused with capacity_exceeded.",
     )
+    snapshot_retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="A snapshot nobody took or started a worker from for this long is removed "
+        "(its record and volumes), by the manager whose host holds it.",
+    )
     workspace_retention_days: float = Field(
         default=7.0,
         gt=0,
