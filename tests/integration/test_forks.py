@@ -130,6 +130,7 @@ async def test_a_snapshot_outlives_its_worker_and_starts_workers_again(
 
     listed = await client.snapshots()
     assert [s["name"] for s in listed] == ["prepared"]
+    assert listed[0]["host_live"] is True and listed[0]["manager_id"] == harness.settings.manager_id
     made = [
         await client.create(
             agent_type="CUSTOM",

@@ -202,11 +202,14 @@ async def _snapshots(args: argparse.Namespace, settings: Settings) -> int:
         reply = await client.request("list_snapshots", timeout=args.timeout)
         if args.json or not reply.ok:
             return print_reply(reply, args.json)
-        table = Table("name", "worker", "agent", "created", "last used", "manager", "bytes")
+        table = Table("name", "worker", "agent", "created", "last used", "host", "bytes")
         for s in reply.snapshots or []:
+            host = str(s.get("manager_id", "")) + ("" if s.get("host_live", True) else " (gone)")
             table.add_row(
                 *(str(s.get(k, "")) for k in ("name", "worker_id", "agent_type", "created_at")),
-                *(str(s.get(k, "")) for k in ("last_used_at", "manager_id", "size_bytes")),
+                str(s.get("last_used_at", "")),
+                host,
+                str(s.get("size_bytes", "")),
             )
         console.print(table)
         return 0

@@ -318,11 +318,14 @@ class Forks:
 
     async def list_snapshots(self, cmd: ListSnapshotsCommand) -> Reply:
         found = await self.snapshots.all()
+        hosts = {s.manager_id for s in found}
+        live = {m for m in hosts if await self._redis.exists(self._settings.keys.manager(m))}
+        # A snapshot lives on its host: one whose manager is gone went with it (or comes back).
         return Reply(
             request_id=cmd.request_id,
             command="list_snapshots",
             ok=True,
-            snapshots=[s.public() for s in found],
+            snapshots=[{**s.public(), "host_live": s.manager_id in live} for s in found],
         )
 
     async def delete_snapshot(self, cmd: DeleteSnapshotCommand) -> Reply:
@@ -359,10 +362,12 @@ class Forks:
                 field="agent_type",
             )
         if snapshot.manager_id != self._settings.manager_id:
+            # A live host's manager is handed the create (``commands.dispatcher``): this one's
+            # is gone, and the snapshot's volumes with it, unless it comes back.
             raise CommandError(
                 ErrorCode.CONFLICT,
-                f"snapshot {snapshot.name!r} is on manager {snapshot.manager_id}'s host: send the "
-                "create through that manager's stream",
+                f"snapshot {snapshot.name!r} is on manager {snapshot.manager_id}'s host, which is "
+                "gone: the snapshot went with it (it is back if that manager returns)",
             )
         saved = load_spec({k: v for k, v in snapshot.spec.items() if k != "snapshot_request_id"})
         own = {name: getattr(cmd, name) for name in plan.CREATE_OWN if name in cmd.model_fields_set}
