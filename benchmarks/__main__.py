@@ -21,6 +21,7 @@ from benchmarks.dataplane import latency_figure, throughput_figure
 from benchmarks.egress_bench import egress_figures
 from benchmarks.env import AGENT_COMMAND, BenchEnv
 from benchmarks.envbuild_bench import envbuild_figure
+from benchmarks.environments_bench import docker_figures, environment_figures
 from benchmarks.gateway import gateway_figures, responses_figure
 from benchmarks.gc_bench import gc_figure
 from benchmarks.harness import Figure, console, machine, table, write_results
@@ -47,6 +48,9 @@ FIGURES = (
     "sentinel",
     "hosts",
     "envbuild",
+    "envcreate",
+    "services",
+    "dockerin",
     "against",
 )
 #: Figures that need neither the manager nor Docker (they bring their own processes).
@@ -78,6 +82,7 @@ class Plan:
     workspace_runs: int
     tenth_runs: int
     failover_runs: int
+    envbuild_runs: int
 
 
 QUICK = Plan(
@@ -102,6 +107,7 @@ QUICK = Plan(
     3,
     1,
     2,
+    3,
 )
 FULL = Plan(
     "full",
@@ -125,6 +131,7 @@ FULL = Plan(
     10,
     3,
     5,
+    20,
 )
 
 
@@ -194,7 +201,14 @@ async def run(plan: Plan, only: set[str], against: str | None = None) -> list[Fi
             figures += await egress_figures(env, plan.egress_runs)
         if "envbuild" in only:
             out.print("[bold]12. environment build[/bold] (apt through the egress service)")
-            figures.append(await envbuild_figure(env, plan.cold_runs))
+            figures.append(await envbuild_figure(env, plan.envbuild_runs))
+        if only & {"envcreate", "services"}:
+            out.print("[bold]13, 14. a cached environment, a service[/bold] (create → RUNNING)")
+            wanted = frozenset(only & {"envcreate", "services"})
+            figures += await environment_figures(env, plan.warm_runs, wanted)
+        if "dockerin" in only:
+            out.print("[bold]15. a DOCKER worker[/bold] (its start, its first inner docker run)")
+            figures += await docker_figures(env, plan.warm_runs)
         if "against" in only and against:
             out.print(f"[bold]1e. cold create against {against}[/bold] (two builds a pair)")
             figures += await against_figure(

@@ -71,7 +71,14 @@ AGENT = [
 
 
 def service(**overrides: Any) -> dict[str, Any]:
-    return {"name": "kv", "image": "svc", "command": ["python3", "-c", SERVER], **overrides}
+    """Its port declared: ready once the worker's loopback answers there (probed)."""
+    return {
+        "name": "kv",
+        "image": "svc",
+        "command": ["python3", "-c", SERVER],
+        "port": PORT,
+        **overrides,
+    }
 
 
 async def ask(client: Client, worker_id: str, text: str) -> str:
@@ -283,7 +290,10 @@ async def test_after_a_manager_crash_the_reconciler_leaves_no_service_behind(
     client = Client(harness.redis, key_prefix=harness.settings.key_prefix)
     leftover, crashed = [
         await client.create(
-            agent_type="CUSTOM", agent_command=json.dumps(AGENT), services=[service()]
+            # No port: ready once it has stayed up a moment.
+            agent_type="CUSTOM",
+            agent_command=json.dumps(AGENT),
+            services=[service(port=None)],
         )
         for _ in range(2)
     ]

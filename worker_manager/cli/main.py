@@ -2,7 +2,8 @@
 
 Client commands wait for the reply and print it readably, or as JSON with ``--json``. The
 subcommands live in ``cli.workers`` (the contract's clients), ``cli.workspace`` (a worker's
-files: diff, cp, ls, exec) and ``cli.admin`` (the operator's); importing them registers them.
+files: diff, cp, ls, exec), ``cli.access`` (grants, access users, the audit trail) and
+``cli.admin`` (the operator's); importing them registers them.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 from rich.text import Text
 
-from worker_manager.cli import admin, workers, workspace
+from worker_manager.cli import access, admin, workers, workspace
 from worker_manager.cli.common import COMMANDS, err_console
 from worker_manager.cli.parser import build_parser, settings_from
 from worker_manager.client.api import WorkerManagerError
 from worker_manager.client.requests import ReplyTimeout
 from worker_manager.core import logs
 
-__all__ = ["admin", "main", "workers", "workspace"]
+__all__ = ["access", "admin", "main", "workers", "workspace"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

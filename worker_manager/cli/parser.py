@@ -245,6 +245,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the catalogue (WM_ENVIRONMENTS): each entry's base, images and last use",
     )
 
+    grant = sub.add_parser(
+        "grant",
+        parents=[common],
+        help="a Redis credential for one worker only: read its output, or also drive it",
+    )
+    grant.add_argument("worker_id")
+    grant.add_argument("--access", choices=["read", "drive"], default="read")
+    grant.add_argument("--ttl", type=int, default=3600, metavar="SECONDS", dest="ttl_seconds")
+
+    access = sub.add_parser("access", help="Redis users for people and programs (SPEC §11)")
+    access_sub = access.add_subparsers(dest="access_command", required=True)
+    add = access_sub.add_parser(
+        "add", parents=[common], help="create one; its password is printed once"
+    )
+    add.add_argument("name")
+    add.add_argument("--role", choices=["producer", "viewer"], required=True)
+    add.add_argument(
+        "--password-file", type=Path, help="write the password here (mode 0600), not to stdout"
+    )
+    access_sub.add_parser("list", parents=[common], help="the access users and their roles")
+    remove = access_sub.add_parser(
+        "remove", parents=[common], help="delete one (its connections are closed)"
+    )
+    remove.add_argument("name")
+
+    audit = sub.add_parser("audit", parents=[common], help="print the audit trail (SPEC §11)")
+    audit.add_argument("--follow", action="store_true", help="keep printing new entries")
+    audit.add_argument("--count", type=int, default=50, help="how many of the latest to print")
+
     producer = sub.add_parser(
         "producer-acl",
         parents=[common],

@@ -14,6 +14,7 @@ import time
 
 from redis.asyncio import Redis
 
+from worker_manager.commands.audit import AuditLog, audit_entry
 from worker_manager.commands.consumer import Delivery
 from worker_manager.commands.handlers import Handlers, not_found
 from worker_manager.commands.replies import DeadLetter, ReplyBook
@@ -24,6 +25,7 @@ from worker_manager.contract.commands import (
     DeleteCommand,
     DeleteSnapshotCommand,
     ForkCommand,
+    GrantCommand,
     ListCommand,
     ListSnapshotsCommand,
     ResumeCommand,
@@ -59,8 +61,11 @@ class Dispatcher:
         observe: CommandObserver = _noop,
         *,
         producer: str | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self._settings = settings
+        #: Every command handled, whatever its outcome (SPEC §11).
+        self._audit = audit
         self._redis = redis
         self._book = book
         self._handlers = handlers
@@ -77,6 +82,10 @@ class Dispatcher:
         result = await self._dispatch(delivery)
         if result:
             self._observe(delivery.fields.get("command", ""), result, time.perf_counter() - started)
+            if self._audit is not None:
+                await self._audit.record(
+                    audit_entry(delivery.fields, result, sender=self._producer or "")
+                )
 
     def _usable_reply_to(self, delivery: Delivery) -> str | None:
         fields = delivery.fields
@@ -291,7 +300,8 @@ class Dispatcher:
         | ForkCommand
         | SnapshotCommand
         | ListSnapshotsCommand
-        | DeleteSnapshotCommand,
+        | DeleteSnapshotCommand
+        | GrantCommand,
     ) -> Reply:
         if isinstance(cmd, CreateCommand):
             return await self._handlers.create(cmd)
@@ -312,6 +322,8 @@ class Dispatcher:
             return await self._handlers.suspend(cmd)
         if isinstance(cmd, ResumeCommand):
             return await self._handlers.resume(cmd)
+        if isinstance(cmd, GrantCommand):
+            return await self._handlers.grant(cmd)
         if isinstance(cmd, ForkCommand):
             return await self._handlers.forks.fork(cmd)
         if isinstance(cmd, SnapshotCommand):

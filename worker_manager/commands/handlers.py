@@ -13,6 +13,7 @@ from worker_manager.commands.routing import Router
 from worker_manager.contract.commands import (
     CreateCommand,
     DeleteCommand,
+    GrantCommand,
     ListCommand,
     ResumeCommand,
     SuspendCommand,
@@ -28,6 +29,7 @@ from worker_manager.environments import catalogue
 from worker_manager.services.plan import STARTING as SERVICE_STARTING
 from worker_manager.services.resolve import resolve as resolve_services
 from worker_manager.settings import Settings
+from worker_manager.workers.resources.grants import WorkerGrants
 from worker_manager.workers.resources.pool import WarmPool
 from worker_manager.workers.state.records import CreateResult, Limit, WorkerStore
 from worker_manager.workers.transitions.lifecycle import Lifecycle, Outcome
@@ -52,6 +54,7 @@ class Handlers:
         pool: WarmPool | None = None,
         sleep: Sleep | None = None,
         forks: Forks | None = None,
+        grants: WorkerGrants | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -62,6 +65,8 @@ class Handlers:
         self._sleep = sleep
         #: fork, snapshots and creates from them (SPEC §10).
         self._forks = forks
+        #: Credentials for one worker (SPEC §11).
+        self._grants = grants
 
     @property
     def forks(self) -> Forks:
@@ -248,6 +253,30 @@ class Handlers:
             ok=True,
             worker_id=cmd.worker_id,
             status=record.text("status") if record is not None else None,
+        )
+
+    async def grant(self, cmd: GrantCommand) -> Reply:
+        """A credential for one live or suspended worker (SPEC §11); Redis enforces it."""
+        record = await self._store.get(cmd.worker_id)
+        if record is None:
+            raise not_found(cmd.worker_id)
+        if not (record.is_live or record.status is WorkerStatus.SUSPENDED):
+            raise CommandError(
+                ErrorCode.CONFLICT,
+                f"worker {cmd.worker_id} is {record.text('status')}: only a live or suspended "
+                "worker is granted",
+            )
+        if self._grants is None:
+            raise CommandError(ErrorCode.INTERNAL, "this manager mints no grants")
+        minted = await self._grants.mint(cmd.worker_id, cmd.access, cmd.ttl_seconds)
+        return Reply(
+            request_id=cmd.request_id,
+            command="grant",
+            ok=True,
+            worker_id=cmd.worker_id,
+            username=minted.username,
+            password=minted.password,
+            expires_at=minted.expires_iso,
         )
 
     async def list_workers(self, cmd: ListCommand) -> Reply:

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from worker_manager.client.requests import CommandClient
 from worker_manager.console import session, views
 from worker_manager.console.throttle import SignInThrottle, client_key
+from worker_manager.contract.audit import audit_entry
 from worker_manager.contract.record import WorkerRecord
 from worker_manager.core.keys import Keys
 
@@ -34,6 +35,13 @@ LIFECYCLE_SCAN = 5000
 SSE_BLOCK_MS = 15_000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+#: Who the console's token signs in (the operator, fleet-wide): the trail's ``sender``.
+OPERATOR = "console:operator"
+#: The console's entries keep the trail bounded like the managers' (``WM_AUDIT_MAXLEN``'s
+#: default).
+AUDIT_MAXLEN = 100_000
 
 
 class Console:
@@ -73,6 +81,7 @@ class Console:
             "/workers/{worker_id}/{action:send|cancel|delete|fork|snapshot}", self._act
         )
         app.router.add_get("/snapshots", self._snapshots)
+        app.router.add_get("/audit", self._audit)
         return app
 
     # --- who may look ------------------------------------------------------------------------
@@ -195,6 +204,9 @@ class Console:
         if not await self._redis.exists(self._keys.worker(worker_id)):
             raise web.HTTPNotFound(text=f"no worker {worker_id}\n")
         form = await request.post()
+        # The console's own entry in the trail (the command it sends is audited as any is).
+        entry = audit_entry({"command": action, "worker_id": worker_id}, "console", sender=OPERATOR)
+        await self._redis.xadd(self._keys.audit, entry, maxlen=AUDIT_MAXLEN, approximate=True)
         if action == "send":
             content = str(form.get("content", ""))
             if content:
@@ -226,6 +238,11 @@ class Console:
         if action == "fork" and reply.worker_ids:
             return web.HTTPSeeOther(f"/ui/workers/{reply.worker_ids[0]}")
         return web.HTTPSeeOther("/ui/snapshots")
+
+    async def _audit(self, request: web.Request) -> web.Response:
+        """The newest entries of the audit trail (SPEC §11)."""
+        entries = await self._redis.xrevrange(self._keys.audit, count=200)
+        return _html(views.audit_page([fields for _id, fields in entries]))
 
     async def _snapshots(self, request: web.Request) -> web.Response:
         names = await self._redis.zrevrange(self._keys.snapshots, 0, 199)

@@ -45,7 +45,8 @@ def page(title: str, body: str, *, script: str = "") -> str:
     return (
         "<!doctype html><html><head><meta charset=utf-8>"
         f"<title>{e(title)}</title><style>{_STYLE}</style></head><body>"
-        '<nav><a href="/ui">fleet</a> <a href="/ui/snapshots">snapshots</a></nav>'
+        '<nav><a href="/ui">fleet</a> <a href="/ui/snapshots">snapshots</a> '
+        '<a href="/ui/audit">audit</a></nav>'
         f"<h1>{e(title)}</h1>{body}"
         + (f"<script>{script}</script>" if script else "")
         + "</body></html>"
@@ -275,3 +276,16 @@ def snapshots_page(snapshots: list[dict[str, object]]) -> str:
         f"<tbody>{rows}</tbody></table>"
     )
     return page("Snapshots", body)
+
+
+def audit_page(entries: list[dict[str, str]]) -> str:
+    """The audit trail, newest first (SPEC §11): every value escaped."""
+    keys = ("time", "command", "worker_id", "request_id", "outcome", "sender")
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{e(entry.get(k, ''))}</td>" for k in keys) + "</tr>"
+        for entry in entries
+    )
+    head = "".join(f"<th>{k}</th>" for k in keys)
+    return page(
+        "Audit", f"<table id=audit><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    )

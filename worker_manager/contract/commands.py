@@ -423,6 +423,24 @@ class SnapshotCommand(_WorkerCommand):
         return _snapshot_name(value)
 
 
+class GrantCommand(_WorkerCommand):
+    """A credential for one worker (SPEC §11): a Redis user that may read its record and output
+    (``read``) and also append to its input (``drive``), for ``ttl_seconds`` or until the
+    worker is deleted."""
+
+    command: Literal["grant"]
+    access: Literal["read", "drive"]
+    ttl_seconds: int = Field(default=3600, ge=1)
+
+    @field_validator("ttl_seconds")
+    @classmethod
+    def _ttl(cls, value: int, info: ValidationInfo) -> int:
+        most = _context(info)[0].grant_max_seconds
+        if value > most:
+            raise ValueError(f"is {value}; at most {most} (WM_GRANT_MAX_SECONDS)")
+        return value
+
+
 class ListSnapshotsCommand(_Command):
     command: Literal["list_snapshots"]
 
@@ -478,6 +496,7 @@ AnyCommand = (
     | SnapshotCommand
     | ListSnapshotsCommand
     | DeleteSnapshotCommand
+    | GrantCommand
 )
 Command = Annotated[AnyCommand, Field(discriminator="command")]
 _COMMAND = TypeAdapter(Command)
@@ -492,6 +511,7 @@ COMMAND_NAMES = (
     "snapshot",
     "list_snapshots",
     "delete_snapshot",
+    "grant",
 )
 
 

@@ -38,6 +38,8 @@ class CommandLimits(BaseModel):
     max_metadata_pairs: int = 64
     #: The most copies one ``fork`` makes (SPEC §1 ``count``, ``WM_MAX_FORK``).
     max_fork: int = Field(default=16, ge=1, le=1000)
+    #: The longest a ``grant``'s credential lives (SPEC §11 ``WM_GRANT_MAX_SECONDS``).
+    grant_max_seconds: int = Field(default=86_400, ge=1)
     workspace_sources: list[str] = Field(
         default_factory=lambda: list(DEFAULT_SOURCES),
         description="The repositories a create may name (scheme://destination, the "

@@ -60,6 +60,10 @@ class Reply(BaseModel):
     #: For snapshot: the snapshot kept; for list_snapshots: all of them (SPEC §2).
     snapshot: dict[str, Any] | None = None
     snapshots: list[dict[str, Any]] | None = None
+    #: For grant: the credential (SPEC §11), and when it stops working.
+    username: str | None = None
+    password: str | None = None
+    expires_at: str | None = None
 
     def to_fields(self) -> dict[str, str]:
         out: dict[str, str] = {
@@ -67,7 +71,17 @@ class Reply(BaseModel):
             "command": self.command,
             "ok": "true" if self.ok else "false",
         }
-        for name in ("worker_id", "status", "ip_address", "error", "message", "next_cursor"):
+        for name in (
+            "worker_id",
+            "status",
+            "ip_address",
+            "error",
+            "message",
+            "next_cursor",
+            "username",
+            "password",
+            "expires_at",
+        ):
             value = getattr(self, name)
             if value:
                 out[name] = str(value)
@@ -108,5 +122,8 @@ class Reply(BaseModel):
             worker_ids=parsed.get("worker_ids"),
             snapshot=parsed.get("snapshot"),
             snapshots=parsed.get("snapshots"),
+            username=fields.get("username") or None,
+            password=fields.get("password") or None,
+            expires_at=fields.get("expires_at") or None,
             details={k: v for k, v in fields.items() if k in STATUS_DETAILS} or None,
         )

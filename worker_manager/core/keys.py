@@ -101,6 +101,25 @@ class Keys:
         """One snapshot's record (hash): its source, shape, spec, host, size, times."""
         return f"{self.prefix}:snapshot:{name}"
 
+    @property
+    def grants(self) -> str:
+        """Sorted set of the grants' Redis users, scored by when each expires (SPEC §11)."""
+        return f"{self.prefix}:grants"
+
+    def worker_grants(self, worker_id: str) -> str:
+        """The set of one worker's grants' Redis users (revoked with the worker)."""
+        return f"{self.prefix}:grants:{worker_id}"
+
+    @property
+    def audit(self) -> str:
+        """Every command handled and console action (SPEC §11): the operator's alone."""
+        return f"{self.prefix}:audit"
+
+    @property
+    def access(self) -> str:
+        """The access users made with ``worker-manager access add``: name -> role (no secret)."""
+        return f"{self.prefix}:access"
+
     def build_lock(self, image_hash: str) -> str:
         return f"{self.prefix}:lock:build:{image_hash}"
 

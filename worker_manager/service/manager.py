@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from docker import DockerClient
 from redis.asyncio import Redis
 
+from worker_manager.commands.audit import AuditLog
 from worker_manager.commands.consumer import CommandConsumer, Gate
 from worker_manager.commands.dispatcher import Dispatcher
 from worker_manager.commands.forks import Forks
@@ -49,6 +50,7 @@ from worker_manager.workers.fleet.presence import Presence
 from worker_manager.workers.resources.acl import WorkerAcl
 from worker_manager.workers.resources.containers import ContainerRuntime
 from worker_manager.workers.resources.containment import Containment
+from worker_manager.workers.resources.grants import WorkerGrants
 from worker_manager.workers.resources.pool import WarmPool
 from worker_manager.workers.resources.tasks import WorkerTasks
 from worker_manager.workers.state.evidence import EvidenceBook
@@ -65,6 +67,10 @@ from worker_manager.workers.watching.watcher import StatusWatcher
 from worker_manager.workspaces.checkout import Checkout
 
 log = get_logger(__name__)
+
+#: How often grants past their time are looked for: a grant outlives its ``ttl_seconds`` by at
+#: most this.
+GRANT_EXPIRY_SECONDS = 2.0
 
 
 class Manager:
@@ -107,6 +113,7 @@ class Manager:
         self.services = ServiceRuntime(s, self.docker)
         creates = WorkerTasks("provision")
         self.evidence = EvidenceBook(self.redis, s)
+        self.grants = WorkerGrants(self.redis, s.keys)
         self.lifecycle = Lifecycle(
             self.store,
             self.containers,
@@ -115,6 +122,7 @@ class Manager:
             self.containment,
             self.evidence,
             services=self.services,
+            grants=self.grants,
         )
         #: Set when a container has started: the watcher looks for its first heartbeat at once.
         heartbeat_soon = asyncio.Event()
@@ -215,6 +223,7 @@ class Manager:
             pool=self.pool,
             sleep=self.sleep,
             forks=self.forks,
+            grants=self.grants,
         )
         observer = _observers(self.metrics.observe_command, observe)
         self._readers: list[Redis] = []
@@ -264,11 +273,21 @@ class Manager:
         reader = connect(self.settings, blocking=True, name=name, decode=False)
         self._readers.append(reader)
         dispatcher = Dispatcher(
-            self.settings, self.redis, book, self.handlers, observe=observer, producer=producer
+            self.settings,
+            self.redis,
+            book,
+            self.handlers,
+            observe=observer,
+            producer=producer,
+            audit=AuditLog(self.redis, self.settings),
         )
         return CommandConsumer(
             self.settings, self.redis, reader, dispatcher, stream=stream, gate=gate
         )
+
+    async def _expire_grants(self) -> None:
+        """Grants whose time is up (SPEC §11): their Redis users go."""
+        await self.grants.expire()
 
     async def _expire_snapshots(self) -> None:
         """Snapshots of this host unused for ``WM_SNAPSHOT_RETENTION_DAYS`` (SPEC §10)."""
@@ -322,6 +341,7 @@ class Manager:
         sup.every("disk", self.disk_guard.round, s.disk_check_interval_seconds, wait_first=True)
         sup.every("sleepers", self.sleep.round, s.watch_interval_seconds, wait_first=True)
         sup.every("snapshots", self._expire_snapshots, 3600, wait_first=True)
+        sup.every("grants", self._expire_grants, GRANT_EXPIRY_SECONDS, wait_first=True)
         sup.every(
             "reconcile", self.reconciler.periodic, s.reconcile_interval_seconds, wait_first=True
         )

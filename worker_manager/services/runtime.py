@@ -9,6 +9,7 @@ again on the same volumes.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,8 @@ PROBE = (
 )
 #: Nobody's: a probe needs no right at all.
 PROBE_USER = "65534:65534"
+#: How long one probe may take (it connects with a 1 s timeout).
+PROBE_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +140,18 @@ class ServiceRuntime:
                 stderr=False,
             )
             self._docker.api.exec_start(result["Id"])
-            code = self._docker.api.exec_inspect(result["Id"]).get("ExitCode")
+            # exec_start may return before the process ends (no output attached): its exit
+            # code is known once the Engine says it no longer runs.
+            deadline = time.monotonic() + PROBE_SECONDS
+            while True:
+                state = self._docker.api.exec_inspect(result["Id"])
+                if not state.get("Running"):
+                    return state.get("ExitCode") == 0
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.02)
         except docker.errors.APIError:
             return False
-        return code == 0
 
     async def remove(self, worker_id: str) -> list[str]:
         """Stop and remove every service container of the worker (its volumes stay: they are

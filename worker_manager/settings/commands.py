@@ -10,6 +10,11 @@ PRODUCER_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class CommandSettings(BaseModel):
+    audit_maxlen: int = Field(
+        default=100_000,
+        ge=100,
+        description="The audit stream (<prefix>:audit) keeps about this many entries.",
+    )
     producers: list[str] = Field(
         default_factory=list,
         description="Registered producers (JSON list of names): each sends commands on its own "

@@ -165,30 +165,66 @@ def default_user_is_open(user: object) -> bool:
     return "on" in flags and "nopass" in flags
 
 
+#: A worker id in a key pattern: a UUID, 36 characters (so ``<prefix>:<id>`` is a record and
+#: nothing longer, such as ``<prefix>:<id>:spec``, which holds a create's ``env``).
+ANY_WORKER = "????????-????-????-????-????????????"
+
+
+def read_rules(keys: Keys) -> list[str]:
+    """What every access user may read (SPEC §11): the records, the index, the lifecycle and the
+    workers' outputs; never a command stream, another's replies, an input (prompts), a saved
+    create (its ``env``), a heartbeat or a fleet key."""
+    prefix = keys.prefix
+    return [
+        f"%R~{prefix}:{ANY_WORKER}",
+        f"%R~{keys.index}",
+        f"%R~{keys.lifecycle}",
+        f"%R~{prefix}:{ANY_WORKER}:output",
+    ]
+
+
+#: What a reader runs: read records and streams, and set up its connection; nothing that
+#: writes, lists keys or administers.
+READER_COMMANDS = (
+    "+xread",
+    "+xrange",
+    "+xrevrange",
+    "+xlen",
+    "+hgetall",
+    "+hget",
+    "+hmget",
+    "+zrange",
+    "+zrevrange",
+    "+zcard",
+    "+exists",
+    "+ping",
+    "+hello",
+    "+auth",
+    "+select",
+    "+client|setname",
+)
+
+
+def viewer_rules(keys: Keys) -> list[str]:
+    """A viewer (``worker-manager access add NAME --role viewer``): reads, writes nothing."""
+    return ["resetkeys", "resetchannels", *read_rules(keys), "-@all", *READER_COMMANDS]
+
+
 def producer_rules(keys: Keys, producer: str) -> list[str]:
-    """ACL rules for a registered producer's own Redis user: it may write only its command
-    stream and read and remove only its reply streams on the command plane. The data plane
-    (sending input, reading output) has no owner in its key names, so those rules grant it for
-    every worker: a producer can read any worker's output, not only its own."""
+    """A registered producer's own Redis user: it may write only its command stream, read and
+    remove only its reply streams, append to workers' inputs and read what a viewer reads. The
+    data plane has no owner in its key names, so inputs and outputs are every worker's: a
+    producer can drive any worker, not only its own (tenants separate that, SPEC §11)."""
     prefix = keys.prefix
     return [
         "resetkeys",
         "resetchannels",
         f"%W~{keys.producer_commands(producer)}",
         f"%RW~{keys.producer_replies(producer)}*",
-        f"%W~{prefix}:*:input",
-        f"%R~{prefix}:*:output",
-        f"%R~{prefix}:*",
+        f"%W~{prefix}:{ANY_WORKER}:input",
+        *read_rules(keys),
         "-@all",
+        *READER_COMMANDS,
         "+xadd",
-        "+xread",
-        "+xrange",
-        "+xrevrange",
         "+del",
-        "+hgetall",
-        "+hget",
-        "+zrange",
-        "+ping",
-        "+hello",
-        "+auth",
     ]

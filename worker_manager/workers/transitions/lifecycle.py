@@ -31,6 +31,7 @@ from worker_manager.services.runtime import ServiceRuntime
 from worker_manager.workers.resources.acl import WorkerAcl
 from worker_manager.workers.resources.containers import ContainerRuntime
 from worker_manager.workers.resources.containment import Containment
+from worker_manager.workers.resources.grants import WorkerGrants
 from worker_manager.workers.resources.tasks import WorkerTasks
 from worker_manager.workers.state.evidence import EvidenceBook
 from worker_manager.workers.state.records import WorkerStore
@@ -90,8 +91,10 @@ class Lifecycle:
         containment: Containment,
         evidence: EvidenceBook | None = None,
         services: ServiceRuntime | None = None,
+        grants: WorkerGrants | None = None,
     ) -> None:
         self._store = store
+        self._grants = grants
         self._services = services
         self._containers = containers
         self._acl = acl
@@ -179,6 +182,8 @@ class Lifecycle:
         await self._remove_services(worker_id, "removed")
         exit_code = await self._containers.remove(worker_id)
         await self._acl.delete(worker_id)
+        if self._grants is not None:  # a grant lives until its worker is deleted (SPEC §11)
+            await self._grants.revoke_worker(worker_id)
         await self._containment.release(worker_id)
         return exit_code
 
