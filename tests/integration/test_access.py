@@ -196,3 +196,88 @@ async def test_viewers_read_and_producers_write_only_their_own(
     await gone(producer_url)
     code, text = await run_cli(harness.settings, tmp_path, "audit", "--json")
     assert code == 0 and '"command": "create"' in text
+
+
+async def test_the_console_signs_in_access_users_with_their_roles_rights(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """A viewer signs in with its access user (Redis checks the password), sees the fleet and
+    no buttons, and is refused every action; a producer acts as itself (its own stream), so it
+    deletes what it created; the trail names who acted."""
+    import aiohttp
+    from pydantic import SecretStr
+
+    from worker_manager.client.requests import CommandClient
+    from worker_manager.console import session
+
+    token = "console-token-for-access"
+    manager = await harness.start(
+        producers=["search"], http=True, http_addr="127.0.0.1:0", ui_token=SecretStr(token)
+    )
+    assert manager.http is not None
+    base = manager.http.url
+    users = {}
+    for name, role in (("vic", "viewer"), ("search", "producer")):
+        code, text = await run_cli(
+            harness.settings, tmp_path, "access", "add", name, "--role", role, "--json"
+        )
+        assert code == 0, text
+        users[name] = json.loads(text.strip().splitlines()[-1])["password"]
+    async for as_search in as_user(
+        url_with(harness.settings, access_user(harness.settings, "search"), users["search"])
+    ):
+        created = await CommandClient(as_search, harness.keys, producer="search").create(
+            agent_type="CUSTOM", agent_command=["cat"], timeout=60
+        )
+    assert created.ok and created.worker_id
+    worker_id = created.worker_id
+    assert await harness.wait_status(worker_id, "RUNNING", "FAILED") == "RUNNING"
+
+    async def signed_in(http: aiohttp.ClientSession, name: str, password: str) -> str:
+        async with http.post(
+            f"{base}/ui/login",
+            data={"username": name, "password": password},
+            allow_redirects=False,
+        ) as response:
+            assert response.status == 303, await response.text()
+            return str(response.cookies[session.COOKIE].value)
+
+    jar = aiohttp.DummyCookieJar()
+    async with aiohttp.ClientSession(cookie_jar=jar) as http:
+        async with http.post(
+            f"{base}/ui/login", data={"username": "vic", "password": "wrong"}
+        ) as response:
+            assert response.status == 401
+        cookie = await signed_in(http, "vic", users["vic"])
+        cookies = {session.COOKIE: cookie}
+        csrf = session.csrf_for(token, cookie)
+        async with http.get(f"{base}/ui/workers/{worker_id}", cookies=cookies) as response:
+            page = await response.text()
+            assert response.status == 200 and worker_id in page and "/delete" not in page
+        async with http.post(
+            f"{base}/ui/workers/{worker_id}/delete",
+            data={"csrf": csrf},
+            cookies=cookies,
+            allow_redirects=False,
+        ) as response:
+            assert response.status == 403
+        async with http.get(f"{base}/ui/audit", cookies=cookies) as response:
+            assert response.status == 403
+
+        cookie = await signed_in(http, "search", users["search"])
+        cookies = {session.COOKIE: cookie}
+        async with http.post(
+            f"{base}/ui/workers/{worker_id}/delete",
+            data={"csrf": session.csrf_for(token, cookie)},
+            cookies=cookies,
+            allow_redirects=False,
+        ) as response:
+            assert response.status == 303, await response.text()
+    assert await harness.wait_status(worker_id, "STOPPED", timeout=60) == "STOPPED"
+    trail = [f for _i, f in await harness.redis.xrange(harness.keys.audit)]
+    assert {"command": "delete", "sender": "console:search"}.items() <= next(
+        f for f in trail if f.get("sender") == "console:search"
+    ).items()
+    assert any(f["command"] == "delete" and f["sender"] == "search" for f in trail)
+    for name in users:
+        await run_cli(harness.settings, tmp_path, "access", "remove", name)

@@ -29,8 +29,8 @@ from worker_manager.workers.resources.acl import producer_rules, viewer_rules
 
 
 def access_user(settings: Settings, name: str) -> str:
-    """An access user's Redis name: ``<prefix>-access-<name>`` (never a worker's or a grant's)."""
-    return f"{settings.key_prefix}-access-{name}"
+    """An access user's Redis name: ``<prefix>-access-<name>`` (``Keys.access_user``)."""
+    return settings.keys.access_user(name)
 
 
 def url_with(settings: Settings, username: str, password: str) -> str:

@@ -39,6 +39,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Who the console's token signs in (the operator, fleet-wide): the trail's ``sender``.
 OPERATOR = "console:operator"
+OPERATOR_ROLE = "operator"
+#: Where the middleware leaves who signed in (``""``: the operator) and their role.
+USER_KEY = web.RequestKey("wm_user", str)
+ROLE_KEY = web.RequestKey("wm_role", str)
 #: The console's entries keep the trail bounded like the managers' (``WM_AUDIT_MAXLEN``'s
 #: default).
 AUDIT_MAXLEN = 100_000
@@ -63,6 +67,8 @@ class Console:
         self._secure_cookie = secure_cookie
         self._throttle = throttle or SignInThrottle()
         self._public: frozenset[web.AbstractResource] = frozenset()
+        #: Access users signed in to this process, who act as themselves (never written down).
+        self._passwords: dict[str, str] = {}
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth])
@@ -99,12 +105,21 @@ class Console:
                 return await handler(request)
             self._throttle.failed(_client(request), time.time())
             raise web.HTTPUnauthorized(text="that bearer token is not it\n")
-        if session.valid_session(self._token, request.cookies.get(session.COOKIE), time.time()):
+        cookie = request.cookies.get(session.COOKIE)
+        user = session.session_user(self._token, cookie, time.time())
+        if user is not None:
+            role = await self._role(user)
+            if role is None:  # removed since it signed in (``access remove``)
+                raise web.HTTPUnauthorized(text="that user no longer exists; sign in again\n")
+            request[USER_KEY], request[ROLE_KEY] = user, role
             if request.method == "POST":
                 form = await request.post()
-                cookie = request.cookies.get(session.COOKIE)
                 if not session.valid_csrf(self._token, cookie, str(form.get("csrf", ""))):
                     raise web.HTTPForbidden(text="a form of this console is needed (CSRF)\n")
+                if role == "viewer":
+                    raise web.HTTPForbidden(text="a viewer acts on nothing\n")
+            if role != OPERATOR_ROLE and request.path.rstrip("/").endswith("/audit"):
+                raise web.HTTPForbidden(text="the audit trail is the operator's\n")
             return await handler(request)
         if request.method == "GET" and "text/html" in request.headers.get("Accept", ""):
             raise web.HTTPSeeOther("/ui/login")
@@ -129,14 +144,19 @@ class Console:
         # other guess sent in parallel, before any of their failures was counted.
         form = await request.post()
         self._check_throttle(request)
-        if not session.valid_token(self._token, str(form.get("token", ""))):
+        name = str(form.get("username", "")).strip()
+        if name:
+            signed_in = await self._access_user_signs_in(name, str(form.get("password", "")))
+        else:
+            signed_in = session.valid_token(self._token, str(form.get("token", "")))
+        if not signed_in:
             self._throttle.failed(_client(request), time.time())
             return _html(views.login_page(failed=True), status=401)
         self._throttle.succeeded(_client(request))
         response = web.HTTPSeeOther("/ui/")
         response.set_cookie(
             session.COOKIE,
-            session.new_session(self._token, time.time()),
+            session.new_session(self._token, time.time(), name),
             max_age=session.SESSION_SECONDS,
             path="/ui",
             httponly=True,
@@ -149,6 +169,55 @@ class Console:
             ),
         )
         raise response
+
+    async def _role(self, user: str) -> str | None:
+        """``operator`` for the token's sessions, else the access user's role (None: gone)."""
+        if not user:
+            return OPERATOR_ROLE
+        entry = await self._redis.hget(self._keys.access, user)
+        try:
+            role = json.loads(entry)["role"] if entry else None
+        except (ValueError, KeyError, TypeError):
+            return None
+        return role if role in ("viewer", "producer") else None
+
+    async def _access_user_signs_in(self, name: str, password: str) -> bool:
+        """Redis itself checks the password: a connection as that user must authenticate."""
+        if not session.USER.fullmatch(name) or not password or await self._role(name) is None:
+            return False
+        client = self._as_user(name, password)
+        try:
+            await client.ping()
+        except RedisError:
+            return False
+        finally:
+            await client.aclose()
+        self._passwords[name] = password  # this process's memory only: it acts as that user
+        return True
+
+    def _as_user(self, name: str, password: str) -> Redis:
+        kwargs = self._redis.connection_pool.connection_kwargs
+        return Redis(
+            host=kwargs.get("host", "localhost"),
+            port=kwargs.get("port", 6379),
+            db=kwargs.get("db", 0),
+            username=self._keys.access_user(name),
+            password=password,
+            decode_responses=True,
+            socket_timeout=10,
+        )
+
+    def _acting(self, request: web.Request) -> tuple[CommandClient, Redis | None]:
+        """The command client an action goes through: the operator's, or a producer's own (its
+        own stream and replies, as its Redis user)."""
+        user = request.get(USER_KEY, "")
+        if not user:
+            return self._commands, None
+        password = self._passwords.get(user)
+        if password is None:
+            raise web.HTTPUnauthorized(text="sign in again to act\n")
+        client = self._as_user(user, password)
+        return CommandClient(client, self._keys, producer=user), client
 
     # --- pages -------------------------------------------------------------------------------
     async def _fleet(self, request: web.Request) -> web.Response:
@@ -194,7 +263,12 @@ class Console:
         evidence = await self._redis.hgetall(self._keys.evidence(worker_id))
         cookie = request.cookies.get(session.COOKIE, "")
         html = views.worker_page(
-            record, changes, output, evidence, csrf=session.csrf_for(self._token, cookie)
+            record,
+            changes,
+            output,
+            evidence,
+            csrf=session.csrf_for(self._token, cookie),
+            can_act=request.get(ROLE_KEY) != "viewer",
         )
         return _html(html)
 
@@ -204,25 +278,34 @@ class Console:
         if not await self._redis.exists(self._keys.worker(worker_id)):
             raise web.HTTPNotFound(text=f"no worker {worker_id}\n")
         form = await request.post()
+        user = request.get(USER_KEY, "")
         # The console's own entry in the trail (the command it sends is audited as any is).
-        entry = audit_entry({"command": action, "worker_id": worker_id}, "console", sender=OPERATOR)
+        sender = f"console:{user}" if user else OPERATOR
+        entry = audit_entry({"command": action, "worker_id": worker_id}, "console", sender=sender)
         await self._redis.xadd(self._keys.audit, entry, maxlen=AUDIT_MAXLEN, approximate=True)
-        if action == "send":
-            content = str(form.get("content", ""))
-            if content:
-                await self._commands.send_input(worker_id, content)
-        elif action == "cancel":
-            await self._commands.send_input(worker_id, "", "cancel")
-        elif action in ("fork", "snapshot"):
-            raise await self._copy(worker_id, action, form)
-        else:
-            await self._commands.request(
-                "delete", worker_id=worker_id, request_id=f"ui-{uuid.uuid4().hex}", timeout=120
-            )
+        commands, own = self._acting(request)
+        try:
+            if action == "send":
+                content = str(form.get("content", ""))
+                if content:
+                    await commands.send_input(worker_id, content)
+            elif action == "cancel":
+                await commands.send_input(worker_id, "", "cancel")
+            elif action in ("fork", "snapshot"):
+                raise await self._copy(commands, worker_id, action, form)
+            else:
+                reply = await commands.request(
+                    "delete", worker_id=worker_id, request_id=f"ui-{uuid.uuid4().hex}", timeout=120
+                )
+                if not reply.ok:
+                    raise web.HTTPConflict(text=f"{reply.error}: {reply.message}\n")
+        finally:
+            if own is not None:
+                await own.aclose()
         raise web.HTTPSeeOther(f"/ui/workers/{worker_id}")
 
     async def _copy(
-        self, worker_id: str, action: str, form: Mapping[str, object]
+        self, commands: CommandClient, worker_id: str, action: str, form: Mapping[str, object]
     ) -> web.HTTPException:
         """A fork (to the first copy's page) or a snapshot (to the list), as any producer sends
         them; a refusal is shown as the manager worded it."""
@@ -232,7 +315,7 @@ class Console:
             fields["count"] = count if count.isdigit() else "1"
         else:
             fields["name"] = str(form.get("name", ""))
-        reply = await self._commands.request(action, timeout=120, **fields)
+        reply = await commands.request(action, timeout=120, **fields)
         if not reply.ok:
             return web.HTTPConflict(text=f"{reply.error}: {reply.message}\n")
         if action == "fork" and reply.worker_ids:

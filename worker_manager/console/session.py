@@ -28,19 +28,31 @@ def _mac(token: str, text: str) -> str:
     return hmac.new(token.encode(), text.encode(), hashlib.sha256).hexdigest()
 
 
-def new_session(token: str, now: float) -> str:
-    """A cookie value: its expiry and its MAC under the token."""
+#: An access user's name (``worker-manager access add``): what a cookie may name.
+USER = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def new_session(token: str, now: float, user: str = "") -> str:
+    """A cookie value: its expiry, who signed in (empty: the operator, by the token) and a MAC
+    of both under the token."""
     expires = str(int(now) + SESSION_SECONDS)
-    return f"{expires}.{_mac(token, 'session:' + expires)}"
+    return f"{expires}.{user}.{_mac(token, f'session:{expires}:{user}')}"
+
+
+def session_user(token: str, cookie: str | None, now: float) -> str | None:
+    """Who a valid, unexpired cookie signed in (``""``: the operator); None for any other."""
+    if not cookie or cookie.count(".") != 2:
+        return None
+    expires, user, mac = cookie.split(".")
+    if not expires.isdigit() or int(expires) < now or (user and not USER.fullmatch(user)):
+        return None
+    if not hmac.compare_digest(mac, _mac(token, f"session:{expires}:{user}")):
+        return None
+    return user
 
 
 def valid_session(token: str, cookie: str | None, now: float) -> bool:
-    if not cookie or "." not in cookie:
-        return False
-    expires, _, mac = cookie.partition(".")
-    if not expires.isdigit() or int(expires) < now:
-        return False
-    return hmac.compare_digest(mac, _mac(token, "session:" + expires))
+    return session_user(token, cookie, now) is not None
 
 
 def valid_token(token: str, given: str) -> bool:

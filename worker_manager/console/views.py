@@ -54,11 +54,16 @@ def page(title: str, body: str, *, script: str = "") -> str:
 
 
 def login_page(failed: bool) -> str:
-    problem = "<p><b>That token is not it.</b></p>" if failed else ""
+    problem = "<p><b>That did not sign you in.</b></p>" if failed else ""
     return page(
         "worker-manager: sign in",
         f"{problem}<form method=post action=/ui/login>"
         "<label>Token <input type=password name=token autofocus></label> "
+        "<button type=submit>Sign in</button></form>"
+        "<p>or, as an access user (<code>worker-manager access add</code>):</p>"
+        "<form method=post action=/ui/login>"
+        "<label>User <input name=username></label> "
+        "<label>Password <input type=password name=password></label> "
         "<button type=submit>Sign in</button></form>",
     )
 
@@ -189,7 +194,9 @@ def worker_page(
     evidence: Mapping[str, str],
     *,
     csrf: str,
+    can_act: bool = True,
 ) -> str:
+    """``can_act``: the buttons (not for a viewer, whom the server refuses them anyway)."""
     wid = record.worker_id
     fields = "".join(
         f"<tr><td class=k>{e(k)}</td><td>{e(v)}</td></tr>"
@@ -211,12 +218,7 @@ def worker_page(
     )
     action = f"/ui/workers/{quote(wid)}"
     hidden = f'<input type=hidden name=csrf value="{e(csrf)}">'
-    body = (
-        f'<p>status <b id="status">{e(record.text("status"))}</b> '
-        f'<span id="reason">{e(record.text("reason"))}</span></p>'
-        f"<p>agent <b>{e(record.text('agent_type'))}</b> environment "
-        f'<b id="environment">{e(record.text("environment") or "none")}</b> services '
-        f'<b id="services">{e(services_of(record) or "none")}</b></p>'
+    buttons = (
         f'<form method=post action="{action}/send">{hidden}'
         "<textarea name=content rows=3 cols=80></textarea><br>"
         "<button type=submit>Send</button></form>"
@@ -230,7 +232,15 @@ def worker_page(
         f'<form class=inline method=post action="{action}/snapshot">{hidden}'
         '<input name=name placeholder="snapshot name" size=16> '
         "<button type=submit>Snapshot</button></form>"
-        f'<h2>Output</h2><div class=out id="output">{lines}</div>'
+    )
+    body = (
+        f'<p>status <b id="status">{e(record.text("status"))}</b> '
+        f'<span id="reason">{e(record.text("reason"))}</span></p>'
+        f"<p>agent <b>{e(record.text('agent_type'))}</b> environment "
+        f'<b id="environment">{e(record.text("environment") or "none")}</b> services '
+        f'<b id="services">{e(services_of(record) or "none")}</b></p>'
+        + (buttons if can_act else "")
+        + f'<h2>Output</h2><div class=out id="output">{lines}</div>'
         f"<h2>Record</h2><table>{fields}</table>"
         f"<h2>Lifecycle</h2><table>{changes}</table>"
         f"<h2>Evidence</h2><table>{proof or '<tr><td>none yet</td></tr>'}</table>"

@@ -120,6 +120,10 @@ class Keys:
         """The access users made with ``worker-manager access add``: name -> role (no secret)."""
         return f"{self.prefix}:access"
 
+    def access_user(self, name: str) -> str:
+        """An access user's Redis user name (never a worker's, a grant's or a producer's)."""
+        return f"{self.prefix}-access-{name}"
+
     def build_lock(self, image_hash: str) -> str:
         return f"{self.prefix}:lock:build:{image_hash}"
 
