@@ -22,6 +22,7 @@ from benchmarks.egress_bench import egress_figures
 from benchmarks.env import AGENT_COMMAND, BenchEnv
 from benchmarks.envbuild_bench import envbuild_figure
 from benchmarks.environments_bench import docker_figures, environment_figures
+from benchmarks.forks_bench import fork_figures
 from benchmarks.gateway import gateway_figures, responses_figure
 from benchmarks.gc_bench import gc_figure
 from benchmarks.harness import Figure, console, machine, table, write_results
@@ -51,6 +52,7 @@ FIGURES = (
     "envcreate",
     "services",
     "dockerin",
+    "forks",
     "against",
 )
 #: Figures that need neither the manager nor Docker (they bring their own processes).
@@ -209,6 +211,9 @@ async def run(plan: Plan, only: set[str], against: str | None = None) -> list[Fi
         if "dockerin" in only:
             out.print("[bold]15. a DOCKER worker[/bold] (its start, its first inner docker run)")
             figures += await docker_figures(env, plan.warm_runs)
+        if "forks" in only:
+            out.print("[bold]16. fork and snapshots[/bold] (50 MB workspace: copies, creates)")
+            figures += await fork_figures(env, plan.warm_runs, plan.workspace_runs)
         if "against" in only and against:
             out.print(f"[bold]1e. cold create against {against}[/bold] (two builds a pair)")
             figures += await against_figure(

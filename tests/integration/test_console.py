@@ -205,7 +205,11 @@ async def test_fork_and_snapshot_from_a_workers_page(harness: Harness, browser: 
         lambda: browser.find_element(By.CSS_SELECTOR, "form[action$='/snapshot'] button")
     )
     await off_loop(snap.click)
-    table = await wait_for(browser, by_id("snapshots"), "the snapshots page")
+    try:
+        table = await wait_for(browser, by_id("snapshots"), "the snapshots page", 60)
+    except Exception:
+        body = await off_loop(lambda: browser.find_element(By.TAG_NAME, "body").text)
+        raise AssertionError(f"not the snapshots page: {body[:500]}") from None
     text = await off_loop(lambda: table.text)
     assert "from-the-console" in text and source.worker_id in text
     for worker_id in (source.worker_id, copy_id):
