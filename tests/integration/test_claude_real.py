@@ -356,3 +356,32 @@ async def test_a_fork_continues_the_conversation_on_a_thread_of_its_own(
     assert result_of(again)["session_id"] == copy_session
     (seen,) = requests_with(fake_anthropic, "copy-again")[-1:]
     assert "copy-after-fork" in seen and "source-after-fork" not in seen
+
+
+async def test_two_workers_from_a_snapshot_both_continue_its_thread(
+    claude: Harness, fake_anthropic: FakeAnthropic
+) -> None:
+    """SPEC §10: a snapshot outlives its worker; each create from it starts with its thread
+    (the first request carries the snapshot's turn), on a session of its own."""
+    source = await start_worker(claude)
+    first = await run_input(claude, source, "FAKE say kept-in-the-snapshot")
+    session = result_of(first)["session_id"]
+    taken = await claude.client.request("snapshot", worker_id=source, name="briefed")
+    assert taken.ok, taken
+    assert (await claude.client.request("delete", worker_id=source)).ok
+    sessions = set()
+    for i in range(2):
+        reply = await claude.client.create(agent_type="CLAUDE", from_snapshot="briefed")
+        assert reply.ok and reply.worker_id, reply
+        worker = reply.worker_id
+        assert await claude.wait_status(worker, "RUNNING", "FAILED", timeout=300) == "RUNNING"
+        events = await run_input(claude, worker, f"FAKE say from-the-snapshot-{i}", timeout=180)
+        assert done_code(events) == 0 and not of(events, "error"), events
+        sessions.add(result_of(events)["session_id"])
+        (seen,) = requests_with(fake_anthropic, f"from-the-snapshot-{i}")[-1:]
+        assert "kept-in-the-snapshot" in seen
+        if i == 1:
+            assert "from-the-snapshot-0" not in seen  # the first one's turn is its own
+        assert (await claude.client.request("delete", worker_id=worker)).ok
+    assert len(sessions) == 2 and session not in sessions
+    assert (await claude.client.request("delete_snapshot", name="briefed")).ok
