@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.support.availability import require_redis_server
+from tests.support.docker_cleanup import remove_test_containers, remove_test_volumes
 from tests.support.flows import Harness
 from tests.support.git_server import GitServer
 from tests.support.sentinel import SentinelGroup
@@ -25,12 +26,19 @@ ManagerFactory = Callable[..., "asyncio.Future[Manager]"]
 async def harness(
     settings: Settings, redis: Redis, docker_client: docker.DockerClient
 ) -> AsyncIterator[Harness]:
-    """Start managers on demand (``await harness.start()``); all are stopped at the end."""
+    """Start managers on demand (``await harness.start()``); all are stopped at the end, and
+    what they left on the Engine is removed then (their manager ids start with the test's):
+    workers left running would otherwise beat and relay until the session ends, slowing every
+    test after them."""
     h = Harness(settings, redis, docker_client)
     try:
         yield h
     finally:
-        await h.close()
+        try:
+            await h.close()
+        finally:
+            await asyncio.to_thread(remove_test_containers, docker_client, settings.manager_id)
+            await asyncio.to_thread(remove_test_volumes, docker_client, settings.manager_id)
 
 
 @pytest.fixture

@@ -25,8 +25,11 @@ def worker_image_ids(client: docker.DockerClient) -> set[str]:
     return {str(image["Id"]) for image in client.api.images(filters={"label": HASH_LABEL})}
 
 
-def remove_test_containers(client: docker.DockerClient) -> list[str]:
-    """Force-remove every container this session's managers created.
+def remove_test_containers(
+    client: docker.DockerClient, prefix: str = SESSION_MANAGER_PREFIX
+) -> list[str]:
+    """Force-remove every container this session's managers (or, with ``prefix``, one test's)
+    created.
 
     Reads the raw listing (no per-container inspect), so a container another session removes
     at the same moment is simply skipped.
@@ -34,22 +37,24 @@ def remove_test_containers(client: docker.DockerClient) -> list[str]:
     removed: list[str] = []
     for container in client.api.containers(all=True, filters={"label": MANAGER_LABEL}):
         labels = container.get("Labels") or {}
-        if not str(labels.get(MANAGER_LABEL, "")).startswith(SESSION_MANAGER_PREFIX):
+        if not str(labels.get(MANAGER_LABEL, "")).startswith(prefix):
             continue
-        with contextlib.suppress(docker.errors.NotFound):
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             client.api.remove_container(container["Id"], force=True, v=True)
             removed.append(str(container["Id"]))
     return removed
 
 
-def remove_test_volumes(client: docker.DockerClient) -> list[str]:
+def remove_test_volumes(
+    client: docker.DockerClient, prefix: str = SESSION_MANAGER_PREFIX
+) -> list[str]:
     """Force-remove every worker volume this session's managers created (after their
     containers: a volume in use is not removed)."""
     removed: list[str] = []
     listed = client.api.volumes(filters={"label": MANAGER_LABEL}).get("Volumes") or []
     for volume in listed:
         labels = volume.get("Labels") or {}
-        if not str(labels.get(MANAGER_LABEL, "")).startswith(SESSION_MANAGER_PREFIX):
+        if not str(labels.get(MANAGER_LABEL, "")).startswith(prefix):
             continue
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             client.api.remove_volume(volume["Name"], force=True)
