@@ -13,6 +13,7 @@ import ipaddress
 import json
 import socket
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,10 @@ async def test_apt_and_pip_through_egress_used_by_agent_and_built_once(
 ) -> None:
     settings = build_settings(harness.settings)
     manager = await harness.start(**{k: getattr(settings, k) for k in _BUILD_FIELDS})
-    worker_id, status, record = await create_and_wait(harness, PACKAGES, USE, ("RUNNING", "FAILED"))
+    # A mark of this run's own: the image is new even on an Engine an earlier run left it on.
+    mark = {"BUILD_MARK": uuid.uuid4().hex}
+    packages = {**PACKAGES, "env": mark}
+    worker_id, status, record = await create_and_wait(harness, packages, USE, ("RUNNING", "FAILED"))
     assert status == "RUNNING", record
     input_id = await harness.client.send_input(worker_id, "use the toolchain")
     events = await harness.events_until_done(worker_id, input_id=input_id, timeout=120)
@@ -159,7 +163,7 @@ async def test_apt_and_pip_through_egress_used_by_agent_and_built_once(
     assert b".crt" not in output and b"wm-build" not in output, output
 
     # The same spec again (its lists in another order): no second build, the same image.
-    again = {"pip": ["six"], "apt": ["jq"]}
+    again = {"env": mark, "pip": ["six"], "apt": ["jq"]}
     second, status, record2 = await create_and_wait(harness, again, USE, ("RUNNING", "FAILED"))
     assert status == "RUNNING", record2
     assert record2["image_hash"] == record["image_hash"]
