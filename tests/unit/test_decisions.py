@@ -348,3 +348,12 @@ def test_a_walk_counts_blocks_without_following_links(tmp_path: Path) -> None:
         (tmp_path / f"e{i}").touch()
     assert walk_size(str(tmp_path), max_entries=10)[1] <= 11 + 1
     assert over_entries({"w", "v"}, {"w": 11, "v": 10}, 10) == ["w"]
+
+
+def test_a_containers_end_ends_only_the_start_its_record_names() -> None:
+    from worker_manager.workers.watching.watcher import about_this_start
+
+    assert about_this_start("abc", "abc")
+    assert not about_this_start("abc", "old")  # an earlier container's end
+    assert not about_this_start("", "old")  # just resumed: no container of this start yet
+    assert about_this_start("abc", "")  # an event naming no container is believed

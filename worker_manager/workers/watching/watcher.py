@@ -312,6 +312,13 @@ class StatusWatcher:
         if not worker_id:
             return
         action = event.get("Action") or event.get("status")
+        if action in ("die", "oom"):
+            record = await self._store.get(worker_id)
+            dying = str(event.get("id") or (event.get("Actor") or {}).get("ID") or "")
+            if record is not None and not about_this_start(record.container_id, dying):
+                # An earlier container's end (a suspended one stopping, replayed to a manager
+                # that started a moment later): this start's container is not the one.
+                return
         if action == "oom":
             self._oom.add(worker_id)
             await self._lifecycle.end(worker_id, Outcome(Ended.OOM))
@@ -367,6 +374,15 @@ class Verdict:
     problem: str | None = None
     #: Started, no heartbeat yet: the watcher polls fast until it comes.
     awaiting_first_beat: bool = False
+
+
+def about_this_start(recorded: str, dying: str) -> bool:
+    """Whether a container's ``die``/``oom`` is about the worker's container of this start:
+    the one its record names. A record that names none (just resumed, or its container not yet
+    recorded) has none to end; an event that names no container is believed."""
+    if not dying:
+        return True
+    return bool(recorded) and recorded == dying
 
 
 def silent(seen: Observed) -> bool:
