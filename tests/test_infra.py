@@ -141,6 +141,21 @@ def test_restart_keeps_port_and_password(redis_server: RedisServer) -> None:
             client.close()
 
 
+def test_restart_keeping_data_loses_only_acl_users(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    try:
+        client.set("infra:kept", "before")
+        client.acl_setuser("infra-kept-user", enabled=True, nopass=True)
+        redis_server.restart(keep_data=True)
+        assert client.get("infra:kept") == "before"
+        assert client.acl_getuser("infra-kept-user") is None
+        redis_server.restart()  # the saved data is not loaded again by a later restart
+        assert client.get("infra:kept") is None
+    finally:
+        client.delete("infra:kept")
+        client.close()
+
+
 def test_stop_then_start(redis_server: RedisServer) -> None:
     redis_server.stop()
     assert not redis_server.running

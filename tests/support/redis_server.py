@@ -170,10 +170,21 @@ class RedisServer:
         assert self._process is not None and self._process.poll() is None
         self._process.send_signal(signum)
 
-    def restart(self, *, kill: bool = False) -> None:
-        """Stop and start again on the same port and password (the data is not kept)."""
+    def restart(self, *, kill: bool = False, keep_data: bool = False) -> None:
+        """Stop and start again on the same port and password.
+
+        ``keep_data=True`` stands for a Redis with persistence: the data is saved before the stop
+        and loaded before the new server answers anyone, so no client ever sees it empty (ACL
+        users are not data: they are lost either way). Otherwise the data is gone.
+        """
+        dump = self.workdir / "dump.rdb"
+        dump.unlink(missing_ok=True)
+        if keep_data:
+            with self.client() as client:
+                client.save()
         self.stop(kill=kill)
         self.start()
+        dump.unlink(missing_ok=True)
 
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS

@@ -7,12 +7,14 @@ on it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from worker_manager.contract.reply import Reply
 from worker_manager.core.keys import Keys
@@ -54,8 +56,11 @@ class CommandClient:
         try:
             return await self.wait_reply(reply_to, request_id, timeout=timeout)
         finally:
+            # Tidying up must not replace what is propagating: a cancellation while Redis is
+            # away would otherwise turn into a ConnectionError, which callers retry.
             if own_stream:
-                await self._redis.delete(reply_to)
+                with contextlib.suppress(RedisError, OSError):
+                    await self._redis.delete(reply_to)
 
     async def wait_reply(
         self, reply_to: str, request_id: str, *, timeout: float = 30.0, after: str = "0-0"

@@ -20,6 +20,7 @@ forwarded there (``commands.routing``), as is nothing else: snapshots of this ho
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -266,7 +267,9 @@ class Forks:
             return await self._forward(cmd, owner)
         existing = await self.snapshots.get(cmd.name)
         if existing is not None:
-            if existing.worker_id == cmd.worker_id and await self._replayed(cmd):
+            # The same request carried out again (a crash after the save): the same answer.
+            replayed = existing.spec.get("snapshot_request_id") == cmd.request_id
+            if existing.worker_id == cmd.worker_id and replayed:
                 return self._snapshot_reply(cmd, existing)
             raise CommandError(
                 ErrorCode.CONFLICT, f"a snapshot named {cmd.name!r} exists; delete it first"
@@ -302,10 +305,6 @@ class Forks:
             )
         log.info("snapshot taken", worker_id=cmd.worker_id, name=cmd.name, size_bytes=size)
         return self._snapshot_reply(cmd, snapshot)
-
-    async def _replayed(self, cmd: SnapshotCommand) -> bool:
-        saved = await self.snapshots.get(cmd.name)
-        return saved is not None and saved.spec.get("snapshot_request_id") == cmd.request_id
 
     def _snapshot_reply(self, cmd: SnapshotCommand, snapshot: Snapshot) -> Reply:
         return Reply(
@@ -404,6 +403,4 @@ class Forks:
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value, separators=(",", ":"))

@@ -143,7 +143,7 @@ class Manager:
                 self.containment.client if self.containment.enabled else None,
             ),
             services=ServiceStarter(s, self.services, self.images),
-            engine=EngineStarter(s, self.docker, self.images),
+            engine=EngineStarter(s, self.docker, self.images, self.services),
             on_started=lambda _worker_id: heartbeat_soon.set(),
         )
         self.pool = WarmPool(

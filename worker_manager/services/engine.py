@@ -22,22 +22,16 @@ and said in the refusal of a create that asks for it.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import docker.errors
 from docker import DockerClient
+from docker.models.containers import Container
 from docker.types import Mount
 
 from worker_manager.contract.environments import ResolvedEnvironment
 from worker_manager.contract.kinds import AgentType
-from worker_manager.contract.labels import (
-    LABEL_HASH,
-    LABEL_MANAGER,
-    LABEL_PREFIX,
-    LABEL_SERVICE,
-    LABEL_SERVICE_OF,
-    LABEL_VOLUME,
-    LABEL_WORKER,
-)
+from worker_manager.contract.labels import LABEL_MANAGER, LABEL_PREFIX, LABEL_VOLUME, LABEL_WORKER
 from worker_manager.core import docker_client
 from worker_manager.core.logs import get_logger
 from worker_manager.docker_engine import preload, sidecar, support
@@ -47,7 +41,14 @@ from worker_manager.docker_engine.recipe import (
     PROXY_URL,
 )
 from worker_manager.images.service import ImageRef, ImageService
-from worker_manager.services.plan import ENGINE, RUNNING, STARTING, container_name
+from worker_manager.services.plan import (
+    ENGINE,
+    RUNNING,
+    STARTING,
+    container_labels,
+    container_name,
+)
+from worker_manager.services.runtime import ServiceRuntime
 from worker_manager.services.starter import OnState, ServiceFailed, WorkerContainer
 from worker_manager.settings import Settings
 
@@ -58,10 +59,17 @@ READY_SECONDS = 60.0
 
 
 class EngineStarter:
-    def __init__(self, settings: Settings, docker: DockerClient, images: ImageService) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        docker: DockerClient,
+        images: ImageService,
+        runtime: ServiceRuntime,
+    ) -> None:
         self._settings = settings
         self._docker = docker
         self._images = images
+        self._runtime = runtime
         self._problem: tuple[str | None] | None = None
         #: The host's Engine confines containers with AppArmor (``support.HostFacts``).
         self._apparmor = False
@@ -131,7 +139,9 @@ class EngineStarter:
         await on_state(ENGINE, STARTING)
         name = container_name(worker[0], ENGINE)
         try:
-            await docker_client.call(self._launch, worker_id, worker, image, contained, name)
+            options = self._options(worker_id, worker, image, contained)
+            # Launched like any service (kept when it already runs in this start's namespace).
+            await self._runtime.launch(options, worker[1], create=self._create)
             seconds = await docker_client.call(
                 preload.wait_until_ready, self._docker, name, READY_SECONDS
             )
@@ -155,44 +165,19 @@ class EngineStarter:
         )
         await on_state(ENGINE, RUNNING)
 
-    def _launch(
-        self,
-        worker_id: str,
-        worker: WorkerContainer,
-        image: ImageRef,
-        contained: bool,
-        name: str,
-    ) -> None:
-        """Idempotent like any service's: kept when it runs in this start's namespace."""
-        try:
-            existing = self._docker.containers.get(name)
-        except docker.errors.NotFound:
-            existing = None
-        if existing is not None:
-            mode = str((existing.attrs.get("HostConfig") or {}).get("NetworkMode") or "")
-            if existing.status == "running" and mode == f"container:{worker[1]}":
-                return
-            existing.remove(force=True)
-        options = sidecar.engine_container_options(
+    def _options(
+        self, worker_id: str, worker: WorkerContainer, image: ImageRef, contained: bool
+    ) -> dict[str, Any]:
+        return sidecar.engine_container_options(
             self._settings,
             worker[1],
             self.volumes(worker_id, worker[0]),
             image=image.tag,
-            name=name,
-            labels={
-                LABEL_SERVICE_OF: worker_id,
-                LABEL_SERVICE: ENGINE,
-                LABEL_MANAGER: self._settings.manager_id,
-                LABEL_PREFIX: self._settings.key_prefix,
-                LABEL_HASH: image.hash,
-            },
+            name=container_name(worker[0], ENGINE),
+            labels=container_labels(self._settings, worker_id, ENGINE, image.hash),
             proxy=PROXY_URL if contained else None,
             apparmor=self._apparmor,
         )
-        try:
-            container = sidecar.create_engine_container(self._docker, options)
-        except docker.errors.APIError as exc:
-            if exc.status_code != 409:
-                raise
-            container = self._docker.containers.get(name)
-        container.start()
+
+    def _create(self, options: dict[str, Any]) -> Container:
+        return sidecar.create_engine_container(self._docker, options)

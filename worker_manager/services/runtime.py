@@ -10,11 +10,13 @@ again on the same volumes.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import docker.errors
 from docker import DockerClient
+from docker.models.containers import Container
 
 from worker_manager.contract.labels import (
     LABEL_MANAGER,
@@ -75,11 +77,24 @@ class ServiceRuntime:
         return ImageFacts.of(attrs)
 
     # --- containers ---------------------------------------------------------------------------
-    async def launch(self, options: dict[str, Any], worker_container_id: str) -> str:
-        """The service's container, running in the worker's namespace; its id."""
-        return await docker_client.call(self._launch_sync, options, worker_container_id)
+    async def launch(
+        self,
+        options: dict[str, Any],
+        worker_container_id: str,
+        *,
+        create: Callable[[dict[str, Any]], Container] | None = None,
+    ) -> str:
+        """The service's container, running in the worker's namespace; its id. ``create``
+        creates it from ``options`` (blocking) when ``containers.create`` cannot express them
+        (the Docker engine's sidecar)."""
+        return await docker_client.call(self._launch_sync, options, worker_container_id, create)
 
-    def _launch_sync(self, options: dict[str, Any], worker_container_id: str) -> str:
+    def _launch_sync(
+        self,
+        options: dict[str, Any],
+        worker_container_id: str,
+        create: Callable[[dict[str, Any]], Container] | None = None,
+    ) -> str:
         name = str(options["name"])
         try:
             container = self._docker.containers.get(name)
@@ -90,10 +105,12 @@ class ServiceRuntime:
             if container.status == "running" and mode == f"container:{worker_container_id}":
                 return str(container.id)
             container.remove(force=True)
-        options = dict(options)
-        image = options.pop("image")
         try:
-            container = self._docker.containers.create(image, **options)
+            if create is not None:
+                container = create(options)
+            else:
+                rest = dict(options)
+                container = self._docker.containers.create(rest.pop("image"), **rest)
         except docker.errors.APIError as exc:
             if exc.status_code != 409:  # 409: a concurrent attempt created it first
                 raise
