@@ -17,6 +17,8 @@ since the shims write it as the agent.
 ``sh`` and ``bash`` are always present in the shim directory as links to the real shells: an agent
 runs commands through a shell (Claude Code's Bash tool, Droid's Execute tool), and a shell whose
 own ``PATH`` is the shim directory resolves every command it runs to a shim.
+``wm-team`` (a worker of a team, SPEC §12: ``worker_base.team``) is always there too, as a link
+to the real one: it only talks to the agent's own wrapper, so the allowlist has nothing to guard.
 
 For an agent that runs its commands through a shell it lets us prefix (Claude Code), the shims
 apply to those commands only, through a gate script (:func:`build_shell_gate`): the agent process
@@ -46,6 +48,8 @@ SHIM_DIR_NAME = "bin"
 SHIM_SCRIPT_NAME = "allowlist-shim"
 REFUSAL_LOG_NAME = "refusals.log"
 _SHELLS = ("sh", "bash")
+#: Linked to the real program whatever ``allowed_commands`` says (when it is on the ``PATH``).
+ALWAYS_ALLOWED = ("wm-team",)
 
 
 class AllowlistConfig(Protocol):
@@ -282,10 +286,12 @@ def build_shims(config: AllowlistConfig, env: dict[str, str]) -> Path:
     wanted: dict[str, str] = {}
     for name in _installed_names(search_path) | set(rules):
         wanted[name] = str(script)
-    for shell in _SHELLS:  # always the real shell: agents need one to run anything at all
-        real = shutil.which(shell, path=search_path)
+    # Always the real shell: agents need one to run anything at all; and the commands that
+    # reach nothing but the wrapper.
+    for name in (*_SHELLS, *ALWAYS_ALLOWED):
+        real = shutil.which(name, path=search_path)
         if real is not None:
-            wanted[shell] = real
+            wanted[name] = real
     for name, target in wanted.items():
         _link(directory / name, target)
     for stale in directory.iterdir():

@@ -84,6 +84,9 @@ class WrapperConfig:
     #: starting.
     service_ports: tuple[int, ...] = ()
     service_wait: float = 120.0
+    #: The worker's team (SPEC §12, ``WM_TEAM``): its wrapper reads and writes that team's
+    #: board for the agent (``wm-team``); empty: no team.
+    team: str = ""
     # --- ours, not set by the manager: tuning knobs with safe defaults -----------------------
     #: Seconds between SIGTERM and SIGKILL when a run is cancelled.
     cancel_grace: float = 5.0
@@ -112,6 +115,16 @@ class WrapperConfig:
     @property
     def heartbeat_key(self) -> str:
         return worker_key(self.key_prefix, self.worker_id, "heartbeat")
+
+    @property
+    def team_board_key(self) -> str:
+        """The team's board (SPEC §12); meaningless without a team."""
+        return team_board_key(self.key_prefix, self.team)
+
+    @property
+    def team_changes_key(self) -> str:
+        """What each member's workspace changed, as the manager last saw it (read-only here)."""
+        return team_changes_key(self.key_prefix, self.team)
 
     @property
     def workspace_key(self) -> str:
@@ -164,6 +177,8 @@ class WrapperConfig:
             env["WM_AGENT_ENV"] = json.dumps(dict(self.agent_env), sort_keys=True)
         if self.workspace_base:
             env["WM_WORKSPACE_BASE"] = self.workspace_base
+        if self.team:
+            env["WM_TEAM"] = self.team
         env["WM_WORKSPACE_MAX_BYTES"] = str(self.workspace_max_bytes)
         return env
 
@@ -247,6 +262,7 @@ class WrapperConfig:
             relays=relays_from_env(environ),
             service_ports=_ports(environ, "WM_SERVICE_PORTS"),
             service_wait=_number(environ, "WM_SERVICE_WAIT_SECONDS", 120.0, minimum=0),
+            team=_team(text("WM_TEAM") or ""),
             cancel_grace=_number(environ, "WM_CANCEL_GRACE_SECONDS", 5.0, minimum=0),
             block_ms=block_ms,
             socket_timeout=socket_timeout,
@@ -267,6 +283,27 @@ _MAX_SCHEME = 32
 _URL_END = re.compile(r"[\s\"'<>`]")
 #: A port right after the host: ``host:8080/…`` has no password.
 _PORT = re.compile(r"\d{1,5}")
+
+
+def team_board_key(prefix: str, team: str) -> str:
+    """A team's board (SPEC §12): the one spelling the manager and the wrapper share."""
+    return f"{prefix}:team:{team}:board"
+
+
+def team_changes_key(prefix: str, team: str) -> str:
+    """A hash, worker id -> JSON list of the paths its workspace changed: the manager writes it
+    (``workers.state.summaries``), the team's wrappers read it for ``wm-team who``."""
+    return f"{prefix}:team:{team}:changes"
+
+
+#: What a team name may be (SPEC §1 ``team``).
+TEAM_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _team(value: str) -> str:
+    if value and TEAM_NAME.fullmatch(value) is None:
+        raise ConfigError("WM_TEAM must be a team name of 1-64 characters [A-Za-z0-9._-].")
+    return value
 
 
 def hide_url_credentials(text: str) -> str:

@@ -27,6 +27,9 @@ class EventType(StrEnum):
     DIFF = "diff"
     FILE = "file"
     LISTING = "listing"
+    #: SPEC §12: an entry a teammate (or the manager, or a producer) put on the team's board;
+    #: ``content`` is the entry as JSON, its stream ``id`` included.
+    TEAM = "team"
 
 
 class WrapperState(StrEnum):

@@ -24,7 +24,7 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
-from worker_base import hooks
+from worker_base import hooks, team
 from worker_base.agents.base import AgentDriver, Event, Invocation
 from worker_base.config import WrapperConfig
 from worker_base.events import EventType
@@ -74,6 +74,7 @@ def agent_environment(
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(invocation.env)
     env["WM_INPUT_ID"] = input_id
+    env = team.agent_env(config, env)
     if not invocation.confined:
         return env
     return hooks.agent_env(

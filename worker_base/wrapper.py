@@ -20,6 +20,10 @@ Workspace requests (SPEC §8) are answered by the wrapper, never by the agent
 (``worker_base.workspace_requests``): this loop only schedules them, ``diff``, ``read`` and
 ``list`` at once, even while a prompt runs, ``write`` and ``exec`` in turn, like prompts, and
 after each input that ran something the workspace summary before its ``done``.
+
+A worker of a team (SPEC §12, ``worker_base.team``) also serves its agent's ``wm-team`` and
+follows the team's board: each teammate's entry is a ``team`` event at once, and the notices
+gathered since the last prompt go in front of the next one.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from worker_base.redis_client import REDIS_ERRORS, Backoff, connect
 from worker_base.relays import LoopbackRelays
 from worker_base.runner import AgentRun, Sink
 from worker_base.streams import OutputWriter
+from worker_base.team import TeamSide
 from worker_base.workspace_requests import WorkspaceRequests
 
 log = logging.getLogger("worker_base")
@@ -103,6 +108,7 @@ class Wrapper:
         self._ready = False
         self._failed = False
         self._relays = LoopbackRelays(config.relays)
+        self._team = TeamSide(config, self._redis, self._team_event) if config.team else None
 
     # --- entry point -----------------------------------------------------------------------
     async def run(self) -> int:
@@ -189,6 +195,8 @@ class Wrapper:
         self._spawn(self._first_heartbeat(), "heartbeat")
         self._spawn(self._read_inputs(), "input-reader")
         self._spawn(self._forward_refusals(), "refusals")
+        if self._team is not None:
+            self._team.start(self._spawn)
         if pending:
             log.info("resuming %d unacknowledged input(s)", len(pending))
         for entry in pending:
@@ -358,11 +366,12 @@ class Wrapper:
                 code = BUDGET_SPENT
             else:
                 emit(EventType.STATUS, WrapperState.BUSY, input_id)
+                notices = await self._team.take_notices() if self._team is not None else None
                 run = AgentRun(
                     self._config,
                     self._driver,
                     input_id,
-                    job.entry.content,
+                    (notices.text if notices is not None else "") + job.entry.content,
                     self._sink_for(input_id),
                 )
                 job.run = run
@@ -372,6 +381,8 @@ class Wrapper:
                 for sentence in hooks.pending_refusals(self._config):
                     emit(EventType.ERROR, sentence, input_id)
                 if self._stop.is_set() and not job.cancelled_by:
+                    if notices is not None and self._team is not None:
+                        self._team.give_back(notices)  # the rerun after a restart carries them
                     emit(
                         EventType.ERROR,
                         "The worker is stopping: this run was interrupted and the input left "
@@ -427,6 +438,11 @@ class Wrapper:
             await self._writer.put_many(events, input_id)
 
         return sink
+
+    def _team_event(self, content: str) -> None:
+        """A teammate's board entry, on the output now (``input_id``: the input running)."""
+        current = self._current
+        self._writer.put_nowait(EventType.TEAM, content, current.entry.id if current else "")
 
     async def _forward_refusals(self) -> None:
         refusals = hooks.refusals(self._config)

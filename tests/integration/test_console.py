@@ -215,3 +215,67 @@ async def test_fork_and_snapshot_from_a_workers_page(harness: Harness, browser: 
     for worker_id in (source.worker_id, copy_id):
         assert (await harness.client.request("delete", worker_id=worker_id)).ok
     assert (await harness.client.request("delete_snapshot", name="from-the-console")).ok
+
+
+async def test_a_team_page_its_members_its_board_live_and_a_post(
+    harness: Harness, browser: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    manager = await harness.start(http=True, http_addr="127.0.0.1:0", ui_token=SecretStr(TOKEN))
+    assert manager.http is not None
+    base = manager.http.url
+    ids = []
+    for _ in range(2):
+        reply = await harness.client.request(
+            "create", agent_type="CUSTOM", agent_command=CAT, team="console-team"
+        )
+        assert reply.ok and reply.worker_id, reply
+        ids.append(reply.worker_id)
+    for worker_id in ids:
+        assert await harness.wait_status(worker_id, "RUNNING", "FAILED") == "RUNNING"
+
+    await off_loop(lambda: browser.get(f"{base}/ui/login"))
+    token_box = await wait_for(browser, lambda d: d.find_element(By.NAME, "token"), "login")
+    await off_loop(lambda: token_box.send_keys(TOKEN))
+    await off_loop(lambda: token_box.submit())
+    await off_loop(lambda: browser.get(f"{base}/ui/workers/{ids[0]}"))
+    link = await wait_for(browser, by_id("team"), "the team's link on a member's page")
+    await off_loop(link.click)
+
+    def members_shown(d: Any) -> bool:
+        # The board says who joined (the manager writes it from the lifecycle stream).
+        text = d.find_element(By.ID, "members").text
+        if all(worker_id in text for worker_id in ids):
+            return True
+        d.refresh()
+        return False
+
+    await wait_for(browser, members_shown, "both members on the team page", 60)
+    box = await off_loop(lambda: browser.find_element(By.NAME, "content"))
+    await off_loop(lambda: box.send_keys(HOSTILE_OUTPUT))
+    await off_loop(lambda: box.submit())
+    await wait_for(
+        browser,
+        lambda d: HOSTILE_OUTPUT in d.find_element(By.ID, "board").text,
+        "the post on the board",
+    )
+    assert await off_loop(lambda: browser.execute_script("return window.pwned")) is None
+    board = await harness.redis.xrange(harness.keys.team_board("console-team"))
+    assert [f["sender"] for _i, f in board if f.get("kind") == "post"] == ["producer"]
+
+    # Live: a teammate's status appears without a reload.
+    await harness.redis.xadd(
+        harness.keys.team_board("console-team"),
+        {"sender": ids[1], "kind": "status", "content": "blocked", "note": "needs a schema"},
+    )
+    await wait_for(
+        browser,
+        lambda d: "is blocked: needs a schema" in d.find_element(By.ID, "board").text,
+        "a new entry, live",
+    )
+    # The member's next prompt carries the post (the agent, cat, prints it).
+    input_id = await harness.client.send_input(ids[0], "hello")
+    events = await harness.events_until_done(ids[0], input_id=input_id)
+    printed = "\n".join(e["content"] for e in events if e["type"] == "stdout")
+    assert HOSTILE_OUTPUT in printed.split("hello")[0], printed

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
+from tests.support.offline import offline_settings
 from worker_manager.contract.commands import CreateCommand, parse_command
 from worker_manager.contract.create_spec import load_spec, spec_of
 from worker_manager.contract.environments import (
@@ -34,13 +35,7 @@ from worker_manager.workers.transitions.create_plan import plan_create
 BASE = "worker-manager/base:bookworm"
 
 
-def settings(**more: Any) -> Settings:
-    return Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        redis_url="redis://127.0.0.1:6390/0",
-        worker_secret=SecretStr("x" * 32),
-        **more,
-    )
+settings = offline_settings
 
 
 def create(s: Settings, environment: str) -> CreateCommand:

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
+from tests.support.offline import offline_settings
 from worker_base import forks
 from worker_base.ledger import LEDGER_NAME, CostLedger
 from worker_manager.contract.commands import ForkCommand, SnapshotCommand, parse_command
@@ -26,13 +26,7 @@ from worker_manager.snapshots.store import Snapshot
 SOURCE = "3f2b8c1e-0d7a-4c55-9a51-2f0e6b1c9d42"
 
 
-def settings(**more: Any) -> Settings:
-    return Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        redis_url="redis://127.0.0.1:6390/0",
-        worker_secret=SecretStr("x" * 32),
-        **more,
-    )
+settings = offline_settings
 
 
 def parse(fields: dict[str, str], s: Settings | None = None) -> Any:

@@ -9,8 +9,8 @@ import re
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
+from tests.support.offline import offline_settings
 from worker_base.config import ConfigError, WrapperConfig
 from worker_manager.contract.commands import CreateCommand, parse_command
 from worker_manager.contract.create_spec import load_spec, spec_of
@@ -28,20 +28,13 @@ from worker_manager.services import plan
 from worker_manager.services.resolve import resolve
 from worker_manager.services.runtime import ServiceState
 from worker_manager.services.starter import Prepared, failure, ports_of
-from worker_manager.settings import Settings
 from worker_manager.workers.watching.reconciler import FoundService, exit_code_of, service_steps
 from worker_manager.workers.watching.service_exits import exit_message
 
 BASE = "worker-manager/base:bookworm"
 
 
-def settings(**more: Any) -> Settings:
-    return Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        redis_url="redis://127.0.0.1:6390/0",
-        worker_secret=SecretStr("x" * 32),
-        **more,
-    )
+settings = offline_settings
 
 
 def one(**fields: Any) -> dict[str, Any]:

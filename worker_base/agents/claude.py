@@ -29,16 +29,33 @@ entry plus the file tools, and a sentence in the system prompt. The shims of
 ``CLAUDE_CODE_SHELL_PREFIX`` to the commands of the Bash tool only, so the CLI's own helpers
 (``git ls-files``, ``/etc/profile``'s ``id -u``) are never refused, and its shell functions
 (``grep``/``find``/``rg`` running the CLI's embedded tools) cannot step around them.
+
+Teams (SPEC §12): a worker of a team is told what its teammates post in front of its next prompt
+(the wrapper's doing), and with Claude Code also during a long turn, through the CLI's hooks.
+Every run of a team's worker gets ``--settings`` with a ``PostToolUse`` and a
+``PostToolUseFailure`` hook (:func:`team_hook_settings`): after each tool call the CLI runs
+``[ ! -e <pending flag> ] || exec <wm-team> notices --hook <event>``, a shell test that costs a
+millisecond or two while nothing is new; when the wrapper holds notices, ``wm-team`` takes them
+over the team socket and answers with ``additionalContext``, which the CLI adds to what the model
+reads next (the notices are then not repeated in front of the next prompt). The settings come on
+the command line, not from a file the agent could edit; the flag and ``wm-team`` are the
+wrapper's (root's) files, and the text is the wrapper's rendering of the board: the agent can
+neither make the hook say something else nor hear its teammates under another name. A worker of
+no team gets no hook. With ``allowed_commands``, the CLI runs the hook through
+``CLAUDE_CODE_SHELL_PREFIX`` like its Bash commands: both commands are absolute paths or shell
+builtins, and ``wm-team`` is always allowed.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from worker_base import forks
+from worker_base import forks, team
 from worker_base.agents.base import Event, Invocation
 from worker_base.agents.stream_json import (
     SessionStore,
@@ -65,6 +82,10 @@ QUIET_ENV = {
     "DISABLE_ERROR_REPORTING": "1",
 }
 SHELL_PREFIX_ENV = "CLAUDE_CODE_SHELL_PREFIX"
+#: The hook events after which a team's worker is told its new notices (a failed tool call too).
+TEAM_HOOK_EVENTS = ("PostToolUse", "PostToolUseFailure")
+#: Seconds the CLI gives the hook; ``wm-team`` gives up well before (its ``HOOK_TIMEOUT``).
+TEAM_HOOK_TIMEOUT = 10
 
 
 class ClaudeConfig(IdentityConfig, Protocol):
@@ -78,6 +99,45 @@ class ClaudeConfig(IdentityConfig, Protocol):
 
     @property
     def max_cost_usd(self) -> float | None: ...
+
+
+@runtime_checkable
+class TeamConfig(Protocol):
+    """A configuration that may name a team (the wrapper's does)."""
+
+    @property
+    def team(self) -> str: ...
+
+    @property
+    def wrapper_dir(self) -> Path: ...
+
+
+def team_hook_command(config: team.Layout, event: str) -> str:
+    """The hook's shell command: ``wm-team`` only when the wrapper flags pending notices."""
+    flag = shlex.quote(str(team.pending_flag(config)))
+    command = shlex.quote(str(team.command_path(config)))
+    return f"[ ! -e {flag} ] || exec {command} notices --hook {event}"
+
+
+def team_hook_settings(config: team.Layout) -> dict[str, Any]:
+    """Claude Code settings (``--settings``) that tell the agent its team's notices between
+    tool calls (every tool: no ``matcher``)."""
+    return {
+        "hooks": {
+            event: [
+                {
+                    "hooks": [
+                        {
+                            "type": "command",
+                            "command": team_hook_command(config, event),
+                            "timeout": TEAM_HOOK_TIMEOUT,
+                        }
+                    ]
+                }
+            ]
+            for event in TEAM_HOOK_EVENTS
+        }
+    }
 
 
 def allowed_tools(allowed: Sequence[str]) -> list[str]:
@@ -155,6 +215,8 @@ class ClaudeDriver(StreamJsonDriver):
             argv += ["--permission-mode", "dontAsk"]
             argv += ["--allowedTools", *allowed_tools(allowed), *FILE_TOOLS]
             argv += ["--append-system-prompt", allowlist_prompt(allowed)]
+        if isinstance(self._config, TeamConfig) and self._config.team:
+            argv += ["--settings", json.dumps(team_hook_settings(self._config))]
         env = {**QUIET_ENV, "CLAUDE_CONFIG_DIR": str(self.config_dir)}
         if Path("/bin/bash").exists():
             env["SHELL"] = "/bin/bash"  # the CLI's Bash tool wants bash (or zsh), not sh

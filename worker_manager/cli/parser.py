@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--agent-type", required=True, choices=["CLAUDE", "CODEX", "FACTORY", "CUSTOM"]
     )
     create.add_argument("--worker-id", help="choose the worker's UUID")
+    create.add_argument("--team", metavar="NAME", help="join that team's board (SPEC §12)")
     create.add_argument("--instructions", help="text for CLAUDE.md / AGENTS.md")
     create.add_argument("--instructions-file", type=Path, help="read the instructions from a file")
     create.add_argument(
@@ -253,6 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     grant.add_argument("worker_id")
     grant.add_argument("--access", choices=["read", "drive"], default="read")
     grant.add_argument("--ttl", type=int, default=3600, metavar="SECONDS", dest="ttl_seconds")
+
+    team = sub.add_parser(
+        "team",
+        parents=[common],
+        help="a team's board and members: 'team NAME [--follow]', or 'team post NAME TEXT'",
+    )
+    team.add_argument("words", nargs="+", metavar="NAME | post NAME TEXT")
+    team.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
 
     access = sub.add_parser("access", help="Redis users for people and programs (SPEC §11)")
     access_sub = access.add_subparsers(dest="access_command", required=True)

@@ -78,6 +78,7 @@ async def _create(args: argparse.Namespace, settings: Settings) -> int:
         "environment": args.environment or None,
         "services": services or None,
         "from_snapshot": args.from_snapshot or None,
+        "team": args.team or None,
     }
 
     async def body(client: CommandClient, redis: Redis) -> int:

@@ -22,13 +22,11 @@ import asyncio
 import base64
 import builtins
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from types import TracebackType
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker_base.events import EventType
 from worker_base.redis_urls import client_for
@@ -55,6 +53,8 @@ from worker_manager.client.models import (
     event,
 )
 from worker_manager.client.requests import CommandClient, ReplyTimeout
+from worker_manager.client.streams import read_stream as _read
+from worker_manager.client.teams import Team
 from worker_manager.contract.reply import Reply
 from worker_manager.core.keys import Keys
 
@@ -72,14 +72,13 @@ __all__ = [
     "NotFoundError",
     "ReplyTimeout",
     "RunResult",
+    "Team",
     "Worker",
     "WorkerEnded",
     "WorkerInfo",
     "WorkerManagerError",
     "WorkspaceRequestError",
 ]
-
-_RECONNECT_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 # --- the client --------------------------------------------------------------------------------
@@ -171,6 +170,10 @@ class Client:
     def worker(self, worker_id: str) -> Worker:
         """A handle on an existing worker (nothing is sent)."""
         return Worker(self, worker_id)
+
+    def team(self, name: str) -> Team:
+        """A handle on a team (SPEC §12): its board, its members, posts to it."""
+        return Team(self, name)
 
     async def list(self, *, page_size: int = 500) -> list[WorkerInfo]:
         """Every worker, newest first, across all pages."""
@@ -352,31 +355,3 @@ class Worker:
         workers from it."""
         reply = await self.client.request("snapshot", worker_id=self.id, name=name)
         return dict(reply.snapshot or {})
-
-
-async def _read(
-    redis: Redis, stream: str, after: str, follow: bool
-) -> AsyncIterator[tuple[str, dict[str, str]]]:
-    """Entries of ``stream`` after ``after``; resumes after the last one on a lost connection.
-
-    ``$`` (only new entries) is resolved to the stream's newest id first, so a reconnect cannot
-    skip what arrived meanwhile."""
-    last = after
-    delay = 0.1
-    while True:
-        try:
-            if last == "$":
-                newest = await redis.xrevrange(stream, count=1)
-                last = newest[0][0] if newest else "0-0"
-            response = await redis.xread({stream: last}, count=500, block=1000 if follow else None)
-        except _RECONNECT_ERRORS:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-            continue
-        delay = 0.1
-        entries = response[0][1] if response else []
-        for entry_id, fields in entries:
-            last = entry_id
-            yield entry_id, fields
-        if not entries and not follow:
-            return

@@ -32,6 +32,7 @@ from worker_manager.contract.commands import (
     SnapshotCommand,
     StatusCommand,
     SuspendCommand,
+    TeamPostCommand,
     parse_command,
     reply_of_request_id,
 )
@@ -301,7 +302,8 @@ class Dispatcher:
         | SnapshotCommand
         | ListSnapshotsCommand
         | DeleteSnapshotCommand
-        | GrantCommand,
+        | GrantCommand
+        | TeamPostCommand,
     ) -> Reply:
         if isinstance(cmd, CreateCommand):
             return await self._handlers.create(cmd)
@@ -309,6 +311,8 @@ class Dispatcher:
             return await self._handlers.forks.list_snapshots(cmd)
         if isinstance(cmd, DeleteSnapshotCommand):
             return await self._handlers.forks.delete_snapshot(cmd)
+        if isinstance(cmd, TeamPostCommand):
+            return await self._handlers.team_post(cmd)
         if self._producer is not None:
             record = self._settings.keys.worker(cmd.worker_id)
             status, owner = await self._redis.hmget(record, "status", "owner")

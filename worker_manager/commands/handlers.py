@@ -17,6 +17,7 @@ from worker_manager.contract.commands import (
     ListCommand,
     ResumeCommand,
     SuspendCommand,
+    TeamPostCommand,
     format_cursor,
 )
 from worker_manager.contract.create_spec import spec_of
@@ -29,6 +30,7 @@ from worker_manager.environments import catalogue
 from worker_manager.services.plan import STARTING as SERVICE_STARTING
 from worker_manager.services.resolve import resolve as resolve_services
 from worker_manager.settings import Settings
+from worker_manager.teams.board import TeamBoards
 from worker_manager.workers.resources.grants import WorkerGrants
 from worker_manager.workers.resources.pool import WarmPool
 from worker_manager.workers.state.records import CreateResult, Limit, WorkerStore
@@ -55,6 +57,7 @@ class Handlers:
         sleep: Sleep | None = None,
         forks: Forks | None = None,
         grants: WorkerGrants | None = None,
+        teams: TeamBoards | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -67,6 +70,8 @@ class Handlers:
         self._forks = forks
         #: Credentials for one worker (SPEC §11).
         self._grants = grants
+        #: Teams' boards (SPEC §12).
+        self._teams = teams
 
     @property
     def forks(self) -> Forks:
@@ -118,6 +123,8 @@ class Handlers:
         }
         if environment is not None:
             fields["environment"] = environment.label
+        if cmd.team is not None:
+            fields["team"] = cmd.team
         fields.update(started_from)
         copied = False
         if cmd.from_snapshot is not None and await self._store.get(worker_id) is None:
@@ -254,6 +261,15 @@ class Handlers:
             worker_id=cmd.worker_id,
             status=record.text("status") if record is not None else None,
         )
+
+    async def team_post(self, cmd: TeamPostCommand) -> Reply:
+        """A post from outside to a team's board, with ``producer`` as its sender (SPEC §12).
+        A team with no worker yet may be briefed before they start; its board then expires like
+        that of a team whose workers have all ended."""
+        if self._teams is None:
+            raise CommandError(ErrorCode.INTERNAL, "this manager keeps no team boards")
+        entry_id = await self._teams.post(cmd.team, cmd.content)
+        return Reply(request_id=cmd.request_id, command="team_post", ok=True, entry_id=entry_id)
 
     async def grant(self, cmd: GrantCommand) -> Reply:
         """A credential for one live or suspended worker (SPEC §11); Redis enforces it."""

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
+from urllib.parse import quote
 
 from aiohttp import web
 from redis.asyncio import Redis
@@ -26,6 +27,7 @@ from worker_manager.console import session, views
 from worker_manager.console.throttle import SignInThrottle, client_key
 from worker_manager.contract.audit import audit_entry
 from worker_manager.contract.record import WorkerRecord
+from worker_manager.contract.teams import BoardEntry, Member, check_team_name, members
 from worker_manager.core.keys import Keys
 
 #: The newest workers the fleet page lists, and a worker page's output and lifecycle history.
@@ -33,6 +35,9 @@ FLEET_ROWS = 500
 OUTPUT_HISTORY = 500
 LIFECYCLE_SCAN = 5000
 SSE_BLOCK_MS = 15_000
+#: A team page's board history, and the changed files it shows per member.
+BOARD_ROWS = 1000
+MEMBER_FILES = 50
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -86,6 +91,9 @@ class Console:
         app.router.add_post(
             "/workers/{worker_id}/{action:send|cancel|delete|fork|snapshot}", self._act
         )
+        app.router.add_get("/teams/{team}", self._team)
+        app.router.add_get("/teams/{team}/events", self._board_events)
+        app.router.add_post("/teams/{team}/post", self._post_to_team)
         app.router.add_get("/snapshots", self._snapshots)
         app.router.add_get("/audit", self._audit)
         return app
@@ -322,6 +330,59 @@ class Console:
             return web.HTTPSeeOther(f"/ui/workers/{reply.worker_ids[0]}")
         return web.HTTPSeeOther("/ui/snapshots")
 
+    async def _team(self, request: web.Request) -> web.Response:
+        """A team (SPEC §12): its members as its board and their records tell, the board."""
+        team = _team_name(request)
+        raw = await self._redis.xrange(self._keys.team_board(team), count=BOARD_ROWS)
+        board = [BoardEntry.of(entry_id, fields) for entry_id, fields in raw]
+        told = members(board)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for member in told:
+                pipe.hmget(self._keys.worker(member.worker_id), "status", "workspace")
+            found = await pipe.execute()
+        rows = [
+            _team_member(member, status or "", workspace or "")
+            for member, (status, workspace) in zip(told, found, strict=True)
+        ]
+        cookie = request.cookies.get(session.COOKIE, "")
+        html = views.team_page(
+            team,
+            rows,
+            [entry.as_dict() for entry in board],
+            csrf=session.csrf_for(self._token, cookie),
+            can_act=request.get(ROLE_KEY) != "viewer",
+        )
+        return _html(html)
+
+    async def _board_events(self, request: web.Request) -> web.StreamResponse:
+        team = _team_name(request)
+        return await self._stream(request, self._keys.team_board(team), default_after="$")
+
+    async def _post_to_team(self, request: web.Request) -> web.Response:
+        """A post from outside (``producer``), sent as a ``team_post`` command like any
+        producer's; a refusal is shown as the manager worded it."""
+        team = _team_name(request)
+        form = await request.post()
+        user = request.get(USER_KEY, "")
+        sender = f"console:{user}" if user else OPERATOR
+        entry = audit_entry({"command": "team_post", "team": team}, "console", sender=sender)
+        await self._redis.xadd(self._keys.audit, entry, maxlen=AUDIT_MAXLEN, approximate=True)
+        commands, own = self._acting(request)
+        try:
+            reply = await commands.request(
+                "team_post",
+                team=team,
+                content=str(form.get("content", "")),
+                request_id=f"ui-{uuid.uuid4().hex}",
+                timeout=60,
+            )
+        finally:
+            if own is not None:
+                await own.aclose()
+        if not reply.ok:
+            raise web.HTTPConflict(text=f"{reply.error}: {reply.message}\n")
+        raise web.HTTPSeeOther(f"/ui/teams/{quote(team)}")
+
     async def _audit(self, request: web.Request) -> web.Response:
         """The newest entries of the audit trail (SPEC §11)."""
         entries = await self._redis.xrevrange(self._keys.audit, count=200)
@@ -417,6 +478,39 @@ def _html(text: str, status: int = 200) -> web.Response:
             "style-src 'unsafe-inline'; frame-ancestors 'none'",
             "X-Content-Type-Options": "nosniff",
         },
+    )
+
+
+def _team_name(request: web.Request) -> str:
+    try:
+        return check_team_name(request.match_info["team"])
+    except ValueError:
+        raise web.HTTPNotFound(text="no such team name\n") from None
+
+
+def _team_member(member: Member, status: str, workspace: str) -> views.TeamMember:
+    """A member's row: its record's status, changed files and conflicts (SPEC §8 summary)."""
+    try:
+        summary = json.loads(workspace) if workspace else {}
+    except ValueError:
+        summary = {}
+    summary = summary if isinstance(summary, dict) else {}
+    changed = [
+        str(item.get("path", "")) for item in summary.get("changed") or [] if isinstance(item, dict)
+    ]
+    conflicts = [
+        (str(item.get("worker_id", "")), [str(p) for p in item.get("paths") or []])
+        for item in summary.get("conflicts") or []
+        if isinstance(item, dict)
+    ]
+    return views.TeamMember(
+        member.worker_id,
+        member.status,
+        member.note,
+        member.last_seen,
+        status,
+        changed[:MEMBER_FILES],
+        conflicts,
     )
 
 

@@ -238,7 +238,14 @@ def worker_page(
         f'<span id="reason">{e(record.text("reason"))}</span></p>'
         f"<p>agent <b>{e(record.text('agent_type'))}</b> environment "
         f'<b id="environment">{e(record.text("environment") or "none")}</b> services '
-        f'<b id="services">{e(services_of(record) or "none")}</b></p>'
+        f'<b id="services">{e(services_of(record) or "none")}</b>'
+        + (
+            f' team <a id="team" href="/ui/teams/{quote(record.text("team"))}">'
+            f"{e(record.text('team'))}</a>"
+            if record.text("team")
+            else ""
+        )
+        + "</p>"
         + (buttons if can_act else "")
         + f'<h2>Output</h2><div class=out id="output">{lines}</div>'
         f"<h2>Record</h2><table>{fields}</table>"
@@ -299,3 +306,73 @@ def audit_page(entries: list[dict[str, str]]) -> str:
     return page(
         "Audit", f"<table id=audit><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class TeamMember:
+    """One member on the team page: what the board says, and what its record says."""
+
+    worker_id: str
+    said: str  # its last status word on the board
+    note: str
+    last_seen: str
+    status: str  # its record's status ("" once the record is gone)
+    changed: list[str]
+    conflicts: list[tuple[str, list[str]]]
+
+
+def team_page(
+    team: str,
+    members: Sequence[TeamMember],
+    board: Sequence[Mapping[str, str]],
+    *,
+    csrf: str,
+    can_act: bool = True,
+) -> str:
+    """A team (SPEC §12): each member's status, note, last activity, changed files and the
+    conflicts between them; the board, live; a post form (not for a viewer)."""
+    rows = "".join(
+        f'<tr><td><a href="/ui/workers/{quote(m.worker_id)}">{e(m.worker_id)}</a></td>'
+        f"<td>{e(m.status)}</td><td>{e(m.said)}</td><td>{e(m.note)}</td>"
+        f"<td>{e(m.last_seen)}</td><td>{e(', '.join(m.changed))}</td>"
+        "<td>"
+        + "; ".join(f"{e(other)}: {e(', '.join(paths))}" for other, paths in m.conflicts)
+        + "</td></tr>"
+        for m in members
+    )
+    head = "".join(
+        f"<th>{k}</th>"
+        for k in ("worker", "status", "says", "note", "last seen", "changed", "conflicts")
+    )
+    entries = "".join(_board_line(f) for f in board)
+    last = board[-1].get("id", "0-0") if board else "0-0"
+    action = f"/ui/teams/{quote(team)}"
+    form = (
+        f'<form method=post action="{action}/post">'
+        f'<input type=hidden name=csrf value="{e(csrf)}">'
+        "<textarea name=content rows=2 cols=80></textarea><br>"
+        "<button type=submit>Post to the team</button></form>"
+    )
+    body = (
+        f"<table id=members><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+        + (form if can_act else "")
+        + f'<h2>Board</h2><div class=out id="board">{entries}</div>'
+    )
+    script = (
+        "const board=document.getElementById('board');"
+        f"const es=new EventSource('{action}/events?after={quote(last)}');"
+        "es.onmessage=(m)=>{const f=JSON.parse(m.data);const d=document.createElement('div');"
+        "d.textContent=(f.timestamp||'')+' '+(f.sender||'')+' '+(f.kind==='status'?"
+        "'is '+(f.content||'')+(f.note?': '+f.note:''):'posted: '+(f.content||''));"
+        "board.appendChild(d);board.scrollTop=board.scrollHeight;};"
+    )
+    return page(f"team {team}", body, script=script)
+
+
+def _board_line(fields: Mapping[str, str]) -> str:
+    if fields.get("kind") == "status":
+        note = fields.get("note", "")
+        said = f"is {fields.get('content', '')}" + (f": {note}" if note else "")
+    else:
+        said = f"posted: {fields.get('content', '')}"
+    return f"<div>{e(fields.get('timestamp', ''))} {e(fields.get('sender', ''))} {e(said)}</div>"

@@ -34,6 +34,7 @@ from worker_manager.contract.environments import (
 from worker_manager.contract.kinds import AgentType, Module
 from worker_manager.contract.limits import CommandLimits
 from worker_manager.contract.services import ResolvedService, ServiceSpec, parse_services
+from worker_manager.contract.teams import MAX_POST_CHARS, check_team_name
 from worker_manager.contract.workspace import Repository, SourceError, checkout_grant
 from worker_manager.core.errors import InvalidCommand
 
@@ -168,6 +169,8 @@ class CreateCommand(_Command):
     #: Start from a snapshot (SPEC §10): its workspace and agent session; its shape unless the
     #: create names its own (an ``agent_type`` that differs is refused).
     from_snapshot: str | None = None
+    #: The team whose board the worker shares (SPEC §12); None: no team.
+    team: str | None = None
 
     @field_validator("worker_id", mode="before")
     @classmethod
@@ -281,6 +284,11 @@ class CreateCommand(_Command):
     @classmethod
     def _services(cls, value: Any) -> Any:
         return parse_services(value)
+
+    @field_validator("team", mode="before")
+    @classmethod
+    def _team(cls, value: Any) -> str | None:
+        return None if value in (None, "") else check_team_name(value)
 
     @field_validator("modules", mode="before")
     @classmethod
@@ -441,6 +449,29 @@ class GrantCommand(_WorkerCommand):
         return value
 
 
+class TeamPostCommand(_Command):
+    """A post to a team's board from outside (SPEC §12): the manager writes it, with
+    ``producer`` as its sender, so only the manager and the team's wrappers write a board."""
+
+    command: Literal["team_post"]
+    team: str
+    content: str
+
+    @field_validator("team", mode="before")
+    @classmethod
+    def _team(cls, value: Any) -> str:
+        return check_team_name(value)
+
+    @field_validator("content")
+    @classmethod
+    def _content(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is empty")
+        if len(value) > MAX_POST_CHARS:
+            raise ValueError(f"has {len(value)} characters; at most {MAX_POST_CHARS}")
+        return value
+
+
 class ListSnapshotsCommand(_Command):
     command: Literal["list_snapshots"]
 
@@ -497,6 +528,7 @@ AnyCommand = (
     | ListSnapshotsCommand
     | DeleteSnapshotCommand
     | GrantCommand
+    | TeamPostCommand
 )
 Command = Annotated[AnyCommand, Field(discriminator="command")]
 _COMMAND = TypeAdapter(Command)
@@ -512,6 +544,7 @@ COMMAND_NAMES = (
     "list_snapshots",
     "delete_snapshot",
     "grant",
+    "team_post",
 )
 
 

@@ -39,6 +39,7 @@ RECORD_FIELDS = (
     "suspended_at",
     "environment",
     "services",
+    "team",
 )
 
 

@@ -33,6 +33,7 @@ STATUS_DETAILS = (
     "services",
     "forked_from",
     "snapshot",
+    "team",
 )
 
 
@@ -64,6 +65,8 @@ class Reply(BaseModel):
     username: str | None = None
     password: str | None = None
     expires_at: str | None = None
+    #: For team_post: the board entry's stream id.
+    entry_id: str | None = None
 
     def to_fields(self) -> dict[str, str]:
         out: dict[str, str] = {
@@ -81,6 +84,7 @@ class Reply(BaseModel):
             "username",
             "password",
             "expires_at",
+            "entry_id",
         ):
             value = getattr(self, name)
             if value:
@@ -125,5 +129,6 @@ class Reply(BaseModel):
             username=fields.get("username") or None,
             password=fields.get("password") or None,
             expires_at=fields.get("expires_at") or None,
+            entry_id=fields.get("entry_id") or None,
             details={k: v for k, v in fields.items() if k in STATUS_DETAILS} or None,
         )

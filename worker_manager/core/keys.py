@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worker_base.config import worker_key
+from worker_base.config import team_board_key, team_changes_key, worker_key
 
 #: The consumer group the managers share on the command stream (SPEC §1).
 MANAGER_GROUP = "worker-manager"
@@ -152,6 +152,25 @@ class Keys:
     def manager_wait(self, manager_id: str) -> str:
         """The marker one manager writes before ``WAIT`` (``core.durability``); it expires."""
         return f"{self.prefix}:wait:{manager_id}"
+
+    # --- teams (SPEC §12) ------------------------------------------------------------------
+    def team_board(self, team: str) -> str:
+        """A team's board: written by the manager and the team's wrappers only."""
+        return team_board_key(self.prefix, team)
+
+    def team_changes(self, team: str) -> str:
+        """Hash of the members' changed paths: where their conflicts are found, and what
+        ``wm-team who`` shows of each."""
+        return team_changes_key(self.prefix, team)
+
+    def repository_changes(self, repository_digest: str) -> str:
+        """Hash of the changed paths of the live workers of one repository (by its URL's
+        digest): where their conflicts are found (SPEC §8)."""
+        return f"{self.prefix}:changes:{repository_digest}"
+
+    def team_members(self, team: str) -> str:
+        """The set of a team's live members; once empty, the board expires."""
+        return f"{self.prefix}:team:{team}:members"
 
     # --- one worker ----------------------------------------------------------------------
     def worker(self, worker_id: str) -> str:

@@ -2,5 +2,5 @@
 (``http``, which sees the manager only as a ``HealthSource``) and its metrics.
 
 May import: ``core``, ``contract``, ``settings``, ``client``, ``console``, ``images``, ``egress``,
-``environments``, ``services``, ``snapshots``, ``workspaces``, ``workers``, ``commands``.
+``environments``, ``services``, ``snapshots``, ``teams``, ``workspaces``, ``workers``, ``commands``.
 """

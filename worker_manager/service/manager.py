@@ -43,6 +43,8 @@ from worker_manager.settings import Settings
 from worker_manager.snapshots.copies import StateCopier
 from worker_manager.snapshots.retention import expired
 from worker_manager.snapshots.store import SnapshotStore
+from worker_manager.teams.board import TeamBoards
+from worker_manager.teams.follower import TeamFollower
 from worker_manager.typing import CommandObserver, Load
 from worker_manager.workers.fleet.lost_hosts import LostHosts
 from worker_manager.workers.fleet.placement import Placement
@@ -114,6 +116,8 @@ class Manager:
         creates = WorkerTasks("provision")
         self.evidence = EvidenceBook(self.redis, s)
         self.grants = WorkerGrants(self.redis, s.keys)
+        self.team_boards = TeamBoards(self.redis, s)
+        self.team_follower = TeamFollower(self.redis, s, self.team_boards)
         self.lifecycle = Lifecycle(
             self.store,
             self.containers,
@@ -224,6 +228,7 @@ class Manager:
             sleep=self.sleep,
             forks=self.forks,
             grants=self.grants,
+            teams=self.team_boards,
         )
         observer = _observers(self.metrics.observe_command, observe)
         self._readers: list[Redis] = []
@@ -364,6 +369,7 @@ class Manager:
                 consumer.upkeep_interval,
                 wait_first=True,
             )
+        sup.forever("teams", self.team_follower.follow)
         sup.every("dead-letters", self.book.age_out_dead_letters, 60.0, wait_first=True)
         sup.forever("image-gc", self._gc_loop)
         sup.every("warm-pool", self.pool.round, s.warm_pool_interval_seconds, wake=self.pool.wake)
@@ -390,6 +396,7 @@ class Manager:
     async def _ensure_groups(self) -> None:
         await self.consumer.ensure_group()
         await self.own_consumer.ensure_group()
+        await self.team_follower.ensure_group()
         for consumer in self.producer_consumers.values():
             await consumer.ensure_group()
 

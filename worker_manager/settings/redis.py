@@ -30,6 +30,11 @@ class RedisSettings(BaseModel):
         default=7 * 86_400, ge=60, description="How long a stopped worker's keys are kept."
     )
     lifecycle_maxlen: int = Field(default=100_000, ge=10)
+    team_retention_seconds: int = Field(
+        default=86_400,
+        ge=60,
+        description="How long a team's board is kept once the team has no live worker.",
+    )
     evidence_days: int = Field(
         default=7, ge=1, le=3650, description="How long a worker's evidence (its ending) is kept."
     )

@@ -42,6 +42,8 @@ WRAPPER_COMMANDS = (
     "+set",
     "+xgroup|create",
 )
+#: What a team's wrapper may do on its board (SPEC §12), in a selector of its own.
+BOARD_COMMANDS = ("+xadd", "+xrange", "+xrevrange", "+xread")
 #: Rules only newer servers know (CLIENT SETINFO is Redis >= 7.2); dropped where refused.
 OPTIONAL_COMMANDS = ("+client|setinfo",)
 
@@ -61,8 +63,18 @@ class WorkerAcl:
     def password(self, worker_id: str) -> str:
         return hmac.new(self._secret, worker_id.encode(), hashlib.sha256).hexdigest()
 
-    def rules(self, worker_id: str) -> list[str]:
+    def rules(self, worker_id: str, team: str = "") -> list[str]:
+        """The worker's rights; with a team, a selector for its board (append and read that one
+        stream, nothing else on it) and one to read its members' changed files (SPEC §12)."""
         keys = self._keys
+        board = (
+            [
+                f"(~{keys.team_board(team)} {' '.join(BOARD_COMMANDS)})",
+                f"(%R~{keys.team_changes(team)} +hgetall)",
+            ]
+            if team
+            else []
+        )
         return [
             "reset",
             "on",
@@ -75,15 +87,19 @@ class WorkerAcl:
             f"%W~{keys.output(worker_id)}",
             f"%W~{keys.heartbeat(worker_id)}",
             f"%W~{keys.workspace(worker_id)}",
+            *board,
         ]
 
     async def create(self, worker_id: str) -> None:
+        """The worker's user, as its record says it is (its team, read here: one owner for
+        the rule, whoever makes the user again after Redis lost it)."""
         if not self.enabled:
             return
+        team = str(await self._redis.hget(self._keys.worker(worker_id), "team") or "")
         while True:
             try:
                 await self._redis.execute_command(
-                    "ACL", "SETUSER", self._keys.acl_user(worker_id), *self.rules(worker_id)
+                    "ACL", "SETUSER", self._keys.acl_user(worker_id), *self.rules(worker_id, team)
                 )
                 return
             except ResponseError as exc:
@@ -171,15 +187,18 @@ ANY_WORKER = "????????-????-????-????-????????????"
 
 
 def read_rules(keys: Keys) -> list[str]:
-    """What every access user may read (SPEC §11): the records, the index, the lifecycle and the
-    workers' outputs; never a command stream, another's replies, an input (prompts), a saved
-    create (its ``env``), a heartbeat or a fleet key."""
+    """What every access user may read (SPEC §11): the records, the index, the lifecycle, the
+    workers' outputs, the teams' boards and changed files (SPEC §12); never a command stream,
+    another's replies, an input (prompts), a saved create (its ``env``), a heartbeat or a fleet
+    key."""
     prefix = keys.prefix
     return [
         f"%R~{prefix}:{ANY_WORKER}",
         f"%R~{keys.index}",
         f"%R~{keys.lifecycle}",
         f"%R~{prefix}:{ANY_WORKER}:output",
+        f"%R~{keys.team_board('*')}",
+        f"%R~{keys.team_changes('*')}",
     ]
 
 

@@ -62,6 +62,7 @@ def wrapper_config(
         agent_env=tuple(sorted(command.env.items())),
         workspace_base=workspace_base,
         workspace_max_bytes=settings.workspace_max_file_bytes,
+        team=command.team or "",
     )
 
 

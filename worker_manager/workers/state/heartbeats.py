@@ -29,9 +29,10 @@ JUDGED_FIELDS = (
     "cost_usd",
     "idle_timeout_seconds",
     # Whether the workspace summary in the record is the one the heartbeat announces, and the
-    # repository its conflicts are counted within (``workers.state.summaries``).
+    # repository and team its conflicts are counted within (``workers.state.summaries``).
     "workspace_digest",
     "repository_url",
+    "team",
 )
 
 

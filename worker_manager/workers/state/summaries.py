@@ -7,11 +7,12 @@ bounded ``GETRANGE``), checked field by field (``contract.workspace.parse_summar
 worker's bytes are untrusted) and written to the record's ``workspace``. Nothing of the data
 plane is read.
 
-**Conflicts.** Workers checked out from the same ``repository.url`` whose changed files overlap
-get a note, as git-paw's broker does for agents on one machine, here across the fleet: each
-one's changed paths are kept in ``<prefix>:changes:<digest of the URL>`` (hash: worker ->
-paths); when a summary arrives, the paths it shares with other live workers of that URL are the
-conflicts. A conflict new or changed since the last note (``<prefix>:conflicts:<digest>``) is
+**Conflicts.** Workers checked out from the same ``repository.url``, or of the same team, whose
+changed files overlap get a note, as git-paw's broker does for agents on one machine, here
+across the fleet: each one's changed paths are kept in ``<prefix>:changes:<group>`` (hash:
+worker -> paths: ``Keys.repository_changes``, ``Keys.team_changes``); when a summary arrives,
+the paths it shares with other live workers of its groups are the conflicts. A conflict new or
+changed since the last note (``<prefix>:conflict:<digest of the pair>``, expiring) is
 announced on ``worker:lifecycle`` (``event=conflict``, ``with``, ``paths``; ``from`` = ``to`` =
 the worker's status, so a reader of transitions sees no change) and as a ``workspace`` event
 ``{"conflicts": […]}`` on both workers' outputs; the record's ``workspace`` carries the current
@@ -30,6 +31,7 @@ from redis.asyncio import Redis
 from worker_manager.contract.kinds import WorkerStatus
 from worker_manager.contract.workspace import MAX_SUMMARY_CHARS, parse_summary
 from worker_manager.core.clock import iso_now
+from worker_manager.core.keys import Keys
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
 from worker_manager.workers.state.heartbeats import Observed
@@ -54,6 +56,13 @@ def overlaps(mine: Iterable[str], others: Mapping[str, Iterable[str]]) -> dict[s
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def conflict_groups(keys: Keys, repository_url: str, team: str) -> list[str]:
+    """The hashes whose workers' changed files are compared: of those checked out from one
+    repository, and of the members of one team (SPEC §12)."""
+    groups = [keys.repository_changes(_digest(repository_url))] if repository_url else []
+    return [*groups, keys.team_changes(team)] if team else groups
 
 
 def stale(seen: Observed) -> bool:
@@ -89,9 +98,11 @@ class Summaries:
                 log.warning("a workspace summary that is not one", worker_id=seen.worker_id)
                 await self._store.update(seen.worker_id, {"workspace_digest": digest})
                 continue
-            url = seen.record.text("repository_url")
-            if url:
-                conflicts = await self._conflicts(seen.worker_id, url, summary)
+            groups = conflict_groups(
+                self._keys, seen.record.text("repository_url"), seen.record.text("team")
+            )
+            if groups:
+                conflicts = await self._conflicts(seen.worker_id, groups, summary)
                 if conflicts:
                     summary["conflicts"] = conflicts
             await self._store.update(
@@ -103,22 +114,24 @@ class Summaries:
             )
 
     async def _conflicts(
-        self, worker_id: str, url: str, summary: dict[str, Any]
+        self, worker_id: str, groups: list[str], summary: dict[str, Any]
     ) -> list[dict[str, Any]]:
-        repo = _digest(url)
-        changes_key = f"{self._keys.prefix}:changes:{repo}"
-        notes_key = f"{self._keys.prefix}:conflicts:{repo}"
+        prefix = self._keys.prefix
         paths = [item["path"] for item in summary["changed"]]
-        await self._redis.hset(changes_key, worker_id, json.dumps(paths))
-        await self._redis.expire(changes_key, self._settings.retention_seconds)
+        listed: dict[str, str] = {}
+        listed_in: dict[str, str] = {}
+        for changes_key in groups:
+            await self._redis.hset(changes_key, worker_id, json.dumps(paths))
+            await self._redis.expire(changes_key, self._settings.retention_seconds)
+            for other, text in (await self._redis.hgetall(changes_key)).items():
+                if other != worker_id:
+                    listed[other] = text
+                    listed_in[other] = changes_key
         others: dict[str, list[str]] = {}
-        listed: dict[str, str] = await self._redis.hgetall(changes_key)
-        live = await self._live(sorted(w for w in listed if w != worker_id))
+        live = await self._live(sorted(listed))
         for other, text in listed.items():
-            if other == worker_id:
-                continue
             if other not in live:
-                await self._redis.hdel(changes_key, other)
+                await self._redis.hdel(listed_in[other], other)
                 continue
             try:
                 value = json.loads(text)
@@ -128,12 +141,14 @@ class Summaries:
                 others[other] = [p for p in value if isinstance(p, str)]
         found = overlaps(paths, others)
         for other, shared in found.items():
-            pair = "|".join(sorted((worker_id, other)))
+            # One note per pair and set of paths, whichever group (repository, team) found it.
+            pair = _digest("|".join(sorted((worker_id, other))))
             note = _digest(json.dumps(shared))
-            if await self._redis.hget(notes_key, pair) == note:
+            said = await self._redis.set(
+                f"{prefix}:conflict:{pair}", note, ex=self._settings.retention_seconds, get=True
+            )
+            if said == note:
                 continue  # already said
-            await self._redis.hset(notes_key, pair, note)
-            await self._redis.expire(notes_key, self._settings.retention_seconds)
             await self._announce(worker_id, other, shared, live)
             log.info("workspace conflict", worker_id=worker_id, other=other, paths=len(shared))
         return [{"worker_id": other, "paths": shared} for other, shared in sorted(found.items())]
