@@ -31,6 +31,7 @@ from benchmarks.relay_designs import relay_figures
 from benchmarks.scale import scale_figures
 from benchmarks.sentinel_bench import sentinel_figures
 from benchmarks.start import start_figures
+from benchmarks.teams_bench import team_figures
 from benchmarks.workers import create_worker
 from benchmarks.workspace_bench import workspace_figures
 
@@ -53,6 +54,7 @@ FIGURES = (
     "services",
     "dockerin",
     "forks",
+    "teams",
     "against",
 )
 #: Figures that need neither the manager nor Docker (they bring their own processes).
@@ -85,6 +87,8 @@ class Plan:
     tenth_runs: int
     failover_runs: int
     envbuild_runs: int
+    #: Figure 17b: workers in each of its two fleets (5 teams of them, and none).
+    team_workers: int
 
 
 QUICK = Plan(
@@ -110,6 +114,7 @@ QUICK = Plan(
     1,
     2,
     3,
+    25,
 )
 FULL = Plan(
     "full",
@@ -134,6 +139,7 @@ FULL = Plan(
     3,
     5,
     20,
+    50,
 )
 
 
@@ -214,6 +220,12 @@ async def run(plan: Plan, only: set[str], against: str | None = None) -> list[Fi
         if "forks" in only:
             out.print("[bold]16. fork and snapshots[/bold] (50 MB workspace: copies, creates)")
             figures += await fork_figures(env, plan.warm_runs, plan.workspace_runs)
+        if "teams" in only:
+            out.print(
+                "[bold]17. teams[/bold] (a post → a teammate's event; the manager's CPU with "
+                f"{plan.team_workers} workers in 5 teams, against as many in none)"
+            )
+            figures += await team_figures(env, plan.latency_runs, plan.warm_runs, plan.team_workers)
         if "against" in only and against:
             out.print(f"[bold]1e. cold create against {against}[/bold] (two builds a pair)")
             figures += await against_figure(

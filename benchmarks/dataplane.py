@@ -18,6 +18,7 @@ import time
 
 from benchmarks.env import BenchEnv
 from benchmarks.harness import Figure, alternate
+from benchmarks.streams import collect
 from worker_base.clock import iso_now
 
 BATCH = 500
@@ -125,20 +126,11 @@ async def _follow_latencies(
     env: BenchEnv, stream: str, after: str, count: int, timeout: float
 ) -> list[float]:
     """Arrival time minus the printed clock of ``count`` stdout lines, in seconds."""
-    latencies: list[float] = []
-    last = after
-    deadline = time.monotonic() + timeout
-    while len(latencies) < count and time.monotonic() < deadline:
-        response = await env.redis.xread({stream: last}, count=1000, block=1000)
-        now = time.time()
-        for _s, entries in response or []:
-            for entry_id, fields in entries:
-                last = entry_id
-                if fields.get("type") == "stdout":
-                    latencies.append(now - float(fields["content"]))
-    if len(latencies) < count:
-        raise TimeoutError(f"only {len(latencies)} of {count} lines arrived on {stream}")
-    return latencies
+
+    def pick(_entry_id: str, fields: dict[str, str], now: float) -> float | None:
+        return now - float(fields["content"]) if fields.get("type") == "stdout" else None
+
+    return await collect(env.redis, stream, after, count, timeout, pick, "lines")
 
 
 async def latency_figure(

@@ -106,7 +106,10 @@ def install_command(config: WrapperConfig) -> Path:
     target = directory / COMMAND
     scratch = directory / f".{COMMAND}.tmp"
     scratch.unlink(missing_ok=True)
-    scratch.write_text(f"#!{sys.executable} -I\n{source}", encoding="utf-8")
+    # -I: nothing of the agent's environment or directory is imported; -S: no site-packages
+    # (it needs none, and ``site`` is a good part of an interpreter's start).
+    # (One word: a kernel passes everything after the interpreter as a single argument.)
+    scratch.write_text(f"#!{sys.executable} -IS\n{source}", encoding="utf-8")
     scratch.chmod(0o755)
     os.replace(scratch, target)
     return target

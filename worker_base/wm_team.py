@@ -7,6 +7,12 @@ as itself, with whatever Python the worker has. It speaks to the wrapper over th
 named by ``WM_TEAM_SOCKET``: one JSON request line, one JSON response line. It holds no
 credential and names no sender: the wrapper writes every entry as this worker.
 
+It starts in a few milliseconds, because an agent runs it in its loop and its hook runs it
+between tool calls: it imports only C modules at start (``_socket``, ``_json``: not ``socket``,
+``json``, ``argparse`` or ``typing``, whose imports cost more than the rest of a post), parses
+its few arguments itself and builds its one-line request by hand; ``json`` is imported only to
+print an answer with ``--json``.
+
 Exit codes: 0 done, 1 refused or failed (the reason on stderr), 2 usage.
 
 ``wm-team notices`` prints the notices the wrapper holds for the agent and takes them (they are
@@ -21,14 +27,10 @@ answer) it prints nothing and exits 0.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
+import _json
+import _socket
 import os
-import socket
 import sys
-from collections.abc import Iterator
-from typing import Any
 
 TIMEOUT = 15.0
 #: A hook's whole budget with the wrapper, which answers ``notices`` from memory.
@@ -37,96 +39,101 @@ HOOK_EVENT = "PostToolUse"
 MAX_RESPONSE = 64 * 1024 * 1024
 SUN_PATH_MAX = 107
 STATUS_WORDS = ("working", "blocked", "done")
+COMMANDS = ("post", "status", "read", "who", "notices")
+
+USAGE = """usage: wm-team [--json] COMMAND ...
+
+Talk to your team's board (through this worker's wrapper).
+
+  wm-team post TEXT...                           post a message to the team
+  wm-team status working|blocked|done [NOTE...]  set your status
+  wm-team read [--since ID]                      show the board's entries
+  wm-team who                                    each teammate's status
+  wm-team notices [--hook [EVENT]]               what the team said that you were not told yet
+
+  --json   print the wrapper's raw answer
+"""
+
+Request = dict[str, "str | None"]
+Answer = dict[str, object]
 
 
 class Failure(Exception):
     """A refusal or an unreachable wrapper: exit 1 with this message."""
 
 
+class Usage(Exception):
+    """Arguments that are not a command: exit 2 with this message and the usage."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    args_in = sys.argv[1:] if argv is None else argv
-    if args_in[:2] == ["notices", "--hook"] and len(args_in) <= 3:
-        return hook(args_in[2] if len(args_in) == 3 else HOOK_EVENT)
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command == "notices" and args.hook is not None:
-        return hook(args.hook)
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:2] == ["notices", "--hook"] and len(args) <= 3:
+        return hook(args[2] if len(args) == 3 else HOOK_EVENT)
+    if not args or args[0] in ("-h", "--help", "help"):
+        sys.stdout.write(USAGE)
+        return 0 if args else 2
+    as_json = "--json" in args
+    args = [a for a in args if a != "--json"]
+    try:
+        command, request, hook_event = parse(args)
+    except Usage as exc:
+        sys.stderr.write(f"wm-team: {exc}\n{USAGE}")
+        return 2
+    if hook_event is not None:
+        return hook(hook_event)
     path = os.environ.get("WM_TEAM_SOCKET", "")
     if not os.environ.get("WM_TEAM") or not path:
-        print("wm-team: this worker is in no team", file=sys.stderr)
+        sys.stderr.write("wm-team: this worker is in no team\n")
         return 1
     try:
-        response = ask(path, _request(args))
+        response = ask(path, request)
     except Failure as exc:
-        print(f"wm-team: {exc}", file=sys.stderr)
+        sys.stderr.write(f"wm-team: {exc}\n")
         return 1
-    if args.json:
+    if as_json:
+        import json  # only here: printing an answer is not the hot path
+
         print(json.dumps(response, ensure_ascii=False))
         return 0 if response.get("ok") else 1
     if not response.get("ok"):
-        print(f"wm-team: {response.get('error') or 'refused'}", file=sys.stderr)
+        sys.stderr.write(f"wm-team: {response.get('error') or 'refused'}\n")
         return 1
-    _show(args.command, response)
+    show(command, response)
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="print the raw answer"
-    )
-    parser = argparse.ArgumentParser(
-        prog="wm-team",
-        parents=[common],
-        description="Talk to your team's board (through this worker's wrapper).",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    post = commands.add_parser("post", parents=[common], help="post a message to the team")
-    post.add_argument("text", nargs="+", help="the message")
-    status = commands.add_parser("status", parents=[common], help="set your status")
-    status.add_argument("status", choices=STATUS_WORDS)
-    status.add_argument("note", nargs="*", help="what you are doing or waiting for")
-    read = commands.add_parser("read", parents=[common], help="show the board's entries")
-    read.add_argument("--since", metavar="ID", help="only entries after this entry id")
-    commands.add_parser("who", parents=[common], help="each teammate's status")
-    notices = commands.add_parser(
-        "notices", parents=[common], help="what the team said that you were not told yet"
-    )
-    notices.add_argument(
-        "--hook",
-        nargs="?",
-        const=HOOK_EVENT,
-        metavar="EVENT",
-        help="answer as an agent's hook for EVENT (default PostToolUse): its JSON, or nothing",
-    )
-    parser.set_defaults(json=False)
-    return parser
-
-
-def _request(args: argparse.Namespace) -> dict[str, Any]:
-    if args.command == "post":
-        return {"op": "post", "text": " ".join(args.text)}
-    if args.command == "status":
-        return {"op": "status", "status": args.status, "note": " ".join(args.note)}
-    if args.command == "read":
-        return {"op": "read", "since": args.since}
-    if args.command == "notices":
-        return {"op": "notices"}
-    return {"op": "who"}
-
-
-@contextlib.contextmanager
-def _address(path: str) -> Iterator[str]:
-    # Unix socket paths are limited to 107 bytes; reach a longer one through its directory.
-    if len(os.fsencode(path)) <= SUN_PATH_MAX:
-        yield path
-        return
-    directory, name = os.path.split(path)
-    fd = os.open(directory or ".", os.O_PATH | os.O_DIRECTORY)
-    try:
-        yield f"/proc/self/fd/{fd}/{name}"
-    finally:
-        os.close(fd)
+def parse(args: list[str]) -> tuple[str, Request, str | None]:
+    """The command, its request, and the hook's event for ``notices --hook``."""
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        raise Usage(f"unknown command {command!r} (one of {', '.join(COMMANDS)})")
+    if command == "post":
+        if not rest:
+            raise Usage("post needs the text to post")
+        return command, {"op": "post", "text": " ".join(rest)}, None
+    if command == "status":
+        if not rest or rest[0] not in STATUS_WORDS:
+            raise Usage(f"status needs one of {', '.join(STATUS_WORDS)}")
+        return command, {"op": "status", "status": rest[0], "note": " ".join(rest[1:])}, None
+    if command == "read":
+        since = None
+        if rest[:1] == ["--since"] and len(rest) == 2:
+            since = rest[1]
+        elif len(rest) == 1 and rest[0].startswith("--since="):
+            since = rest[0].partition("=")[2]
+        elif rest:
+            raise Usage("read takes only --since ID")
+        return command, {"op": "read", "since": since}, None
+    if command == "notices":
+        if rest[:1] == ["--hook"] and len(rest) <= 2:
+            return command, {"op": "notices"}, rest[1] if len(rest) == 2 else HOOK_EVENT
+        if rest:
+            raise Usage("notices takes only --hook [EVENT]")
+        return command, {"op": "notices"}, None
+    if rest:
+        raise Usage("who takes no arguments")
+    return command, {"op": "who"}, None
 
 
 def hook(event: str) -> int:
@@ -142,63 +149,107 @@ def hook(event: str) -> int:
     text = response.get("text") if response.get("ok") else None
     if not isinstance(text, str) or not text.strip():
         return 0
-    answer = {"hookSpecificOutput": {"hookEventName": event, "additionalContext": text.strip()}}
-    sys.stdout.write(json.dumps(answer, ensure_ascii=False) + "\n")
+    additional = _json.encode_basestring(text.strip())
+    sys.stdout.write(
+        f'{{"hookSpecificOutput": {{"hookEventName": "{event}", '
+        f'"additionalContext": {additional}}}}}\n'
+    )
     return 0
 
 
-def ask(path: str, request: dict[str, Any], timeout: float = TIMEOUT) -> dict[str, Any]:
-    """One request to the wrapper, its answer."""
+def encode(request: Request) -> bytes:
+    """The request as one JSON line (strings and nulls only: no ``json`` needed)."""
+    items = (
+        f"{_json.encode_basestring_ascii(key)}: "
+        + ("null" if value is None else _json.encode_basestring_ascii(value))
+        for key, value in request.items()
+    )
+    return ("{" + ", ".join(items) + "}\n").encode()
+
+
+class _Decoding:
+    """What the C scanner of ``_json`` reads its settings from (as ``json.JSONDecoder``)."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = float
+
+
+def decode(data: bytes) -> Answer:
+    text = data.decode("utf-8", "replace").strip()
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            with _address(path) as address:
-                sock.connect(address)
-            sock.sendall(json.dumps(request).encode() + b"\n")
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                chunk = sock.recv(1 << 16)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-                if chunk.endswith(b"\n") or size > MAX_RESPONSE:
-                    break
+        # typeshed types the context as a scanner; at run time it is any object with these.
+        value, end = _json.make_scanner(_Decoding())(text, 0)  # type: ignore[arg-type]
+    except (StopIteration, ValueError) as exc:
+        raise Failure("the wrapper's answer was not understood") from exc
+    if end != len(text) or not isinstance(value, dict):
+        raise Failure("the wrapper's answer was not understood")
+    return value
+
+
+def ask(path: str, request: Request, timeout: float = TIMEOUT) -> Answer:
+    """One request to the wrapper, its answer."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    fd = -1
+    try:
+        sock.settimeout(timeout)
+        address = path
+        if len(os.fsencode(path)) > SUN_PATH_MAX:
+            # Unix socket paths are limited to 107 bytes; reach a longer one by its directory.
+            directory, name = os.path.split(path)
+            fd = os.open(directory or ".", os.O_PATH | os.O_DIRECTORY)
+            address = f"/proc/self/fd/{fd}/{name}"
+        sock.connect(address)
+        sock.sendall(encode(request))
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if chunk.endswith(b"\n") or size > MAX_RESPONSE:
+                break
     except OSError as exc:
         raise Failure(f"the team board is not reachable (the wrapper's socket: {exc})") from exc
-    try:
-        response = json.loads(b"".join(chunks))
-    except ValueError as exc:
-        raise Failure("the wrapper's answer was not understood") from exc
-    if not isinstance(response, dict):
-        raise Failure("the wrapper's answer was not understood")
-    return response
+    finally:
+        sock.close()
+        if fd >= 0:
+            os.close(fd)
+    return decode(b"".join(chunks))
 
 
-def _show(command: str, response: dict[str, Any]) -> None:
+def show(command: str, response: Answer) -> None:
     if command == "post":
         print(f"posted {response.get('id', '')}")
     elif command == "status":
         print(f"status set ({response.get('id', '')})")
     elif command == "read":
-        entries = response.get("entries") or []
+        entries = [e for e in _list(response.get("entries")) if isinstance(e, dict)]
         for entry in entries:
             print(entry_line(entry))
         if not entries:
             print("(no entries)")
         elif response.get("more"):
-            last = entries[-1].get("id", "")
-            print(f"(more: wm-team read --since {last})")
+            print(f"(more: wm-team read --since {entries[-1].get('id', '')})")
     elif command == "notices":
         text = str(response.get("text") or "").strip()
         print(text or "(nothing new)")
     else:
-        for member in response.get("members") or []:
-            print(member_line(member))
+        for member in _list(response.get("members")):
+            if isinstance(member, dict):
+                print(member_line(member))
 
 
-def entry_line(entry: dict[str, Any]) -> str:
+def _list(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
+
+
+def entry_line(entry: dict[str, object]) -> str:
     """``<id> <timestamp> <sender> <kind>: <content> — <note>`` on one line."""
     content = " ".join(str(entry.get("content", "")).split())
     note = " ".join(str(entry.get("note", "")).split())
@@ -209,14 +260,16 @@ def entry_line(entry: dict[str, Any]) -> str:
     )
 
 
-def member_line(member: dict[str, Any]) -> str:
+def member_line(member: dict[str, object]) -> str:
     name = str(member.get("worker_id", ""))
     if member.get("self"):
         name += " (you)"
     status = str(member.get("status") or "no status")
     note = " ".join(str(member.get("note") or "").split())
     seen = member.get("last_activity") or "never"
-    return f"{name}: {status}" + (f" — {note}" if note else "") + f" (last activity {seen})"
+    changed = _list(member.get("changed"))
+    files = f"; changed {', '.join(str(p) for p in changed)}" if changed else ""
+    return f"{name}: {status}" + (f" — {note}" if note else "") + f" (last activity {seen}{files})"
 
 
 if __name__ == "__main__":
