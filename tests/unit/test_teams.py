@@ -14,7 +14,7 @@ from worker_manager.contract.kinds import WorkerStatus
 from worker_manager.contract.teams import (
     JOINED,
     LEFT,
-    MAX_POST_CHARS,
+    MAX_POST,
     SUSPENDED,
     BoardEntry,
     entry_fields,
@@ -46,7 +46,7 @@ def test_team_post_is_bounded_and_names_a_team() -> None:
     post = parse({"command": "team_post", "team": "alpha", "content": "brief: use the v2 API"})
     assert isinstance(post, TeamPostCommand) and post.team == "alpha"
     with pytest.raises(InvalidCommand, match="field 'content'"):
-        parse({"command": "team_post", "team": "alpha", "content": "x" * (MAX_POST_CHARS + 1)})
+        parse({"command": "team_post", "team": "alpha", "content": "x" * (MAX_POST + 1)})
     with pytest.raises(InvalidCommand, match="field 'content'"):
         parse({"command": "team_post", "team": "alpha", "content": "  "})
     with pytest.raises(InvalidCommand, match="field 'team'"):

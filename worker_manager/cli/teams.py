@@ -37,7 +37,7 @@ async def _team(args: argparse.Namespace, settings: Settings) -> int:
     async def show(client: Client) -> int:
         team = client.team(name)
         entries = await team.board()
-        told = await team.members()
+        told = await team.members(entries)
         if args.json:
             print(
                 json.dumps(

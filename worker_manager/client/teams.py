@@ -62,8 +62,9 @@ class Team:
         async for entry_id, fields in read_stream(self.client.redis, self.board_key, after, follow):
             yield BoardEntry.of(entry_id, fields)
 
-    async def members(self) -> list[Member]:
+    async def members(self, board: list[BoardEntry] | None = None) -> list[Member]:
         """Each member the board tells of: its last status and note, when it was last heard,
-        what its workspace changed."""
+        what its workspace changed. ``board``: the entries already read (else read here)."""
         changes = await self.client.redis.hgetall(self.client.keys.team_changes(self.name))
-        return with_changes(members(await self.board()), changes)
+        entries = await self.board() if board is None else board
+        return with_changes(members(entries), changes)

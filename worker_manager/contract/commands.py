@@ -34,7 +34,7 @@ from worker_manager.contract.environments import (
 from worker_manager.contract.kinds import AgentType, Module
 from worker_manager.contract.limits import CommandLimits
 from worker_manager.contract.services import ResolvedService, ServiceSpec, parse_services
-from worker_manager.contract.teams import MAX_POST_CHARS, check_team_name
+from worker_manager.contract.teams import MAX_POST, check_team_name
 from worker_manager.contract.workspace import Repository, SourceError, checkout_grant
 from worker_manager.core.errors import InvalidCommand
 
@@ -467,8 +467,8 @@ class TeamPostCommand(_Command):
     def _content(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("is empty")
-        if len(value) > MAX_POST_CHARS:
-            raise ValueError(f"has {len(value)} characters; at most {MAX_POST_CHARS}")
+        if len(value) > MAX_POST:
+            raise ValueError(f"has {len(value)} characters; at most {MAX_POST}")
         return value
 
 

@@ -12,38 +12,33 @@ the manager read a board the same way.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from worker_base.config import TEAM_NAME
+
+# The entry kinds, the membership words, the bounds of a post and of a board are the wrapper's
+# (it writes most of a board), re-exported here for the manager's side.
+from worker_base.team_board import BOARD_MAXLEN as BOARD_MAXLEN
+from worker_base.team_board import JOINED as JOINED
+from worker_base.team_board import LEFT as LEFT
+from worker_base.team_board import MAX_POST as MAX_POST
+from worker_base.team_board import POST as POST
+from worker_base.team_board import STATUS as STATUS
+from worker_base.team_board import changed_paths
 from worker_manager.contract.kinds import WorkerStatus
 
-#: The entry kinds (SPEC §12).
-POST = "post"
-STATUS = "status"
 #: The sender of a post from outside (a producer, a person, the console).
 PRODUCER = "producer"
 #: The sender of what the manager itself says to a team (a conflict between members' files).
 MANAGER = "manager"
-#: What an agent may say of itself with ``wm-team status``.
-AGENT_STATUSES = ("working", "blocked", "done")
-#: What the manager says of a member when its worker's status changes.
-JOINED = "joined"
+#: What the manager says of a member whose worker is suspended (besides joined and left).
 SUSPENDED = "suspended"
-LEFT = "left"
-#: The longest post (characters): the wrapper bounds an agent's the same way.
-MAX_POST_CHARS = 4000
-#: How many entries a board keeps (``XADD MAXLEN ~``).
-BOARD_MAXLEN = 1000
-
-_NAME = re.compile(TEAM_NAME.pattern)
 
 
 def check_team_name(value: object) -> str:
     """A team name, or ValueError saying what one is."""
-    if not isinstance(value, str) or _NAME.fullmatch(value) is None:
+    if not isinstance(value, str) or TEAM_NAME.fullmatch(value) is None:
         raise ValueError("must be 1 to 64 characters of [A-Za-z0-9._-]")
     return value
 
@@ -146,25 +141,10 @@ class Member:
         }
 
 
-#: The most changed paths shown for one member.
-CHANGED_SHOWN = 50
-
-
 def with_changes(found: list[Member], changes: Mapping[str, str]) -> list[Member]:
-    """The members with their changed paths (the team's changes hash: worker -> JSON list)."""
-    out = []
-    for member in found:
-        try:
-            paths = json.loads(changes.get(member.worker_id) or "[]")
-        except ValueError:
-            paths = []
-        shown = (
-            tuple(p for p in paths if isinstance(p, str))[:CHANGED_SHOWN]
-            if isinstance(paths, list)
-            else ()
-        )
-        out.append(replace(member, changed=shown))
-    return out
+    """The members with their changed paths (the team's changes hash: worker -> JSON list, read
+    as the wrapper reads it for ``wm-team who``)."""
+    return [replace(m, changed=tuple(changed_paths(changes.get(m.worker_id)))) for m in found]
 
 
 def members(entries: Iterable[BoardEntry]) -> list[Member]:

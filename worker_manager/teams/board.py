@@ -14,7 +14,6 @@ from worker_manager.contract.teams import (
     POST,
     PRODUCER,
     STATUS,
-    BoardEntry,
     entry_fields,
 )
 from worker_manager.core.clock import iso_now
@@ -76,21 +75,6 @@ class TeamBoards:
         )
         return _text(entry_id)
 
-    async def read(
-        self, team: str, *, since: str = "-", count: int = BOARD_MAXLEN
-    ) -> list[BoardEntry]:
-        """The entries after ``since`` (an entry id; ``-``: from the start), oldest first."""
-        start = "-" if since in ("", "-", "0", "0-0") else f"({since}"
-        raw = await self._redis.xrange(self._keys.team_board(team), min=start, count=count)
-        return [BoardEntry.of(_text(entry_id), _decoded(fields)) for entry_id, fields in raw]
-
-    async def live_members(self, team: str) -> list[str]:
-        return sorted(_text(m) for m in await self._redis.smembers(self._keys.team_members(team)))
-
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _decoded(fields: dict[object, object]) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in fields.items()}
