@@ -24,6 +24,8 @@ class Load:
     draining: bool
     #: Ready warm-pool workers per shape.
     pool_ready: Mapping[str, int] = field(default_factory=dict)
+    #: The tenants served (SPEC §11), whose workers and spend ``/metrics`` counts.
+    tenants: tuple[str, ...] = ()
 
 
 class HealthSource(Protocol):

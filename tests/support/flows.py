@@ -27,6 +27,11 @@ class Harness:
         self.keys = settings.keys
         self._running: list[tuple[Manager, asyncio.Task[None]]] = []
 
+    def tenant(self, name: str) -> Harness:
+        """The same Redis and Engine seen by a client of tenant ``name`` (SPEC §11): its keys,
+        its command stream; managers are started (and stopped) by the harness it came from."""
+        return Harness(self.settings.for_tenant(name), self.redis, self.docker)
+
     async def start(self, **overrides: Any) -> Manager:
         """A manager with these settings changed; ``http=True`` also serves its endpoints."""
         http = bool(overrides.pop("http", False))
@@ -116,7 +121,7 @@ class Harness:
 
     def container(self, worker_id: str) -> Any:
         with contextlib.suppress(docker.errors.NotFound):
-            return self.docker.containers.get(f"{self.settings.key_prefix}-{worker_id}")
+            return self.docker.containers.get(self.keys.docker_name(worker_id))
         return None
 
     async def wait_container_gone(self, worker_id: str, timeout: float = 30) -> None:

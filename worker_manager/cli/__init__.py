@@ -3,6 +3,6 @@ commands (``workers``, ``workspace``) and the operator's (``admin``) share ``com
 draws what the terminal shows.
 
 May import: ``core``, ``contract``, ``settings``, ``client``, ``console``, ``images``, ``egress``,
-``environments``, ``services``, ``snapshots``, ``workspaces``, ``workers``, ``commands``,
-``service``.
+``environments``, ``services``, ``snapshots``, ``tenants``, ``workspaces``, ``workers``,
+``commands``, ``service``.
 """

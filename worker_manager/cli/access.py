@@ -25,7 +25,11 @@ from worker_manager.core.clock import iso_now
 from worker_manager.core.connections import connect
 from worker_manager.settings import Settings
 from worker_manager.settings.commands import PRODUCER_RE
-from worker_manager.workers.resources.acl import producer_rules, viewer_rules
+from worker_manager.workers.resources.acl import (
+    producer_rules,
+    tenant_producer_rules,
+    viewer_rules,
+)
 
 
 def access_user(settings: Settings, name: str) -> str:
@@ -59,9 +63,10 @@ async def _grant(args: argparse.Namespace, settings: Settings) -> int:
             return print_reply(reply, args.json)
         url = url_with(settings, reply.username or "", reply.password or "")
         console.print(f"user {reply.username} ({args.access}) until {reply.expires_at}")
+        tenant = f"WM_TENANT={shlex.quote(settings.tenant)} " if settings.tenant else ""
         tail = (
             f"WM_REDIS_URL={shlex.quote(url)} WM_KEY_PREFIX={shlex.quote(settings.key_prefix)} "
-            f"worker-manager tail {args.worker_id} --follow"
+            f"{tenant}worker-manager tail {args.worker_id} --follow"
         )
         print(tail, flush=True)
         return 0
@@ -86,7 +91,8 @@ async def _access(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             print(json.dumps(rows))
         for row in rows if not args.json else []:
-            console.print(f"{row['name']}\t{row.get('role')}\t{row.get('created_at')}")
+            tenant = row.get("tenant") or "-"
+            console.print(f"{row['name']}\t{row.get('role')}\t{tenant}\t{row.get('created_at')}")
         return 0
     finally:
         await redis.aclose()
@@ -96,20 +102,28 @@ async def _add(args: argparse.Namespace, settings: Settings, redis: Redis) -> in
     if not PRODUCER_RE.fullmatch(args.name):
         err_console.print("[red]a name is 1 to 64 of [A-Za-z0-9._-][/red]")
         return 2
-    rules = (
-        producer_rules(settings.keys, args.name)
-        if args.role == "producer"
-        else viewer_rules(settings.keys)
-    )
+    if args.role == "viewer":
+        rules = viewer_rules(settings.keys)
+    elif settings.tenant:  # a tenant's producer writes its tenant's command stream
+        rules = tenant_producer_rules(settings.keys)
+    else:  # the default namespace's writes a registered producer's stream of its own
+        rules = producer_rules(settings.keys, args.name)
     password = secrets.token_urlsafe(24)
     user = access_user(settings, args.name)
     await redis.execute_command("ACL", "SETUSER", user, "reset", "on", f">{password}", *rules)
     await redis.hset(
         settings.keys.access,
         args.name,
-        json.dumps({"role": args.role, "user": user, "created_at": iso_now()}),
+        json.dumps(
+            {
+                "role": args.role,
+                "user": user,
+                "tenant": settings.tenant or "",
+                "created_at": iso_now(),
+            }
+        ),
     )
-    if args.role == "producer" and args.name not in settings.producers:
+    if args.role == "producer" and not settings.tenant and args.name not in settings.producers:
         err_console.print(
             f"note: add {args.name!r} to WM_PRODUCERS: the managers read its command stream "
             f"({settings.keys.producer_commands(args.name)}) only once it is listed"
@@ -124,9 +138,19 @@ async def _add(args: argparse.Namespace, settings: Settings, redis: Redis) -> in
         password_shown = password
     if args.json:
         shown = password if args.password_file is None else None
-        print(json.dumps({"username": user, "password": shown, "role": args.role}))
+        print(
+            json.dumps(
+                {
+                    "username": user,
+                    "password": shown,
+                    "tenant": settings.tenant or "",
+                    "role": args.role,
+                }
+            )
+        )
     else:
-        console.print(f"user {user} ({args.role}); password {password_shown}")
+        of = f" of tenant {settings.tenant}" if settings.tenant else ""
+        console.print(f"user {user} ({args.role}{of}); password {password_shown}")
         console.print(f"connect with: {url_with(settings, user, '<password>')}")
     return 0
 

@@ -105,7 +105,11 @@ async def with_api(
 ) -> int:
     redis = connect(settings, name="cli")
     client = Client(
-        redis, key_prefix=settings.key_prefix, producer=settings.producer, timeout=args.timeout
+        redis,
+        key_prefix=settings.key_prefix,
+        tenant=settings.tenant,
+        producer=settings.producer,
+        timeout=args.timeout,
     )
     try:
         return await body(client)

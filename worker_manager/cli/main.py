@@ -3,8 +3,8 @@
 Client commands wait for the reply and print it readably, or as JSON with ``--json``. The
 subcommands live in ``cli.workers`` (the contract's clients), ``cli.workspace`` (a worker's
 files: diff, cp, ls, exec), ``cli.access`` (grants, access users, the audit trail),
-``cli.teams`` (a team's board) and ``cli.admin`` (the operator's); importing them registers
-them.
+``cli.teams`` (a team's board), ``cli.tenants`` (the tenant registry) and ``cli.admin`` (the
+operator's); importing them registers them.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 from rich.text import Text
 
-from worker_manager.cli import access, admin, teams, workers, workspace
+from worker_manager.cli import access, admin, teams, tenants, workers, workspace
 from worker_manager.cli.common import COMMANDS, err_console
 from worker_manager.cli.parser import build_parser, settings_from
 from worker_manager.client.api import WorkerManagerError
 from worker_manager.client.requests import ReplyTimeout
 from worker_manager.core import logs
 
-__all__ = ["access", "admin", "main", "teams", "workers", "workspace"]
+__all__ = ["access", "admin", "main", "teams", "tenants", "workers", "workspace"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from worker_manager.settings import Settings
 _SETTING_OPTIONS = {
     "redis_url": "--redis-url",
     "key_prefix": "--key-prefix",
+    "tenant": "--tenant",
 }
 
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--redis-url", help="Redis to use (WM_REDIS_URL)")
     common.add_argument("--key-prefix", help="key prefix instead of 'worker' (WM_KEY_PREFIX)")
+    common.add_argument("--tenant", help="the tenant whose workers to act on (WM_TENANT)")
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
     common.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -279,6 +281,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     remove.add_argument("name")
 
+    tenants = sub.add_parser("tenants", help="the tenants the managers serve (SPEC §11)")
+    tenants_sub = tenants.add_subparsers(dest="tenants_command", required=True)
+    tenant_add = tenants_sub.add_parser(
+        "add", parents=[common], help="add a tenant (or change its quotas)"
+    )
+    tenant_add.add_argument("name")
+    tenant_add.add_argument(
+        "--max-workers",
+        dest="quota_max_workers",
+        type=int,
+        help="its live workers, across managers",
+    )
+    tenant_add.add_argument(
+        "--max-cost-usd-per-day",
+        dest="quota_max_cost_usd_per_day",
+        type=float,
+        help="what its workers may spend a UTC day",
+    )
+    tenants_sub.add_parser("list", parents=[common], help="the tenants and their quotas")
+    tenant_remove = tenants_sub.add_parser(
+        "remove", parents=[common], help="take one out of the registry"
+    )
+    tenant_remove.add_argument("name")
+
     audit = sub.add_parser("audit", parents=[common], help="print the audit trail (SPEC §11)")
     audit.add_argument("--follow", action="store_true", help="keep printing new entries")
     audit.add_argument("--count", type=int, default=50, help="how many of the latest to print")
@@ -347,6 +373,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     for field in (
         "redis_url",
         "key_prefix",
+        "tenant",
         "http_addr",
         "max_workers",
         "idle_timeout_seconds",

@@ -37,6 +37,7 @@ from worker_manager.client.errors import (
     InternalError,
     InvalidCommandError,
     NotFoundError,
+    QuotaExceededError,
     WorkerEnded,
     WorkerManagerError,
     WorkspaceRequestError,
@@ -70,6 +71,7 @@ __all__ = [
     "InvalidCommandError",
     "LifecycleEvent",
     "NotFoundError",
+    "QuotaExceededError",
     "ReplyTimeout",
     "RunResult",
     "Team",
@@ -90,12 +92,15 @@ class Client:
         redis: Redis,
         *,
         key_prefix: str = "worker",
+        tenant: str | None = None,
         producer: str | None = None,
         timeout: float = 30.0,
         owns_redis: bool = False,
     ) -> None:
+        """``tenant``: the tenant whose namespace the commands go to (SPEC §11)."""
         self.redis = redis
-        self.keys = Keys(key_prefix)
+        fleet = Keys(key_prefix)
+        self.keys = fleet.for_tenant(tenant) if tenant else fleet
         self.timeout = timeout
         self._commands = CommandClient(redis, self.keys, producer=producer)
         self._owns_redis = owns_redis
@@ -106,13 +111,19 @@ class Client:
         url: str,
         *,
         key_prefix: str = "worker",
+        tenant: str | None = None,
         producer: str | None = None,
         timeout: float = 30.0,
     ) -> Client:
         """``producer``: send as that registered producer (see docs/trust-boundaries.md)."""
         redis = client_for(url, decode_responses=True, health_check_interval=30)
         return cls(
-            redis, key_prefix=key_prefix, producer=producer, timeout=timeout, owns_redis=True
+            redis,
+            key_prefix=key_prefix,
+            tenant=tenant,
+            producer=producer,
+            timeout=timeout,
+            owns_redis=True,
         )
 
     async def __aenter__(self) -> Client:

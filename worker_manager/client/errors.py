@@ -37,6 +37,12 @@ class CapacityExceededError(WorkerManagerError):
     code = "capacity_exceeded"
 
 
+class QuotaExceededError(WorkerManagerError):
+    """The tenant's quota (``max_workers`` or ``max_cost_usd_per_day``) is used up (SPEC §11)."""
+
+    code = "quota_exceeded"
+
+
 class BuildFailedError(WorkerManagerError):
     code = "build_failed"
 
@@ -55,6 +61,7 @@ _ERRORS: dict[str, type[WorkerManagerError]] = {
         InvalidCommandError,
         NotFoundError,
         CapacityExceededError,
+        QuotaExceededError,
         BuildFailedError,
         ConflictError,
         InternalError,

@@ -85,7 +85,12 @@ class Dispatcher:
             self._observe(delivery.fields.get("command", ""), result, time.perf_counter() - started)
             if self._audit is not None:
                 await self._audit.record(
-                    audit_entry(delivery.fields, result, sender=self._producer or "")
+                    audit_entry(
+                        delivery.fields,
+                        result,
+                        sender=self._producer or "",
+                        tenant=self._settings.tenant or "",
+                    )
                 )
 
     def _usable_reply_to(self, delivery: Delivery) -> str | None:

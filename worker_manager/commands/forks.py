@@ -250,11 +250,11 @@ class Forks:
     def _snapshot_target(self, name: str) -> Target:
         def volume(part: str) -> Volume:
             return Volume(
-                f"{self._settings.key_prefix}-snap-{name}-{part}",
+                f"{self._settings.keys.docker_prefix}-snap-{name}-{part}",
                 {
                     LABEL_SNAPSHOT: name,
                     LABEL_MANAGER: self._settings.manager_id,
-                    LABEL_PREFIX: self._settings.key_prefix,
+                    LABEL_PREFIX: self._settings.keys.prefix,
                 },
             )
 

@@ -31,6 +31,7 @@ from worker_manager.services.plan import STARTING as SERVICE_STARTING
 from worker_manager.services.resolve import resolve as resolve_services
 from worker_manager.settings import Settings
 from worker_manager.teams.board import TeamBoards
+from worker_manager.tenants.quotas import Quotas
 from worker_manager.workers.resources.grants import WorkerGrants
 from worker_manager.workers.resources.pool import WarmPool
 from worker_manager.workers.state.records import CreateResult, Limit, WorkerStore
@@ -58,6 +59,7 @@ class Handlers:
         forks: Forks | None = None,
         grants: WorkerGrants | None = None,
         teams: TeamBoards | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -72,6 +74,8 @@ class Handlers:
         self._grants = grants
         #: Teams' boards (SPEC §12).
         self._teams = teams
+        #: The tenant's quotas (SPEC §11); None in the default namespace.
+        self._quotas = quotas
 
     @property
     def forks(self) -> Forks:
@@ -83,6 +87,8 @@ class Handlers:
         problem = self._provisioner.install_problem(cmd.agent_type)
         if problem is not None:
             raise CommandError(ErrorCode.BUILD_FAILED, problem)
+        if self._quotas is not None:
+            await self._quotas.check_budget()
         started_from: dict[str, str] = {}
         if cmd.from_snapshot is not None:
             # Its shape, workspace and session from the snapshot (SPEC §10), the rest its own.
@@ -155,6 +161,8 @@ class Handlers:
         full = outcome.result is CreateResult.CAPACITY
         if full and pooled is not None and self._pool is not None:
             await self._pool.give_back(shape, pooled, cmd.request_id)
+        if full and outcome.limit is Limit.TENANT and self._quotas is not None:
+            raise self._quotas.workers_refused()
         if full:
             if outcome.limit is Limit.OWNER:
                 message = (

@@ -184,8 +184,13 @@ class Console:
             return OPERATOR_ROLE
         entry = await self._redis.hget(self._keys.access, user)
         try:
-            role = json.loads(entry)["role"] if entry else None
-        except (ValueError, KeyError, TypeError):
+            data = json.loads(entry) if entry else {}
+            role, tenant = data.get("role"), data.get("tenant")
+        except (ValueError, AttributeError):
+            return None
+        if tenant:
+            # A tenant's user sees its tenant only; this console shows the default namespace,
+            # so it signs none of them in (they use the CLI or the client with their tenant).
             return None
         return role if role in ("viewer", "producer") else None
 

@@ -6,11 +6,12 @@ identically; the wrapper cannot import the manager, the manager can import the w
 
 from __future__ import annotations
 
-from datetime import datetime
+import time
+from datetime import UTC, datetime
 
 from worker_base.clock import iso_from_unix, iso_now
 
-__all__ = ["iso_from_unix", "iso_now", "unix_from_iso", "unix_or_none"]
+__all__ = ["iso_from_unix", "iso_now", "unix_from_iso", "unix_or_none", "utc_day"]
 
 
 def unix_from_iso(text: str) -> float:
@@ -27,3 +28,8 @@ def unix_or_none(text: str | None) -> float | None:
         return unix_from_iso(text)
     except ValueError:
         return None
+
+
+def utc_day(unix: float | None = None) -> str:
+    """The UTC day (``YYYY-MM-DD``) a time falls on: a day's spend is counted under it."""
+    return datetime.fromtimestamp(time.time() if unix is None else unix, UTC).strftime("%Y-%m-%d")

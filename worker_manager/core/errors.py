@@ -9,6 +9,7 @@ class ErrorCode(StrEnum):
     INVALID_COMMAND = "invalid_command"
     NOT_FOUND = "not_found"
     CAPACITY_EXCEEDED = "capacity_exceeded"
+    QUOTA_EXCEEDED = "quota_exceeded"
     BUILD_FAILED = "build_failed"
     CONFLICT = "conflict"
     INTERNAL = "internal"

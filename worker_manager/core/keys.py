@@ -2,6 +2,12 @@
 
 The prefix (``WM_KEY_PREFIX``) replaces ``worker`` everywhere so that several deployments, or
 test sessions, can share one Redis without seeing each other's keys.
+
+With tenants (SPEC §11) a tenant ``T``'s keys live in a namespace of their own,
+``<prefix>:t:<T>``, while what belongs to the fleet (images, builds, GC, the managers and their
+presence, the audit trail, the access and tenant registries) stays under the fleet's prefix:
+``Keys(prefix, fleet)`` names both, so every component asks for a key by what it is and gets the
+right one, and no component decides by itself what is shared.
 """
 
 from __future__ import annotations
@@ -16,9 +22,49 @@ MANAGER_GROUP = "worker-manager"
 WRAPPER_GROUP = "wrapper"
 
 
+#: Between the fleet's prefix and a tenant's name: ``worker:t:acme`` (SPEC §11).
+TENANT_INFIX = "t"
+
+
+def tenant_prefix(fleet_prefix: str, tenant: str) -> str:
+    """The namespace of one tenant's keys."""
+    return f"{fleet_prefix}:{TENANT_INFIX}:{tenant}"
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
+    #: The namespace: the fleet's prefix, or a tenant's ``<fleet>:t:<tenant>``.
     prefix: str = "worker"
+    #: The fleet's prefix when ``prefix`` is a tenant's (None: the namespace is the fleet's).
+    fleet: str | None = None
+
+    @property
+    def fleet_prefix(self) -> str:
+        return self.fleet or self.prefix
+
+    @property
+    def docker_prefix(self) -> str:
+        """The namespace as Docker names allow it (``worker:t:acme`` -> ``worker-t-acme``):
+        containers and volumes are named from it; their labels keep the namespace itself."""
+        return self.prefix.replace(":", "-")
+
+    def docker_name(self, worker_id: str) -> str:
+        """A worker's container's name, ``<docker prefix>-<id>`` (its volumes add a suffix)."""
+        return f"{self.docker_prefix}-{worker_id}"
+
+    def for_tenant(self, tenant: str) -> Keys:
+        """The keys of one tenant of this fleet."""
+        return Keys(tenant_prefix(self.fleet_prefix, tenant), self.fleet_prefix)
+
+    @property
+    def tenants(self) -> str:
+        """The tenants added with ``worker-manager tenants add``: name -> quotas (JSON)."""
+        return f"{self.fleet_prefix}:tenants"
+
+    def spend(self, day: str) -> str:
+        """What this namespace's workers spent through the LLM gateway on one UTC day
+        (``YYYY-MM-DD``), in USD: written by the gateway, read for ``max_cost_usd_per_day``."""
+        return f"{self.prefix}:spend:{day}"
 
     # --- control plane -------------------------------------------------------------------
     @property
@@ -44,10 +90,10 @@ class Keys:
 
     @property
     def images(self) -> str:
-        return f"{self.prefix}:images"
+        return f"{self.fleet_prefix}:images"
 
     def image(self, image_hash: str) -> str:
-        return f"{self.prefix}:image:{image_hash}"
+        return f"{self.fleet_prefix}:image:{image_hash}"
 
     def request(self, request_id: str) -> str:
         """Idempotency record of one ``request_id``: in-flight marker, then the reply."""
@@ -113,45 +159,45 @@ class Keys:
     @property
     def audit(self) -> str:
         """Every command handled and console action (SPEC §11): the operator's alone."""
-        return f"{self.prefix}:audit"
+        return f"{self.fleet_prefix}:audit"
 
     @property
     def access(self) -> str:
         """The access users made with ``worker-manager access add``: name -> role (no secret)."""
-        return f"{self.prefix}:access"
+        return f"{self.fleet_prefix}:access"
 
     def access_user(self, name: str) -> str:
         """An access user's Redis user name (never a worker's, a grant's or a producer's)."""
-        return f"{self.prefix}-access-{name}"
+        return f"{self.fleet_prefix}-access-{name}"
 
     def build_lock(self, image_hash: str) -> str:
-        return f"{self.prefix}:lock:build:{image_hash}"
+        return f"{self.fleet_prefix}:lock:build:{image_hash}"
 
     def build_failure(self, image_hash: str) -> str:
-        return f"{self.prefix}:build-failed:{image_hash}"
+        return f"{self.fleet_prefix}:build-failed:{image_hash}"
 
     @property
     def gc_lock(self) -> str:
-        return f"{self.prefix}:lock:gc"
+        return f"{self.fleet_prefix}:lock:gc"
 
     @property
     def gc_last_run(self) -> str:
         """Unix time of the last collection, so N managers collect about once per interval."""
-        return f"{self.prefix}:gc:last-run"
+        return f"{self.fleet_prefix}:gc:last-run"
 
     @property
     def managers(self) -> str:
         """The ids of the managers that have announced themselves (a dead one is dropped once
         none of its workers is left to judge: ``workers.fleet.lost_hosts``)."""
-        return f"{self.prefix}:managers"
+        return f"{self.fleet_prefix}:managers"
 
     def manager(self, manager_id: str) -> str:
         """Presence key of one manager process (refreshed while it runs)."""
-        return f"{self.prefix}:manager:{manager_id}"
+        return f"{self.fleet_prefix}:manager:{manager_id}"
 
     def manager_wait(self, manager_id: str) -> str:
         """The marker one manager writes before ``WAIT`` (``core.durability``); it expires."""
-        return f"{self.prefix}:wait:{manager_id}"
+        return f"{self.fleet_prefix}:wait:{manager_id}"
 
     # --- teams (SPEC §12) ------------------------------------------------------------------
     def team_board(self, team: str) -> str:

@@ -71,6 +71,7 @@ from pydantic import SecretStr
 from redis.exceptions import RedisError
 from yarl import URL
 
+from worker_manager.core.clock import utc_day
 from worker_manager.core.keys import Keys
 from worker_manager.core.logs import get_logger
 from worker_manager.egress import meter
@@ -520,6 +521,7 @@ class LlmGateway:
                     answer.finish(cut=not whole),
                     max_cost_usd=worker.max_cost_usd,
                     worker_id=worker.worker_id,
+                    spend_key=Keys(worker.key_prefix).spend(utc_day()),
                 )
             )
             self._charges.add(charge)

@@ -422,6 +422,10 @@ class ResponsesMeter:
 
 
 # --- money -----------------------------------------------------------------------------------
+#: A day's spend is kept two days past it (read on its own day; the day after, for ``top``).
+SPEND_DAY_TTL_SECONDS = 3 * 86_400
+
+
 def usd(value: float) -> str:
     """``5.00``, ``0.42``, ``0.0003``: cents always, more digits only where they matter."""
     text = f"{value:.4f}".rstrip("0")
@@ -471,12 +475,18 @@ async def charge(
     *,
     max_cost_usd: float | None,
     worker_id: str,
+    spend_key: str | None = None,
 ) -> None:
-    """Add one answer's usage and cost to the worker's hash, in one ``MULTI``; flag the budget
-    once it is spent. A Redis failure is logged, not raised: the answer is already the worker's."""
+    """Add one answer's usage and cost to the worker's hash, and its cost to its namespace's
+    spend of the day (``spend_key``: what a tenant's ``max_cost_usd_per_day`` is checked
+    against), in one ``MULTI``; flag the budget once it is spent. A Redis failure is logged,
+    not raised: the answer is already the worker's."""
     cost = usage.cost_usd()
     try:
         async with redis.pipeline(transaction=True) as pipe:
+            if spend_key is not None and cost > 0:
+                pipe.incrbyfloat(spend_key, cost)
+                pipe.expire(spend_key, SPEND_DAY_TTL_SECONDS)
             for field, count in increments(usage).items():
                 pipe.hincrby(usage_key, field, count)
             pipe.hincrbyfloat(usage_key, "cost_usd", cost)

@@ -234,7 +234,7 @@ class HttpServer:
         metrics.draining.set(1 if load.draining else 0)
         for shape, ready in load.pool_ready.items():
             metrics.pool_ready.labels(shape).set(ready)
-        await metrics.refresh(self._probe_redis, self._keys)
+        await metrics.refresh(self._probe_redis, self._keys, tenants=load.tenants)
         extra = (await self._health.extra_metrics()).encode()
         response = web.Response(body=metrics.render() + extra)
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST

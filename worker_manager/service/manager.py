@@ -12,71 +12,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import time
 from collections.abc import Awaitable, Callable
 
 from docker import DockerClient
 from redis.asyncio import Redis
 
-from worker_manager.commands.audit import AuditLog
-from worker_manager.commands.consumer import CommandConsumer, Gate
-from worker_manager.commands.dispatcher import Dispatcher
-from worker_manager.commands.forks import Forks
-from worker_manager.commands.handlers import Handlers
-from worker_manager.commands.replies import ReplyBook
-from worker_manager.commands.routing import Router
+from worker_manager.commands.consumer import CommandConsumer
+from worker_manager.contract.tenants import Tenant
 from worker_manager.core import docker_client
 from worker_manager.core.connections import connect
 from worker_manager.core.logs import get_logger, redact_url
 from worker_manager.core.outages import ride_out
 from worker_manager.core.supervisor import Supervisor
-from worker_manager.egress.control import wm_families
+from worker_manager.egress.control import EgressClient, wm_families
 from worker_manager.environments.build_network import EgressBuildNetwork
 from worker_manager.images.gc_execute import gc_loop
 from worker_manager.images.service import ImageService
 from worker_manager.service.http import HttpServer
 from worker_manager.service.metrics import Metrics
-from worker_manager.services.engine import EngineStarter
-from worker_manager.services.runtime import ServiceRuntime
-from worker_manager.services.starter import ServiceStarter
+from worker_manager.service.namespace import Namespace, Shared
 from worker_manager.settings import Settings
-from worker_manager.snapshots.copies import StateCopier
-from worker_manager.snapshots.retention import expired
-from worker_manager.snapshots.store import SnapshotStore
-from worker_manager.teams.board import TeamBoards
-from worker_manager.teams.follower import TeamFollower
+from worker_manager.tenants.registry import TenantRegistry
 from worker_manager.typing import CommandObserver, Load
-from worker_manager.workers.fleet.lost_hosts import LostHosts
 from worker_manager.workers.fleet.placement import Placement
 from worker_manager.workers.fleet.presence import Presence
-from worker_manager.workers.resources.acl import WorkerAcl
 from worker_manager.workers.resources.containers import ContainerRuntime
-from worker_manager.workers.resources.containment import Containment
-from worker_manager.workers.resources.grants import WorkerGrants
+from worker_manager.workers.resources.containment import Containment, contained
 from worker_manager.workers.resources.pool import WarmPool
-from worker_manager.workers.resources.tasks import WorkerTasks
-from worker_manager.workers.state.evidence import EvidenceBook
-from worker_manager.workers.state.records import WorkerStore
-from worker_manager.workers.state.summaries import Summaries
-from worker_manager.workers.transitions.lifecycle import Lifecycle
-from worker_manager.workers.transitions.provisioner import Provisioner
-from worker_manager.workers.transitions.sleep import Sleep
-from worker_manager.workers.watching.disk_guard import DiskGuard
-from worker_manager.workers.watching.eviction import Evictor
-from worker_manager.workers.watching.output_guard import OutputGuard
-from worker_manager.workers.watching.reconciler import Reconciler
-from worker_manager.workers.watching.watcher import StatusWatcher
-from worker_manager.workspaces.checkout import Checkout
 
 log = get_logger(__name__)
 
-#: How often grants past their time are looked for: a grant outlives its ``ttl_seconds`` by at
-#: most this.
-GRANT_EXPIRY_SECONDS = 2.0
+#: How often the tenant registry is read: a tenant added with ``tenants add`` is served this soon.
+TENANTS_REFRESH_SECONDS = 5.0
 
 
 class Manager:
-    """Builds every component once, in dependency order, handing each its collaborators."""
+    """Builds every component once, in dependency order, handing each its collaborators: the
+    fleet's here, each namespace's (the default one and each tenant's) in a
+    :class:`~worker_manager.service.namespace.Namespace`."""
 
     def __init__(
         self,
@@ -87,7 +60,9 @@ class Manager:
         observe: CommandObserver | None = None,
         http: bool = False,
     ) -> None:
-        self.settings = s = settings
+        # WM_TENANT names a client's tenant; a manager serves the default namespace and each
+        # tenant's, whatever a shared .env says.
+        self.settings = s = settings.for_tenant(None) if settings.tenant else settings
         # --- connections ---------------------------------------------------------------------
         self.redis = redis or connect(s, name="main")
         # What producers and workers wrote is read as bytes and judged before it is text.
@@ -98,162 +73,66 @@ class Manager:
         self.ready = asyncio.Event()
         #: Set by SIGUSR1 (and by ``stop``): no more commands are taken; everything else runs.
         self.draining = asyncio.Event()
-        # --- the worker lifecycle ------------------------------------------------------------
-        self.store = WorkerStore(self.redis, s)
-        self.acl = WorkerAcl(self.redis, s)
-        self.containment = Containment(s)
+        # --- the fleet's ---------------------------------------------------------------------
+        egress = EgressClient(s)
         #: An environment's build reaches only WM_BUILD_EGRESS, through the egress service.
-        self.build_network = (
-            EgressBuildNetwork(s, self.docker, self.containment.client)
-            if self.containment.enabled
-            else None
-        )
+        self.build_network = EgressBuildNetwork(s, self.docker, egress) if contained(s) else None
         self.images = ImageService(
             s, self.redis, self.docker, self.metrics.image_build, build_network=self.build_network
         )
-        self.containers = ContainerRuntime(s, self.docker)
-        self.services = ServiceRuntime(s, self.docker)
-        creates = WorkerTasks("provision")
-        self.evidence = EvidenceBook(self.redis, s)
-        self.grants = WorkerGrants(self.redis, s.keys)
-        self.team_boards = TeamBoards(self.redis, s)
-        self.team_follower = TeamFollower(self.redis, s, self.team_boards)
-        self.lifecycle = Lifecycle(
-            self.store,
-            self.containers,
-            self.acl,
-            creates,
-            self.containment,
-            self.evidence,
-            services=self.services,
-            grants=self.grants,
+        self._readers: list[Redis] = []
+        #: Every namespace served: "" (the default one) first, then each tenant's by name.
+        self.namespaces: dict[str, Namespace] = {}
+        self.tenants = TenantRegistry(self.redis, s)
+        self._shared = Shared(
+            redis=self.redis,
+            raw_redis=self.raw_redis,
+            docker=self.docker,
+            metrics=self.metrics,
+            images=self.images,
+            egress=egress,
+            observe=_observers(self.metrics.observe_command, observe),
+            live_sets=lambda: [ns.store.live_key for ns in self.namespaces.values()],
+            namespaces=lambda: [ns.keys for ns in self.namespaces.values()],
+            readers=self._readers,
         )
-        #: Set when a container has started: the watcher looks for its first heartbeat at once.
-        heartbeat_soon = asyncio.Event()
-        self.provisioner = Provisioner(
-            s,
-            self.store,
-            self.images,
-            self.containers,
-            self.acl,
-            self.lifecycle,
-            creates,
-            self.containment,
-            Checkout(
-                s,
-                self.docker,
-                self.redis,
-                self.containers.volumes,
-                self.containment.client if self.containment.enabled else None,
-            ),
-            services=ServiceStarter(s, self.services, self.images),
-            engine=EngineStarter(s, self.docker, self.images, self.services),
-            on_started=lambda _worker_id: heartbeat_soon.set(),
-        )
+        containers = ContainerRuntime(s, self.docker)
         self.pool = WarmPool(
             s,
             self.redis,
             self.images,
-            self.containers,
-            self.containment,
+            containers,
+            Containment(s, egress),
             observe=self.metrics.pool,
         )
         self.placement = Placement(
-            s, self.redis, self.store, pooled=lambda: sum(self.pool.ready.values())
+            s,
+            self.redis,
+            live_sets=self._shared.live_sets,
+            pooled=lambda: sum(self.pool.ready.values()),
         )
         self.presence = Presence(s, self.redis, offer=self.placement.offer)
-        self.reconciler = Reconciler(
-            s,
-            self.store,
-            self.docker,
-            self.containers,
-            self.provisioner,
-            self.lifecycle,
-            self.acl,
-            self._ensure_groups,
-            self.containment,
-            services=self.services,
-        )
-        self.watcher = StatusWatcher(
-            s,
-            self.redis,
-            self.raw_redis,
-            self.store,
-            self.docker,
-            self.lifecycle,
-            wake=heartbeat_soon,
-            on_redis_restart=self.reconciler.after_redis_restart,
-            dropped=self.metrics.dropped,
-            data_path_started=self.containment.client.started_at
-            if self.containment.enabled
-            else None,
-            summaries=Summaries(s, self.redis, self.raw_redis, self.store),
-        )
-        self.lost_hosts = LostHosts(
-            s, self.redis, self.raw_redis, self.lifecycle, observe=self.metrics.eviction
-        )
-        self.sleep = Sleep(s, self.redis, self.store, self.lifecycle, self.provisioner)
-        self.evictor = Evictor(
-            s,
-            self.raw_redis,
-            self.store,
-            self.lifecycle,
-            observe=self.metrics.eviction,
-            suspend=self.sleep.suspend,
-        )
-        self.output_guard = OutputGuard(
-            s, self.redis, self.store, self.lifecycle, self.metrics.dropped
-        )
-        self.disk_guard = DiskGuard(s, self.docker, self.containers, self.store, self.lifecycle)
-        # --- the command path ----------------------------------------------------------------
-        self.book = ReplyBook(self.redis, s)
-        self.forks = Forks(
-            s,
-            self.redis,
-            self.store,
-            SnapshotStore(self.redis, s.keys),
-            StateCopier(s, self.docker),
-            self.containers.volumes,
-            self.provisioner,
-            self.lifecycle,
-            Router(s, self.redis),
-        )
-        self.handlers = Handlers(
-            s,
-            self.store,
-            self.provisioner,
-            self.lifecycle,
-            Router(s, self.redis),
-            pool=self.pool,
-            sleep=self.sleep,
-            forks=self.forks,
-            grants=self.grants,
-            teams=self.team_boards,
-        )
-        observer = _observers(self.metrics.observe_command, observe)
-        self._readers: list[Redis] = []
-        self.consumer = self._consumer(
-            "consumer", s.keys.commands, self.book, observer, gate=self.placement.should_take
-        )
-        # Commands routed to this manager by the others (deletes of workers on this host).
-        own_stream = s.keys.manager_commands(s.manager_id)
-        self.own_consumer = self._consumer(
-            "consumer-own",
-            own_stream,
-            ReplyBook(self.redis, s, commands_stream=own_stream),
-            observer,
-        )
-        # Registered producers: one command stream each, whose sender the manager knows.
-        self.producer_consumers = {
-            producer: self._consumer(
-                f"producer-{producer}",
-                s.keys.producer_commands(producer),
-                ReplyBook(self.redis, s, commands_stream=s.keys.producer_commands(producer)),
-                observer,
-                producer=producer,
-            )
-            for producer in s.producers
-        }
+        default = Namespace(s, self._shared, pool=self.pool, gate=self.placement.should_take)
+        self.namespaces[""] = default
+        for name, quota in s.tenants.items():
+            self._add_tenant(Tenant(name, quota))
+        # The default namespace's components, by the names the rest of the service (and its
+        # tests) know them by.
+        self.store = default.store
+        self.acl = default.acl
+        self.containment = default.containment
+        self.containers = default.containers
+        self.services = default.services
+        self.lifecycle = default.lifecycle
+        self.provisioner = default.provisioner
+        self.reconciler = default.reconciler
+        self.watcher = default.watcher
+        self.evictor = default.evictor
+        self.output_guard = default.output_guard
+        self.disk_guard = default.disk_guard
+        self.handlers = default.handlers
+        self.consumer = default.consumer
+        self.own_consumer = default.own_consumer
         # --- the service's own -------------------------------------------------------------
         self.http = (
             HttpServer(s, s, self, self.metrics, image_max_age_days=s.image_max_age_days)
@@ -264,45 +143,32 @@ class Manager:
         self.supervisor = Supervisor(self.stop, on_restart=self.metrics.loop_restart)
         self._gc_loop = gc_loop(s, self.redis, self.docker, self.metrics.gc_removed)
 
-    def _consumer(
-        self,
-        name: str,
-        stream: str,
-        book: ReplyBook,
-        observer: CommandObserver,
-        *,
-        producer: str | None = None,
-        gate: Gate | None = None,
-    ) -> CommandConsumer:
-        """A consumer of one command stream, with a blocking Redis client of its own."""
-        reader = connect(self.settings, blocking=True, name=name, decode=False)
-        self._readers.append(reader)
-        dispatcher = Dispatcher(
-            self.settings,
-            self.redis,
-            book,
-            self.handlers,
-            observe=observer,
-            producer=producer,
-            audit=AuditLog(self.redis, self.settings),
+    def _add_tenant(self, tenant: Tenant) -> Namespace:
+        namespace = Namespace(
+            self.settings.for_tenant(tenant.name),
+            self._shared,
+            tenant=tenant,
+            gate=self.placement.should_take,
         )
-        return CommandConsumer(
-            self.settings, self.redis, reader, dispatcher, stream=stream, gate=gate
-        )
+        self.namespaces[tenant.name] = namespace
+        return namespace
 
-    async def _expire_grants(self) -> None:
-        """Grants whose time is up (SPEC §11): their Redis users go."""
-        await self.grants.expire()
+    async def _refresh_tenants(self) -> None:
+        """Tenants added (or given new quotas) with ``tenants add`` since the last look: a new
+        one is started like those of ``WM_TENANTS`` were (groups, reconcile, loops)."""
+        for name, quota in (await self.tenants.read()).items():
+            known = self.namespaces.get(name)
+            if known is not None and known.tenant is not None:
+                known.tenant.quota = quota
+                continue
+            namespace = self._add_tenant(Tenant(name, quota))
+            await namespace.start_up()
+            namespace.start_loops(self.supervisor, self._taking_commands, shared_stream=True)
+            log.info("serving a new tenant", tenant=name)
 
-    async def _expire_snapshots(self) -> None:
-        """Snapshots of this host unused for ``WM_SNAPSHOT_RETENTION_DAYS`` (SPEC §10)."""
-        for snapshot in expired(
-            await self.forks.snapshots.all(),
-            manager_id=self.settings.manager_id,
-            now=time.time(),
-            retention_days=self.settings.snapshot_retention_days,
-        ):
-            await self.forks.remove(snapshot)
+    @property
+    def tenant_namespaces(self) -> list[Namespace]:
+        return [ns for name, ns in self.namespaces.items() if name]
 
     # --- HealthSource: what /readyz and /metrics see -------------------------------------------
     def intake(self) -> str:
@@ -317,11 +183,13 @@ class Manager:
         return self.docker.ping()
 
     def load(self) -> Load:
+        spaces = self.namespaces.values()
         return Load(
-            commands_in_flight=self.consumer.in_flight,
-            creates_in_progress=self.provisioner.in_progress,
+            commands_in_flight=sum(ns.consumer.in_flight for ns in spaces),
+            creates_in_progress=sum(ns.provisioner.in_progress for ns in spaces),
             draining=self.draining.is_set() or self.stop.is_set(),
             pool_ready=dict(self.pool.ready),
+            tenants=tuple(ns.tenant.name for ns in spaces if ns.tenant is not None),
         )
 
     async def extra_metrics(self) -> str:
@@ -333,44 +201,10 @@ class Manager:
         """The background loops, each restarted with back-off if it fails (``/readyz`` names
         one that keeps failing or stops finishing rounds)."""
         s, sup = self.settings, self.supervisor
-        sup.every(
-            "heartbeats",
-            self.watcher.heartbeat_round,
-            s.watch_interval_seconds,
-            wake=self.watcher.wake,
-        )
-        sup.forever("docker-events", self.watcher.docker_events)
-        sup.every("lost-hosts", self.lost_hosts.round, s.watch_interval_seconds, wait_first=True)
-        sup.every("eviction", self.evictor.sweep, s.eviction_interval_seconds)
-        sup.every("output-trim", self.output_guard.round, s.output_trim_interval_seconds)
-        sup.every("disk", self.disk_guard.round, s.disk_check_interval_seconds, wait_first=True)
-        sup.every("sleepers", self.sleep.round, s.watch_interval_seconds, wait_first=True)
-        sup.every("snapshots", self._expire_snapshots, 3600, wait_first=True)
-        sup.every("grants", self._expire_grants, GRANT_EXPIRY_SECONDS, wait_first=True)
-        sup.every(
-            "reconcile", self.reconciler.periodic, s.reconcile_interval_seconds, wait_first=True
-        )
+        for name, namespace in self.namespaces.items():
+            namespace.start_loops(sup, self._taking_commands, shared_stream=bool(name))
         sup.every("presence", self.presence.refresh, self.presence.interval, wait_first=True)
-        sup.every(
-            "consumer-upkeep", self.consumer.upkeep, self.consumer.upkeep_interval, wait_first=True
-        )
-        sup.every(
-            "own-consumer-upkeep",
-            self.own_consumer.upkeep,
-            self.own_consumer.upkeep_interval,
-            wait_first=True,
-        )
-        sup.forever("own-consumer", self._run_own_consumer)
-        for producer, consumer in self.producer_consumers.items():
-            sup.forever(f"producer-{producer}", self._taking_commands(consumer))
-            sup.every(
-                f"producer-{producer}-upkeep",
-                consumer.upkeep,
-                consumer.upkeep_interval,
-                wait_first=True,
-            )
-        sup.forever("teams", self.team_follower.follow)
-        sup.every("dead-letters", self.book.age_out_dead_letters, 60.0, wait_first=True)
+        sup.every("tenants", self._refresh_tenants, TENANTS_REFRESH_SECONDS, wait_first=True)
         sup.forever("image-gc", self._gc_loop)
         sup.every("warm-pool", self.pool.round, s.warm_pool_interval_seconds, wake=self.pool.wake)
         if self.containment.enabled:
@@ -384,21 +218,17 @@ class Manager:
             await self.containment.client.ensure_running()
         if self.build_network is not None:
             await self.build_network.sweep()  # what a crashed build left
-        await self._ensure_groups()
+        for name, quota in (await self.tenants.read()).items():
+            if name not in self.namespaces:
+                self._add_tenant(Tenant(name, quota))
         await self.presence.beat()
-        await self.reconciler.reconcile()
+        for namespace in self.namespaces.values():
+            await namespace.start_up()
 
     async def _keep_egress_running(self) -> None:
         """The egress service is supervised from here: started again if it died (its grants
         are on disk, so it serves the same workers again)."""
         await self.containment.client.ensure_running()
-
-    async def _ensure_groups(self) -> None:
-        await self.consumer.ensure_group()
-        await self.own_consumer.ensure_group()
-        await self.team_follower.ensure_group()
-        for consumer in self.producer_consumers.values():
-            await consumer.ensure_group()
 
     async def _start_up_when_possible(self) -> bool:
         """Redis or Docker down at start: alive but not ready, retrying, until they answer
@@ -420,17 +250,14 @@ class Manager:
     def _taking_commands(
         self, consumer: CommandConsumer
     ) -> Callable[[asyncio.Event], Awaitable[None]]:
-        """A registered producer's stream is read like the shared one: until draining."""
+        """A tenant's or a registered producer's stream is read like the shared one: until
+        draining."""
 
         async def run(_stop: asyncio.Event) -> None:
             await consumer.run(self.draining, grace=5.0)
             await self.stop.wait()  # drained: nothing more to take until the service stops
 
         return run
-
-    async def _run_own_consumer(self, stop: asyncio.Event) -> None:
-        """Until the very end, also while draining: only this manager can act on its host."""
-        await self.own_consumer.run(stop, grace=5.0)
 
     async def run(self, *, grace: float = 10.0) -> None:
         """HTTP is up for the whole life: "alive, not ready" during start-up and the drain."""
@@ -462,13 +289,13 @@ class Manager:
             if not self.stop.is_set():
                 log.info(
                     "drained: taking no commands; workers are still watched; SIGTERM to exit",
-                    creates_in_progress=self.provisioner.in_progress,
+                    creates_in_progress=self.load().creates_in_progress,
                 )
                 await self.stop.wait()
         finally:
             self.stop.set()
-            await self.provisioner.close()
-            await self.lifecycle.close()
+            for namespace in self.namespaces.values():
+                await namespace.close()
             await self.supervisor.close()
             await self.pool.close()
             drain.cancel()

@@ -14,6 +14,7 @@ a producer must not be able to create unbounded time series.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -27,6 +28,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from worker_manager.contract.kinds import WorkerStatus
+from worker_manager.core.clock import utc_day
 from worker_manager.core.keys import MANAGER_GROUP, Keys
 from worker_manager.core.logs import get_logger
 
@@ -65,6 +67,18 @@ class Metrics:
             "wm_workers",
             "Worker records under this key prefix, by status.",
             ["status"],
+            registry=r,
+        )
+        self.tenant_workers = Gauge(
+            "wm_tenant_workers",
+            "Worker records of each tenant (SPEC §11), by status.",
+            ["tenant", "status"],
+            registry=r,
+        )
+        self.tenant_spend = Gauge(
+            "wm_tenant_spend_usd_today",
+            "What each tenant's workers spent through the LLM gateway this UTC day, in USD.",
+            ["tenant"],
             registry=r,
         )
         self.consumer_pending = Gauge(
@@ -182,7 +196,9 @@ class Metrics:
         self.worker_writes_dropped.labels(kind).inc(count)
 
     # --- scrape ----------------------------------------------------------------------------
-    async def refresh(self, redis: Redis, keys: Keys, *, force: bool = False) -> None:
+    async def refresh(
+        self, redis: Redis, keys: Keys, *, tenants: Sequence[str] = (), force: bool = False
+    ) -> None:
         """Read the Redis-backed gauges, unless they were read less than ``cache_seconds`` ago.
 
         When Redis cannot be read the gauges are dropped rather than left at stale values, and
@@ -199,10 +215,14 @@ class Metrics:
         try:
             counts = await count_workers(redis, keys)
             pending, lag = await group_backlog(redis, keys)
+            per_tenant = {t: await count_workers(redis, keys.for_tenant(t)) for t in tenants}
+            spend = {t: await redis.get(keys.for_tenant(t).spend(utc_day())) for t in tenants}
         except (RedisError, OSError, TimeoutError) as exc:
             log.debug("metrics: redis unreadable", error=str(exc))
             self.redis_up.set(0)
             self.workers.clear()
+            self.tenant_workers.clear()
+            self.tenant_spend.clear()
             self.consumer_pending.set(float("nan"))
             self.consumer_lag.set(float("nan"))
             return
@@ -211,11 +231,26 @@ class Metrics:
             self.workers.labels(status.value).set(counts.pop(status.value, 0))
         for other, count in counts.items():  # a status newer than this code: still counted
             self.workers.labels(other).set(count)
+        for tenant, tenant_counts in per_tenant.items():
+            for status in WorkerStatus:
+                self.tenant_workers.labels(tenant, status.value).set(
+                    tenant_counts.pop(status.value, 0)
+                )
+            for other, count in tenant_counts.items():
+                self.tenant_workers.labels(tenant, other).set(count)
+            self.tenant_spend.labels(tenant).set(_usd(spend[tenant]))
         self.consumer_pending.set(pending)
         self.consumer_lag.set(float("nan") if lag is None else lag)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _usd(raw: object) -> float:
+    try:
+        return float(str(raw)) if raw is not None else 0.0
+    except ValueError:
+        return 0.0
 
 
 async def count_workers(redis: Redis, keys: Keys) -> dict[str, int]:

@@ -94,7 +94,7 @@ class EngineStarter:
         return {
             LABEL_WORKER: worker_id,
             LABEL_MANAGER: self._settings.manager_id,
-            LABEL_PREFIX: self._settings.key_prefix,
+            LABEL_PREFIX: self._settings.keys.prefix,
             LABEL_VOLUME: f"docker-{which}",
         }
 

@@ -115,7 +115,7 @@ def volume_labels(settings: Settings, worker_id: str, service: str, index: int) 
     return {
         LABEL_WORKER: worker_id,
         LABEL_MANAGER: settings.manager_id,
-        LABEL_PREFIX: settings.key_prefix,
+        LABEL_PREFIX: settings.keys.prefix,
         LABEL_VOLUME: f"svc-{service}-{index}",
     }
 
@@ -129,7 +129,7 @@ def container_labels(
         LABEL_SERVICE_OF: worker_id,
         LABEL_SERVICE: service,
         LABEL_MANAGER: settings.manager_id,
-        LABEL_PREFIX: settings.key_prefix,
+        LABEL_PREFIX: settings.keys.prefix,
         LABEL_HASH: image_hash,
     }
 

@@ -202,7 +202,7 @@ class ServiceRuntime:
             "label": [
                 label,
                 f"{LABEL_MANAGER}={self._settings.manager_id}",
-                f"{LABEL_PREFIX}={self._settings.key_prefix}",
+                f"{LABEL_PREFIX}={self._settings.keys.prefix}",
             ]
         }
         found: list[dict[str, Any]] = self._docker.api.containers(all=True, filters=filters)

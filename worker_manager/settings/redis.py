@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import socket
 from functools import cached_property
+from typing import Any, Self
 
 from pydantic import BaseModel, Field, field_validator
 
 from worker_base.redis_urls import is_sentinel_url, parse_sentinel_url
+from worker_manager.contract.tenants import TenantQuota, parse_tenants, tenant_name
 from worker_manager.core.bridge import container_reachable_url
 from worker_manager.core.keys import Keys
 
@@ -21,6 +23,17 @@ class RedisSettings(BaseModel):
         "replaced by the Docker bridge gateway.",
     )
     key_prefix: str = "worker"
+    tenant: str | None = Field(
+        default=None,
+        description="The tenant whose namespace (<prefix>:t:<tenant>) a client's commands go to; "
+        "unset: the default namespace (SPEC §11).",
+    )
+    tenants: dict[str, TenantQuota] = Field(
+        default_factory=dict,
+        description="Tenants the managers serve (JSON list of names, or object of name to "
+        'quotas: {"acme": {"max_workers": 20, "max_cost_usd_per_day": 50}}); '
+        "`worker-manager tenants add` adds more.",
+    )
     manager_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
     socket_timeout: float = Field(default=10.0, gt=0)
     presence_ttl_seconds: int = Field(
@@ -63,9 +76,27 @@ class RedisSettings(BaseModel):
             raise ValueError("key prefix must be non-empty, without spaces or glob characters")
         return value
 
+    @field_validator("tenant")
+    @classmethod
+    def _tenant_shape(cls, value: str | None) -> str | None:
+        return tenant_name(value) if value else None
+
+    @field_validator("tenants", mode="before")
+    @classmethod
+    def _tenants_shape(cls, value: Any) -> dict[str, TenantQuota]:
+        return parse_tenants(value)
+
     @cached_property
     def keys(self) -> Keys:
-        return Keys(self.key_prefix)
+        """The keys of this namespace: the fleet's, or the tenant's when ``tenant`` is set."""
+        fleet = Keys(self.key_prefix)
+        return fleet.for_tenant(self.tenant) if self.tenant else fleet
+
+    def for_tenant(self, tenant: str | None) -> Self:
+        """These settings for one tenant's namespace (None: the default one)."""
+        copied = self.model_copy(update={"tenant": tenant})
+        copied.__dict__.pop("keys", None)  # a cached_property copied along would be stale
+        return copied
 
     def resolved_worker_redis_url(self) -> str:
         """The URL a container uses, before per-worker credentials are put into it."""

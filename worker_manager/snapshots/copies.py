@@ -106,14 +106,14 @@ class StateCopier:
             mounts.append(Mount(f"/to/{i}/home", target.home.name, type="volume"))
             mounts.append(Mount(f"/to/{i}/workspace", target.workspace.name, type="volume"))
         marker = json.dumps({"forked_from": forked_from}) if forked_from else ""
-        name = f"{self._settings.key_prefix}-copy-{uuid.uuid4().hex[:12]}"
+        name = f"{self._settings.keys.docker_prefix}-copy-{uuid.uuid4().hex[:12]}"
         container = self._docker.containers.create(
             self._settings.base_image,
             ["sh", "-c", _SCRIPT],
             name=name,
             labels={
                 LABEL_MANAGER: self._settings.manager_id,
-                LABEL_PREFIX: self._settings.key_prefix,
+                LABEL_PREFIX: self._settings.keys.prefix,
             },
             environment={"WM_MARKER": marker},
             user="0:0",

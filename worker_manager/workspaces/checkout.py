@@ -89,7 +89,7 @@ class Checkout:
         await docker_client.call(self._volumes.ensure, worker_id, WORKSPACE)
         lock = RenewedLock(
             self._redis,
-            f"{self._settings.key_prefix}:lock:mirror:{mirror}",
+            f"{self._settings.keys.prefix}:lock:mirror:{mirror}",
             ttl_seconds=MIRROR_LOCK_TTL_SECONDS,
             owner=self._settings.manager_id,
         )
@@ -130,7 +130,7 @@ class Checkout:
         uid = int(CHECKOUT_USER.partition(":")[0])
         grant = Grant(
             worker_id=grant_id,
-            key_prefix=self._settings.key_prefix,
+            key_prefix=self._settings.keys.prefix,
             egress=(checkout_grant(repository.url, self._settings.sources),),
             uid=uid,
             gid=uid,
@@ -148,7 +148,7 @@ class Checkout:
         sockets: str | None,
         shared: bool,
     ) -> dict[str, Any]:
-        name = f"{self._settings.keys.acl_user(worker_id)}-checkout"
+        name = f"{self._settings.keys.docker_name(worker_id)}-checkout"
         with contextlib.suppress(docker.errors.NotFound):
             self._docker.containers.get(name).remove(force=True)  # a checkout cut short
         env = {
@@ -178,7 +178,7 @@ class Checkout:
             labels={
                 LABEL_CHECKOUT: worker_id,
                 LABEL_MANAGER: self._settings.manager_id,
-                LABEL_PREFIX: self._settings.key_prefix,
+                LABEL_PREFIX: self._settings.keys.prefix,
             },
             mounts=[
                 Mount(target=MIRROR_DIR, source=mirror, type="volume"),

@@ -52,7 +52,7 @@ class WorkerVolumes:
 
     # --- names and labels ---------------------------------------------------------------------
     def name(self, worker_id: str, suffix: str) -> str:
-        return f"{self._settings.keys.acl_user(worker_id)}-{suffix}"
+        return f"{self._settings.keys.docker_name(worker_id)}-{suffix}"
 
     def names(self, worker_id: str) -> list[str]:
         return [self.name(worker_id, suffix) for suffix, _ in VOLUMES]
@@ -61,13 +61,13 @@ class WorkerVolumes:
         return {
             LABEL_WORKER: worker_id,
             LABEL_MANAGER: self._settings.manager_id,
-            LABEL_PREFIX: self._settings.key_prefix,
+            LABEL_PREFIX: self._settings.keys.prefix,
             LABEL_VOLUME: suffix,
         }
 
     def mirror_name(self, url: str) -> str:
         digest = hashlib.sha256(url.encode()).hexdigest()[:20]
-        return f"{self._settings.key_prefix}-mirror-{digest}"
+        return f"{self._settings.keys.docker_prefix}-mirror-{digest}"
 
     def mounts(self, worker_id: str, mirror: str | None = None) -> list[Mount]:
         """The worker's volumes (the Engine creates any that is missing, labelled, filled from
@@ -99,7 +99,7 @@ class WorkerVolumes:
             labels={
                 LABEL_MIRROR: url[:1024],
                 LABEL_MANAGER: self._settings.manager_id,
-                LABEL_PREFIX: self._settings.key_prefix,
+                LABEL_PREFIX: self._settings.keys.prefix,
             },
         )
         return name
@@ -143,7 +143,7 @@ class WorkerVolumes:
             "label": [
                 label,
                 f"{LABEL_MANAGER}={self._settings.manager_id}",
-                f"{LABEL_PREFIX}={self._settings.key_prefix}",
+                f"{LABEL_PREFIX}={self._settings.keys.prefix}",
             ]
         }
         found: list[dict[str, Any]] = self._docker.api.volumes(filters=filters).get("Volumes") or []

@@ -21,8 +21,9 @@ A survivor that has itself just lost Redis (an outage, a failover, a restart) ju
 a while: the presence keys and heartbeats it would miss may be its own view's fault, and the
 other managers and the wrappers need a presence TTL and a heartbeat TTL to show up again.
 
-A dead manager with no live and no suspended worker left is dropped from the managers set. Its
-suspended workers are left SUSPENDED: their volumes are on its host, which may return.
+A dead manager with no live and no suspended worker left, in any namespace, is dropped from the
+managers set. Its suspended workers are left SUSPENDED: their volumes are on its host, which may
+return.
 :func:`lost_workers` is the rule, a plain function of what a round read.
 """
 
@@ -37,6 +38,7 @@ from redis.exceptions import RedisError
 
 from worker_manager.contract.kinds import WorkerStatus
 from worker_manager.contract.reasons import Ended
+from worker_manager.core.keys import Keys
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
 from worker_manager.workers.state.heartbeats import Observed, observe
@@ -44,11 +46,14 @@ from worker_manager.workers.transitions.lifecycle import Lifecycle, Outcome
 
 log = get_logger(__name__)
 
-# KEYS: presence live suspended managers   ARGV: manager id
+# KEYS: presence, the manager's live and suspended sets of every namespace, managers
+# ARGV: manager id
 _FORGET = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if redis.call('SCARD', KEYS[2]) > 0 or redis.call('SCARD', KEYS[3]) > 0 then return 0 end
-return redis.call('SREM', KEYS[4], ARGV[1])
+for i = 2, #KEYS - 1 do
+  if redis.call('SCARD', KEYS[i]) > 0 then return 0 end
+end
+return redis.call('SREM', KEYS[#KEYS], ARGV[1])
 """
 
 
@@ -80,8 +85,12 @@ class LostHosts:
         lifecycle: Lifecycle,
         *,
         observe: Callable[[str], None] = lambda _reason: None,
+        namespaces: Callable[[], Sequence[Keys]] | None = None,
     ) -> None:
+        """``namespaces``: the keys of every namespace the managers serve (the fleet's and each
+        tenant's): a dead manager is forgotten only when none of them holds a worker of it."""
         self._settings = settings
+        self._namespaces = namespaces or (lambda: [settings.keys])
         self._redis = redis
         self._raw = raw_redis  # heartbeats are the workers' bytes
         self._lifecycle = lifecycle
@@ -150,13 +159,13 @@ class LostHosts:
                     worker_id=worker_id,
                     manager_id=manager_id,
                 )
+        sets = [
+            key
+            for namespace in self._namespaces()
+            for key in (namespace.live(manager_id), namespace.suspended(manager_id))
+        ]
         removed = await self._forget(
-            keys=[
-                keys.manager(manager_id),
-                keys.live(manager_id),
-                keys.suspended(manager_id),
-                keys.managers,
-            ],
+            keys=[keys.manager(manager_id), *sets, keys.managers],
             args=[manager_id],
         )
         if int(removed) == 1:  # the script answers SREM's count: 1 when it forgot the manager

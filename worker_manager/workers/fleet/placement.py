@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
 from worker_manager.settings import Settings
-from worker_manager.workers.state.records import WorkerStore
 
 #: How long a verdict is reused: the read loop asks before every read.
 CACHE_SECONDS = 1.0
@@ -66,20 +65,29 @@ class Placement:
         self,
         settings: Settings,
         redis: Redis,
-        store: WorkerStore,
+        live_sets: Callable[[], Sequence[str]],
         pooled: Callable[[], int] = lambda: 0,
     ) -> None:
+        """``live_sets``: this manager's live sets, one per namespace it serves (the fleet's and
+        each tenant's): its capacity is the host's, shared by every tenant."""
         self._settings = settings
         self._redis = redis
-        self._store = store
+        self._live_sets = live_sets
         self._pooled = pooled
         self._verdict: tuple[float, bool] | None = None
         #: Not reading the shared stream right now (for /metrics and tests).
         self.paused = False
 
+    async def _live(self) -> int:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in self._live_sets():
+                pipe.scard(key)
+            counts = await pipe.execute()
+        return sum(int(count) for count in counts)
+
     async def offer(self) -> dict[str, int]:
         """For this manager's presence value."""
-        live = int(await self._redis.scard(self._store.live_key))
+        live = await self._live()
         return {"room": max(0, self._settings.max_workers - live), "pooled": self._pooled()}
 
     async def should_take(self) -> bool:
@@ -87,7 +95,7 @@ class Placement:
         if self._verdict is not None and now - self._verdict[0] < CACHE_SECONDS:
             return self._verdict[1]
         keys = self._settings.keys
-        live = int(await self._redis.scard(self._store.live_key))
+        live = await self._live()
         pooled = self._pooled()
         others: list[Offer] = []
         if live >= self._settings.max_workers or pooled == 0:

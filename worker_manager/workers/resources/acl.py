@@ -247,3 +247,22 @@ def producer_rules(keys: Keys, producer: str) -> list[str]:
         "+xadd",
         "+del",
     ]
+
+
+def tenant_producer_rules(keys: Keys) -> list[str]:
+    """A tenant's producer (``access add NAME --tenant T --role producer``, SPEC §11): it may
+    append to its tenant's command stream and its workers' inputs, read and remove its tenant's
+    replies, and read what a viewer of the tenant reads; no other tenant's key matches these
+    patterns (every one starts with ``<prefix>:t:<tenant>:``), nor does a fleet key."""
+    return [
+        "resetkeys",
+        "resetchannels",
+        f"%W~{keys.commands}",
+        f"%RW~{keys.replies}*",
+        f"%W~{keys.prefix}:{ANY_WORKER}:input",
+        *read_rules(keys),
+        "-@all",
+        *READER_COMMANDS,
+        "+xadd",
+        "+del",
+    ]

@@ -152,14 +152,14 @@ class ContainerRuntime:
         self.volumes = WorkerVolumes(settings, docker)
 
     def name(self, worker_id: str) -> str:
-        return self._settings.keys.acl_user(worker_id)  # "<prefix>-<id>", e.g. worker-<uuid>
+        return self._settings.keys.docker_name(worker_id)  # "<prefix>-<id>", e.g. worker-<uuid>
 
     def labels(self, worker_id: str, image_hash: str) -> dict[str, str]:
         return {
             LABEL_WORKER: worker_id,
             LABEL_MANAGER: self._settings.manager_id,
             LABEL_HASH: image_hash,
-            LABEL_PREFIX: self._settings.key_prefix,
+            LABEL_PREFIX: self._settings.keys.prefix,
         }
 
     def volume_names(self, worker_id: str) -> list[str]:
@@ -283,7 +283,7 @@ class ContainerRuntime:
             "label": [
                 LABEL_POOL,
                 f"{LABEL_MANAGER}={self._settings.manager_id}",
-                f"{LABEL_PREFIX}={self._settings.key_prefix}",
+                f"{LABEL_PREFIX}={self._settings.keys.prefix}",
             ]
         }
         found: list[dict[str, Any]] = self._docker.api.containers(all=True, filters=filters)
@@ -361,7 +361,7 @@ class ContainerRuntime:
         filters = {
             "label": [
                 f"{LABEL_MANAGER}={self._settings.manager_id}",
-                f"{LABEL_PREFIX}={self._settings.key_prefix}",
+                f"{LABEL_PREFIX}={self._settings.keys.prefix}",
             ]
         }
         found: list[dict[str, Any]] = self._docker.api.containers(all=True, filters=filters)

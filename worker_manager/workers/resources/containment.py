@@ -44,9 +44,11 @@ GATEWAY_AGENTS = {AgentType.CLAUDE: "anthropic", AgentType.CODEX: "openai"}
 
 
 class Containment:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, client: EgressClient | None = None) -> None:
+        """``client``: the host's one egress service, shared by every namespace's containment
+        (each grants its workers under its own key prefix)."""
         self._settings = settings
-        self.client = EgressClient(settings)
+        self.client = client or EgressClient(settings)
 
     @property
     def enabled(self) -> bool:
@@ -69,7 +71,7 @@ class Containment:
             egress += factory_grant(self._settings.factory_api_host)
         grant = Grant(
             worker_id=worker_id,
-            key_prefix=self._settings.key_prefix,
+            key_prefix=self._settings.keys.prefix,
             egress=tuple(egress),
             gateway_token=self.gateway_token(worker_id) if agent in GATEWAY_AGENTS else "",
             gateway_api=GATEWAY_AGENTS.get(agent, "anthropic") if agent else "anthropic",

@@ -44,7 +44,7 @@ def wrapper_config(
     return WrapperConfig(
         worker_id=worker_id,
         redis_url=redis_url,
-        key_prefix=settings.key_prefix,
+        key_prefix=settings.keys.prefix,
         agent_type=command.agent_type.value,
         agent_command=tuple(command.agent_command or ()),
         allowed_commands=None if allowed is None else tuple(allowed),

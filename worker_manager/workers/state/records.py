@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -19,20 +19,36 @@ from redis.asyncio import Redis
 from worker_manager.contract.kinds import LIVE_STATUSES, WorkerStatus
 from worker_manager.contract.reasons import Moved, Reason, Slept, is_reason
 from worker_manager.contract.record import WorkerRecord
+from worker_manager.contract.tenants import Tenant
 from worker_manager.core.clock import iso_now
 from worker_manager.settings import Settings
 
 _CREATE = """
 local existing = redis.call('HMGET', KEYS[1], 'status', 'request_id')
 if existing[1] then return {'exists', existing[1], existing[2] or ''} end
+-- KEYS[9 .. 8+ARGV[10]]: this manager's live sets in the other namespaces it serves (its
+-- capacity is the host's); then ARGV[12] keys: the tenant's live sets on every manager.
+local others = tonumber(ARGV[10])
 local limit = tonumber(ARGV[3])
-if limit > 0 and redis.call('SCARD', KEYS[3]) >= limit then return {'capacity', 'manager', ''} end
+if limit > 0 then
+  local live = redis.call('SCARD', KEYS[3])
+  for i = 9, 8 + others do live = live + redis.call('SCARD', KEYS[i]) end
+  if live >= limit then return {'capacity', 'manager', ''} end
+end
 -- KEYS[8] counts the live workers of one metadata.owner across managers; ARGV[9] its limit.
 local owner_limit = tonumber(ARGV[9])
 if owner_limit > 0 and redis.call('SCARD', KEYS[8]) >= owner_limit then
   return {'capacity', 'owner', ''}
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 10))
+local tenant_limit = tonumber(ARGV[11])
+if tenant_limit > 0 then
+  local live = 0
+  for i = 9 + others, 8 + others + tonumber(ARGV[12]) do
+    live = live + redis.call('SCARD', KEYS[i])
+  end
+  if live >= tenant_limit then return {'capacity', 'tenant', ''} end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 13))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[1])
 if owner_limit >= 0 then redis.call('SADD', KEYS[8], ARGV[1]) end
@@ -140,11 +156,16 @@ return {'suspended', 'RUNNING'}
 # suspend deleted it, and that beat must not pass for the new container's first.
 # KEYS: record lifecycle output live suspended owner_live_prefix heartbeat
 # ARGV: reason timestamp lifecycle_maxlen output_maxlen max_live
+# KEYS[8..]: this manager's live sets in the other namespaces it serves (the host's capacity)
 _RESUME = """
 local cur = redis.call('HMGET', KEYS[1], 'status', 'worker_id', 'owner')
 if cur[1] ~= 'SUSPENDED' then return {'status', cur[1] or ''} end
 local limit = tonumber(ARGV[5])
-if limit > 0 and redis.call('SCARD', KEYS[4]) >= limit then return {'capacity', cur[1]} end
+if limit > 0 then
+  local live = redis.call('SCARD', KEYS[4])
+  for i = 8, #KEYS do live = live + redis.call('SCARD', KEYS[i]) end
+  if live >= limit then return {'capacity', cur[1]} end
+end
 redis.call('HSET', KEYS[1], 'status', 'STARTING')
 redis.call('HDEL', KEYS[1], 'reason', 'started_at', 'container_id', 'suspended_at')
 redis.call('SREM', KEYS[5], cur[2])
@@ -213,6 +234,7 @@ class Limit(StrEnum):
 
     MANAGER = "manager"  # WM_MAX_WORKERS of this manager
     OWNER = "owner"  # WM_MAX_WORKERS_PER_OWNER of its metadata.owner
+    TENANT = "tenant"  # its tenant's max_workers (SPEC §11)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,10 +301,22 @@ def _status(value: object) -> WorkerStatus | None:
 class WorkerStore:
     """Reads and writes worker records; the only code that changes a worker's status."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        settings: Settings,
+        *,
+        peers: Callable[[], Sequence[str]] = tuple,
+        tenant: Tenant | None = None,
+    ) -> None:
+        """``peers``: this manager's live sets in the other namespaces it serves (capacity is
+        the host's, whichever tenant fills it); ``tenant``: the namespace's tenant, whose
+        ``max_workers`` a create counts across managers (SPEC §11)."""
         self._redis = redis
         self._settings = settings
         self._keys = settings.keys
+        self._peers = peers
+        self.tenant = tenant
         self._create = redis.register_script(_CREATE)
         self._transition = redis.register_script(_TRANSITION)
         self._update = redis.register_script(_UPDATE_IF_EXISTS)
@@ -335,6 +369,7 @@ class WorkerStore:
                 self.suspended_key,
                 keys.owner_live(""),
                 keys.heartbeat(worker_id),
+                *self._peers(),
             ],
             args=[
                 str(reason),
@@ -382,6 +417,8 @@ class WorkerStore:
         keys = self._keys
         # -1: no owner to count; 0: counted without a limit; n: at most n live.
         owner_limit = -1 if not owner else (max_per_owner or 0)
+        peers = list(self._peers())
+        tenant_limit, tenant_sets = await self._tenant_sets()
         result = await self._create(
             keys=[
                 keys.worker(worker_id),
@@ -392,6 +429,8 @@ class WorkerStore:
                 keys.prompt(worker_id),
                 keys.input(worker_id),
                 keys.owner_live(owner),
+                *peers,
+                *tenant_sets,
             ],
             args=[
                 worker_id,
@@ -403,10 +442,23 @@ class WorkerStore:
                 timestamp,
                 request_id,
                 owner_limit,
+                len(peers),
+                tenant_limit,
+                len(tenant_sets),
                 *flat,
             ],
         )
         return CreateOutcome.parse(result)
+
+    async def _tenant_sets(self) -> tuple[int, list[str]]:
+        """The tenant's ``max_workers`` (0: none) and its live sets on every announced manager
+        (a manager that announces itself meanwhile has no worker of it yet)."""
+        quota = self.tenant.quota.max_workers if self.tenant is not None else None
+        if not quota:
+            return 0, []
+        managers: set[str] = await self._redis.smembers(self._keys.managers)
+        ids = sorted(managers | {self._settings.manager_id})
+        return quota, [self._keys.live(manager_id) for manager_id in ids]
 
     async def transition(
         self,

@@ -164,7 +164,7 @@ class DiskGuard:
         if unreadable:
             report = self._docker.api.df()
             for worker_id, size in usage_by_worker(
-                list(report.get("Volumes") or []), self._settings.key_prefix
+                list(report.get("Volumes") or []), self._settings.keys.prefix
             ).items():
                 used[worker_id] = max(used.get(worker_id, 0), size)
         return used, entries

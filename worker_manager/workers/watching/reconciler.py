@@ -351,7 +351,7 @@ class Reconciler:
             return
         for grant in await self._containment.client.grants():
             owner = grant.owner or grant.worker_id
-            if grant.key_prefix != self._settings.key_prefix or owner in known:
+            if grant.key_prefix != self._settings.keys.prefix or owner in known:
                 continue
             if grant.worker_id.startswith(BUILD_GRANT_PREFIX):
                 continue  # an image build's, removed with its build (or its sweep at start)

@@ -271,7 +271,7 @@ class StatusWatcher:
             "event": ["die", "oom"],
             "label": [
                 f"{LABEL_MANAGER}={self._settings.manager_id}",
-                f"{LABEL_PREFIX}={self._settings.key_prefix}",
+                f"{LABEL_PREFIX}={self._settings.keys.prefix}",
             ],
         }
         delay = 0.5

@@ -1,0 +1,228 @@
+"""Tenants (SPEC §11) through the real interfaces: one manager serving the default namespace and
+two tenants, against a real Redis 7 (with real ACL users) and the Docker Engine.
+
+A tenant's commands, replies, records and data plane live under ``<prefix>:t:<tenant>``; a
+command naming another tenant's worker gets ``not_found``; quotas refuse with
+``quota_exceeded``; a tenant added with ``worker-manager tenants add`` is served within
+seconds; an access user of one tenant reaches nothing of another's, nor a fleet key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from urllib.parse import unquote
+
+import aiohttp
+import pytest
+from pydantic import SecretStr
+from redis.asyncio import Redis
+from redis.exceptions import NoPermissionError, ResponseError
+
+from tests.support.cli import run_cli
+from tests.support.flows import Harness
+from worker_manager.cli.access import url_with
+from worker_manager.contract.tenants import parse_tenants
+from worker_manager.core.clock import utc_day
+
+pytestmark = [pytest.mark.docker, pytest.mark.redis]
+
+CAT = json.dumps(["sh", "-c", "echo got: $(cat)"])
+REFUSED = (NoPermissionError, ResponseError)
+
+
+async def running(tenant: Harness) -> str:
+    reply = await tenant.client.request("create", agent_type="CUSTOM", agent_command=CAT)
+    assert reply.ok and reply.worker_id, reply
+    assert await tenant.wait_status(reply.worker_id, "RUNNING", "FAILED") == "RUNNING"
+    return reply.worker_id
+
+
+async def refused(call: object) -> None:
+    with pytest.raises(REFUSED):
+        await call  # type: ignore[misc]
+
+
+async def test_each_tenant_is_a_namespace_of_its_own_with_its_quotas(
+    harness: Harness, tmp_path: Path
+) -> None:
+    declared = {"acme": {"max_workers": 2}, "beta": {}}
+    await harness.start(tenants=parse_tenants(declared))
+    acme, beta = harness.tenant("acme"), harness.tenant("beta")
+    assert acme.keys.commands == f"{harness.keys.prefix}:t:acme:commands"
+
+    worker = await running(acme)
+    # Its record, data plane and container are the tenant's: input in, output out.
+    assert await harness.redis.hget(acme.keys.worker(worker), "status") == "RUNNING"
+    assert not await harness.redis.exists(harness.keys.worker(worker))
+    container = acme.container(worker)
+    assert container is not None and container.name == f"{harness.keys.prefix}-t-acme-{worker}"
+    sent = await acme.client.send_input(worker, "hello")
+    events = await acme.events_until(worker, lambda f: f.get("content") == "got: hello")
+    assert events and sent
+
+    # Another tenant, and the default namespace, cannot reach it: not_found, nothing done.
+    for other in (beta, harness):
+        for command in ("status", "delete", "suspend", "grant"):
+            if command == "grant":
+                reply = await other.client.request(command, worker_id=worker, access="drive")
+            else:
+                reply = await other.client.request(command, worker_id=worker)
+            assert reply.error == "not_found", (command, reply)
+    assert await harness.redis.hget(acme.keys.worker(worker), "status") == "RUNNING"
+    listed = await beta.client.request("list")
+    assert listed.ok and worker not in json.dumps(listed.workers)
+
+    # A reply_to outside the tenant's replies is refused (dead-lettered in its namespace).
+    outside = await harness.redis.xadd(
+        acme.keys.commands,
+        {"command": "list", "request_id": "r-outside", "reply_to": harness.keys.replies},
+    )
+    deadline = asyncio.get_running_loop().time() + 30
+    while not await harness.redis.xrange(acme.keys.dead):
+        assert asyncio.get_running_loop().time() < deadline, "no dead letter"
+        await asyncio.sleep(0.1)
+    assert outside
+
+    # max_workers, counted across managers: the third live worker is refused.
+    second = await running(acme)
+    third = await acme.client.request("create", agent_type="CUSTOM", agent_command=CAT)
+    assert third.error == "quota_exceeded" and "max_workers" in (third.message or ""), third
+    # beta is not acme: its create goes on.
+    beta_worker = await running(beta)
+
+    # A quota changed with the CLI, and a tenant added with it, reach the running manager.
+    code, text = await run_cli(
+        harness.settings, tmp_path, "tenants", "add", "beta", "--max-cost-usd-per-day", "1"
+    )
+    assert code == 0, text
+    await harness.redis.set(beta.keys.spend(utc_day()), "1.5")
+    code, text = await run_cli(harness.settings, tmp_path, "tenants", "add", "gamma")
+    assert code == 0, text
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        over = await beta.client.request("create", agent_type="CUSTOM", agent_command=CAT)
+        if over.error == "quota_exceeded":
+            break
+        assert over.ok and over.worker_id, over
+        assert (await beta.client.request("delete", worker_id=over.worker_id)).ok
+        assert asyncio.get_running_loop().time() < deadline, "the new quota was not applied"
+        await asyncio.sleep(0.5)
+    assert "max_cost_usd_per_day" in (over.message or "") and "$1.50" in (over.message or "")
+    gamma = harness.tenant("gamma")
+    listed = await gamma.client.request("list", timeout=30)
+    assert listed.ok, listed
+    # WM_TENANTS and the registry together; for beta, named in both, the registry's word.
+    code, text = await run_cli(
+        harness.settings,
+        tmp_path,
+        "tenants",
+        "list",
+        "--json",
+        env={"WM_TENANTS": json.dumps(declared)},
+    )
+    assert code == 0, text
+    rows = {row["tenant"]: row for row in json.loads(text.strip().splitlines()[-1])}
+    assert set(rows) == {"acme", "beta", "gamma"}
+    assert rows["acme"]["max_workers"] == 2 and rows["beta"]["max_cost_usd_per_day"] == 1
+
+    # The audit trail (the fleet's) names each command's tenant.
+    trail = [f for _i, f in await harness.redis.xrange(harness.keys.audit)]
+    assert {"acme", "beta", "gamma"} <= {f["tenant"] for f in trail}
+    assert any(
+        f["tenant"] == "acme" and f["command"] == "create" and f["outcome"] == "ok" for f in trail
+    )
+
+    for tenant, worker_id in ((acme, worker), (acme, second), (beta, beta_worker)):
+        assert (await tenant.client.request("delete", worker_id=worker_id)).ok
+        await tenant.wait_container_gone(worker_id)
+
+
+async def test_a_tenants_access_users_reach_only_its_keys(harness: Harness, tmp_path: Path) -> None:
+    manager = await harness.start(
+        tenants=parse_tenants(["acme", "beta"]),
+        http=True,
+        http_addr="127.0.0.1:0",
+        ui_token=SecretStr("console-token-for-tenants"),
+    )
+    assert manager.http is not None
+    acme, beta = harness.tenant("acme"), harness.tenant("beta")
+    mine, theirs = await running(acme), await running(beta)
+    # /metrics counts each tenant's workers and its spend of the day.
+    await harness.redis.set(acme.keys.spend(utc_day()), "0.25")
+    async with aiohttp.ClientSession() as http, http.get(f"{manager.http.url}/metrics") as got:
+        text = await got.text()
+    assert 'wm_tenant_workers{status="RUNNING",tenant="acme"} 1.0' in text, text
+    assert 'wm_tenant_workers{status="RUNNING",tenant="beta"} 1.0' in text
+    assert 'wm_tenant_spend_usd_today{tenant="acme"} 0.25' in text
+    users = {}
+    for name, role in (("ann", "producer"), ("vic", "viewer")):
+        code, text = await run_cli(
+            harness.settings,
+            tmp_path,
+            "access",
+            "add",
+            name,
+            "--tenant",
+            "acme",
+            "--role",
+            role,
+            "--json",
+        )
+        assert code == 0, text
+        row = json.loads(text.strip().splitlines()[-1])
+        assert row["tenant"] == "acme" and row["role"] == role
+        users[name] = url_with(harness.settings, row["username"], row["password"])
+
+    producer = Redis.from_url(users["ann"], decode_responses=True)
+    viewer = Redis.from_url(users["vic"], decode_responses=True)
+    try:
+        # The producer drives its tenant through the command stream, as any client does.
+        as_ann = Harness(acme.settings, producer, harness.docker)
+        reply = await as_ann.client.request("status", worker_id=mine)
+        assert reply.ok and reply.status == "RUNNING", reply
+        assert (await as_ann.client.request("status", worker_id=theirs)).error == "not_found"
+        await producer.xadd(acme.keys.input(mine), {"type": "prompt", "content": "from ann"})
+        assert await producer.xrange(acme.keys.output(mine)) is not None
+        # Nothing of beta's, no worker's own keys, no fleet key, no administration.
+        await refused(producer.xrange(beta.keys.commands))
+        await refused(producer.xadd(beta.keys.commands, {"command": "list"}))
+        await refused(producer.xrange(beta.keys.replies))
+        await refused(producer.hgetall(beta.keys.worker(theirs)))
+        await refused(producer.xrange(beta.keys.output(theirs)))
+        await refused(producer.xadd(beta.keys.input(theirs), {"type": "prompt", "content": "x"}))
+        await refused(producer.xadd(acme.keys.output(mine), {"type": "stdout", "content": "x"}))
+        await refused(producer.hset(acme.keys.worker(mine), "status", "STOPPED"))
+        await refused(producer.set(acme.keys.heartbeat(mine), "x"))
+        await refused(producer.get(acme.keys.spec(mine)))
+        await refused(producer.xrange(harness.keys.commands))
+        await refused(producer.xrange(harness.keys.audit))
+        await refused(producer.hgetall(harness.keys.tenants))
+        for admin in (("ACL", "LIST"), ("CONFIG", "GET", "*"), ("KEYS", "*"), ("FLUSHALL",)):
+            await refused(producer.execute_command(*admin))
+        # The viewer reads its tenant and writes nothing.
+        assert (await viewer.hgetall(acme.keys.worker(mine)))["status"] == "RUNNING"
+        assert await viewer.xrange(acme.keys.lifecycle)
+        await refused(viewer.hgetall(beta.keys.worker(theirs)))
+        await refused(viewer.xrange(beta.keys.lifecycle))
+        await refused(viewer.xadd(acme.keys.commands, {"command": "list"}))
+        await refused(viewer.xadd(acme.keys.input(mine), {"type": "prompt", "content": "x"}))
+        await refused(viewer.xrange(acme.keys.input(mine)))
+    finally:
+        await producer.aclose()
+        await viewer.aclose()
+    # The console shows the default namespace: a tenant's user is not signed in to it.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        password = users["vic"].split(":")[2].split("@")[0]
+        async with http.post(
+            f"{manager.http.url}/ui/login",
+            data={"username": "vic", "password": unquote(password)},
+            allow_redirects=False,
+        ) as response:
+            assert response.status == 401
+    for name in ("ann", "vic"):
+        code, _ = await run_cli(harness.settings, tmp_path, "access", "remove", name)
+        assert code == 0
+    assert (await acme.client.request("delete", worker_id=mine)).ok
+    assert (await beta.client.request("delete", worker_id=theirs)).ok
