@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
-from urllib.parse import unquote
 
 import aiohttp
 import pytest
@@ -23,6 +23,8 @@ from redis.exceptions import NoPermissionError, ResponseError
 from tests.support.cli import run_cli
 from tests.support.flows import Harness
 from worker_manager.cli.access import url_with
+from worker_manager.console import session
+from worker_manager.console.app import VIEW_COOKIE
 from worker_manager.contract.tenants import parse_tenants
 from worker_manager.core.clock import utc_day
 
@@ -89,6 +91,12 @@ async def test_each_tenant_is_a_namespace_of_its_own_with_its_quotas(
     second = await running(acme)
     third = await acme.client.request("create", agent_type="CUSTOM", agent_command=CAT)
     assert third.error == "quota_exceeded" and "max_workers" in (third.message or ""), third
+    # A resume counts too: with one suspended and its place taken, it is refused.
+    assert (await acme.client.request("suspend", worker_id=second)).ok
+    assert await acme.wait_status(second, "SUSPENDED") == "SUSPENDED"
+    refill = await running(acme)
+    resumed = await acme.client.request("resume", worker_id=second)
+    assert resumed.error == "quota_exceeded" and "max_workers" in (resumed.message or "")
     # beta is not acme: its create goes on.
     beta_worker = await running(beta)
 
@@ -127,6 +135,14 @@ async def test_each_tenant_is_a_namespace_of_its_own_with_its_quotas(
     assert set(rows) == {"acme", "beta", "gamma"}
     assert rows["acme"]["max_workers"] == 2 and rows["beta"]["max_cost_usd_per_day"] == 1
 
+    # The operator's top counts each tenant's workers (and its day's spend).
+    code, text = await run_cli(
+        harness.settings, tmp_path, "top", "--once", env={"WM_TENANTS": json.dumps(declared)}
+    )
+    assert code == 0, text
+    assert re.search(r"acme\s+0\s+2\s+1\s+0\s+\$0\.00", text), text
+    assert re.search(r"beta\s+\d+\s+\d+\s+\d+\s+\d+\s+\$1\.50", text), text
+
     # The audit trail (the fleet's) names each command's tenant.
     trail = [f for _i, f in await harness.redis.xrange(harness.keys.audit)]
     assert {"acme", "beta", "gamma"} <= {f["tenant"] for f in trail}
@@ -134,7 +150,7 @@ async def test_each_tenant_is_a_namespace_of_its_own_with_its_quotas(
         f["tenant"] == "acme" and f["command"] == "create" and f["outcome"] == "ok" for f in trail
     )
 
-    for tenant, worker_id in ((acme, worker), (acme, second), (beta, beta_worker)):
+    for tenant, worker_id in ((acme, worker), (acme, refill), (acme, second), (beta, beta_worker)):
         assert (await tenant.client.request("delete", worker_id=worker_id)).ok
         await tenant.wait_container_gone(worker_id)
 
@@ -156,7 +172,7 @@ async def test_a_tenants_access_users_reach_only_its_keys(harness: Harness, tmp_
     assert 'wm_tenant_workers{status="RUNNING",tenant="acme"} 1.0' in text, text
     assert 'wm_tenant_workers{status="RUNNING",tenant="beta"} 1.0' in text
     assert 'wm_tenant_spend_usd_today{tenant="acme"} 0.25' in text
-    users = {}
+    users, passwords = {}, {}
     for name, role in (("ann", "producer"), ("vic", "viewer")):
         code, text = await run_cli(
             harness.settings,
@@ -174,6 +190,7 @@ async def test_a_tenants_access_users_reach_only_its_keys(harness: Harness, tmp_
         row = json.loads(text.strip().splitlines()[-1])
         assert row["tenant"] == "acme" and row["role"] == role
         users[name] = url_with(harness.settings, row["username"], row["password"])
+        passwords[name] = row["password"]
 
     producer = Redis.from_url(users["ann"], decode_responses=True)
     viewer = Redis.from_url(users["vic"], decode_responses=True)
@@ -182,7 +199,26 @@ async def test_a_tenants_access_users_reach_only_its_keys(harness: Harness, tmp_
         as_ann = Harness(acme.settings, producer, harness.docker)
         reply = await as_ann.client.request("status", worker_id=mine)
         assert reply.ok and reply.status == "RUNNING", reply
-        assert (await as_ann.client.request("status", worker_id=theirs)).error == "not_found"
+        for refusal in (
+            await as_ann.client.request("status", worker_id=theirs),
+            await as_ann.client.request("delete", worker_id=theirs),
+            await as_ann.client.request("grant", worker_id=theirs, access="read"),
+        ):
+            assert refusal.error == "not_found", refusal
+        # A grant in a tenant: one worker's output, nothing of another's, nothing to write.
+        granted = await as_ann.client.request("grant", worker_id=mine, access="read")
+        assert granted.ok and granted.username and granted.password, granted
+        assert granted.username.startswith(f"{acme.keys.prefix}-grant-")
+        grant = Redis.from_url(
+            url_with(harness.settings, granted.username, granted.password), decode_responses=True
+        )
+        try:
+            assert (await grant.hgetall(acme.keys.worker(mine)))["status"] == "RUNNING"
+            await grant.xrange(acme.keys.output(mine))
+            await refused(grant.xrange(beta.keys.output(theirs)))
+            await refused(grant.xadd(acme.keys.input(mine), {"type": "prompt", "content": "x"}))
+        finally:
+            await grant.aclose()
         await producer.xadd(acme.keys.input(mine), {"type": "prompt", "content": "from ann"})
         assert await producer.xrange(acme.keys.output(mine)) is not None
         # Nothing of beta's, no worker's own keys, no fleet key, no administration.
@@ -212,15 +248,48 @@ async def test_a_tenants_access_users_reach_only_its_keys(harness: Harness, tmp_
     finally:
         await producer.aclose()
         await viewer.aclose()
-    # The console shows the default namespace: a tenant's user is not signed in to it.
+    # The console: a tenant's viewer signs in and sees its tenant only, with no button; the
+    # operator chooses the tenant it looks at.
+    base, token = manager.http.url, "console-token-for-tenants"
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
-        password = users["vic"].split(":")[2].split("@")[0]
         async with http.post(
-            f"{manager.http.url}/ui/login",
-            data={"username": "vic", "password": unquote(password)},
+            f"{base}/ui/login",
+            data={"username": "vic", "password": passwords["vic"]},
             allow_redirects=False,
         ) as response:
-            assert response.status == 401
+            assert response.status == 303, await response.text()
+            cookies = {session.COOKIE: str(response.cookies[session.COOKIE].value)}
+        async with http.get(f"{base}/ui/", cookies=cookies) as response:
+            page = await response.text()
+            assert response.status == 200 and mine in page and theirs not in page
+            assert "tenant <b>acme</b>" in page and "<h2>Managers</h2>" not in page
+        async with http.get(f"{base}/ui/workers/{mine}", cookies=cookies) as response:
+            page = await response.text()
+            assert response.status == 200 and mine in page and "/delete" not in page
+        for path, status in (
+            (f"/ui/workers/{theirs}", 404),
+            ("/ui/view?tenant=beta", 403),
+            ("/ui/audit", 403),
+        ):
+            async with http.get(f"{base}{path}", cookies=cookies, allow_redirects=False) as got:
+                assert got.status == status, (path, got.status)
+        bearer = {"Authorization": f"Bearer {token}"}
+        async with http.get(
+            f"{base}/ui/view?tenant=beta", headers=bearer, allow_redirects=False
+        ) as response:
+            assert response.status == 303
+            view = {VIEW_COOKIE: str(response.cookies[VIEW_COOKIE].value)}
+        async with http.get(f"{base}/ui/", headers=bearer, cookies=view) as response:
+            page = await response.text()
+            assert theirs in page and mine not in page and "<h2>Managers</h2>" in page
+        async with http.get(f"{base}/ui/", headers=bearer) as response:
+            page = await response.text()  # the default namespace: neither tenant's worker
+            assert mine not in page and theirs not in page
+    # The trail: the producer's commands, under its tenant, and no password in it.
+    trail = [f for _i, f in await harness.redis.xrange(harness.keys.audit)]
+    assert any(f["tenant"] == "acme" and f["command"] == "grant" for f in trail)
+    for secret in (*passwords.values(), granted.password):
+        assert secret not in json.dumps(trail)
     for name in ("ann", "vic"):
         code, _ = await run_cli(harness.settings, tmp_path, "access", "remove", name)
         assert code == 0

@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -20,8 +21,10 @@ from rich.text import Text
 
 from worker_base.events import EventType
 from worker_manager.client.api import Client, Event, LifecycleEvent, WorkerInfo
-from worker_manager.core.clock import iso_from_unix, unix_or_none
+from worker_manager.core.clock import iso_from_unix, unix_or_none, utc_day
+from worker_manager.core.keys import Keys
 from worker_manager.environments.catalogue import CatalogueEntry
+from worker_manager.service.metrics import count_workers, usd_of
 
 STATUS_STYLE = {"STARTING": "yellow", "RUNNING": "green", "STOPPED": "dim", "FAILED": "red"}
 EVENT_STYLE: dict[str, str] = {
@@ -159,14 +162,22 @@ class Fleet:
     times and costs move without lifecycle events, so the whole list is read again now and then
     (``refresh_seconds``), one paged command, never one status per worker."""
 
-    def __init__(self, client: Client, refresh_seconds: float = 15.0) -> None:
+    def __init__(
+        self, client: Client, refresh_seconds: float = 15.0, tenants: Sequence[str] = ()
+    ) -> None:
+        """``tenants``: the tenants whose workers and day's spend the operator's ``top`` counts
+        (SPEC §11), read with each full listing."""
         self._client = client
         self._refresh = refresh_seconds
+        self._tenants = tenants
         self.workers: dict[str, WorkerInfo] = {}
         self.changes = 0
+        self.tenant_rows: list[TenantRow] = []
 
     async def load(self) -> None:
         self.workers = {w.worker_id: w for w in await self._client.list()}
+        if self._tenants:
+            self.tenant_rows = await tenant_rows(self._client, self._tenants)
 
     async def follow(self) -> None:
         async for change in self._client.lifecycle():
@@ -211,11 +222,46 @@ class Fleet:
                 cost(w),
                 Text(w.progress if w.status == "STARTING" and w.progress else w.reason),
             )
-        return Group(header, table)
+        if not self.tenant_rows:
+            return Group(header, table)
+        tenants = Table(box=None, pad_edge=False, header_style="bold")
+        for column in ("TENANT", "STARTING", "RUNNING", "SUSPENDED", "ENDED", "SPENT TODAY"):
+            tenants.add_column(column, justify="left" if column == "TENANT" else "right")
+        for row in self.tenant_rows:
+            ended = row.counts.get("STOPPED", 0) + row.counts.get("FAILED", 0)
+            tenants.add_row(
+                Text(row.tenant),
+                *(str(row.counts.get(s, 0)) for s in ("STARTING", "RUNNING", "SUSPENDED")),
+                str(ended),
+                f"${row.spent_today_usd:.2f}",
+            )
+        return Group(header, table, Text(""), tenants)
 
 
-async def top(client: Client, console: Console, *, once: bool = False) -> None:
-    fleet = Fleet(client)
+@dataclass(frozen=True, slots=True)
+class TenantRow:
+    tenant: str
+    counts: dict[str, int]
+    spent_today_usd: float
+
+
+async def tenant_rows(client: Client, tenants: Sequence[str]) -> list[TenantRow]:
+    """Each tenant's workers by status and its spend of the UTC day, read from Redis as
+    ``/metrics`` reads them (the operator's connection: a fleet-wide view)."""
+    fleet = Keys(client.keys.fleet_prefix)
+    rows = []
+    for name in tenants:
+        keys = fleet.for_tenant(name)
+        counts = await count_workers(client.redis, keys)
+        raw = await client.redis.get(keys.spend(utc_day()))
+        rows.append(TenantRow(name, counts, usd_of(raw)))
+    return rows
+
+
+async def top(
+    client: Client, console: Console, *, once: bool = False, tenants: Sequence[str] = ()
+) -> None:
+    fleet = Fleet(client, tenants=tenants)
     await fleet.load()
     if once:
         console.print(fleet.render())

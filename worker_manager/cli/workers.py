@@ -26,6 +26,7 @@ from worker_manager.client.api import Client
 from worker_manager.client.requests import CommandClient
 from worker_manager.contract.reply import Reply
 from worker_manager.settings import Settings
+from worker_manager.tenants.registry import TenantRegistry
 
 
 @command("create")
@@ -341,7 +342,11 @@ async def _top(args: argparse.Namespace, settings: Settings) -> int:
     from worker_manager.cli import views as cli_views
 
     async def body(client: Client) -> int:
-        await cli_views.top(client, console, once=args.once)
+        # The operator's top (no tenant of its own) also counts each tenant's workers.
+        tenants = (
+            [] if settings.tenant else list(await TenantRegistry(client.redis, settings).read())
+        )
+        await cli_views.top(client, console, once=args.once, tenants=tenants)
         return 0
 
     return await with_api(settings, args, body)

@@ -15,7 +15,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from urllib.parse import quote
 
 from aiohttp import web
@@ -28,6 +28,7 @@ from worker_manager.console.throttle import SignInThrottle, client_key
 from worker_manager.contract.audit import audit_entry
 from worker_manager.contract.record import WorkerRecord
 from worker_manager.contract.teams import BoardEntry, Member, check_team_name, members
+from worker_manager.contract.tenants import TENANT_RE
 from worker_manager.core.keys import Keys
 
 #: The newest workers the fleet page lists, and a worker page's output and lifecycle history.
@@ -48,6 +49,10 @@ OPERATOR_ROLE = "operator"
 #: Where the middleware leaves who signed in (``""``: the operator) and their role.
 USER_KEY = web.RequestKey("wm_user", str)
 ROLE_KEY = web.RequestKey("wm_role", str)
+#: The tenant whose namespace a request sees (``""``: the default one): an access user's own,
+#: or the one the operator chose (``/ui/view?tenant=T``, kept in :data:`VIEW_COOKIE`).
+TENANT_KEY = web.RequestKey("wm_tenant", str)
+VIEW_COOKIE = "wm_view"
 #: The console's entries keep the trail bounded like the managers' (``WM_AUDIT_MAXLEN``'s
 #: default).
 AUDIT_MAXLEN = 100_000
@@ -63,7 +68,11 @@ class Console:
         image_max_age_days: float = 7.0,
         secure_cookie: str = "auto",
         throttle: SignInThrottle | None = None,
+        tenants: Callable[[], Sequence[str]] = tuple,
     ) -> None:
+        """``tenants``: the tenants the managers serve (SPEC §11), which the operator may look
+        at one at a time (an access user of a tenant sees that tenant only)."""
+        self._tenants = tenants
         self._redis = redis
         self._keys = keys
         self._token = token
@@ -96,6 +105,7 @@ class Console:
         app.router.add_post("/teams/{team}/post", self._post_to_team)
         app.router.add_get("/snapshots", self._snapshots)
         app.router.add_get("/audit", self._audit)
+        app.router.add_get("/view", self._view)
         return app
 
     # --- who may look ------------------------------------------------------------------------
@@ -110,16 +120,20 @@ class Console:
             self._check_throttle(request)
             if session.valid_token(self._token, given):
                 self._throttle.succeeded(_client(request))
+                request[TENANT_KEY] = _chosen_tenant(request)
                 return await handler(request)
             self._throttle.failed(_client(request), time.time())
             raise web.HTTPUnauthorized(text="that bearer token is not it\n")
         cookie = request.cookies.get(session.COOKIE)
         user = session.session_user(self._token, cookie, time.time())
         if user is not None:
-            role = await self._role(user)
-            if role is None:  # removed since it signed in (``access remove``)
+            found = await self._role(user)
+            if found is None:  # removed since it signed in (``access remove``)
                 raise web.HTTPUnauthorized(text="that user no longer exists; sign in again\n")
+            role, tenant = found
             request[USER_KEY], request[ROLE_KEY] = user, role
+            # An access user sees its own tenant whatever it asks; the operator the one chosen.
+            request[TENANT_KEY] = tenant if role != OPERATOR_ROLE else _chosen_tenant(request)
             if request.method == "POST":
                 form = await request.post()
                 if not session.valid_csrf(self._token, cookie, str(form.get("csrf", ""))):
@@ -178,21 +192,38 @@ class Console:
         )
         raise response
 
-    async def _role(self, user: str) -> str | None:
-        """``operator`` for the token's sessions, else the access user's role (None: gone)."""
+    async def _role(self, user: str) -> tuple[str, str] | None:
+        """``operator`` for the token's sessions, else the access user's role and tenant
+        (``""``: the default namespace); None: gone."""
         if not user:
-            return OPERATOR_ROLE
+            return OPERATOR_ROLE, ""
         entry = await self._redis.hget(self._keys.access, user)
         try:
             data = json.loads(entry) if entry else {}
-            role, tenant = data.get("role"), data.get("tenant")
+            role, tenant = data.get("role"), str(data.get("tenant") or "")
         except (ValueError, AttributeError):
             return None
-        if tenant:
-            # A tenant's user sees its tenant only; this console shows the default namespace,
-            # so it signs none of them in (they use the CLI or the client with their tenant).
+        if role not in ("viewer", "producer") or (tenant and not TENANT_RE.fullmatch(tenant)):
             return None
-        return role if role in ("viewer", "producer") else None
+        return str(role), tenant
+
+    def _keys_of(self, request: web.Request) -> Keys:
+        """The keys of the namespace this request sees (fleet keys stay the fleet's)."""
+        tenant = request.get(TENANT_KEY, "")
+        return self._keys.for_tenant(tenant) if tenant else self._keys
+
+    async def _view(self, request: web.Request) -> web.Response:
+        """The operator chooses the namespace the console shows (an access user cannot)."""
+        if request.get(ROLE_KEY, OPERATOR_ROLE) != OPERATOR_ROLE:
+            raise web.HTTPForbidden(text="an access user sees its own tenant only\n")
+        tenant = request.query.get("tenant", "")
+        if tenant and tenant not in self._tenants():
+            raise web.HTTPNotFound(text="no such tenant\n")
+        response = web.HTTPSeeOther("/ui/")
+        response.set_cookie(
+            VIEW_COOKIE, tenant, path="/ui", httponly=True, samesite="Strict", max_age=86_400
+        )
+        raise response
 
     async def _access_user_signs_in(self, name: str, password: str) -> bool:
         """Redis itself checks the password: a connection as that user must authenticate."""
@@ -224,56 +255,66 @@ class Console:
         """The command client an action goes through: the operator's, or a producer's own (its
         own stream and replies, as its Redis user)."""
         user = request.get(USER_KEY, "")
+        keys = self._keys_of(request)
         if not user:
-            return self._commands, None
+            if keys == self._keys:
+                return self._commands, None
+            return CommandClient(self._redis, keys, producer=None), None
         password = self._passwords.get(user)
         if password is None:
             raise web.HTTPUnauthorized(text="sign in again to act\n")
         client = self._as_user(user, password)
-        return CommandClient(client, self._keys, producer=user), client
+        # A tenant's producer writes its tenant's command stream; the default namespace's its
+        # own registered stream.
+        producer = None if request.get(TENANT_KEY, "") else user
+        return CommandClient(client, keys, producer=producer), client
 
     # --- pages -------------------------------------------------------------------------------
     async def _fleet(self, request: web.Request) -> web.Response:
         status, selector = _filters(request)
-        records = await self._records()
+        keys = self._keys_of(request)
+        operator = request.get(ROLE_KEY, OPERATOR_ROLE) == OPERATOR_ROLE
+        records = await self._records(keys)
         counts = Counter(r.text("status") for r in records)
         shown = _filtered(records, status, selector)
-        ids = sorted(await self._redis.smembers(self._keys.managers))
+        # The fleet's managers and images are the operator's to see, not a tenant's.
+        ids = sorted(await self._redis.smembers(self._keys.managers)) if operator else []
         presence = await self._redis.mget([self._keys.manager(m) for m in ids]) if ids else []
         managers = [(m, p or "gone") for m, p in zip(ids, presence, strict=True)]
-        dead = await self._redis.xrevrange(self._keys.dead, count=10)
+        dead = await self._redis.xrevrange(keys.dead, count=10)
         html = views.fleet_page(
             shown,
             counts,
             managers,
             dead,
-            await self._images(),
+            await self._images() if operator else [],
             status=status,
             selector=selector,
             now=time.time(),
+            tenant=request.get(TENANT_KEY, ""),
+            tenants=list(self._tenants()) if operator else None,
         )
         return _html(html)
 
     async def _rows(self, request: web.Request) -> web.Response:
         status, selector = _filters(request)
-        shown = _filtered(await self._records(), status, selector)
+        shown = _filtered(await self._records(self._keys_of(request)), status, selector)
         return _html(views.rows(shown, time.time()))
 
     async def _worker(self, request: web.Request) -> web.Response:
         worker_id = request.match_info["worker_id"]
-        values = await self._redis.hgetall(self._keys.worker(worker_id))
+        keys = self._keys_of(request)
+        values = await self._redis.hgetall(keys.worker(worker_id))
         record = WorkerRecord.from_hash(worker_id, values)
         if record is None:
             raise web.HTTPNotFound(text=f"no worker {worker_id}\n")
         changes = [
             f
-            for _i, f in await self._redis.xrevrange(self._keys.lifecycle, count=LIFECYCLE_SCAN)
+            for _i, f in await self._redis.xrevrange(keys.lifecycle, count=LIFECYCLE_SCAN)
             if f.get("worker_id") == worker_id
         ][::-1]
-        output = (await self._redis.xrevrange(self._keys.output(worker_id), count=OUTPUT_HISTORY))[
-            ::-1
-        ]
-        evidence = await self._redis.hgetall(self._keys.evidence(worker_id))
+        output = (await self._redis.xrevrange(keys.output(worker_id), count=OUTPUT_HISTORY))[::-1]
+        evidence = await self._redis.hgetall(keys.evidence(worker_id))
         cookie = request.cookies.get(session.COOKIE, "")
         html = views.worker_page(
             record,
@@ -288,13 +329,18 @@ class Console:
     async def _act(self, request: web.Request) -> web.Response:
         worker_id = request.match_info["worker_id"]
         action = request.match_info["action"]
-        if not await self._redis.exists(self._keys.worker(worker_id)):
+        if not await self._redis.exists(self._keys_of(request).worker(worker_id)):
             raise web.HTTPNotFound(text=f"no worker {worker_id}\n")
         form = await request.post()
         user = request.get(USER_KEY, "")
         # The console's own entry in the trail (the command it sends is audited as any is).
         sender = f"console:{user}" if user else OPERATOR
-        entry = audit_entry({"command": action, "worker_id": worker_id}, "console", sender=sender)
+        entry = audit_entry(
+            {"command": action, "worker_id": worker_id},
+            "console",
+            sender=sender,
+            tenant=request.get(TENANT_KEY, ""),
+        )
         await self._redis.xadd(self._keys.audit, entry, maxlen=AUDIT_MAXLEN, approximate=True)
         commands, own = self._acting(request)
         try:
@@ -338,12 +384,13 @@ class Console:
     async def _team(self, request: web.Request) -> web.Response:
         """A team (SPEC §12): its members as its board and their records tell, the board."""
         team = _team_name(request)
-        raw = await self._redis.xrange(self._keys.team_board(team), count=BOARD_ROWS)
+        keys = self._keys_of(request)
+        raw = await self._redis.xrange(keys.team_board(team), count=BOARD_ROWS)
         board = [BoardEntry.of(entry_id, fields) for entry_id, fields in raw]
         told = members(board)
         async with self._redis.pipeline(transaction=False) as pipe:
             for member in told:
-                pipe.hmget(self._keys.worker(member.worker_id), "status", "workspace")
+                pipe.hmget(keys.worker(member.worker_id), "status", "workspace")
             found = await pipe.execute()
         rows = [
             _team_member(member, status or "", workspace or "")
@@ -361,7 +408,9 @@ class Console:
 
     async def _board_events(self, request: web.Request) -> web.StreamResponse:
         team = _team_name(request)
-        return await self._stream(request, self._keys.team_board(team), default_after="$")
+        return await self._stream(
+            request, self._keys_of(request).team_board(team), default_after="$"
+        )
 
     async def _post_to_team(self, request: web.Request) -> web.Response:
         """A post from outside (``producer``), sent as a ``team_post`` command like any
@@ -370,7 +419,12 @@ class Console:
         form = await request.post()
         user = request.get(USER_KEY, "")
         sender = f"console:{user}" if user else OPERATOR
-        entry = audit_entry({"command": "team_post", "team": team}, "console", sender=sender)
+        entry = audit_entry(
+            {"command": "team_post", "team": team},
+            "console",
+            sender=sender,
+            tenant=request.get(TENANT_KEY, ""),
+        )
         await self._redis.xadd(self._keys.audit, entry, maxlen=AUDIT_MAXLEN, approximate=True)
         commands, own = self._acting(request)
         try:
@@ -394,10 +448,11 @@ class Console:
         return _html(views.audit_page([fields for _id, fields in entries]))
 
     async def _snapshots(self, request: web.Request) -> web.Response:
-        names = await self._redis.zrevrange(self._keys.snapshots, 0, 199)
+        keys = self._keys_of(request)
+        names = await self._redis.zrevrange(keys.snapshots, 0, 199)
         async with self._redis.pipeline(transaction=False) as pipe:
             for name in names:
-                pipe.hgetall(self._keys.snapshot(name))
+                pipe.hgetall(keys.snapshot(name))
             found = await pipe.execute()
         keep = ("name", "worker_id", "agent_type", "created_at", "last_used_at", "manager_id")
         rows: list[dict[str, object]] = [
@@ -422,23 +477,25 @@ class Console:
             for (image_hash, score), (tag, size) in zip(used, found, strict=True)
         ]
 
-    async def _records(self) -> list[WorkerRecord]:
+    async def _records(self, keys: Keys) -> list[WorkerRecord]:
         """The newest workers' records, newest first (the index is scored by creation)."""
-        ids = await self._redis.zrevrange(self._keys.index, 0, FLEET_ROWS - 1)
+        ids = await self._redis.zrevrange(keys.index, 0, FLEET_ROWS - 1)
         async with self._redis.pipeline(transaction=False) as pipe:
             for worker_id in ids:
-                pipe.hgetall(self._keys.worker(worker_id))
+                pipe.hgetall(keys.worker(worker_id))
             values = await pipe.execute()
         found = [WorkerRecord.from_hash(w, v) for w, v in zip(ids, values, strict=True)]
         return [r for r in found if r is not None]
 
     # --- live --------------------------------------------------------------------------------
     async def _lifecycle_events(self, request: web.Request) -> web.StreamResponse:
-        return await self._stream(request, self._keys.lifecycle, default_after="$")
+        return await self._stream(request, self._keys_of(request).lifecycle, default_after="$")
 
     async def _output_events(self, request: web.Request) -> web.StreamResponse:
         worker_id = request.match_info["worker_id"]
-        return await self._stream(request, self._keys.output(worker_id), default_after="$")
+        return await self._stream(
+            request, self._keys_of(request).output(worker_id), default_after="$"
+        )
 
     async def _stream(
         self, request: web.Request, key: str, *, default_after: str
@@ -517,6 +574,12 @@ def _team_member(member: Member, status: str, workspace: str) -> views.TeamMembe
         changed[:MEMBER_FILES],
         conflicts,
     )
+
+
+def _chosen_tenant(request: web.Request) -> str:
+    """The tenant the operator chose to look at (its view cookie), if it is a tenant's name."""
+    chosen = request.cookies.get(VIEW_COOKIE, "")
+    return chosen if TENANT_RE.fullmatch(chosen) else ""
 
 
 def _client(request: web.Request) -> str:

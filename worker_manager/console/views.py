@@ -125,6 +125,21 @@ def rows(records: Sequence[WorkerRecord], now: float) -> str:
     return "".join(out)
 
 
+def _namespaces(tenant: str, tenants: Sequence[str] | None) -> str:
+    """Which namespace the page shows (SPEC §11), and for the operator the others to choose."""
+    if tenants is None:
+        return f'<p class=namespace id="namespace">tenant <b>{e(tenant)}</b></p>' if tenant else ""
+    if not tenants:
+        return ""
+    links = " ".join(
+        f"<b>{e(name or 'default')}</b>"
+        if name == tenant
+        else f'<a href="/ui/view?tenant={quote(name)}">{e(name or "default")}</a>'
+        for name in ["", *tenants]
+    )
+    return f'<p class=namespace id="namespace"><span class=k>namespace:</span> {links}</p>'
+
+
 def fleet_page(
     records: Sequence[WorkerRecord],
     counts: Mapping[str, int],
@@ -135,7 +150,11 @@ def fleet_page(
     status: Sequence[str],
     selector: Sequence[str],
     now: float,
+    tenant: str = "",
+    tenants: Sequence[str] | None = None,
 ) -> str:
+    """``tenant``: the namespace shown (``""``: the default one); ``tenants``: those the
+    operator may switch to (None: the reader may not switch, being a tenant's user)."""
     # Counted over the workers the page reads (the newest FLEET_ROWS), not the whole index.
     count_html = "<span class=k>newest workers:</span>" + "".join(
         f"<span>{e(s)} <b>{counts.get(s, 0)}</b></span>" for s in STATUSES
@@ -170,14 +189,18 @@ def fleet_page(
         for i in images
     )
     body = (
+        f"{_namespaces(tenant, tenants)}"
         f'<p class=counts id="counts">{count_html}</p>{filters}{table}'
-        "<h2>Managers</h2><table><tr><th>manager</th><th>presence (room, pools)</th></tr>"
-        f"{manager_rows}</table>"
         "<h2>Newest dead letters</h2><table><tr><th>id</th><th>command</th>"
         f"<th>request</th><th>reason</th></tr>{dead_rows}</table>"
-        "<h2>Images</h2><table><tr><th>image</th><th>size</th><th>last used</th>"
-        f"<th>next GC</th></tr>{image_rows}</table>"
     )
+    if tenants is not None:  # the fleet's managers and images: the operator's only
+        body += (
+            "<h2>Managers</h2><table><tr><th>manager</th><th>presence (room, pools)</th></tr>"
+            f"{manager_rows}</table>"
+            "<h2>Images</h2><table><tr><th>image</th><th>size</th><th>last used</th>"
+            f"<th>next GC</th></tr>{image_rows}</table>"
+        )
     script = (
         "let t=null;const es=new EventSource('/ui/events');"
         "es.onmessage=()=>{clearTimeout(t);t=setTimeout(async()=>{"

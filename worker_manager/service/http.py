@@ -97,6 +97,7 @@ class HttpServer:
                 ui_token,
                 image_max_age_days=image_max_age_days,
                 secure_cookie=http.ui_secure_cookie,
+                tenants=lambda: self._health.load().tenants,
             )
             if self._console_redis
             else None

@@ -238,7 +238,7 @@ class Metrics:
                 )
             for other, count in tenant_counts.items():
                 self.tenant_workers.labels(tenant, other).set(count)
-            self.tenant_spend.labels(tenant).set(_usd(spend[tenant]))
+            self.tenant_spend.labels(tenant).set(usd_of(spend[tenant]))
         self.consumer_pending.set(pending)
         self.consumer_lag.set(float("nan") if lag is None else lag)
 
@@ -246,7 +246,8 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def _usd(raw: object) -> float:
+def usd_of(raw: object) -> float:
+    """A spend as Redis keeps it (a float's text, or nothing yet) in USD."""
     try:
         return float(str(raw)) if raw is not None else 0.0
     except ValueError:

@@ -156,15 +156,24 @@ return {'suspended', 'RUNNING'}
 # suspend deleted it, and that beat must not pass for the new container's first.
 # KEYS: record lifecycle output live suspended owner_live_prefix heartbeat
 # ARGV: reason timestamp lifecycle_maxlen output_maxlen max_live
-# KEYS[8..]: this manager's live sets in the other namespaces it serves (the host's capacity)
+#       peers tenant_limit
+# KEYS[8 .. 7+peers]: this manager's live sets in the other namespaces it serves (the host's
+# capacity); the rest: the tenant's live sets on every manager (its max_workers, SPEC §11).
 _RESUME = """
 local cur = redis.call('HMGET', KEYS[1], 'status', 'worker_id', 'owner')
 if cur[1] ~= 'SUSPENDED' then return {'status', cur[1] or ''} end
 local limit = tonumber(ARGV[5])
+local peers = tonumber(ARGV[6])
 if limit > 0 then
   local live = redis.call('SCARD', KEYS[4])
-  for i = 8, #KEYS do live = live + redis.call('SCARD', KEYS[i]) end
+  for i = 8, 7 + peers do live = live + redis.call('SCARD', KEYS[i]) end
   if live >= limit then return {'capacity', cur[1]} end
+end
+local tenant_limit = tonumber(ARGV[7])
+if tenant_limit > 0 then
+  local live = 0
+  for i = 8 + peers, #KEYS do live = live + redis.call('SCARD', KEYS[i]) end
+  if live >= tenant_limit then return {'quota', cur[1]} end
 end
 redis.call('HSET', KEYS[1], 'status', 'STARTING')
 redis.call('HDEL', KEYS[1], 'reason', 'started_at', 'container_id', 'suspended_at')
@@ -262,6 +271,7 @@ class SleepResult(StrEnum):
     SUSPENDED = "suspended"
     RESUMED = "resumed"
     CAPACITY = "capacity"  # no room (WM_MAX_SUSPENDED, or WM_MAX_WORKERS for a resume)
+    QUOTA = "quota"  # a resume past its tenant's max_workers (SPEC §11)
     WRONG_STATUS = "status"  # not in the status it must be in: ``status`` says which it is
 
 
@@ -358,8 +368,11 @@ class WorkerStore:
         return SleepOutcome.parse(result)
 
     async def resume(self, worker_id: str, reason: Moved) -> SleepOutcome:
-        """SUSPENDED -> STARTING within ``WM_MAX_WORKERS``; the provisioner then starts it."""
+        """SUSPENDED -> STARTING within ``WM_MAX_WORKERS`` and its tenant's ``max_workers``;
+        the provisioner then starts it."""
         keys = self._keys
+        peers = list(self._peers())
+        tenant_limit, tenant_sets = await self._tenant_sets()
         result = await self._resume(
             keys=[
                 keys.worker(worker_id),
@@ -369,7 +382,8 @@ class WorkerStore:
                 self.suspended_key,
                 keys.owner_live(""),
                 keys.heartbeat(worker_id),
-                *self._peers(),
+                *peers,
+                *tenant_sets,
             ],
             args=[
                 str(reason),
@@ -377,6 +391,8 @@ class WorkerStore:
                 self._settings.lifecycle_maxlen,
                 self._settings.output_maxlen,
                 self._settings.max_workers,
+                len(peers),
+                tenant_limit,
             ],
         )
         return SleepOutcome.parse(result)

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from worker_base.config import WRAPPER_GROUP
 from worker_manager.contract.kinds import WorkerStatus
 from worker_manager.contract.reasons import Ended, Moved, Slept
+from worker_manager.contract.tenants import workers_refused
 from worker_manager.core.clock import unix_or_none
 from worker_manager.core.errors import CommandError, ErrorCode
 from worker_manager.core.logs import get_logger
@@ -120,6 +121,9 @@ class Sleep:
     async def resume_or_refuse(self, worker_id: str) -> None:
         """The ``resume`` command: CommandError when it cannot be done."""
         outcome = await self.resume(worker_id, Moved.RESUME)
+        tenant = self._store.tenant
+        if outcome.result is SleepResult.QUOTA and tenant is not None:
+            raise CommandError(ErrorCode.QUOTA_EXCEEDED, workers_refused(tenant.name, tenant.quota))
         if outcome.result is SleepResult.CAPACITY:
             raise CommandError(
                 ErrorCode.CAPACITY_EXCEEDED,
@@ -159,8 +163,12 @@ class Sleep:
                 )
             elif wants_waking(newest, delivered):
                 outcome = await self.resume(worker_id, Moved.INPUT)
-                if outcome.result is SleepResult.CAPACITY:
-                    log.info("an input waits, but there is no room to resume", worker_id=worker_id)
+                if outcome.result in (SleepResult.CAPACITY, SleepResult.QUOTA):
+                    log.info(
+                        "an input waits, but there is no room to resume",
+                        worker_id=worker_id,
+                        limit=str(outcome.result),
+                    )
 
     async def _look(self, ids: Sequence[str]) -> list[tuple[str, str, str, str]]:
         """(status, suspended_at, newest input id, the group's last-delivered id) of each."""
