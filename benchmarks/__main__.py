@@ -32,6 +32,7 @@ from benchmarks.scale import scale_figures
 from benchmarks.sentinel_bench import sentinel_figures
 from benchmarks.start import start_figures
 from benchmarks.teams_bench import team_figures
+from benchmarks.tenants_bench import tenant_figures
 from benchmarks.workers import create_worker
 from benchmarks.workspace_bench import workspace_figures
 
@@ -55,6 +56,7 @@ FIGURES = (
     "dockerin",
     "forks",
     "teams",
+    "tenants",
     "against",
 )
 #: Figures that need neither the manager nor Docker (they bring their own processes).
@@ -226,6 +228,9 @@ async def run(plan: Plan, only: set[str], against: str | None = None) -> list[Fi
                 f"{plan.team_workers} workers in 5 teams, against as many in none)"
             )
             figures += await team_figures(env, plan.latency_runs, plan.warm_runs, plan.team_workers)
+        if "tenants" in only:  # after the others: the manager serves 20 tenants from here on
+            out.print("[bold]18. tenants[/bold] (status and create in a tenant; one of 20 floods)")
+            figures += await tenant_figures(env, plan.rt_runs, plan.warm_runs, plan.warm_runs)
         if "against" in only and against:
             out.print(f"[bold]1e. cold create against {against}[/bold] (two builds a pair)")
             figures += await against_figure(

@@ -44,6 +44,7 @@ from benchmarks.requester import Requester
 from benchmarks.workers import delete_worker, lifecycle_tail, wait_status
 from worker_manager import Client
 from worker_manager.contract.labels import LABEL_SERVICE_OF, LABEL_WORKER
+from worker_manager.core.keys import Keys
 from worker_manager.services.plan import SETTLE_SECONDS
 
 #: The catalogue's names for the run's environments.
@@ -71,12 +72,19 @@ SHELL = ["sh", "-c", 'eval "$(cat)"']
 
 
 async def timed_create(
-    env: BenchEnv, agent_command: list[str], extra: dict[str, str], *, timeout: float = 600
+    env: BenchEnv,
+    agent_command: list[str],
+    extra: dict[str, str],
+    *,
+    timeout: float = 600,
+    keys: Keys | None = None,
 ) -> tuple[float, str]:
-    """Figure 1's create with ``extra`` fields: seconds from its XADD to RUNNING, and its id."""
+    """Figure 1's create with ``extra`` fields (in ``keys``' namespace; default: the run's):
+    seconds from its XADD to RUNNING, and its id."""
+    space = keys or env.keys
     worker_id = str(uuid.uuid4())
-    after = await lifecycle_tail(env)
-    requester = Requester(env.redis, f"{env.keys.replies}:bench:{uuid.uuid4().hex}")
+    after = await lifecycle_tail(env, space)
+    requester = Requester(env.redis, f"{space.replies}:bench:{uuid.uuid4().hex}")
     fields = {
         "command": "create",
         "agent_type": "CUSTOM",
@@ -85,25 +93,25 @@ async def timed_create(
         **extra,
     }
     started = time.perf_counter()
-    _, reply = await requester.call(env.keys.commands, fields)
+    _, reply = await requester.call(space.commands, fields)
     if reply.get("ok") != "true":
         await env.redis.delete(requester.reply_to)
         raise RuntimeError(f"create refused: {reply}")
     try:
-        await wait_status(env, worker_id, after, ("RUNNING",), timeout=timeout)
+        await wait_status(env, worker_id, after, ("RUNNING",), timeout=timeout, keys=space)
         seconds = time.perf_counter() - started
     except (RuntimeError, TimeoutError):
-        await remove(env, worker_id)
+        await remove(env, worker_id, space)
         raise
     finally:
         await env.redis.delete(requester.reply_to)
     return seconds, worker_id
 
 
-async def remove(env: BenchEnv, worker_id: str) -> None:
+async def remove(env: BenchEnv, worker_id: str, keys: Keys | None = None) -> None:
     """Delete, and wait (untimed) until its containers and volumes are gone, so that the next
     sample does not share the machine with this one's removal."""
-    await delete_worker(env, worker_id, wait_gone=True)
+    await delete_worker(env, worker_id, wait_gone=True, keys=keys)
 
     def left() -> bool:
         beside = env.docker.containers.list(

@@ -9,13 +9,15 @@ import uuid
 
 from benchmarks.env import BenchEnv
 from benchmarks.requester import Requester
+from worker_manager.core.keys import Keys
 
 TERMINAL = ("STOPPED", "FAILED")
 
 
-async def lifecycle_tail(env: BenchEnv) -> str:
-    """The lifecycle stream's newest ID: follow from here to see only what happens next."""
-    newest = await env.redis.xrevrange(env.keys.lifecycle, count=1)
+async def lifecycle_tail(env: BenchEnv, keys: Keys | None = None) -> str:
+    """The lifecycle stream's newest ID (of ``keys``' namespace; default: the run's): follow
+    from here to see only what happens next."""
+    newest = await env.redis.xrevrange((keys or env.keys).lifecycle, count=1)
     return str(newest[0][0]) if newest else "0-0"
 
 
@@ -56,14 +58,21 @@ async def create_worker(
 
 
 async def wait_status(
-    env: BenchEnv, worker_id: str, after: str, wanted: tuple[str, ...], *, timeout: float
+    env: BenchEnv,
+    worker_id: str,
+    after: str,
+    wanted: tuple[str, ...],
+    *,
+    timeout: float,
+    keys: Keys | None = None,
 ) -> str:
     """Follow ``lifecycle`` from ``after`` until the worker reaches ``wanted`` (event-driven)."""
     deadline = time.monotonic() + timeout
     last = after
+    lifecycle = (keys or env.keys).lifecycle
     while (left := deadline - time.monotonic()) > 0:
         response = await env.redis.xread(
-            {env.keys.lifecycle: last}, count=256, block=max(1, int(min(left, 1.0) * 1000))
+            {lifecycle: last}, count=256, block=max(1, int(min(left, 1.0) * 1000))
         )
         for _s, entries in response or []:
             for entry_id, fields in entries:
@@ -79,12 +88,15 @@ async def wait_status(
     raise TimeoutError(f"worker {worker_id} not {wanted} within {timeout:g}s")
 
 
-async def delete_worker(env: BenchEnv, worker_id: str, *, wait_gone: bool = False) -> None:
-    requester = Requester(env.redis, f"{env.keys.replies}:bench:{uuid.uuid4().hex}")
-    await requester.call(env.keys.commands, {"command": "delete", "worker_id": worker_id})
+async def delete_worker(
+    env: BenchEnv, worker_id: str, *, wait_gone: bool = False, keys: Keys | None = None
+) -> None:
+    space = keys or env.keys
+    requester = Requester(env.redis, f"{space.replies}:bench:{uuid.uuid4().hex}")
+    await requester.call(space.commands, {"command": "delete", "worker_id": worker_id})
     await env.redis.delete(requester.reply_to)
     if wait_gone:
-        name = f"{env.prefix}-{worker_id}"
+        name = space.docker_name(worker_id)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             names = await asyncio.to_thread(

@@ -100,6 +100,24 @@ async def test_each_tenant_is_a_namespace_of_its_own_with_its_quotas(
     # beta is not acme: its create goes on.
     beta_worker = await running(beta)
 
+    # A worker id is the fleet's: one request_id in two namespaces makes two workers, and an
+    # id in use in another namespace is refused.
+    twins = [
+        await space.client.request(
+            "create", agent_type="CUSTOM", agent_command=CAT, request_id="shared-request"
+        )
+        for space in (beta, harness)
+    ]
+    assert all(t.ok and t.worker_id for t in twins), twins
+    assert twins[0].worker_id != twins[1].worker_id
+    taken = await harness.client.request(
+        "create", agent_type="CUSTOM", agent_command=CAT, worker_id=worker
+    )
+    assert taken.error == "conflict" and "taken" in (taken.message or ""), taken
+    assert await harness.redis.hget(acme.keys.worker(worker), "status") == "RUNNING"
+    for space, twin in zip((beta, harness), twins, strict=True):
+        assert (await space.client.request("delete", worker_id=twin.worker_id)).ok
+
     # A quota changed with the CLI, and a tenant added with it, reach the running manager.
     code, text = await run_cli(
         harness.settings, tmp_path, "tenants", "add", "beta", "--max-cost-usd-per-day", "1"
@@ -143,6 +161,12 @@ async def test_each_tenant_is_a_namespace_of_its_own_with_its_quotas(
     assert re.search(r"acme\s+0\s+2\s+1\s+0\s+\$0\.00", text), text
     assert re.search(r"beta\s+\d+\s+\d+\s+\d+\s+\d+\s+\$1\.50", text), text
 
+    # A tenant with live workers is not taken out of the registry (they would go unserved).
+    code, text = await run_cli(harness.settings, tmp_path, "tenants", "remove", "beta")
+    assert code == 2 and "live or suspended" in text, text
+    code, text = await run_cli(harness.settings, tmp_path, "tenants", "remove", "gamma")
+    assert code == 0, text
+
     # The audit trail (the fleet's) names each command's tenant.
     trail = [f for _i, f in await harness.redis.xrange(harness.keys.audit)]
     assert {"acme", "beta", "gamma"} <= {f["tenant"] for f in trail}
@@ -150,7 +174,16 @@ async def test_each_tenant_is_a_namespace_of_its_own_with_its_quotas(
         f["tenant"] == "acme" and f["command"] == "create" and f["outcome"] == "ok" for f in trail
     )
 
-    for tenant, worker_id in ((acme, worker), (acme, refill), (acme, second), (beta, beta_worker)):
+    # The Engine's events reach a tenant's worker too (one events stream per host): a killed
+    # container ends its worker with its exit code, not by a heartbeat gone quiet.
+    killed = acme.container(refill)
+    assert killed is not None
+    await asyncio.to_thread(killed.kill)
+    assert await acme.wait_status(refill, "FAILED", "STOPPED", timeout=10) == "FAILED"
+    assert "exited with code" in (
+        await harness.redis.hget(acme.keys.worker(refill), "reason") or ""
+    )
+    for tenant, worker_id in ((acme, worker), (acme, second), (beta, beta_worker)):
         assert (await tenant.client.request("delete", worker_id=worker_id)).ok
         await tenant.wait_container_gone(worker_id)
 
@@ -185,6 +218,7 @@ async def test_a_tenants_access_users_reach_only_its_keys(harness: Harness, tmp_
             "--role",
             role,
             "--json",
+            env={"WM_TENANTS": '["acme", "beta"]'},
         )
         assert code == 0, text
         row = json.loads(text.strip().splitlines()[-1])
@@ -248,6 +282,26 @@ async def test_a_tenants_access_users_reach_only_its_keys(harness: Harness, tmp_
     finally:
         await producer.aclose()
         await viewer.aclose()
+    # A name is one user: adding it again under another tenant is refused (a rotation keeps
+    # its tenant and role); a tenant no manager serves is refused too.
+    code, text = await run_cli(
+        harness.settings,
+        tmp_path,
+        "access",
+        "add",
+        "vic",
+        "--tenant",
+        "beta",
+        "--role",
+        "viewer",
+        env={"WM_TENANTS": '["acme", "beta"]'},
+    )
+    assert code == 2 and "already a viewer of tenant acme" in text, text
+    code, text = await run_cli(
+        harness.settings, tmp_path, "access", "add", "zed", "--tenant", "nobody", "--role", "viewer"
+    )
+    assert code == 2 and "no tenant 'nobody'" in text, text
+
     # The console: a tenant's viewer signs in and sees its tenant only, with no button; the
     # operator chooses the tenant it looks at.
     base, token = manager.http.url, "console-token-for-tenants"
@@ -274,6 +328,11 @@ async def test_a_tenants_access_users_reach_only_its_keys(harness: Harness, tmp_
             async with http.get(f"{base}{path}", cookies=cookies, allow_redirects=False) as got:
                 assert got.status == status, (path, got.status)
         bearer = {"Authorization": f"Bearer {token}"}
+        # An id is a UUID: a tenant's keys cannot be named from the default namespace.
+        async with http.get(
+            f"{base}/ui/workers/t:acme:{mine}", headers=bearer, allow_redirects=False
+        ) as response:
+            assert response.status == 404
         async with http.get(
             f"{base}/ui/view?tenant=beta", headers=bearer, allow_redirects=False
         ) as response:
@@ -295,3 +354,38 @@ async def test_a_tenants_access_users_reach_only_its_keys(harness: Harness, tmp_
         assert code == 0
     assert (await acme.client.request("delete", worker_id=mine)).ok
     assert (await beta.client.request("delete", worker_id=theirs)).ok
+
+
+async def test_the_default_namespaces_users_reach_no_tenants_keys(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Key patterns of the default namespace match no tenant's key, whatever the tenant's name
+    (a worker id pattern of ``?`` and ``-`` would match ``<prefix>:t:<name>:commands`` for a
+    name of 25 characters with a ``-`` where a UUID has them)."""
+    names = [
+        "".join("-" if i in (6, 11, 16, 21) else "a" for i in range(n))
+        for n in (24, 25, 26, 28, 29)
+    ]
+    await harness.start(tenants=parse_tenants(names))
+    for name in names:  # each answers, so each has its command and reply streams
+        listed = await harness.tenant(name).client.request("list", timeout=30)
+        assert listed.ok, listed
+    users = {}
+    for user, role in (("dv", "viewer"), ("dp", "producer")):
+        code, text = await run_cli(
+            harness.settings, tmp_path, "access", "add", user, "--role", role, "--json"
+        )
+        assert code == 0, text
+        row = json.loads(text.strip().splitlines()[-1])
+        users[user] = url_with(harness.settings, row["username"], row["password"])
+    for url in users.values():
+        client = Redis.from_url(url, decode_responses=True)
+        try:
+            for name in names:
+                keys = harness.tenant(name).keys
+                for key in (keys.commands, keys.replies, keys.dead, keys.lifecycle):
+                    await refused(client.xrange(key))
+                await refused(client.zrange(keys.index, 0, -1))
+                await refused(client.xadd(keys.commands, {"command": "list"}))
+        finally:
+            await client.aclose()

@@ -25,6 +25,7 @@ from worker_manager.core.clock import iso_now
 from worker_manager.core.connections import connect
 from worker_manager.settings import Settings
 from worker_manager.settings.commands import PRODUCER_RE
+from worker_manager.tenants.registry import TenantRegistry
 from worker_manager.workers.resources.acl import (
     producer_rules,
     tenant_producer_rules,
@@ -102,6 +103,24 @@ async def _add(args: argparse.Namespace, settings: Settings, redis: Redis) -> in
     if not PRODUCER_RE.fullmatch(args.name):
         err_console.print("[red]a name is 1 to 64 of [A-Za-z0-9._-][/red]")
         return 2
+    if settings.tenant and settings.tenant not in await TenantRegistry(redis, settings).read():
+        err_console.print(
+            f"[red]no tenant {settings.tenant!r} is served:[/red] add it first "
+            f"(worker-manager tenants add {settings.tenant})"
+        )
+        return 2
+    earlier = await redis.hget(settings.keys.access, args.name)
+    if earlier:
+        # Adding a user again rotates its password; it never moves it to another tenant or
+        # role, which would widen what a holder of the old password's successor may reach.
+        was = json.loads(earlier)
+        if (was.get("role"), was.get("tenant") or "") != (args.role, settings.tenant or ""):
+            where = f"tenant {was.get('tenant')}" if was.get("tenant") else "the default namespace"
+            err_console.print(
+                f"[red]{args.name} is already a {was.get('role')} of {where}:[/red] "
+                f"remove it first (worker-manager access remove {args.name})"
+            )
+            return 2
     if args.role == "viewer":
         rules = viewer_rules(settings.keys)
     elif settings.tenant:  # a tenant's producer writes its tenant's command stream

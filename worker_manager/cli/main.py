@@ -32,6 +32,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         err_console.print(f"[red]configuration error:[/red] {exc}")
         return 2
+    if args.command != "serve" and settings.tenant and settings.producer:
+        err_console.print(
+            "[red]WM_TENANT and WM_PRODUCER together:[/red] a registered producer sends in the "
+            "default namespace, a tenant's producer on its tenant's command stream; set one"
+        )
+        return 2
     logs.configure(settings.log_level, settings.log_format)
     try:
         return asyncio.run(COMMANDS[args.command](args, settings))

@@ -304,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
         "remove", parents=[common], help="take one out of the registry"
     )
     tenant_remove.add_argument("name")
+    tenant_remove.add_argument(
+        "--force", action="store_true", help="even while it has live or suspended workers"
+    )
 
     audit = sub.add_parser("audit", parents=[common], help="print the audit trail (SPEC §11)")
     audit.add_argument("--follow", action="store_true", help="keep printing new entries")

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from worker_manager.cli.common import command, console, err_console
 from worker_manager.contract.tenants import TenantQuota, tenant_name
 from worker_manager.core.connections import connect
+from worker_manager.service.metrics import count_workers
 from worker_manager.settings import Settings
 from worker_manager.tenants.registry import TenantRegistry
 
@@ -46,6 +47,16 @@ async def _tenants(args: argparse.Namespace, settings: Settings) -> int:
             )
             return 0
         if args.tenants_command == "remove":
+            counts = await count_workers(redis, fleet.keys.for_tenant(args.name))
+            kept = sum(counts.get(status, 0) for status in ("STARTING", "RUNNING", "SUSPENDED"))
+            if kept and not args.force:
+                # Unserved, they would be watched, evicted and reconciled by no one.
+                err_console.print(
+                    f"[red]tenant {args.name} still has {kept} live or suspended workers:[/red] "
+                    f"delete them first (worker-manager delete --tenant {args.name} --all "
+                    f"--confirm {kept}), or --force to leave them unserved"
+                )
+                return 2
             removed = await registry.remove(args.name)
             console.print(
                 f"tenant {args.name} removed from the registry; managers still serve it until "

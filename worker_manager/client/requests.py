@@ -27,7 +27,14 @@ class ReplyTimeout(TimeoutError):
 class CommandClient:
     def __init__(self, redis: Redis, keys: Keys, *, producer: str | None = None) -> None:
         """``producer``: send as that registered producer (``WM_PRODUCERS``), on its own
-        command stream and under its own reply prefix (its Redis user may write nothing else)."""
+        command stream and under its own reply prefix (its Redis user may write nothing else).
+        Registered producers are the default namespace's: a tenant's producer sends on its
+        tenant's command stream (SPEC §11), so ``producer`` with a tenant's keys is refused."""
+        if producer and keys.fleet:
+            raise ValueError(
+                "a registered producer (WM_PRODUCER) sends in the default namespace; a tenant's "
+                "producer sends on its tenant's command stream: set WM_PRODUCER or WM_TENANT"
+            )
         self._redis = redis
         self._keys = keys
         self._commands = keys.producer_commands(producer) if producer else keys.commands

@@ -48,7 +48,8 @@ from worker_manager.settings import Settings
 from worker_manager.snapshots import plan
 from worker_manager.snapshots.copies import CopyFailed, StateCopier, Target, Volume
 from worker_manager.snapshots.store import Snapshot, SnapshotStore
-from worker_manager.workers.state.records import CreateResult, WorkerStore
+from worker_manager.tenants.quotas import Quotas
+from worker_manager.workers.state.records import CreateResult, Limit, WorkerStore
 from worker_manager.workers.transitions.lifecycle import Lifecycle, Outcome
 from worker_manager.workers.transitions.provisioner import Provisioner
 from worker_manager.workspaces.volumes import WorkerVolumes
@@ -71,7 +72,10 @@ class Forks:
         provisioner: Provisioner,
         lifecycle: Lifecycle,
         router: Router | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
+        """``quotas``: the tenant's (SPEC §11): a fork's copies count as its creates do."""
+        self._quotas = quotas
         self._settings = settings
         self._redis = redis
         self._store = store
@@ -158,7 +162,7 @@ class Forks:
         owner = record.manager_id if record is not None else ""
         if record is not None and owner and owner != self._settings.manager_id:
             return await self._forward(cmd, owner)
-        ids = plan.copy_ids(cmd.request_id, cmd.count, cmd.worker_ids)
+        ids = plan.copy_ids(self._settings.keys.id_seed(cmd.request_id), cmd.count, cmd.worker_ids)
         done = await self._store.get_many(ids)
         if all(r is not None and r.text("forked_from") == cmd.worker_id for r in done.values()):
             return self._fork_reply(cmd, ids)  # a redelivery of a fork that was carried out
@@ -166,8 +170,9 @@ class Forks:
         spec = await self._store.spec(cmd.worker_id)
         if spec is None:
             raise CommandError(ErrorCode.NOT_FOUND, f"worker {cmd.worker_id} has no saved create")
-        live = await self._redis.scard(self._settings.keys.live(self._settings.manager_id))
-        free = self._settings.max_workers - int(live)
+        if self._quotas is not None:
+            await self._quotas.check_budget()
+        free = self._settings.max_workers - await self._store.host_live()
         if cmd.count > free:
             raise CommandError(
                 ErrorCode.CAPACITY_EXCEEDED,
@@ -201,6 +206,8 @@ class Forks:
                         created, Outcome(Ended.DELETED), wait=True, by="a fork cut short"
                     )
                 await self._drop(targets)
+                if outcome.limit is Limit.TENANT and self._quotas is not None:
+                    raise self._quotas.workers_refused()
                 raise CommandError(
                     ErrorCode.CAPACITY_EXCEEDED
                     if outcome.result is CreateResult.CAPACITY
@@ -250,7 +257,7 @@ class Forks:
     def _snapshot_target(self, name: str) -> Target:
         def volume(part: str) -> Volume:
             return Volume(
-                f"{self._settings.keys.docker_prefix}-snap-{name}-{part}",
+                self._settings.keys.snapshot_volume(name, part),
                 {
                     LABEL_SNAPSHOT: name,
                     LABEL_MANAGER: self._settings.manager_id,

@@ -114,7 +114,11 @@ class Handlers:
         alone = alone and cmd.from_snapshot is None
         if cmd.worker_id is None and self._pool is not None and not adhoc and alone:
             pooled = await self._pool.take(shape, cmd.request_id)
-        worker_id = cmd.worker_id or pooled or str(uuid.uuid5(WORKER_ID_NAMESPACE, cmd.request_id))
+        worker_id = (
+            cmd.worker_id
+            or pooled
+            or str(uuid.uuid5(WORKER_ID_NAMESPACE, self._settings.keys.id_seed(cmd.request_id)))
+        )
         # The grant as granted: the create's, or this deployment's default when it names none
         # (an explicit [] grants nothing). Kept in the spec too, so the container enforces
         # what the record shows even if another manager, with another default, starts it.
@@ -179,6 +183,11 @@ class Handlers:
                 ErrorCode.CAPACITY_EXCEEDED,
                 message,
                 retry_after=self._settings.capacity_retry_after_seconds,
+            )
+        if outcome.result is CreateResult.ELSEWHERE:
+            raise CommandError(
+                ErrorCode.CONFLICT,
+                f"worker id {worker_id} is taken; choose another worker_id or omit it",
             )
         if outcome.result is CreateResult.EXISTS and outcome.request_id != cmd.request_id:
             raise CommandError(

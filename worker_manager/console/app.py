@@ -26,6 +26,7 @@ from worker_manager.client.requests import CommandClient
 from worker_manager.console import session, views
 from worker_manager.console.throttle import SignInThrottle, client_key
 from worker_manager.contract.audit import audit_entry
+from worker_manager.contract.commands import normalize_uuid
 from worker_manager.contract.record import WorkerRecord
 from worker_manager.contract.teams import BoardEntry, Member, check_team_name, members
 from worker_manager.contract.tenants import TENANT_RE
@@ -302,7 +303,7 @@ class Console:
         return _html(views.rows(shown, time.time()))
 
     async def _worker(self, request: web.Request) -> web.Response:
-        worker_id = request.match_info["worker_id"]
+        worker_id = _worker_id(request)
         keys = self._keys_of(request)
         values = await self._redis.hgetall(keys.worker(worker_id))
         record = WorkerRecord.from_hash(worker_id, values)
@@ -327,7 +328,7 @@ class Console:
         return _html(html)
 
     async def _act(self, request: web.Request) -> web.Response:
-        worker_id = request.match_info["worker_id"]
+        worker_id = _worker_id(request)
         action = request.match_info["action"]
         if not await self._redis.exists(self._keys_of(request).worker(worker_id)):
             raise web.HTTPNotFound(text=f"no worker {worker_id}\n")
@@ -492,7 +493,7 @@ class Console:
         return await self._stream(request, self._keys_of(request).lifecycle, default_after="$")
 
     async def _output_events(self, request: web.Request) -> web.StreamResponse:
-        worker_id = request.match_info["worker_id"]
+        worker_id = _worker_id(request)
         return await self._stream(
             request, self._keys_of(request).output(worker_id), default_after="$"
         )
@@ -541,6 +542,15 @@ def _html(text: str, status: int = 200) -> web.Response:
             "X-Content-Type-Options": "nosniff",
         },
     )
+
+
+def _worker_id(request: web.Request) -> str:
+    """The route's worker id, a UUID (404 otherwise): an id is joined into key names, and
+    ``t:acme:<uuid>`` would otherwise name a tenant's keys from the default namespace."""
+    try:
+        return normalize_uuid(request.match_info["worker_id"])
+    except ValueError:
+        raise web.HTTPNotFound(text="no such worker id\n") from None
 
 
 def _team_name(request: web.Request) -> str:

@@ -12,6 +12,7 @@ right one, and no component decides by itself what is shared.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from worker_base.config import team_board_key, team_changes_key, worker_key
@@ -51,6 +52,22 @@ class Keys:
     def docker_name(self, worker_id: str) -> str:
         """A worker's container's name, ``<docker prefix>-<id>`` (its volumes add a suffix)."""
         return f"{self.docker_prefix}-{worker_id}"
+
+    def snapshot_volume(self, name: str, part: str) -> str:
+        """A snapshot's volume (``home`` or ``workspace``). In a tenant's namespace the name is
+        a digest of the namespace and the snapshot's name: ``<tenant>-snap-<name>`` alone would
+        be ambiguous between a tenant ``a`` with a snapshot ``x-snap-y`` and a tenant
+        ``a-snap-x`` with a snapshot ``y``."""
+        if not self.fleet:
+            return f"{self.docker_prefix}-snap-{name}-{part}"
+        digest = hashlib.sha256(f"{self.prefix}\n{name}".encode()).hexdigest()[:16]
+        return f"{self.docker_prefix}-snap-{digest}-{part}"
+
+    def id_seed(self, request_id: str) -> str:
+        """What a worker id is derived from (``uuid5``) when a create names none: its
+        ``request_id``, and in a tenant's namespace the namespace too, so that two tenants using
+        the same ``request_id`` get two workers (the default namespace's ids are unchanged)."""
+        return f"{self.prefix}\n{request_id}" if self.fleet else request_id
 
     def for_tenant(self, tenant: str) -> Keys:
         """The keys of one tenant of this fleet."""

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from worker_manager.core import docker_client
 from worker_manager.core.clock import iso_from_unix, iso_now
+from worker_manager.core.keys import Keys
 from worker_manager.core.locks import RenewedLock
 from worker_manager.core.logs import get_logger
 from worker_manager.images.gc_plan import Report, Row, plan_rows, read_engine, real_tags
@@ -80,7 +81,7 @@ class Collector:
         rows = plan_rows(
             records,
             engine,
-            prefix=self._keys.prefix,
+            prefix=self._keys.fleet_prefix,
             max_age=max_age,
             budget=budget,
             now=time.time(),
@@ -91,15 +92,23 @@ class Collector:
         return report
 
     async def _snapshot_images(self) -> set[str]:
-        """The images the snapshots' workers ran (``snapshots.store``: ``image_hash``)."""
-        names = await self._redis.zrange(self._keys.snapshots, 0, -1)
-        if not names:
-            return set()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.hget(self._keys.snapshot(str(name)), "image_hash")
-            found = await pipe.execute()
-        return {str(h) for h in found if h}
+        """The images the snapshots' workers ran (``snapshots.store``: ``image_hash``), in
+        the default namespace and every tenant's (``WM_TENANTS`` and the registry's names)."""
+        tenants = set(self._settings.tenants) | {
+            str(name) for name in await self._redis.hkeys(self._keys.tenants)
+        }
+        images: set[str] = set()
+        fleet = Keys(self._keys.fleet_prefix)
+        for keys in [fleet, *(fleet.for_tenant(t) for t in sorted(tenants))]:
+            names = await self._redis.zrange(keys.snapshots, 0, -1)
+            if not names:
+                continue
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hget(keys.snapshot(str(name)), "image_hash")
+                found = await pipe.execute()
+            images |= {str(h) for h in found if h}
+        return images
 
     async def run(
         self,

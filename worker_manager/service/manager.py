@@ -39,6 +39,7 @@ from worker_manager.workers.fleet.presence import Presence
 from worker_manager.workers.resources.containers import ContainerRuntime
 from worker_manager.workers.resources.containment import Containment, contained
 from worker_manager.workers.resources.pool import WarmPool
+from worker_manager.workers.watching.watcher import StatusWatcher
 
 log = get_logger(__name__)
 
@@ -95,6 +96,7 @@ class Manager:
             live_sets=lambda: [ns.store.live_key for ns in self.namespaces.values()],
             namespaces=lambda: [ns.keys for ns in self.namespaces.values()],
             readers=self._readers,
+            watcher_of=self._watcher_of,
         )
         containers = ContainerRuntime(s, self.docker)
         self.pool = WarmPool(
@@ -143,26 +145,46 @@ class Manager:
         self.supervisor = Supervisor(self.stop, on_restart=self.metrics.loop_restart)
         self._gc_loop = gc_loop(s, self.redis, self.docker, self.metrics.gc_removed)
 
+    def _watcher_of(self, prefix: str) -> StatusWatcher | None:
+        for namespace in list(self.namespaces.values()):
+            if namespace.keys.prefix == prefix:
+                return namespace.watcher
+        return None
+
     def _add_tenant(self, tenant: Tenant) -> Namespace:
-        namespace = Namespace(
+        namespace = self._tenant_namespace(tenant)
+        self.namespaces[tenant.name] = namespace
+        return namespace
+
+    def _tenant_namespace(self, tenant: Tenant) -> Namespace:
+        return Namespace(
             self.settings.for_tenant(tenant.name),
             self._shared,
             tenant=tenant,
             gate=self.placement.should_take,
         )
-        self.namespaces[tenant.name] = namespace
-        return namespace
 
     async def _refresh_tenants(self) -> None:
         """Tenants added (or given new quotas) with ``tenants add`` since the last look: a new
-        one is started like those of ``WM_TENANTS`` were (groups, reconcile, loops)."""
+        one is started like those of ``WM_TENANTS`` were (groups, reconcile, loops), and only
+        then counted as served, so a start that fails is tried again next round."""
         for name, quota in (await self.tenants.read()).items():
             known = self.namespaces.get(name)
             if known is not None and known.tenant is not None:
                 known.tenant.quota = quota
                 continue
-            namespace = self._add_tenant(Tenant(name, quota))
-            await namespace.start_up()
+            if self.stop.is_set():
+                return
+            namespace = self._tenant_namespace(Tenant(name, quota))
+            try:
+                await namespace.start_up()
+            except BaseException:
+                await namespace.close_readers()
+                raise
+            if self.stop.is_set():  # stopping meanwhile: no loop may start now
+                await namespace.close_readers()
+                return
+            self.namespaces[name] = namespace
             namespace.start_loops(self.supervisor, self._taking_commands, shared_stream=True)
             log.info("serving a new tenant", tenant=name)
 
@@ -294,7 +316,7 @@ class Manager:
                 await self.stop.wait()
         finally:
             self.stop.set()
-            for namespace in self.namespaces.values():
+            for namespace in list(self.namespaces.values()):
                 await namespace.close()
             await self.supervisor.close()
             await self.pool.close()

@@ -89,6 +89,8 @@ class Shared:
     namespaces: Callable[[], Sequence[Keys]]
     #: Blocking readers are the manager's to close.
     readers: list[Redis]
+    #: The watcher of a namespace by its key prefix (None: not served here).
+    watcher_of: Callable[[str], StatusWatcher | None]
 
 
 class Namespace:
@@ -107,6 +109,10 @@ class Namespace:
         self.tenant = tenant
         self.keys = s.keys
         self._shared = shared
+        #: This namespace's blocking readers (also in ``shared.readers``, which the manager
+        #: closes at its end; :meth:`close_readers` closes them sooner, for a tenant whose
+        #: start failed).
+        self._readers: list[Redis] = []
         redis, docker = shared.redis, shared.docker
         #: In the supervisor's loop names: "" for the default namespace, "t:<tenant>:" else.
         self.label = f"t:{tenant.name}:" if tenant is not None else ""
@@ -114,8 +120,8 @@ class Namespace:
         self.store = WorkerStore(
             redis,
             s,
-            peers=lambda: [k for k in shared.live_sets() if k != self.store.live_key],
             tenant=tenant,
+            others=lambda: [k for k in shared.namespaces() if k.prefix != self.keys.prefix],
         )
         self.acl = WorkerAcl(redis, s)
         self.containment = Containment(s, shared.egress)
@@ -184,6 +190,8 @@ class Namespace:
             if self.containment.enabled
             else None,
             summaries=Summaries(s, redis, shared.raw_redis, self.store),
+            # The default namespace's reads the Engine's events for every namespace.
+            others=shared.watcher_of if tenant is None else None,
         )
         self.lost_hosts = LostHosts(
             s,
@@ -208,6 +216,7 @@ class Namespace:
         self.disk_guard = DiskGuard(s, docker, self.containers, self.store, self.lifecycle)
         # --- the command path ----------------------------------------------------------------
         self.book = ReplyBook(redis, s)
+        quotas = Quotas(redis, s.keys, tenant) if tenant is not None else None
         self.forks = Forks(
             s,
             redis,
@@ -218,6 +227,7 @@ class Namespace:
             self.provisioner,
             self.lifecycle,
             Router(s, redis),
+            quotas=quotas,
         )
         self.handlers = Handlers(
             s,
@@ -230,7 +240,7 @@ class Namespace:
             forks=self.forks,
             grants=self.grants,
             teams=self.team_boards,
-            quotas=Quotas(redis, s.keys, tenant) if tenant is not None else None,
+            quotas=quotas,
         )
         self.consumer = self._consumer("consumer", s.keys.commands, self.book, gate=gate)
         # Commands routed to this manager by the others (deletes of workers on this host).
@@ -262,6 +272,7 @@ class Namespace:
         """A consumer of one command stream, with a blocking Redis client of its own."""
         reader = connect(self.settings, blocking=True, name=f"{self.label}{name}", decode=False)
         self._shared.readers.append(reader)
+        self._readers.append(reader)
         dispatcher = Dispatcher(
             self.settings,
             self._shared.redis,
@@ -317,7 +328,8 @@ class Namespace:
             s.watch_interval_seconds,
             wake=self.watcher.wake,
         )
-        sup.forever(f"{n}docker-events", self.watcher.docker_events)
+        if self.tenant is None:  # one events stream per host: the default watcher's
+            sup.forever(f"{n}docker-events", self.watcher.docker_events)
         sup.every(
             f"{n}lost-hosts", self.lost_hosts.round, s.watch_interval_seconds, wait_first=True
         )
@@ -362,6 +374,12 @@ class Namespace:
     async def _run_own_consumer(self, stop: asyncio.Event) -> None:
         """Until the very end, also while draining: only this manager can act on its host."""
         await self.own_consumer.run(stop, grace=5.0)
+
+    async def close_readers(self) -> None:
+        for reader in self._readers:
+            self._shared.readers.remove(reader)
+            await reader.aclose()
+        self._readers.clear()
 
     async def close(self) -> None:
         """Creates in progress and the lifecycle's tasks end (the manager is stopping)."""

@@ -181,9 +181,13 @@ def default_user_is_open(user: object) -> bool:
     return "on" in flags and "nopass" in flags
 
 
+#: One hex digit of a worker id (ids are lower-case UUIDs: ``contract.commands``).
+_HEX = "[0-9a-f]"
 #: A worker id in a key pattern: a UUID, 36 characters (so ``<prefix>:<id>`` is a record and
-#: nothing longer, such as ``<prefix>:<id>:spec``, which holds a create's ``env``).
-ANY_WORKER = "????????-????-????-????-????????????"
+#: nothing longer, such as ``<prefix>:<id>:spec``, which holds a create's ``env``), written with
+#: character classes, not ``?``: a ``?`` also matches ``:``, and ``worker:`` followed by any 36
+#: characters would take in a tenant's keys (``worker:t:<25 characters>:commands``).
+ANY_WORKER = "-".join(_HEX * n for n in (8, 4, 4, 4, 12))
 
 
 def read_rules(keys: Keys) -> list[str]:

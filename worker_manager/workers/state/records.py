@@ -21,14 +21,21 @@ from worker_manager.contract.reasons import Moved, Reason, Slept, is_reason
 from worker_manager.contract.record import WorkerRecord
 from worker_manager.contract.tenants import Tenant
 from worker_manager.core.clock import iso_now
+from worker_manager.core.keys import Keys
 from worker_manager.settings import Settings
 
 _CREATE = """
 local existing = redis.call('HMGET', KEYS[1], 'status', 'request_id')
 if existing[1] then return {'exists', existing[1], existing[2] or ''} end
 -- KEYS[9 .. 8+ARGV[10]]: this manager's live sets in the other namespaces it serves (its
--- capacity is the host's); then ARGV[12] keys: the tenant's live sets on every manager.
+-- capacity is the host's); then ARGV[12] keys: the tenant's live sets on every manager; then
+-- ARGV[13] keys: this id's record in every other namespace (an id is the fleet's: the egress
+-- service, a container's name and credentials are keyed by it).
 local others = tonumber(ARGV[10])
+local first_elsewhere = 9 + others + tonumber(ARGV[12])
+for i = first_elsewhere, first_elsewhere + tonumber(ARGV[13]) - 1 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return {'elsewhere', '', ''} end
+end
 local limit = tonumber(ARGV[3])
 if limit > 0 then
   local live = redis.call('SCARD', KEYS[3])
@@ -48,7 +55,7 @@ if tenant_limit > 0 then
   end
   if live >= tenant_limit then return {'capacity', 'tenant', ''} end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 13))
+redis.call('HSET', KEYS[1], unpack(ARGV, 14))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[1])
 if owner_limit >= 0 then redis.call('SADD', KEYS[8], ARGV[1]) end
@@ -136,7 +143,11 @@ return 1
 _SUSPEND = """
 local cur = redis.call('HMGET', KEYS[1], 'status', 'worker_id', 'owner')
 if cur[1] ~= 'RUNNING' then return {'status', cur[1] or ''} end
-if redis.call('SCARD', KEYS[6]) >= tonumber(ARGV[5]) then return {'capacity', cur[1]} end
+-- KEYS[8..]: this manager's suspended sets in the other namespaces it serves (their volumes
+-- are on the same host: WM_MAX_SUSPENDED is the host's).
+local suspended = redis.call('SCARD', KEYS[6])
+for i = 8, #KEYS do suspended = suspended + redis.call('SCARD', KEYS[i]) end
+if suspended >= tonumber(ARGV[5]) then return {'capacity', cur[1]} end
 redis.call('HSET', KEYS[1], 'status', 'SUSPENDED', 'reason', ARGV[1], 'suspended_at', ARGV[2])
 redis.call('HDEL', KEYS[1], 'pool', 'ip_address')
 redis.call('SREM', KEYS[5], cur[2])
@@ -236,6 +247,7 @@ class CreateResult(StrEnum):
     CREATED = "created"
     EXISTS = "exists"  # a record with this id was there: nothing written
     CAPACITY = "capacity"  # a limit is reached: nothing written
+    ELSEWHERE = "elsewhere"  # the id is a worker's in another namespace: nothing written
 
 
 class Limit(StrEnum):
@@ -316,16 +328,17 @@ class WorkerStore:
         redis: Redis,
         settings: Settings,
         *,
-        peers: Callable[[], Sequence[str]] = tuple,
         tenant: Tenant | None = None,
+        others: Callable[[], Sequence[Keys]] = tuple,
     ) -> None:
-        """``peers``: this manager's live sets in the other namespaces it serves (capacity is
-        the host's, whichever tenant fills it); ``tenant``: the namespace's tenant, whose
-        ``max_workers`` a create counts across managers (SPEC §11)."""
+        """``tenant``: the namespace's tenant, whose ``max_workers`` a create counts across
+        managers (SPEC §11); ``others``: the keys of the other namespaces this manager serves:
+        its capacity (``WM_MAX_WORKERS``, ``WM_MAX_SUSPENDED``) is the host's whichever tenant
+        fills it, and a new worker's id must not be in use in any of them."""
         self._redis = redis
         self._settings = settings
         self._keys = settings.keys
-        self._peers = peers
+        self._others = others
         self.tenant = tenant
         self._create = redis.register_script(_CREATE)
         self._transition = redis.register_script(_TRANSITION)
@@ -343,6 +356,18 @@ class WorkerStore:
     def suspended_key(self) -> str:
         return self._keys.suspended(self._settings.manager_id)
 
+    def peer_live_sets(self) -> list[str]:
+        """This manager's live sets in the other namespaces it serves."""
+        return [keys.live(self._settings.manager_id) for keys in self._others()]
+
+    async def host_live(self) -> int:
+        """This manager's live workers in every namespace: what ``WM_MAX_WORKERS`` counts."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in (self.live_key, *self.peer_live_sets()):
+                pipe.scard(key)
+            counts = await pipe.execute()
+        return sum(int(count) for count in counts)
+
     async def suspend(self, worker_id: str, reason: Slept) -> SleepOutcome:
         """RUNNING -> SUSPENDED, within ``WM_MAX_SUSPENDED``; the container is the caller's to
         remove (``Lifecycle.suspend``)."""
@@ -356,6 +381,7 @@ class WorkerStore:
                 self.live_key,
                 self.suspended_key,
                 keys.owner_live(""),
+                *(other.suspended(self._settings.manager_id) for other in self._others()),
             ],
             args=[
                 str(reason),
@@ -371,7 +397,7 @@ class WorkerStore:
         """SUSPENDED -> STARTING within ``WM_MAX_WORKERS`` and its tenant's ``max_workers``;
         the provisioner then starts it."""
         keys = self._keys
-        peers = list(self._peers())
+        peers = self.peer_live_sets()
         tenant_limit, tenant_sets = await self._tenant_sets()
         result = await self._resume(
             keys=[
@@ -433,8 +459,9 @@ class WorkerStore:
         keys = self._keys
         # -1: no owner to count; 0: counted without a limit; n: at most n live.
         owner_limit = -1 if not owner else (max_per_owner or 0)
-        peers = list(self._peers())
+        peers = self.peer_live_sets()
         tenant_limit, tenant_sets = await self._tenant_sets()
+        elsewhere = [keys.worker(worker_id) for keys in self._others()]
         result = await self._create(
             keys=[
                 keys.worker(worker_id),
@@ -447,6 +474,7 @@ class WorkerStore:
                 keys.owner_live(owner),
                 *peers,
                 *tenant_sets,
+                *elsewhere,
             ],
             args=[
                 worker_id,
@@ -461,6 +489,7 @@ class WorkerStore:
                 len(peers),
                 tenant_limit,
                 len(tenant_sets),
+                len(elsewhere),
                 *flat,
             ],
         )

@@ -82,7 +82,13 @@ class StatusWatcher:
         dropped: Dropped = lambda _kind, _count: None,
         data_path_started: DataPathStarted | None = None,
         summaries: Summaries | None = None,
+        others: Callable[[str], StatusWatcher | None] | None = None,
     ) -> None:
+        """``others``: the watchers of the other namespaces this manager serves, by key prefix
+        (SPEC §11). With it this watcher reads the Engine's events of every namespace of this
+        manager and hands each to its namespace's watcher: one events stream per host, however
+        many tenants; without it, only its own namespace's."""
+        self._others = others
         self._settings = settings
         self._redis = redis
         self._raw = raw_redis  # does not decode: heartbeats are the workers' bytes
@@ -240,10 +246,21 @@ class StatusWatcher:
 
     async def _pump(self, queue: asyncio.Queue[dict[str, Any]], stop: asyncio.Event) -> None:
         while (event := await self._next_event(queue, stop)) is not None:
+            watcher = self._watcher_of(event)
+            if watcher is None:
+                continue
             try:
-                await self.on_event(event)
+                await watcher.on_event(event)
             except Exception:
                 log.exception("handling a docker event failed")
+
+    def _watcher_of(self, event: dict[str, Any]) -> StatusWatcher | None:
+        """The watcher of the event's namespace (its container's key prefix label)."""
+        if self._others is None:
+            return self
+        attrs = (event.get("Actor") or {}).get("Attributes") or {}
+        prefix = str(attrs.get(LABEL_PREFIX, ""))
+        return self if prefix == self._settings.keys.prefix else self._others(prefix)
 
     async def _next_event(
         self, queue: asyncio.Queue[dict[str, Any]], stop: asyncio.Event
@@ -266,14 +283,10 @@ class StatusWatcher:
         finished: threading.Event,
     ) -> None:
         """Blocking reader thread; reconnects with back-off when the daemon goes away."""
-        filters = {
-            "type": "container",
-            "event": ["die", "oom"],
-            "label": [
-                f"{LABEL_MANAGER}={self._settings.manager_id}",
-                f"{LABEL_PREFIX}={self._settings.keys.prefix}",
-            ],
-        }
+        labels = [f"{LABEL_MANAGER}={self._settings.manager_id}"]
+        if self._others is None:  # this namespace's only
+            labels.append(f"{LABEL_PREFIX}={self._settings.keys.prefix}")
+        filters = {"type": "container", "event": ["die", "oom"], "label": labels}
         delay = 0.5
         while not (stop.is_set() or finished.is_set()):
             stream = None
