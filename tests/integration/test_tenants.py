@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import uuid
 from pathlib import Path
 
 import aiohttp
@@ -23,6 +24,7 @@ from redis.exceptions import NoPermissionError, ResponseError
 from tests.support.cli import run_cli
 from tests.support.flows import Harness
 from worker_manager.cli.access import url_with
+from worker_manager.commands.handlers import WORKER_ID_NAMESPACE
 from worker_manager.console import session
 from worker_manager.console.app import VIEW_COOKIE
 from worker_manager.contract.tenants import parse_tenants
@@ -115,8 +117,19 @@ async def test_each_tenant_is_a_namespace_of_its_own_with_its_quotas(
     )
     assert taken.error == "conflict" and "taken" in (taken.message or ""), taken
     assert await harness.redis.hget(acme.keys.worker(worker), "status") == "RUNNING"
-    for space, twin in zip((beta, harness), twins, strict=True):
-        assert (await space.client.request("delete", worker_id=twin.worker_id)).ok
+    # A derived id another namespace took first (the default namespace's ids are computable)
+    # only moves the create to the next candidate.
+    predicted = str(uuid.uuid5(WORKER_ID_NAMESPACE, "default-request"))
+    squatter = await beta.client.request(
+        "create", agent_type="CUSTOM", agent_command=CAT, worker_id=predicted
+    )
+    assert squatter.ok, squatter
+    moved = await harness.client.request(
+        "create", agent_type="CUSTOM", agent_command=CAT, request_id="default-request"
+    )
+    assert moved.ok and moved.worker_id and moved.worker_id != predicted, moved
+    for space, made in ((beta, twins[0]), (harness, twins[1]), (beta, squatter), (harness, moved)):
+        assert (await space.client.request("delete", worker_id=made.worker_id)).ok
 
     # A quota changed with the CLI, and a tenant added with it, reach the running manager.
     code, text = await run_cli(
@@ -266,6 +279,7 @@ async def test_a_tenants_access_users_reach_only_its_keys(harness: Harness, tmp_
         await refused(producer.hset(acme.keys.worker(mine), "status", "STOPPED"))
         await refused(producer.set(acme.keys.heartbeat(mine), "x"))
         await refused(producer.get(acme.keys.spec(mine)))
+        await refused(producer.get(acme.keys.id_salt))
         await refused(producer.xrange(harness.keys.commands))
         await refused(producer.xrange(harness.keys.audit))
         await refused(producer.hgetall(harness.keys.tenants))

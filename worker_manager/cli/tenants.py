@@ -53,8 +53,9 @@ async def _tenants(args: argparse.Namespace, settings: Settings) -> int:
                 # Unserved, they would be watched, evicted and reconciled by no one.
                 err_console.print(
                     f"[red]tenant {args.name} still has {kept} live or suspended workers:[/red] "
-                    f"delete them first (worker-manager delete --tenant {args.name} --all "
-                    f"--confirm {kept}), or --force to leave them unserved"
+                    f"delete them first (worker-manager list --tenant {args.name} shows them; "
+                    f"worker-manager delete --tenant {args.name} ID), or --force to leave them "
+                    "unserved"
                 )
                 return 2
             removed = await registry.remove(args.name)

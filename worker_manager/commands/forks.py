@@ -162,7 +162,7 @@ class Forks:
         owner = record.manager_id if record is not None else ""
         if record is not None and owner and owner != self._settings.manager_id:
             return await self._forward(cmd, owner)
-        ids = plan.copy_ids(self._settings.keys.id_seed(cmd.request_id), cmd.count, cmd.worker_ids)
+        ids = plan.copy_ids(await self._store.id_seed(cmd.request_id), cmd.count, cmd.worker_ids)
         done = await self._store.get_many(ids)
         if all(r is not None and r.text("forked_from") == cmd.worker_id for r in done.values()):
             return self._fork_reply(cmd, ids)  # a redelivery of a fork that was carried out

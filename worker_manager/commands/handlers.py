@@ -44,6 +44,8 @@ from worker_manager.workers.transitions.sleep import Sleep
 log = get_logger(__name__)
 
 WORKER_ID_NAMESPACE = uuid.UUID("6f1c2a4e-5b8d-4e0f-9a7c-3d2b1e0f4a59")
+#: Ids a create that names none may get, in order (the first not in use in another namespace).
+ID_CANDIDATES = 4
 
 
 class Handlers:
@@ -114,11 +116,7 @@ class Handlers:
         alone = alone and cmd.from_snapshot is None
         if cmd.worker_id is None and self._pool is not None and not adhoc and alone:
             pooled = await self._pool.take(shape, cmd.request_id)
-        worker_id = (
-            cmd.worker_id
-            or pooled
-            or str(uuid.uuid5(WORKER_ID_NAMESPACE, self._settings.keys.id_seed(cmd.request_id)))
-        )
+        worker_id = cmd.worker_id or pooled or await self._derived_id(cmd.request_id)
         # The grant as granted: the create's, or this deployment's default when it names none
         # (an explicit [] grants nothing). Kept in the spec too, so the container enforces
         # what the record shows even if another manager, with another default, starts it.
@@ -205,6 +203,18 @@ class Handlers:
             status=outcome.status.value if outcome.status is not None else None,
         )
 
+    async def _derived_id(self, request_id: str) -> str:
+        """The id of a create that names none: the same for every delivery of one request;
+        the next of a few candidates when one is a worker's in another namespace (ids are the
+        fleet's), so one namespace cannot keep another's request from its worker."""
+        seed = await self._store.id_seed(request_id)
+        candidates = [
+            str(uuid.uuid5(WORKER_ID_NAMESPACE, seed if i == 0 else f"{seed}\n{i}"))
+            for i in range(ID_CANDIDATES)
+        ]
+        taken = await self._store.taken_elsewhere(candidates)
+        return next((c for c in candidates if c not in taken), candidates[0])
+
     async def delete(self, cmd: DeleteCommand, *, producer: str | None = None) -> Reply:
         """``producer``: the registered producer whose stream it came on (for the evidence)."""
         record = await self._store.get(cmd.worker_id)
@@ -269,6 +279,8 @@ class Handlers:
         if isinstance(cmd, SuspendCommand):
             await self._sleep.suspend_or_refuse(cmd.worker_id)
         else:
+            if self._quotas is not None:  # a resume spends as a create does
+                await self._quotas.check_budget()
             await self._sleep.resume_or_refuse(cmd.worker_id)
         record = await self._store.get(cmd.worker_id)
         return Reply(

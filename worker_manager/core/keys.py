@@ -63,11 +63,12 @@ class Keys:
         digest = hashlib.sha256(f"{self.prefix}\n{name}".encode()).hexdigest()[:16]
         return f"{self.docker_prefix}-snap-{digest}-{part}"
 
-    def id_seed(self, request_id: str) -> str:
-        """What a worker id is derived from (``uuid5``) when a create names none: its
-        ``request_id``, and in a tenant's namespace the namespace too, so that two tenants using
-        the same ``request_id`` get two workers (the default namespace's ids are unchanged)."""
-        return f"{self.prefix}\n{request_id}" if self.fleet else request_id
+    @property
+    def id_salt(self) -> str:
+        """A tenant's random salt (set once, by the first manager that needs it): what its
+        workers' ids are derived from with a ``request_id``, so no other tenant can compute
+        them (and take one first). No access user's pattern reaches it."""
+        return f"{self.prefix}:id-salt"
 
     def for_tenant(self, tenant: str) -> Keys:
         """The keys of one tenant of this fleet."""

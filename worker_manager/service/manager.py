@@ -178,15 +178,26 @@ class Manager:
             namespace = self._tenant_namespace(Tenant(name, quota))
             try:
                 await namespace.start_up()
-            except BaseException:
-                await namespace.close_readers()
+            except asyncio.CancelledError:
+                await self._discard(namespace)
                 raise
+            except Exception:  # this one next round; the others now
+                log.exception("a new tenant could not be started; trying again", tenant=name)
+                await self._discard(namespace)
+                continue
             if self.stop.is_set():  # stopping meanwhile: no loop may start now
-                await namespace.close_readers()
+                await self._discard(namespace)
                 return
             self.namespaces[name] = namespace
             namespace.start_loops(self.supervisor, self._taking_commands, shared_stream=True)
             log.info("serving a new tenant", tenant=name)
+
+    @staticmethod
+    async def _discard(namespace: Namespace) -> None:
+        """A namespace whose start did not finish: what its reconcile began is stopped (the
+        next try reconciles again), its connections closed."""
+        await namespace.close()
+        await namespace.close_readers()
 
     @property
     def tenant_namespaces(self) -> list[Namespace]:

@@ -2,8 +2,9 @@
 
 The registry is a hash in Redis (``<prefix>:tenants``, name -> quotas as JSON) so that a tenant
 added while the fleet runs is served by every manager within a few seconds, with no restart and
-no setting to keep in step. ``WM_TENANTS`` stays for deployments that declare them up front; a
-tenant named in both takes the registry's quotas (the later word).
+no setting to keep in step. ``WM_TENANTS`` stays for deployments that declare them up front; for
+a tenant named in both, each quota the registry names is the registry's (the later word), the
+others as ``WM_TENANTS`` says (``tenants add T`` with no quota never lifts one).
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ class TenantRegistry:
         entries: dict[str, str] = await self._redis.hgetall(self._key)
         for name, raw in sorted(entries.items()):
             try:
-                tenants[tenant_name(name)] = TenantQuota.model_validate(json.loads(raw or "{}"))
+                added = TenantQuota.model_validate(json.loads(raw or "{}"))
+                declared = tenants.get(tenant_name(name), TenantQuota())
+                # The registry's word for each quota it names; the others as WM_TENANTS says.
+                tenants[name] = declared.model_copy(update=added.model_dump(exclude_none=True))
             except (ValueError, ValidationError) as exc:
                 log.warning("tenant registry entry skipped", tenant=name, error=str(exc))
         return tenants

@@ -8,6 +8,7 @@ dies halfway through. Terminal records keep their data-plane streams for ``reten
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -340,6 +341,7 @@ class WorkerStore:
         self._keys = settings.keys
         self._others = others
         self.tenant = tenant
+        self._salt: str | None = None
         self._create = redis.register_script(_CREATE)
         self._transition = redis.register_script(_TRANSITION)
         self._update = redis.register_script(_UPDATE_IF_EXISTS)
@@ -355,6 +357,31 @@ class WorkerStore:
     @property
     def suspended_key(self) -> str:
         return self._keys.suspended(self._settings.manager_id)
+
+    async def id_seed(self, request_id: str) -> str:
+        """What a worker id is derived from (``uuid5``) when a create names none: the
+        ``request_id`` in the default namespace, as always; in a tenant's, the tenant's salt
+        and the ``request_id``, so that two tenants using one ``request_id`` get two workers
+        and no tenant can compute another's ids (ids are the fleet's: ``create``)."""
+        if not self._keys.fleet:
+            return request_id
+        if self._salt is None:
+            await self._redis.set(self._keys.id_salt, secrets.token_hex(16), nx=True)
+            self._salt = str(await self._redis.get(self._keys.id_salt))
+        return f"{self._salt}\n{request_id}"
+
+    async def taken_elsewhere(self, worker_ids: Sequence[str]) -> set[str]:
+        """Which of these ids are a worker's in another namespace served here."""
+        others = list(self._others())
+        if not others or not worker_ids:
+            return set()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for worker_id in worker_ids:
+                for keys in others:
+                    pipe.exists(keys.worker(worker_id))
+            found = await pipe.execute()
+        per = len(others)
+        return {w for i, w in enumerate(worker_ids) if any(found[i * per : (i + 1) * per])}
 
     def peer_live_sets(self) -> list[str]:
         """This manager's live sets in the other namespaces it serves."""
