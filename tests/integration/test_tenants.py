@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shlex
 import uuid
 from pathlib import Path
 
@@ -403,3 +404,26 @@ async def test_the_default_namespaces_users_reach_no_tenants_keys(
                 await refused(client.xadd(keys.commands, {"command": "list"}))
         finally:
             await client.aclose()
+
+
+async def test_producer_acl_prints_rules_redis_takes_as_they_are(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """``producer-acl NAME --tenant T`` prints a command to paste into a shell: quoted, so its
+    ``[0-9a-f]`` classes and ``>password`` survive; the user it makes writes T's commands only."""
+    code, text = await run_cli(harness.settings, tmp_path, "producer-acl", "ci", "--tenant", "acme")
+    assert code == 0, text
+    line = next(line for line in text.splitlines() if line.startswith("ACL SETUSER"))
+    words = shlex.split(line)
+    assert words[4] == ">CHANGE-ME"
+    user = words[2]
+    await harness.redis.execute_command(*words[:4], ">pw-for-ci", *words[5:])
+    client = Redis.from_url(url_with(harness.settings, user, "pw-for-ci"), decode_responses=True)
+    try:
+        acme, beta = harness.tenant("acme"), harness.tenant("beta")
+        await client.xadd(acme.keys.commands, {"command": "list"})
+        await refused(client.xadd(beta.keys.commands, {"command": "list"}))
+        await refused(client.xadd(harness.keys.commands, {"command": "list"}))
+    finally:
+        await client.aclose()
+        await harness.redis.execute_command("ACL", "DELUSER", user)

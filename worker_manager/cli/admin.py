@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 from typing import TYPE_CHECKING
 
 from rich.text import Text
@@ -181,13 +182,19 @@ async def _environments(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("producer-acl")
 async def _producer_acl(args: argparse.Namespace, settings: Settings) -> int:
-    from worker_manager.workers.resources.acl import producer_rules
+    from worker_manager.workers.resources.acl import producer_rules, tenant_producer_rules
 
     if not PRODUCER_RE.fullmatch(args.name):
         err_console.print("[red]a producer name is 1 to 64 of [A-Za-z0-9._-][/red]")
         return 2
-    rules = " ".join(producer_rules(settings.keys, args.name))
-    print(f"ACL SETUSER {settings.key_prefix}-producer-{args.name} on >CHANGE-ME {rules}")
+    if settings.tenant:  # a tenant's producer writes its tenant's command stream (SPEC §11)
+        # Quoted: the patterns' [0-9a-f] classes must reach redis-cli as they are, unglobbed.
+        rules = " ".join(shlex.quote(rule) for rule in tenant_producer_rules(settings.keys))
+        user = f"{settings.keys.docker_prefix}-producer-{args.name}"
+        print(f"ACL SETUSER {user} on '>CHANGE-ME' {rules}")
+        return 0
+    rules = " ".join(shlex.quote(rule) for rule in producer_rules(settings.keys, args.name))
+    print(f"ACL SETUSER {settings.key_prefix}-producer-{args.name} on '>CHANGE-ME' {rules}")
     if args.name not in settings.producers:
         err_console.print(
             f"note: {args.name!r} is not in WM_PRODUCERS here; the manager reads its stream "
