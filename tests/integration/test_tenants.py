@@ -14,6 +14,7 @@ import json
 import re
 import shlex
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -427,3 +428,66 @@ async def test_producer_acl_prints_rules_redis_takes_as_they_are(
     finally:
         await client.aclose()
         await harness.redis.execute_command("ACL", "DELUSER", user)
+
+
+async def test_a_busy_namespace_keeps_to_its_fair_share_while_another_is_busy(
+    harness: Harness,
+) -> None:
+    """The consumer of a flooded stream has at most WM_COMMAND_FAIR_SHARE commands in flight
+    while another namespace has started one within the last second; alone, as many as
+    WM_COMMAND_CONCURRENCY."""
+    from worker_manager.commands.consumer import CommandConsumer, Delivery
+    from worker_manager.commands.fairness import FairShare
+    from worker_manager.core.connections import connect
+
+    settings = harness.settings.model_copy(update={"command_concurrency": 16})
+    stream = f"{harness.keys.prefix}:fair-test"
+    fair = FairShare(3)
+    release = asyncio.Event()
+    running: set[str] = set()
+    most = 0
+
+    async def dispatch(delivery: Delivery) -> None:
+        nonlocal most
+        running.add(delivery.entry_id)
+        most = max(most, len(running))
+        await release.wait()
+        running.discard(delivery.entry_id)
+        await harness.redis.xack(stream, "worker-manager", delivery.entry_id)
+
+    reader = connect(settings, blocking=True, name="fair-test", decode=False)
+    consumer = CommandConsumer(
+        settings, harness.redis, reader, dispatch, stream=stream, fair=fair, namespace="flooded"
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop, grace=1))
+
+    async def until(done: Callable[[], bool]) -> None:
+        deadline = asyncio.get_running_loop().time() + 10
+        while not done():
+            assert asyncio.get_running_loop().time() < deadline, len(running)
+            await asyncio.sleep(0.01)
+
+    try:
+        await consumer.ensure_group()
+        for i in range(10):
+            await harness.redis.xadd(stream, {"command": "status", "n": str(i)})
+        await until(lambda: len(running) == 10)  # alone: all ten at once
+        release.set()
+        await until(lambda: not running)
+        release.clear()
+        most = 0
+        fair.started("another")  # another namespace is busy now
+        for i in range(10):
+            await harness.redis.xadd(stream, {"command": "status", "n": str(i)})
+        await until(lambda: len(running) == 3)
+        fair.started("another")
+        await asyncio.sleep(0.2)  # had it more room, it would have taken more meanwhile
+        assert most == 3, most
+        release.set()
+    finally:
+        stop.set()
+        release.set()
+        await asyncio.wait_for(task, 10)
+        await reader.aclose()
+        await harness.redis.delete(stream)

@@ -116,3 +116,14 @@ def test_the_quotas_sentences_name_the_quota() -> None:
     refused = over_budget("acme", quota, 5.0)
     assert refused is not None and "max_cost_usd_per_day" in refused and "$5.00" in refused
     assert over_budget("acme", TenantQuota(), 1e9) is None
+
+
+def test_a_namespace_keeps_to_its_fair_share_only_while_another_is_busy() -> None:
+    from worker_manager.commands.fairness import BUSY_SECONDS, limit
+
+    now = 100.0
+    assert limit("a", 64, 8, {}, now) == 64  # alone
+    assert limit("a", 64, 8, {"a": now}, now) == 64  # busy itself: still alone
+    assert limit("a", 64, 8, {"a": now, "b": now - 0.5}, now) == 8  # b busy: a's share
+    assert limit("a", 64, 8, {"b": now - BUSY_SECONDS - 0.1}, now) == 64  # b went quiet
+    assert limit("a", 4, 8, {"b": now}, now) == 4  # never more than WM_COMMAND_CONCURRENCY

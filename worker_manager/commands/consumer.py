@@ -21,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker_manager.commands.fairness import BUSY_SECONDS, FairShare
 from worker_manager.core.keys import MANAGER_GROUP
 from worker_manager.core.logs import get_logger
 from worker_manager.settings import Settings
@@ -79,7 +80,11 @@ class CommandConsumer:
         *,
         stream: str | None = None,
         gate: Gate | None = None,
+        fair: FairShare | None = None,
+        namespace: str = "",
     ) -> None:
+        """``fair``: the manager's fair shares between namespaces (``commands.fairness``), this
+        consumer's ``namespace`` named in them."""
         self._settings = settings
         self._redis = redis
         self._blocking = blocking_redis
@@ -90,6 +95,10 @@ class CommandConsumer:
         self._gate = gate
         self._name = settings.manager_id
         self._slots = asyncio.Semaphore(settings.command_concurrency)
+        self._fair = fair
+        self._namespace = namespace
+        #: Set each time one of this consumer's commands finishes (a fair share waits on it).
+        self._released = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self.connected = asyncio.Event()
         #: Reading commands (not stopped, not draining): only then are stale entries taken over.
@@ -151,6 +160,7 @@ class CommandConsumer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._settings.block_ms / 1000)
                 continue
+            await self._fair_room()
             free = max(1, min(100, self._free_slots()))
             response = await self._blocking.xreadgroup(
                 MANAGER_GROUP,
@@ -163,8 +173,20 @@ class CommandConsumer:
                 for entry_id, fields in entries:
                     await self._start(Delivery.from_raw(entry_id, fields or {}, 1))
 
+    def _limit(self) -> int:
+        concurrency = self._settings.command_concurrency
+        return concurrency if self._fair is None else self._fair.limit(self._namespace, concurrency)
+
     def _free_slots(self) -> int:
-        return self._settings.command_concurrency - len(self._in_flight)
+        return self._limit() - len(self._in_flight)
+
+    async def _fair_room(self) -> None:
+        """Until this consumer is under its limit: its own commands finishing, or the other
+        namespaces going quiet (looked at again every ``BUSY_SECONDS`` at the latest)."""
+        while len(self._in_flight) >= self._limit():
+            self._released.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._released.wait(), BUSY_SECONDS)
 
     async def _read_own_pending(self, stop: asyncio.Event) -> None:
         """Re-handle what this consumer had taken before it restarted."""
@@ -201,6 +223,9 @@ class CommandConsumer:
 
     async def _start(self, delivery: Delivery) -> None:
         await self._slots.acquire()
+        if self._fair is not None:
+            await self._fair_room()
+            self._fair.started(self._namespace)
         task = asyncio.create_task(self._run_one(delivery), name=f"command-{delivery.entry_id}")
         self._in_flight[delivery.entry_id] = task
 
@@ -216,6 +241,7 @@ class CommandConsumer:
         finally:
             self._in_flight.pop(delivery.entry_id, None)
             self._slots.release()
+            self._released.set()
 
     async def _finish_in_flight(self, grace: float) -> None:
         tasks = list(self._in_flight.values())

@@ -18,6 +18,7 @@ from docker import DockerClient
 from redis.asyncio import Redis
 
 from worker_manager.commands.consumer import CommandConsumer
+from worker_manager.commands.fairness import FairShare
 from worker_manager.contract.tenants import Tenant
 from worker_manager.core import docker_client
 from worker_manager.core.connections import connect
@@ -97,6 +98,7 @@ class Manager:
             namespaces=lambda: [ns.keys for ns in self.namespaces.values()],
             readers=self._readers,
             watcher_of=self._watcher_of,
+            fair=FairShare(s.command_fair_share),
         )
         containers = ContainerRuntime(s, self.docker)
         self.pool = WarmPool(

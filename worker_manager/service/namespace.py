@@ -9,7 +9,8 @@ in, so N tenants cost N sets of these components on one manager, never N manager
 
 Each namespace reads its own command stream with its own consumer, blocking connection and
 ``WM_COMMAND_CONCURRENCY`` slots: a tenant flooding its stream fills its own slots and leaves
-the others' to them (the event loop serves every consumer in turn).
+the others' to them, and while another namespace is busy it keeps to ``WM_COMMAND_FAIR_SHARE``
+of them (``commands.fairness``: they share one event loop).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from redis.asyncio import Redis
 from worker_manager.commands.audit import AuditLog
 from worker_manager.commands.consumer import CommandConsumer, Gate
 from worker_manager.commands.dispatcher import Dispatcher
+from worker_manager.commands.fairness import FairShare
 from worker_manager.commands.forks import Forks
 from worker_manager.commands.handlers import Handlers
 from worker_manager.commands.replies import ReplyBook
@@ -91,6 +93,8 @@ class Shared:
     readers: list[Redis]
     #: The watcher of a namespace by its key prefix (None: not served here).
     watcher_of: Callable[[str], StatusWatcher | None]
+    #: The namespaces' fair shares of the command path (``commands.fairness``).
+    fair: FairShare
 
 
 class Namespace:
@@ -283,7 +287,14 @@ class Namespace:
             audit=AuditLog(self._shared.redis, self.settings),
         )
         return CommandConsumer(
-            self.settings, self._shared.redis, reader, dispatcher, stream=stream, gate=gate
+            self.settings,
+            self._shared.redis,
+            reader,
+            dispatcher,
+            stream=stream,
+            gate=gate,
+            fair=self._shared.fair,
+            namespace=self.keys.prefix,
         )
 
     async def ensure_groups(self) -> None:

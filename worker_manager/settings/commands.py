@@ -27,6 +27,12 @@ class CommandSettings(BaseModel):
         description="For the CLI: send commands as this registered producer.",
     )
     command_concurrency: int = Field(default=64, ge=1)
+    command_fair_share: int = Field(
+        default=8,
+        ge=1,
+        description="Commands one namespace may have in flight while another is busy too "
+        "(SPEC §11): a tenant's flood shares the manager's event loop with the others'.",
+    )
     block_ms: int = Field(default=2000, ge=10)
     max_deliveries: int = Field(default=5, ge=1)
     claim_idle_ms: int = Field(default=30_000, ge=100)
