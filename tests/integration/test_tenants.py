@@ -120,17 +120,18 @@ async def test_each_tenant_is_a_namespace_of_its_own_with_its_quotas(
     assert taken.error == "conflict" and "taken" in (taken.message or ""), taken
     assert await harness.redis.hget(acme.keys.worker(worker), "status") == "RUNNING"
     # A derived id another namespace took first (the default namespace's ids are computable)
-    # only moves the create to the next candidate.
+    # refuses that create, never shares the id; a new request_id gets another.
     predicted = str(uuid.uuid5(WORKER_ID_NAMESPACE, "default-request"))
     squatter = await beta.client.request(
         "create", agent_type="CUSTOM", agent_command=CAT, worker_id=predicted
     )
     assert squatter.ok, squatter
-    moved = await harness.client.request(
+    refused_twin = await harness.client.request(
         "create", agent_type="CUSTOM", agent_command=CAT, request_id="default-request"
     )
-    assert moved.ok and moved.worker_id and moved.worker_id != predicted, moved
-    for space, made in ((beta, twins[0]), (harness, twins[1]), (beta, squatter), (harness, moved)):
+    assert refused_twin.error == "conflict", refused_twin
+    assert not await harness.redis.exists(harness.keys.worker(predicted))
+    for space, made in ((beta, twins[0]), (harness, twins[1]), (beta, squatter)):
         assert (await space.client.request("delete", worker_id=made.worker_id)).ok
 
     # A quota changed with the CLI, and a tenant added with it, reach the running manager.
@@ -167,6 +168,13 @@ async def test_each_tenant_is_a_namespace_of_its_own_with_its_quotas(
     rows = {row["tenant"]: row for row in json.loads(text.strip().splitlines()[-1])}
     assert set(rows) == {"acme", "beta", "gamma"}
     assert rows["acme"]["max_workers"] == 2 and rows["beta"]["max_cost_usd_per_day"] == 1
+    # 'tenants add' again changes only the quotas it names.
+    for extra in (["--max-workers", "3"], []):
+        code, text = await run_cli(harness.settings, tmp_path, "tenants", "add", "gamma", *extra)
+        assert code == 0, text
+    code, text = await run_cli(harness.settings, tmp_path, "tenants", "list", "--json")
+    rows = {row["tenant"]: row for row in json.loads(text.strip().splitlines()[-1])}
+    assert rows["gamma"]["max_workers"] == 3, rows
 
     # The operator's top counts each tenant's workers (and its day's spend).
     code, text = await run_cli(

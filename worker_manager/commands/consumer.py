@@ -160,7 +160,8 @@ class CommandConsumer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._settings.block_ms / 1000)
                 continue
-            await self._fair_room()
+            if not await self._fair_room(stop):
+                break
             free = max(1, min(100, self._free_slots()))
             response = await self._blocking.xreadgroup(
                 MANAGER_GROUP,
@@ -180,13 +181,22 @@ class CommandConsumer:
     def _free_slots(self) -> int:
         return self._limit() - len(self._in_flight)
 
-    async def _fair_room(self) -> None:
-        """Until this consumer is under its limit: its own commands finishing, or the other
-        namespaces going quiet (looked at again every ``BUSY_SECONDS`` at the latest)."""
-        while len(self._in_flight) >= self._limit():
+    async def _fair_room(self, stop: asyncio.Event) -> bool:
+        """Before a read: until this consumer is under its limit (its own commands finishing,
+        or the other namespaces going quiet, looked at again every ``BUSY_SECONDS`` at the
+        latest); False once ``stop`` is set. Only reads wait: an entry already taken (read,
+        pending, reclaimed) starts at once, so none is held unstarted, where the upkeep would
+        not keep it fresh and another manager could take it over."""
+        while len(self._in_flight) >= self._limit() and not stop.is_set():
             self._released.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._released.wait(), BUSY_SECONDS)
+            waits = [
+                asyncio.ensure_future(self._released.wait()),
+                asyncio.ensure_future(stop.wait()),
+            ]
+            await asyncio.wait(waits, timeout=BUSY_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+            for wait in waits:
+                wait.cancel()
+        return not stop.is_set()
 
     async def _read_own_pending(self, stop: asyncio.Event) -> None:
         """Re-handle what this consumer had taken before it restarted."""
@@ -224,7 +234,6 @@ class CommandConsumer:
     async def _start(self, delivery: Delivery) -> None:
         await self._slots.acquire()
         if self._fair is not None:
-            await self._fair_room()
             self._fair.started(self._namespace)
         task = asyncio.create_task(self._run_one(delivery), name=f"command-{delivery.entry_id}")
         self._in_flight[delivery.entry_id] = task

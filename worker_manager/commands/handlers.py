@@ -44,8 +44,6 @@ from worker_manager.workers.transitions.sleep import Sleep
 log = get_logger(__name__)
 
 WORKER_ID_NAMESPACE = uuid.UUID("6f1c2a4e-5b8d-4e0f-9a7c-3d2b1e0f4a59")
-#: Ids a create that names none may get, in order (the first not in use in another namespace).
-ID_CANDIDATES = 4
 
 
 class Handlers:
@@ -204,16 +202,9 @@ class Handlers:
         )
 
     async def _derived_id(self, request_id: str) -> str:
-        """The id of a create that names none: the same for every delivery of one request;
-        the next of a few candidates when one is a worker's in another namespace (ids are the
-        fleet's), so one namespace cannot keep another's request from its worker."""
-        seed = await self._store.id_seed(request_id)
-        candidates = [
-            str(uuid.uuid5(WORKER_ID_NAMESPACE, seed if i == 0 else f"{seed}\n{i}"))
-            for i in range(ID_CANDIDATES)
-        ]
-        taken = await self._store.taken_elsewhere(candidates)
-        return next((c for c in candidates if c not in taken), candidates[0])
+        """The id of a create that names none: the same for every delivery of one request
+        (on any manager), from its ``request_id`` and, in a tenant, the tenant's salt."""
+        return str(uuid.uuid5(WORKER_ID_NAMESPACE, await self._store.id_seed(request_id)))
 
     async def delete(self, cmd: DeleteCommand, *, producer: str | None = None) -> Reply:
         """``producer``: the registered producer whose stream it came on (for the evidence)."""
@@ -279,7 +270,8 @@ class Handlers:
         if isinstance(cmd, SuspendCommand):
             await self._sleep.suspend_or_refuse(cmd.worker_id)
         else:
-            if self._quotas is not None:  # a resume spends as a create does
+            suspended = record.status is WorkerStatus.SUSPENDED
+            if self._quotas is not None and suspended:  # a resume spends as a create does
                 await self._quotas.check_budget()
             await self._sleep.resume_or_refuse(cmd.worker_id)
         record = await self._store.get(cmd.worker_id)

@@ -86,6 +86,8 @@ class Manager:
         #: Every namespace served: "" (the default one) first, then each tenant's by name.
         self.namespaces: dict[str, Namespace] = {}
         self.tenants = TenantRegistry(self.redis, s)
+        #: Tenants added at runtime whose start failed (retried every round), with why.
+        self._tenant_problems: dict[str, str] = {}
         self._shared = Shared(
             redis=self.redis,
             raw_redis=self.raw_redis,
@@ -183,10 +185,12 @@ class Manager:
             except asyncio.CancelledError:
                 await self._discard(namespace)
                 raise
-            except Exception:  # this one next round; the others now
+            except Exception as exc:  # this one next round; the others now
                 log.exception("a new tenant could not be started; trying again", tenant=name)
+                self._tenant_problems[name] = f"could not be started ({exc}); trying again"
                 await self._discard(namespace)
                 continue
+            self._tenant_problems.pop(name, None)
             if self.stop.is_set():  # stopping meanwhile: no loop may start now
                 await self._discard(namespace)
                 return
@@ -212,7 +216,10 @@ class Manager:
         return "ok" if self.ready.is_set() else "starting"
 
     def loop_problems(self) -> dict[str, str]:
-        return self.supervisor.problems()
+        """The supervisor's failing loops, and a tenant whose start keeps failing (its loops
+        are not running: /readyz names it)."""
+        tenants = {f"tenant {name}": why for name, why in self._tenant_problems.items()}
+        return {**self.supervisor.problems(), **tenants}
 
     def ping_docker(self) -> object:
         return self.docker.ping()

@@ -2,9 +2,10 @@
 
 The registry is a hash in Redis (``<prefix>:tenants``, name -> quotas as JSON) so that a tenant
 added while the fleet runs is served by every manager within a few seconds, with no restart and
-no setting to keep in step. ``WM_TENANTS`` stays for deployments that declare them up front; for
-a tenant named in both, each quota the registry names is the registry's (the later word), the
-others as ``WM_TENANTS`` says (``tenants add T`` with no quota never lifts one).
+no setting to keep in step; ``add`` again changes only the quotas it names. ``WM_TENANTS`` stays
+for deployments that declare them up front; for a tenant named in both, each quota the registry
+names is the registry's (the later word), the others as ``WM_TENANTS`` says (``tenants add T``
+with no quota never lifts one).
 """
 
 from __future__ import annotations
@@ -43,9 +44,18 @@ class TenantRegistry:
         return tenants
 
     async def add(self, name: str, quota: TenantQuota) -> bool:
-        """Add a tenant or change its quotas; True if it is new to the registry."""
-        text = quota.model_dump_json(exclude_none=True)
-        return bool(await self._redis.hset(self._key, tenant_name(name), text))
+        """Add a tenant, or change the quotas ``quota`` names (the others stay as they were);
+        True if it is new to the registry."""
+        name = tenant_name(name)
+        raw = await self._redis.hget(self._key, name)
+        try:
+            earlier = TenantQuota.model_validate(json.loads(raw)) if raw else TenantQuota()
+        except (ValueError, ValidationError):
+            earlier = TenantQuota()
+        merged = earlier.model_copy(update=quota.model_dump(exclude_none=True))
+        return bool(
+            await self._redis.hset(self._key, name, merged.model_dump_json(exclude_none=True))
+        )
 
     async def remove(self, name: str) -> bool:
         """Take a tenant out of the registry (not out of ``WM_TENANTS``); True if it was in."""

@@ -362,26 +362,17 @@ class WorkerStore:
         """What a worker id is derived from (``uuid5``) when a create names none: the
         ``request_id`` in the default namespace, as always; in a tenant's, the tenant's salt
         and the ``request_id``, so that two tenants using one ``request_id`` get two workers
-        and no tenant can compute another's ids (ids are the fleet's: ``create``)."""
+        and no tenant can compute another's ids (ids are the fleet's: ``create``).
+
+        The salt is set once (``SET NX``) and read back on every use with the same command, so
+        two managers creating it at once agree, and one lost with Redis's data is put back as
+        this manager knew it rather than replaced (a redelivered create keeps its id)."""
         if not self._keys.fleet:
             return request_id
-        if self._salt is None:
-            await self._redis.set(self._keys.id_salt, secrets.token_hex(16), nx=True)
-            self._salt = str(await self._redis.get(self._keys.id_salt))
+        mine = self._salt or secrets.token_hex(16)
+        before = await self._redis.execute_command("SET", self._keys.id_salt, mine, "NX", "GET")
+        self._salt = before if isinstance(before, str) and before else mine
         return f"{self._salt}\n{request_id}"
-
-    async def taken_elsewhere(self, worker_ids: Sequence[str]) -> set[str]:
-        """Which of these ids are a worker's in another namespace served here."""
-        others = list(self._others())
-        if not others or not worker_ids:
-            return set()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for worker_id in worker_ids:
-                for keys in others:
-                    pipe.exists(keys.worker(worker_id))
-            found = await pipe.execute()
-        per = len(others)
-        return {w for i, w in enumerate(worker_ids) if any(found[i * per : (i + 1) * per])}
 
     def peer_live_sets(self) -> list[str]:
         """This manager's live sets in the other namespaces it serves."""
