@@ -12,7 +12,6 @@ import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -21,10 +20,9 @@ from rich.text import Text
 
 from worker_base.events import EventType
 from worker_manager.client.api import Client, Event, LifecycleEvent, WorkerInfo
-from worker_manager.core.clock import iso_from_unix, unix_or_none, utc_day
-from worker_manager.core.keys import Keys
+from worker_manager.core.clock import iso_from_unix, unix_or_none
 from worker_manager.environments.catalogue import CatalogueEntry
-from worker_manager.service.metrics import count_workers, usd_of
+from worker_manager.service.metrics import TenantUsage, tenant_usage
 
 STATUS_STYLE = {"STARTING": "yellow", "RUNNING": "green", "STOPPED": "dim", "FAILED": "red"}
 EVENT_STYLE: dict[str, str] = {
@@ -172,12 +170,13 @@ class Fleet:
         self._tenants = tenants
         self.workers: dict[str, WorkerInfo] = {}
         self.changes = 0
-        self.tenant_rows: list[TenantRow] = []
+        self.tenant_rows: list[TenantUsage] = []
 
     async def load(self) -> None:
         self.workers = {w.worker_id: w for w in await self._client.list()}
         if self._tenants:
-            self.tenant_rows = await tenant_rows(self._client, self._tenants)
+            client = self._client
+            self.tenant_rows = await tenant_usage(client.redis, client.keys, self._tenants)
 
     async def follow(self) -> None:
         async for change in self._client.lifecycle():
@@ -236,26 +235,6 @@ class Fleet:
                 f"${row.spent_today_usd:.2f}",
             )
         return Group(header, table, Text(""), tenants)
-
-
-@dataclass(frozen=True, slots=True)
-class TenantRow:
-    tenant: str
-    counts: dict[str, int]
-    spent_today_usd: float
-
-
-async def tenant_rows(client: Client, tenants: Sequence[str]) -> list[TenantRow]:
-    """Each tenant's workers by status and its spend of the UTC day, read from Redis as
-    ``/metrics`` reads them (the operator's connection: a fleet-wide view)."""
-    fleet = Keys(client.keys.fleet_prefix)
-    rows = []
-    for name in tenants:
-        keys = fleet.for_tenant(name)
-        counts = await count_workers(client.redis, keys)
-        raw = await client.redis.get(keys.spend(utc_day()))
-        rows.append(TenantRow(name, counts, usd_of(raw)))
-    return rows
 
 
 async def top(

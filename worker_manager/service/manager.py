@@ -96,7 +96,6 @@ class Manager:
             images=self.images,
             egress=egress,
             observe=_observers(self.metrics.observe_command, observe),
-            live_sets=lambda: [ns.store.live_key for ns in self.namespaces.values()],
             namespaces=lambda: [ns.keys for ns in self.namespaces.values()],
             readers=self._readers,
             watcher_of=self._watcher_of,
@@ -114,7 +113,8 @@ class Manager:
         self.placement = Placement(
             s,
             self.redis,
-            live_sets=self._shared.live_sets,
+            # The default namespace's store counts every namespace's live set of this manager.
+            live=lambda: self.store.host_live(),
             pooled=lambda: sum(self.pool.ready.values()),
         )
         self.presence = Presence(s, self.redis, offer=self.placement.offer)
@@ -155,10 +155,8 @@ class Manager:
                 return namespace.watcher
         return None
 
-    def _add_tenant(self, tenant: Tenant) -> Namespace:
-        namespace = self._tenant_namespace(tenant)
-        self.namespaces[tenant.name] = namespace
-        return namespace
+    def _add_tenant(self, tenant: Tenant) -> None:
+        self.namespaces[tenant.name] = self._tenant_namespace(tenant)
 
     def _tenant_namespace(self, tenant: Tenant) -> Namespace:
         return Namespace(
@@ -204,10 +202,6 @@ class Manager:
         next try reconciles again), its connections closed."""
         await namespace.close()
         await namespace.close_readers()
-
-    @property
-    def tenant_namespaces(self) -> list[Namespace]:
-        return [ns for name, ns in self.namespaces.items() if name]
 
     # --- HealthSource: what /readyz and /metrics see -------------------------------------------
     def intake(self) -> str:

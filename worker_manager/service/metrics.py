@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -28,9 +29,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from worker_manager.contract.kinds import WorkerStatus
-from worker_manager.core.clock import utc_day
 from worker_manager.core.keys import MANAGER_GROUP, Keys
 from worker_manager.core.logs import get_logger
+from worker_manager.tenants.quotas import spent_today
 
 log = get_logger(__name__)
 
@@ -215,8 +216,7 @@ class Metrics:
         try:
             counts = await count_workers(redis, keys)
             pending, lag = await group_backlog(redis, keys)
-            per_tenant = {t: await count_workers(redis, keys.for_tenant(t)) for t in tenants}
-            spend = {t: await redis.get(keys.for_tenant(t).spend(utc_day())) for t in tenants}
+            usage = await tenant_usage(redis, keys, tenants)
         except (RedisError, OSError, TimeoutError) as exc:
             log.debug("metrics: redis unreadable", error=str(exc))
             self.redis_up.set(0)
@@ -231,14 +231,14 @@ class Metrics:
             self.workers.labels(status.value).set(counts.pop(status.value, 0))
         for other, count in counts.items():  # a status newer than this code: still counted
             self.workers.labels(other).set(count)
-        for tenant, tenant_counts in per_tenant.items():
+        for row in usage:
             for status in WorkerStatus:
-                self.tenant_workers.labels(tenant, status.value).set(
-                    tenant_counts.pop(status.value, 0)
+                self.tenant_workers.labels(row.tenant, status.value).set(
+                    row.counts.pop(status.value, 0)
                 )
-            for other, count in tenant_counts.items():
-                self.tenant_workers.labels(tenant, other).set(count)
-            self.tenant_spend.labels(tenant).set(usd_of(spend[tenant]))
+            for other, count in row.counts.items():
+                self.tenant_workers.labels(row.tenant, other).set(count)
+            self.tenant_spend.labels(row.tenant).set(row.spent_today_usd)
         self.consumer_pending.set(pending)
         self.consumer_lag.set(float("nan") if lag is None else lag)
 
@@ -246,12 +246,25 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def usd_of(raw: object) -> float:
-    """A spend as Redis keeps it (a float's text, or nothing yet) in USD."""
-    try:
-        return float(str(raw)) if raw is not None else 0.0
-    except ValueError:
-        return 0.0
+@dataclass(frozen=True, slots=True)
+class TenantUsage:
+    tenant: str
+    #: Its worker records by status (as ``count_workers``).
+    counts: dict[str, int]
+    spent_today_usd: float
+
+
+async def tenant_usage(redis: Redis, keys: Keys, tenants: Sequence[str]) -> list[TenantUsage]:
+    """Each tenant's workers by status and its spend of the UTC day: what ``/metrics`` and the
+    operator's ``top`` show of tenants."""
+    fleet = Keys(keys.fleet_prefix)
+    rows = []
+    for name in tenants:
+        space = fleet.for_tenant(name)
+        rows.append(
+            TenantUsage(name, await count_workers(redis, space), await spent_today(redis, space))
+        )
+    return rows
 
 
 async def count_workers(redis: Redis, keys: Keys) -> dict[str, int]:

@@ -85,8 +85,6 @@ class Shared:
     images: ImageService
     egress: EgressClient
     observe: CommandObserver
-    #: This manager's live sets in every namespace it serves (its capacity is the host's).
-    live_sets: Callable[[], Sequence[str]]
     #: The keys of every namespace served (a dead manager is forgotten only when all are empty).
     namespaces: Callable[[], Sequence[Keys]]
     #: Blocking readers are the manager's to close.

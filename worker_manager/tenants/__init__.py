@@ -6,5 +6,5 @@ day's spend (the ``max_workers`` count is the create script's, ``workers.state.r
 A tenant's namespace itself is only keys (``core.keys.Keys.for_tenant``): the service wires one
 set of per-namespace components for each tenant (``service.namespace``).
 
-May import: ``core``, ``contract``, ``settings``.
+May import: ``core``, ``contract``, ``settings``, ``egress``.
 """

@@ -16,6 +16,12 @@ from worker_manager.contract.tenants import Tenant, over_budget, workers_refused
 from worker_manager.core.clock import utc_day
 from worker_manager.core.errors import CommandError, ErrorCode
 from worker_manager.core.keys import Keys
+from worker_manager.egress.meter import spend_of
+
+
+async def spent_today(redis: Redis, keys: Keys) -> float:
+    """What a namespace's workers spent through the LLM gateway this UTC day, in USD."""
+    return spend_of(await redis.get(keys.spend(utc_day())))
 
 
 class Quotas:
@@ -25,11 +31,7 @@ class Quotas:
         self.tenant = tenant
 
     async def spent_today(self) -> float:
-        raw = await self._redis.get(self._keys.spend(utc_day()))
-        try:
-            return float(raw) if raw is not None else 0.0
-        except ValueError:
-            return 0.0
+        return await spent_today(self._redis, self._keys)
 
     async def check_budget(self) -> None:
         """Raise ``quota_exceeded`` if the tenant's spend of the day is used up."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -65,25 +65,18 @@ class Placement:
         self,
         settings: Settings,
         redis: Redis,
-        live_sets: Callable[[], Sequence[str]],
+        live: Callable[[], Awaitable[int]],
         pooled: Callable[[], int] = lambda: 0,
     ) -> None:
-        """``live_sets``: this manager's live sets, one per namespace it serves (the fleet's and
-        each tenant's): its capacity is the host's, shared by every tenant."""
+        """``live``: this manager's live workers in every namespace it serves
+        (``WorkerStore.host_live``): its capacity is the host's, shared by every tenant."""
         self._settings = settings
         self._redis = redis
-        self._live_sets = live_sets
+        self._live = live
         self._pooled = pooled
         self._verdict: tuple[float, bool] | None = None
         #: Not reading the shared stream right now (for /metrics and tests).
         self.paused = False
-
-    async def _live(self) -> int:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key in self._live_sets():
-                pipe.scard(key)
-            counts = await pipe.execute()
-        return sum(int(count) for count in counts)
 
     async def offer(self) -> dict[str, int]:
         """For this manager's presence value."""
